@@ -1,0 +1,85 @@
+/* model.h - a llama-family model (llama, qwen2) loaded once, and its forward pass.
+ *
+ * The model owns the GGUF mapping; weights are views into it and are never copied. A
+ * model is immutable after load and shared by every sequence of every tenant. Per-sequence
+ * state lives in a KV cache (struct mc_kv); scratch memory for one forward call lives in a
+ * context (struct mc_ctx), used by one thread at a time (the engine loop). */
+#ifndef MC_MODEL_H
+#define MC_MODEL_H
+
+#include "base/err.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct mc_hparams {
+    char arch[32];       /* "llama" or "qwen2" */
+    char name[64];       /* general.name, or the file's base name */
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t n_ff;
+    int32_t head_dim;    /* n_embd / n_head unless the file says otherwise */
+    int32_t n_rot;       /* rotary dimensions per head */
+    float rms_eps;
+    float rope_base;
+    float rope_scale;    /* linear scaling factor (1 = none) */
+    bool tied_output;    /* output matrix is token_embd */
+    enum mc_type wtype;  /* type of most matrices, for display */
+    uint64_t weight_bytes; /* bytes of all weight tensors */
+};
+
+struct mc_model; /* opaque; see llama.c */
+
+/* Loads path. Any architecture other than llama/qwen2 gives MC_ENOTSUP with a message
+ * listing the supported ones; missing or ill-shaped tensors give MC_EFORMAT naming the
+ * tensor. */
+int mc_model_load(const char *path, struct mc_model **out, struct mc_err *err);
+void mc_model_free(struct mc_model *m);
+const struct mc_hparams *mc_model_hparams(const struct mc_model *m);
+const struct mc_tokenizer *mc_model_tokenizer(const struct mc_model *m);
+const struct mc_gguf *mc_model_gguf(const struct mc_model *m);
+/* tokenizer.chat_template, NUL-terminated, or NULL if the file has none. */
+const char *mc_model_chat_template(const struct mc_model *m);
+
+/* ---- KV cache: one per sequence ------------------------------------------------- */
+
+struct mc_kv;
+/* A cache of n_ctx positions (F32) for every layer. */
+int mc_kv_create(const struct mc_model *m, int32_t n_ctx, struct mc_kv **out, struct mc_err *err);
+void mc_kv_free(struct mc_kv *kv);
+int32_t mc_kv_n_ctx(const struct mc_kv *kv);
+int32_t mc_kv_n_used(const struct mc_kv *kv);  /* positions written so far */
+void mc_kv_truncate(struct mc_kv *kv, int32_t n); /* forget positions >= n */
+size_t mc_kv_bytes(const struct mc_model *m, int32_t n_ctx);
+
+/* ---- Forward pass --------------------------------------------------------------- */
+
+/* One token of one sequence in a batch. Rows of the same sequence must be consecutive
+ * positions in increasing order, starting at mc_kv_n_used(kv); a row attends to positions
+ * 0..pos of its own kv only. */
+struct mc_batch_row {
+    int32_t token;
+    int32_t pos;
+    struct mc_kv *kv;
+    bool want_logits;
+};
+
+struct mc_ctx;
+/* Scratch for batches of up to max_rows rows, using n_threads threads (<= 0: all CPUs). */
+int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, struct mc_ctx **out,
+                  struct mc_err *err);
+void mc_ctx_free(struct mc_ctx *ctx);
+
+/* Runs the batch. logits receives n_vocab floats for each row with want_logits, in row
+ * order. hidden, if non-NULL, receives the final-norm hidden state (n_embd floats) of each
+ * want_logits row, for embeddings. On error no kv is advanced. */
+int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows,
+               float *logits, float *hidden, struct mc_err *err);
+
+#endif
