@@ -18,7 +18,7 @@ WARN    := -Wall -Wextra -Wshadow -Werror
 SAN_ON  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 SANFLAGS := $(if $(SAN),$(SAN_ON))
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -Isrc $(PKG_CFLAGS) -MMD -MP
-LDLIBS  := $(PKG_LIBS) -lm -lpthread
+LDLIBS  := $(PKG_LIBS) -lstemmer -lm -lpthread
 
 AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c
@@ -27,6 +27,10 @@ LIB_SRC := $(filter-out src/cli/%,$(wildcard src/*/*.c))
 CLI_SRC := $(wildcard src/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 BENCH_SRC := $(wildcard bench/*.c)
+# C++ files in bench/ wrap third-party C++ libraries (hnswlib) that benchmarks compare
+# against; they never go into libmcai.
+BENCH_CXX := $(wildcard bench/*.cpp)
+BENCH_CXX_OBJ := $(BENCH_CXX:%.cpp=$(BUILD)/%.o)
 FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -63,9 +67,15 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB) $(LDLIBS) -lcmocka
 
-$(BUILD)/bench/%: bench/%.c $(LIB)
+$(BUILD)/bench/%.o: bench/%.cpp
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB) $(LDLIBS) $(if $(filter bench_hnsw%,$*),-lstdc++)
+	$(CXX) -std=c++17 -O3 -march=native -g $(SANFLAGS) -Isrc -c $< -o $@
+
+# A benchmark bench/NAME.c links bench/NAME_*.cpp wrappers when there are any.
+$(BUILD)/bench/%: bench/%.c $(LIB) $(BENCH_CXX_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(filter $(BUILD)/bench/$*_%.o,$(BENCH_CXX_OBJ)) $(LIB) $(LDLIBS) \
+	    $(if $(filter $(BUILD)/bench/$*_%.o,$(BENCH_CXX_OBJ)),-lstdc++)
 
 # test: build everything and run every test program; prints "N passed, N failed".
 test: all
@@ -107,7 +117,7 @@ format-check:
 clean:
 	rm -rf build build-san build-fuzz mcai
 
- .PHONY: all check test test-san fuzz demo format format-check clean
+.PHONY: all check test test-san fuzz demo format format-check clean
 .SECONDARY:
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

@@ -6,7 +6,7 @@ set -eu
 PKGS="build-essential pkg-config clang libclang-rt-14-dev curl
 libmicrohttpd-dev libjansson-dev libsodium-dev libsqlite3-dev sqlite3
 libpcre2-dev libutf8proc-dev libcmocka-dev libcurl4-openssl-dev libxml2-dev
-libhnswlib-dev"
+libhnswlib-dev libstemmer-dev g++"
 
 missing=""
 for p in $PKGS; do
