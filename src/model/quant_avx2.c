@@ -171,61 +171,6 @@ static void conv_q8_k(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* ---- Tile drivers ----------------------------------------------------------------------- */
-
-/* Declares gemm_NAME from tile_NAME(RM, RN, ...): TR x TT tiles for batches, narrower
- * tiles on the edges. A single token goes row after row (1x1 tiles): one sequential
- * stream through the weights is what the hardware prefetchers follow best, and measured
- * 2.5x faster than interleaving four rows. */
-#define DEFINE_GEMM(NAME, TR, TT)                                                                  \
-    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                         \
-        tile_##NAME(4, 1, TILE_PASS);                                                              \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                         \
-        tile_##NAME(1, 1, TILE_PASS);                                                              \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                         \
-        tile_##NAME(TR, TT, TILE_PASS);                                                            \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1xT(TILE_ARGS) {                         \
-        tile_##NAME(1, TT, TILE_PASS);                                                             \
-    }                                                                                              \
-    static void gemm_##NAME(int64_t cols, const void *w, size_t w_row, int64_t n_rows,           \
-                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) { \
-        const uint8_t *wb = w, *ab = a;                                                            \
-        if (n_tok < TT) {                                                                          \
-            for (int64_t t = 0; t < n_tok; t++)                                                    \
-                for (int64_t r = 0; r < n_rows; r++)                                               \
-                    tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,        \
-                                      y + t * ldy + r, ldy);                                       \
-            return;                                                                                \
-        }                                                                                          \
-        int64_t r = 0;                                                                             \
-        for (; r + TR <= n_rows; r += TR) {                                                        \
-            int64_t t = 0;                                                                         \
-            for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-            for (; t < n_tok; t++)                                                                 \
-                for (int64_t i = 0; i < TR; i += 4)                                                 \
-                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,  \
-                                      y + t * ldy + r + i, ldy);                                   \
-        }                                                                                          \
-        for (; r < n_rows; r++) {                                                                  \
-            int64_t t = 0;                                                                         \
-            for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_1xT(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-            for (; t < n_tok; t++)                                                                 \
-                tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-        }                                                                                          \
-    }
-
-#define TILE_ARGS                                                                                  \
-    int64_t cols, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row, float *y,      \
-        int64_t ldy
-#define TILE_PASS cols, w, w_row, a, a_row, y, ldy
 
 /* ---- F32, F16, BF16 ------------------------------------------------------------------ */
 
@@ -476,10 +421,17 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
         float d[4];
         UNROLL for (int i = 0; i < RM; i++) {
             const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
-            UNROLL for (int g = 0; g < 8; g++)
-                sc16[i][g] = _mm256_set_m128i(_mm_set1_epi16(bw->scales[2 * g + 1]),
-                                              _mm_set1_epi16(bw->scales[2 * g]));
             scales[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
+            /* Group g of half h takes scales 8h + 2g (low lane) and 8h + 2g + 1 (high). */
+            const __m256i half0 = _mm256_permute2x128_si256(scales[i], scales[i], 0x00);
+            const __m256i half1 = _mm256_permute2x128_si256(scales[i], scales[i], 0x11);
+            UNROLL for (int g = 0; g < 4; g++) {
+                const __m256i pick = _mm256_set_m128i(
+                    _mm_set1_epi16((short)(0x0100 * (4 * g + 3) + 4 * g + 2)),
+                    _mm_set1_epi16((short)(0x0100 * (4 * g + 1) + 4 * g)));
+                sc16[i][g] = _mm256_shuffle_epi8(half0, pick);
+                sc16[i][4 + g] = _mm256_shuffle_epi8(half1, pick);
+            }
             d[i] = fp16(bw->d);
         }
         UNROLL for (int j = 0; j < RN; j++) {
