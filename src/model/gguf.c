@@ -887,30 +887,30 @@ const void *mc_gguf_val_data(const struct mc_gguf *g, int64_t i) {
 
 /* ---- Typed getters -------------------------------------------------------------------- */
 
-/* Reads an integer-typed scalar as a signed or unsigned 128-bit-free pair: *neg tells
- * whether the value is negative, *mag holds its magnitude. */
+/* Reads an integer-typed scalar as a sign and a magnitude, so that every integer type
+ * converts without overflow; false for non-integer types. */
 static bool kv_int(const struct kv *kv, bool *neg, uint64_t *mag) {
-    int64_t s = 0;
-    uint64_t u = 0;
-    bool is_signed = true;
+    size_t sz = vtype_size(kv->type);
+    bool is_signed;
     switch (kv->type) {
-    case MC_GGUF_UINT8: u = kv->val[0]; is_signed = false; break;
-    case MC_GGUF_INT8: s = (int8_t)kv->val[0]; break;
-    case MC_GGUF_UINT16: { uint16_t v; memcpy(&v, kv->val, 2); u = v; is_signed = false; break; }
-    case MC_GGUF_INT16: { int16_t v; memcpy(&v, kv->val, 2); s = v; break; }
-    case MC_GGUF_UINT32: { uint32_t v; memcpy(&v, kv->val, 4); u = v; is_signed = false; break; }
-    case MC_GGUF_INT32: { int32_t v; memcpy(&v, kv->val, 4); s = v; break; }
-    case MC_GGUF_UINT64: memcpy(&u, kv->val, 8); is_signed = false; break;
-    case MC_GGUF_INT64: memcpy(&s, kv->val, 8); break;
+    case MC_GGUF_UINT8:
+    case MC_GGUF_UINT16:
+    case MC_GGUF_UINT32:
+    case MC_GGUF_UINT64: is_signed = false; break;
+    case MC_GGUF_INT8:
+    case MC_GGUF_INT16:
+    case MC_GGUF_INT32:
+    case MC_GGUF_INT64: is_signed = true; break;
     default: return false;
     }
-    if (is_signed) {
-        *neg = s < 0;
-        *mag = s < 0 ? (uint64_t)0 - (uint64_t)s : (uint64_t)s;
-    } else {
-        *neg = false;
-        *mag = u;
-    }
+
+    /* Little-endian: copy the value into the low bytes, then sign-extend. */
+    uint64_t u = 0;
+    memcpy(&u, kv->val, sz);
+    *neg = is_signed && (u >> (8 * sz - 1)) & 1;
+    if (*neg && sz < 8)
+        u |= ~UINT64_C(0) << (8 * sz);
+    *mag = *neg ? (uint64_t)0 - u : u;
     return true;
 }
 
@@ -1285,7 +1285,11 @@ int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
                            bool (*skip)(const char *key), struct mc_err *err) {
     for (int64_t i = 0; i < g->n_kv; i++) {
         const struct kv *kv = &g->kv[i];
-        if (strcmp(kv->key, "general.alignment") == 0 || (skip && skip(kv->key)))
+        if (skip && skip(kv->key))
+            continue;
+        /* The writer lays out alignment 32; another value in the source does not apply. */
+        if (strcmp(kv->key, "general.alignment") == 0 &&
+            check_alignment_key(kv->key, kv->type, kv->val, NULL) != MC_OK)
             continue;
         int rc;
         if (kv->type == MC_GGUF_STRING)

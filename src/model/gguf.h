@@ -145,8 +145,8 @@ int mc_gguf_writer_set_arr(struct mc_gguf_writer *w, const char *key, enum mc_gg
 /* A string array: n strings with their lengths. */
 int mc_gguf_writer_set_arr_str(struct mc_gguf_writer *w, const char *key, const char *const *strs,
                                const uint64_t *lens, uint64_t n, struct mc_err *err);
-/* Copies every key of g except those for which skip(key) is true (skip may be NULL) and
- * general.alignment (the writer lays out its own). */
+/* Copies every key of g, in file order, except those for which skip(key) is true (skip
+ * may be NULL) and a general.alignment other than u32 32 (the writer's own layout). */
 int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
                            bool (*skip)(const char *key), struct mc_err *err);
 /* Adds a tensor; data (mc_type_row_size(type, ne[0]) * rows bytes) is copied. Tensors are
