@@ -158,11 +158,12 @@ static void test_gguf_reads_stories260k_metadata(void **state) {
     struct {
         const char *key;
         uint32_t want;
-    } hp[] = {{"llama.context_length", 2048},       {"llama.embedding_length", 64},
-              {"llama.feed_forward_length", 172},    {"llama.attention.head_count", 8},
-              {"llama.attention.head_count_kv", 4},  {"llama.block_count", 5},
-              {"llama.rope.dimension_count", 8},     {"tokenizer.ggml.bos_token_id", 1},
-              {"tokenizer.ggml.eos_token_id", 2},    {"tokenizer.ggml.padding_token_id", UINT32_MAX}};
+    } hp[] = {
+        {"llama.context_length", 2048},       {"llama.embedding_length", 64},
+        {"llama.feed_forward_length", 172},   {"llama.attention.head_count", 8},
+        {"llama.attention.head_count_kv", 4}, {"llama.block_count", 5},
+        {"llama.rope.dimension_count", 8},    {"tokenizer.ggml.bos_token_id", 1},
+        {"tokenizer.ggml.eos_token_id", 2},   {"tokenizer.ggml.padding_token_id", UINT32_MAX}};
     for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) {
         assert_int_equal(mc_gguf_get_u32(g, hp[i].key, &u, &err), MC_OK);
         assert_int_equal(u, hp[i].want);
@@ -519,9 +520,8 @@ static void test_gguf_writer_round_trip_is_exact(void **state) {
     assert_int_equal(mc_gguf_writer_copy_kv(w, g, NULL, &err), MC_OK);
     for (int64_t k = 0; k < mc_gguf_n_tensors(g); k++) {
         const struct mc_gguf_tensor *t = mc_gguf_tensor(g, k);
-        assert_int_equal(mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne,
-                                                   t->data, &err),
-                         MC_OK);
+        assert_int_equal(
+            mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err), MC_OK);
     }
     assert_int_equal(mc_gguf_writer_write(w, path2, &err), MC_OK);
     mc_gguf_writer_free(w);
@@ -555,9 +555,8 @@ static void test_gguf_writer_copies_a_real_model(void **state) {
     assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
     assert_int_equal(mc_gguf_writer_copy_kv(w, src, skip_tokenizer, &err), MC_OK);
     const struct mc_gguf_tensor *t = mc_gguf_find_tensor(src, "blk.0.ffn_down.weight");
-    assert_int_equal(mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data,
-                                               &err),
-                     MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err), MC_OK);
     assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
     mc_gguf_writer_free(w);
 
@@ -586,8 +585,7 @@ static void test_gguf_writer_rejects_bad_input(void **state) {
     ne[0] = 0;
     assert_int_equal(mc_gguf_writer_add_tensor(w, "z", MC_TYPE_F32, 1, ne, x, &err), MC_EINVAL);
     ne[0] = 4;
-    assert_int_equal(mc_gguf_writer_add_tensor(w, "five", MC_TYPE_F32, 5, ne, x, &err),
-                     MC_EINVAL);
+    assert_int_equal(mc_gguf_writer_add_tensor(w, "five", MC_TYPE_F32, 5, ne, x, &err), MC_EINVAL);
     assert_int_equal(mc_gguf_writer_add_tensor(w, "u", (enum mc_type)16, 1, ne, x, &err),
                      MC_EINVAL);
     assert_int_equal(mc_gguf_writer_add_tensor(w, "a", MC_TYPE_F32, 1, ne, x, &err), MC_OK);
@@ -982,8 +980,7 @@ static void test_gguf_truncation_always_fails_cleanly(void **state) {
     (void)state;
     char path[512];
     size_t size;
-    uint8_t *d = read_whole(test_shared_path(path, sizeof(path), "models/stories260K.gguf"),
-                            &size);
+    uint8_t *d = read_whole(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &size);
     /* Every cut inside the metadata, then cuts through the data section. */
     size_t end = data_end(d, size);
     assert_int_equal(end, size);

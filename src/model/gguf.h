@@ -55,13 +55,13 @@ enum mc_gguf_vtype {
 #define MC_GGUF_MAX_DIMS 4
 
 struct mc_gguf_tensor {
-    const char *name;              /* NUL-terminated, valid until mc_gguf_close */
+    const char *name; /* NUL-terminated, valid until mc_gguf_close */
     enum mc_type type;
-    int n_dims;                    /* 1..MC_GGUF_MAX_DIMS */
-    int64_t ne[MC_GGUF_MAX_DIMS];  /* ne[0] is the row length (fastest varying); unused = 1 */
-    uint64_t offset;               /* from the start of the data section */
+    int n_dims;                   /* 1..MC_GGUF_MAX_DIMS */
+    int64_t ne[MC_GGUF_MAX_DIMS]; /* ne[0] is the row length (fastest varying); unused = 1 */
+    uint64_t offset;              /* from the start of the data section */
     size_t size_bytes;
-    const void *data;              /* view into the mapping */
+    const void *data; /* view into the mapping */
 };
 
 struct mc_gguf; /* opaque; see gguf.c */
@@ -133,8 +133,10 @@ void mc_gguf_writer_free(struct mc_gguf_writer *w);
 /* Any fixed-size scalar type t (not string or array); v points at its bytes. */
 int mc_gguf_writer_set_val(struct mc_gguf_writer *w, const char *key, enum mc_gguf_vtype t,
                            const void *v, struct mc_err *err);
-int mc_gguf_writer_set_u32(struct mc_gguf_writer *w, const char *key, uint32_t v, struct mc_err *err);
-int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v, struct mc_err *err);
+int mc_gguf_writer_set_u32(struct mc_gguf_writer *w, const char *key, uint32_t v,
+                           struct mc_err *err);
+int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v,
+                           struct mc_err *err);
 int mc_gguf_writer_set_f32(struct mc_gguf_writer *w, const char *key, float v, struct mc_err *err);
 int mc_gguf_writer_set_bool(struct mc_gguf_writer *w, const char *key, bool v, struct mc_err *err);
 int mc_gguf_writer_set_str(struct mc_gguf_writer *w, const char *key, const char *v, size_t len,
