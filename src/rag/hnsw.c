@@ -4,7 +4,7 @@
  * in one contiguous array, each padded with zeros to a multiple of 16 floats so the SIMD
  * kernels have no tail. Level-0 links live in one fixed-stride array, (count, 2m ids) per
  * node; a node on level L > 0 also owns L lists of (count, m ids). A label -> node hash
- * (open addressing, linear probing) holds live nodes only.
+ * (idmap.h) holds live nodes only.
  *
  * Invariants: every link points to another node that exists on that level; the entry
  * point is a node on the top level (max_level); n_live counts nodes not deleted.
@@ -26,6 +26,7 @@
 
 #include "base/mem.h"
 #include "rag/hnsw_int.h"
+#include "rag/idmap.h"
 
 #include <math.h>
 #include <stdbool.h>
@@ -33,8 +34,6 @@
 #include <string.h>
 
 #define NONE UINT32_MAX
-#define MAP_EMPTY UINT32_MAX
-#define MAP_TOMB (UINT32_MAX - 1)
 
 struct cand {
     float d;
@@ -76,9 +75,7 @@ struct mc_hnsw {
     uint8_t *deleted;  /* (cap) */
     uint64_t *labels;  /* (cap) */
 
-    uint64_t *map_keys; /* (map_cap) */
-    uint32_t *map_vals; /* (map_cap) node, MAP_EMPTY or MAP_TOMB */
-    size_t map_cap, map_used;
+    struct idmap labels_map; /* live labels -> node */
 
     struct mc_hnsw_scratch scratch; /* for inserts and mc_hnsw_search */
     struct cand *sorted;            /* (ef_construction + m0 + 1) insert work space */
@@ -300,85 +297,6 @@ void mc_hnsw_scratch_free(struct mc_hnsw_scratch *s) {
     mc_free(s);
 }
 
-/* ---------------------------------------------------------------- label map */
-
-static inline size_t hash_label(uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return (size_t)x;
-}
-
-static uint32_t map_find(const struct mc_hnsw *h, uint64_t label) {
-    if (!h->map_cap)
-        return NONE;
-    size_t mask = h->map_cap - 1;
-    for (size_t i = hash_label(label) & mask;; i = (i + 1) & mask) {
-        uint32_t v = h->map_vals[i];
-        if (v == MAP_EMPTY)
-            return NONE;
-        if (v != MAP_TOMB && h->map_keys[i] == label)
-            return v;
-    }
-}
-
-static void map_put_nogrow(struct mc_hnsw *h, uint64_t label, uint32_t node) {
-    size_t mask = h->map_cap - 1;
-    size_t i = hash_label(label) & mask;
-    while (h->map_vals[i] != MAP_EMPTY && h->map_vals[i] != MAP_TOMB)
-        i = (i + 1) & mask;
-    if (h->map_vals[i] == MAP_EMPTY)
-        h->map_used++;
-    h->map_keys[i] = label;
-    h->map_vals[i] = node;
-}
-
-/* Makes room for one more label, rehashing (which also drops tombstones) when more than
- * half the slots are used. */
-static int map_reserve_one(struct mc_hnsw *h) {
-    if ((h->map_used + 1) * 2 <= h->map_cap)
-        return MC_OK;
-    size_t cap = 16;
-    while (cap < (size_t)(h->n_live + 1) * 4)
-        cap *= 2;
-    uint64_t *keys = mc_malloc(cap * sizeof(*keys));
-    uint32_t *vals = mc_malloc(cap * sizeof(*vals));
-    if (!keys || !vals) {
-        mc_free(keys);
-        mc_free(vals);
-        return MC_ENOMEM;
-    }
-    memset(vals, 0xff, cap * sizeof(*vals));
-    uint64_t *old_keys = h->map_keys;
-    uint32_t *old_vals = h->map_vals;
-    size_t old_cap = h->map_cap;
-    h->map_keys = keys;
-    h->map_vals = vals;
-    h->map_cap = cap;
-    h->map_used = 0;
-    for (size_t i = 0; i < old_cap; i++)
-        if (old_vals[i] != MAP_EMPTY && old_vals[i] != MAP_TOMB)
-            map_put_nogrow(h, old_keys[i], old_vals[i]);
-    mc_free(old_keys);
-    mc_free(old_vals);
-    return MC_OK;
-}
-
-static void map_remove(struct mc_hnsw *h, uint64_t label) {
-    size_t mask = h->map_cap - 1;
-    for (size_t i = hash_label(label) & mask;; i = (i + 1) & mask) {
-        uint32_t v = h->map_vals[i];
-        if (v == MAP_EMPTY)
-            return;
-        if (v != MAP_TOMB && h->map_keys[i] == label) {
-            h->map_vals[i] = MAP_TOMB;
-            return;
-        }
-    }
-}
-
 /* ---------------------------------------------------------------- create / free */
 
 static int check_params(const struct mc_hnsw_params *p, struct mc_err *err) {
@@ -441,8 +359,7 @@ void mc_hnsw_free(struct mc_hnsw *h) {
     mc_free(h->levels);
     mc_free(h->deleted);
     mc_free(h->labels);
-    mc_free(h->map_keys);
-    mc_free(h->map_vals);
+    idmap_deinit(&h->labels_map);
     mc_free(h->sorted);
     mc_free(h->picked);
     scratch_deinit(&h->scratch);
@@ -680,7 +597,7 @@ static void connect_node(struct mc_hnsw *h, uint32_t node, int top) {
 }
 
 int mc_hnsw_insert(struct mc_hnsw *h, uint64_t label, const float *vec, struct mc_err *err) {
-    if (map_find(h, label) != NONE)
+    if (idmap_find(&h->labels_map, label) != NONE)
         return mc_err_set(err, MC_EEXIST, "hnsw: label %llu is already in the index",
                           (unsigned long long)label);
     if (h->n_nodes >= UINT32_MAX - 2)
@@ -693,7 +610,7 @@ int mc_hnsw_insert(struct mc_hnsw *h, uint64_t label, const float *vec, struct m
     if (!rc)
         rc = scratch_reserve(&h->scratch, node + 1, (size_t)h->ef_construction, h->dim_pad);
     if (!rc)
-        rc = map_reserve_one(h);
+        rc = idmap_reserve_one(&h->labels_map);
     if (rc)
         return mc_err_set(err, MC_ENOMEM, "hnsw: out of memory growing to %u nodes", node + 1);
     rc = load_query(h, &h->scratch, vec, err);
@@ -718,7 +635,7 @@ int mc_hnsw_insert(struct mc_hnsw *h, uint64_t label, const float *vec, struct m
     h->labels[node] = label;
     h->n_nodes++;
     h->n_live++;
-    map_put_nogrow(h, label, node);
+    idmap_put(&h->labels_map, label, node);
 
     if (h->entry == NONE) {
         h->entry = node;
@@ -734,11 +651,11 @@ int mc_hnsw_insert(struct mc_hnsw *h, uint64_t label, const float *vec, struct m
 }
 
 int mc_hnsw_delete(struct mc_hnsw *h, uint64_t label, struct mc_err *err) {
-    uint32_t node = map_find(h, label);
+    uint32_t node = idmap_find(&h->labels_map, label);
     if (node == NONE)
         return mc_err_set(err, MC_ENOTFOUND, "hnsw: label %llu is not in the index",
                           (unsigned long long)label);
-    map_remove(h, label);
+    idmap_remove(&h->labels_map, label);
     h->deleted[node] = 1;
     h->n_live--;
     return MC_OK;
@@ -837,7 +754,7 @@ int mc_hnsw_dim(const struct mc_hnsw *h) {
 }
 
 int mc_hnsw_contains(const struct mc_hnsw *h, uint64_t label) {
-    return map_find(h, label) != NONE;
+    return idmap_find(&h->labels_map, label) != NONE;
 }
 
 /* ---------------------------------------------------------------- serialization
@@ -1078,12 +995,12 @@ static int check_graph(struct rbuf *r, struct mc_hnsw *h, uint32_t n_live, int32
     for (uint32_t i = 0; i < h->n_nodes; i++) {
         if (h->deleted[i])
             continue;
-        if (map_find(h, h->labels[i]) != NONE)
+        if (idmap_find(&h->labels_map, h->labels[i]) != NONE)
             return mc_err_set(r->err, MC_EFORMAT, "hnsw image: label %llu is live twice",
                               (unsigned long long)h->labels[i]);
-        if (map_reserve_one(h))
+        if (idmap_reserve_one(&h->labels_map))
             return mc_err_set(r->err, MC_ENOMEM, "hnsw image: out of memory for labels");
-        map_put_nogrow(h, h->labels[i], i);
+        idmap_put(&h->labels_map, h->labels[i], i);
         h->n_live++;
     }
     return MC_OK;
