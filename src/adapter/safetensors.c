@@ -219,8 +219,7 @@ static int parse_offsets(struct parser *p, const char *name, json_t *v,
                        (unsigned long long)begin, (unsigned long long)end);
     if (end > data_size)
         return fail_at(p, MC_EFORMAT, key_offset(p, name),
-                       "end %llu is past the end of the data section (%llu bytes at file "
-                       "offset %zu)",
+                       "end %llu is past the data section (%llu bytes at file offset %zu)",
                        (unsigned long long)end, (unsigned long long)data_size, p->st->data_start);
     size_t esz = dtypes[t->dtype].size;
     if (n_elems > UINT64_MAX / esz || end - begin != n_elems * esz)
