@@ -44,7 +44,7 @@ struct bw_job {
  * for AVX2 (32-byte loads) when the CPU has it, since narrower loads cannot saturate
  * the memory system from two cores. */
 #define BW_LOOP(NAME, ATTR)                                                                        \
-    ATTR static uint64_t NAME(const uint64_t *buf, size_t lo, size_t hi) {                        \
+    ATTR static uint64_t NAME(const uint64_t *buf, size_t lo, size_t hi) {                         \
         uint64_t s[8] = {0};                                                                       \
         for (size_t k = lo; k < hi; k += 8)                                                        \
             for (int l = 0; l < 8; l++)                                                            \
@@ -58,8 +58,8 @@ static void bw_read_part(void *ctx, int i, int n) {
     struct bw_job *j = ctx;
     size_t lo = j->n * (size_t)i / (size_t)n / 8 * 8;
     size_t hi = j->n * (size_t)(i + 1) / (size_t)n / 8 * 8;
-    j->sums[i & 255] = __builtin_cpu_supports("avx2") ? sum_avx2(j->buf, lo, hi)
-                                                      : sum_plain(j->buf, lo, hi);
+    j->sums[i & 255] =
+        __builtin_cpu_supports("avx2") ? sum_avx2(j->buf, lo, hi) : sum_plain(j->buf, lo, hi);
 }
 
 /* Best of seven read passes over SWEEP_BYTES, split across the pool. */
@@ -233,7 +233,7 @@ int main(int argc, char **argv) {
         return 1;
     static const char *SIMD_NAMES[] = {"portable", "avx2", "avx512"};
     enum mc_simd simd = mc_simd_detect();
-    static const enum mc_type TYPES[] = {MC_TYPE_F32, MC_TYPE_F16, MC_TYPE_BF16, MC_TYPE_Q8_0,
+    static const enum mc_type TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16, MC_TYPE_Q8_0,
                                          MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K, MC_TYPE_Q6_K};
     struct run r = {.pool = pool};
     float *x = malloc(sizeof(float) * NTOK * 2048);
@@ -254,9 +254,11 @@ int main(int argc, char **argv) {
     double bw1 = measure_read_gbs(pool);
     double bw = bw0 > bw1 ? bw0 : bw1;
     printf("threads %d, kernels %s, memory read bandwidth %.1f GB/s (%.1f before, %.1f after "
-           "the sweeps)\n\n", n_threads, SIMD_NAMES[simd], bw, bw0, bw1);
+           "the sweeps)\n\n",
+           n_threads, SIMD_NAMES[simd], bw, bw0, bw1);
     printf("matvec from memory, %d threads, wall clock: GB/s of weights (mean of a sweep, "
-           "fastest call)\n", n_threads);
+           "fastest call)\n",
+           n_threads);
     printf("%-5s %-9s %8s %8s %7s\n", "type", "shape", "mean", "fastest", "of bw");
     for (size_t k = 0; k < N_TYPES; k++)
         for (int sh = 0; sh < 2; sh++)
@@ -267,8 +269,8 @@ int main(int argc, char **argv) {
 
     printf("2048x768, one thread, thread CPU time, matrix in L2 | 128 tokens, %d threads, wall\n",
            n_threads);
-    printf("%-5s %8s %8s %8s | %8s %8s %8s | %8s\n", "", "matvec", "GB/s", "", "128 tok",
-           "GMAC/s", "", "GMAC/s");
+    printf("%-5s %8s %8s %8s | %8s %8s %8s | %8s\n", "", "matvec", "GB/s", "", "128 tok", "GMAC/s",
+           "", "GMAC/s");
     printf("%-5s %8s %8s %8s | %8s %8s %8s | %8s\n", "type", "portable", "avx2", "avx512",
            "portable", "avx2", "avx512", SIMD_NAMES[simd]);
     for (size_t k = 0; k < N_TYPES; k++)

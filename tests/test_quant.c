@@ -37,7 +37,7 @@ static float rng_normal(float scale) {
     return (rng_uniform() + rng_uniform() + rng_uniform() + rng_uniform()) * 0.866f * scale;
 }
 
-static const enum mc_type ALL_TYPES[] = {MC_TYPE_F32, MC_TYPE_F16, MC_TYPE_BF16, MC_TYPE_Q8_0,
+static const enum mc_type ALL_TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16, MC_TYPE_Q8_0,
                                          MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K, MC_TYPE_Q6_K};
 #define N_TYPES (sizeof(ALL_TYPES) / sizeof(ALL_TYPES[0]))
 
@@ -80,8 +80,8 @@ static uint8_t *make_matrix(enum mc_type t, int64_t rows, int64_t cols, float *d
     return w;
 }
 
-static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows,
-                     int64_t cols, const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
+static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows, int64_t cols,
+                     const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
     enum mc_simd saved = mc_simd_get();
     mc_simd_set(level);
     size_t ws = mc_matmul_work_size(t, cols, n_tok);
@@ -130,15 +130,15 @@ static void test_fp16_known_values(void **state) {
     (void)state;
     assert_int_equal(mc_fp32_to_fp16(1.0f), 0x3C00);
     assert_int_equal(mc_fp32_to_fp16(-2.0f), 0xC000);
-    assert_int_equal(mc_fp32_to_fp16(65504.0f), 0x7BFF);       /* largest finite */
-    assert_int_equal(mc_fp32_to_fp16(65519.0f), 0x7BFF);       /* below the rounding midpoint */
-    assert_int_equal(mc_fp32_to_fp16(65520.0f), 0x7C00);       /* midpoint rounds to inf */
+    assert_int_equal(mc_fp32_to_fp16(65504.0f), 0x7BFF); /* largest finite */
+    assert_int_equal(mc_fp32_to_fp16(65519.0f), 0x7BFF); /* below the rounding midpoint */
+    assert_int_equal(mc_fp32_to_fp16(65520.0f), 0x7C00); /* midpoint rounds to inf */
     assert_int_equal(mc_fp32_to_fp16(INFINITY), 0x7C00);
     assert_int_equal(mc_fp32_to_fp16(-INFINITY), 0xFC00);
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-24f), 0x0001);     /* smallest subnormal */
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-25f), 0x0000);     /* tie goes to even (zero) */
-    assert_int_equal(mc_fp32_to_fp16(0x1.8p-24f), 0x0002);     /* tie goes to even (two) */
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-14f), 0x0400);     /* smallest normal */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-24f), 0x0001);        /* smallest subnormal */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-25f), 0x0000);        /* tie goes to even (zero) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.8p-24f), 0x0002);        /* tie goes to even (two) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-14f), 0x0400);        /* smallest normal */
     assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.0p-11f), 0x3C00); /* tie to even */
     assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.8p-10f), 0x3C02); /* tie to even, upward */
     assert_int_equal(mc_fp32_to_fp16(-0.0f), 0x8000);
@@ -163,8 +163,8 @@ static void test_fp16_known_values(void **state) {
 static void test_bf16_known_values(void **state) {
     (void)state;
     assert_int_equal(mc_fp32_to_bf16(1.0f), 0x3F80);
-    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.0p-8f), 0x3F80);  /* tie to even */
-    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.8p-7f), 0x3F82);  /* tie to even, upward */
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.0p-8f), 0x3F80); /* tie to even */
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.8p-7f), 0x3F82); /* tie to even, upward */
     assert_int_equal(mc_fp32_to_bf16(-3.0f), 0xC040);
     assert_int_equal(mc_fp32_to_bf16(INFINITY), 0x7F80);
     assert_true(isnan(mc_bf16_to_fp32(mc_fp32_to_bf16(NAN))));
@@ -242,9 +242,8 @@ static void test_round_trip_error_within_bounds(void **state) {
         enum mc_type t;
         double max_rel_rms;
     } CASES[] = {
-        {MC_TYPE_F32, 0.0},    {MC_TYPE_F16, 0.0003}, {MC_TYPE_BF16, 0.0025},
-        {MC_TYPE_Q8_0, 0.0075}, {MC_TYPE_Q4_0, 0.12},  {MC_TYPE_Q4_K, 0.10},
-        {MC_TYPE_Q5_K, 0.05},  {MC_TYPE_Q6_K, 0.025},
+        {MC_TYPE_F32, 0.0},   {MC_TYPE_F16, 0.0003}, {MC_TYPE_BF16, 0.0025}, {MC_TYPE_Q8_0, 0.0075},
+        {MC_TYPE_Q4_0, 0.12}, {MC_TYPE_Q4_K, 0.10},  {MC_TYPE_Q5_K, 0.05},   {MC_TYPE_Q6_K, 0.025},
     };
     enum { N = 4096 };
     static float x[N], y[N];
@@ -342,8 +341,9 @@ static void check_against_reference(enum mc_type t, int rows, int cols, int ntok
                 double got = y[tk * rows + r];
                 if (!(fabs(got - ref) <= 2e-6 * mag + 1e-7))
                     fail_msg("%s cols=%d simd=%d row %d tok %d: got %.9g, reference %.9g, "
-                             "|diff| %.3g > %.3g", mc_type_name(t), cols, level, r, tk, got, ref,
-                             fabs(got - ref), 2e-6 * mag + 1e-7);
+                             "|diff| %.3g > %.3g",
+                             mc_type_name(t), cols, level, r, tk, got, ref, fabs(got - ref),
+                             2e-6 * mag + 1e-7);
             }
         }
     }
@@ -384,8 +384,8 @@ static void test_matmul_random_activations_close_to_float(void **state) {
         for (int c = 0; c < COLS; c++)
             x[c] = rng_normal(1.0f);
         for (int level = 0; level <= (int)mc_simd_detect(); level++) {
-            assert_int_equal(matmul_at((enum mc_simd)level, TYPES[k], w, ROWS, COLS, x, 1, y,
-                                       NULL), MC_OK);
+            assert_int_equal(matmul_at((enum mc_simd)level, TYPES[k], w, ROWS, COLS, x, 1, y, NULL),
+                             MC_OK);
             for (int r = 0; r < ROWS; r++) {
                 double ref = 0, mag = 0;
                 for (int c = 0; c < COLS; c++) {
@@ -419,8 +419,9 @@ static void test_matmul_batched_equals_single_calls_exactly(void **state) {
             assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x, NTOK, yb, pool),
                              MC_OK);
             for (int tk = 0; tk < NTOK; tk++) {
-                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x + tk * cols,
-                                           1, ys, tk % 2 ? pool : NULL), MC_OK);
+                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x + tk * cols, 1,
+                                           ys, tk % 2 ? pool : NULL),
+                                 MC_OK);
                 if (memcmp(ys, yb + tk * ROWS, sizeof(ys)) != 0)
                     fail_msg("%s simd=%d: token %d of a batch differs from a single call",
                              mc_type_name(t), level, tk);
@@ -504,7 +505,6 @@ static void test_rmsnorm_softmax_silu_known_values(void **state) {
     assert_float_near(g[1], 2.0 / (1.0 + exp(-1.0)), 1e-6);
     assert_float_near(g[2], -2.0 / (1.0 + exp(2.0)), 1e-6);
 }
-
 
 /* ---- mcai quantize ---------------------------------------------------------------------- */
 
@@ -596,7 +596,8 @@ static void test_quantize_cli_q4_k_m_mix(void **state) {
                              MC_OK);
         }
         snprintf(name, sizeof(name), "blk.%d.attn_norm.weight", l);
-        assert_int_equal(mc_gguf_writer_add_tensor(w, name, MC_TYPE_F32, 1, ne1, norm, NULL), MC_OK);
+        assert_int_equal(mc_gguf_writer_add_tensor(w, name, MC_TYPE_F32, 1, ne1, norm, NULL),
+                         MC_OK);
     }
     assert_int_equal(mc_gguf_writer_add_tensor(w, "output.weight", MC_TYPE_F32, 2, ne2, mat, NULL),
                      MC_OK);
@@ -635,8 +636,10 @@ static void test_quantize_cli_q4_k_m_mix(void **state) {
     static float back[D * D];
     t = mc_gguf_find_tensor(g, "blk.1.attn_q.weight");
     for (int r = 0; r < D; r++)
-        assert_int_equal(mc_dequantize_row(MC_TYPE_Q4_K, (const uint8_t *)t->data + r * 144 * (D / 256),
-                                           back + r * D, D, NULL), MC_OK);
+        assert_int_equal(mc_dequantize_row(MC_TYPE_Q4_K,
+                                           (const uint8_t *)t->data + r * 144 * (D / 256),
+                                           back + r * D, D, NULL),
+                         MC_OK);
     double se = 0, sx = 0;
     for (int i = 0; i < D * D; i++) {
         se += (double)(back[i] - mat[i]) * (back[i] - mat[i]);

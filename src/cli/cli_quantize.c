@@ -59,8 +59,8 @@ static int parse_target(const char *name, struct target *t) {
         enum mc_type type;
         uint32_t ftype;
     } FTYPES[] = {
-        {MC_TYPE_F32, FTYPE_ALL_F32}, {MC_TYPE_F16, FTYPE_F16},     {MC_TYPE_BF16, FTYPE_BF16},
-        {MC_TYPE_Q8_0, FTYPE_Q8_0},   {MC_TYPE_Q4_0, FTYPE_Q4_0},   {MC_TYPE_Q4_K, FTYPE_Q4_K_S},
+        {MC_TYPE_F32, FTYPE_ALL_F32}, {MC_TYPE_F16, FTYPE_F16},   {MC_TYPE_BF16, FTYPE_BF16},
+        {MC_TYPE_Q8_0, FTYPE_Q8_0},   {MC_TYPE_Q4_0, FTYPE_Q4_0}, {MC_TYPE_Q4_K, FTYPE_Q4_K_S},
         {MC_TYPE_Q5_K, FTYPE_Q5_K_S}, {MC_TYPE_Q6_K, FTYPE_Q6_K},
     };
     memset(t, 0, sizeof(*t));
@@ -114,8 +114,8 @@ static enum mc_type choose_type(const struct target *tg, const struct mc_gguf_te
         if (strcmp(t->name, "output.weight") == 0 ||
             (!has_output && strcmp(t->name, "token_embd.weight") == 0))
             to = MC_TYPE_Q6_K;
-        else if (il >= 0 && (ends_with(t->name, ".attn_v.weight") ||
-                             ends_with(t->name, ".ffn_down.weight")) &&
+        else if (il >= 0 &&
+                 (ends_with(t->name, ".attn_v.weight") || ends_with(t->name, ".ffn_down.weight")) &&
                  more_bits(il, n_layer))
             to = MC_TYPE_Q6_K;
     }
@@ -129,8 +129,8 @@ struct conv_job {
     enum mc_type to;
     int64_t rows, cols;
     uint8_t *dst;
-    int *rcs;             /* (n_threads) each thread's result */
-    struct mc_err *errs;  /* (n_threads) and message */
+    int *rcs;            /* (n_threads) each thread's result */
+    struct mc_err *errs; /* (n_threads) and message */
 };
 
 static void conv_part(void *ctx, int i, int n) {
@@ -151,8 +151,8 @@ static void conv_part(void *ctx, int i, int n) {
 }
 
 /* Converts tensor t to type `to` and adds it to w. */
-static int add_converted(struct mc_gguf_writer *w, const struct mc_gguf_tensor *t,
-                         enum mc_type to, struct mc_pool *pool, struct mc_err *err) {
+static int add_converted(struct mc_gguf_writer *w, const struct mc_gguf_tensor *t, enum mc_type to,
+                         struct mc_pool *pool, struct mc_err *err) {
     struct conv_job job = {.t = t, .to = to, .cols = t->ne[0], .rows = t->ne[1]};
     int n = mc_pool_n_threads(pool);
     job.dst = mc_malloc(mc_type_row_size(to, job.cols) * (size_t)job.rows);
@@ -255,8 +255,10 @@ int cmd_quantize(int argc, char **argv) {
         return CLI_USAGE;
     }
     if (parse_target(pos[2], &tg) != 0) {
-        fprintf(stderr, "mcai quantize: unknown type '%s' (use F32, F16, BF16, Q8_0, Q4_0, Q4_K, "
-                        "Q5_K, Q6_K or Q4_K_M)\n", pos[2]);
+        fprintf(stderr,
+                "mcai quantize: unknown type '%s' (use F32, F16, BF16, Q8_0, Q4_0, Q4_K, "
+                "Q5_K, Q6_K or Q4_K_M)\n",
+                pos[2]);
         return CLI_USAGE;
     }
 
