@@ -267,8 +267,7 @@ int mc_dequantize_row(enum mc_type t, const void *src, float *dst, int64_t n, st
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
         return mc_err_set(err, MC_EINVAL,
-                          "dequantize: %lld elements is not a multiple of %s's "
-                          "block size %lld",
+                          "dequantize: %lld elements is not a multiple of %s's block size %lld",
                           (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
@@ -606,8 +605,7 @@ int mc_quantize_row(enum mc_type t, const float *src, void *dst, int64_t n, stru
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
         return mc_err_set(err, MC_EINVAL,
-                          "quantize: %lld elements is not a multiple of %s's "
-                          "block size %lld",
+                          "quantize: %lld elements is not a multiple of %s's block size %lld",
                           (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
@@ -1012,8 +1010,7 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
                           mc_type_name(t), (int)t);
     if (rows <= 0 || cols <= 0 || n_tok <= 0 || mc_type_row_size(t, cols) == 0)
         return mc_err_set(err, MC_EINVAL,
-                          "matmul: bad shape rows=%lld cols=%lld n_tok=%lld "
-                          "for %s (block size %lld)",
+                          "matmul: rows=%lld cols=%lld n_tok=%lld bad for %s (block size %lld)",
                           (long long)rows, (long long)cols, (long long)n_tok, mc_type_name(t),
                           (long long)mc_type_block_size(t));
     if (!work && mc_matmul_work_size(t, cols, n_tok) > 0)
