@@ -56,7 +56,7 @@ INLINE float quantize_block(const float *x, int8_t *q, int *sum) {
     return _cvtsh_ss(d16);
 }
 
-/* Fills row n / 32 blocks of pairs; bias is 128 for Q8_0 weights, 8 for Q4_0. */
+/* Fills n / 32 blocks as pairs; bias is 8 for Q4_0 weights (levels 0..15), 0 for Q8_0. */
 INLINE void conv_pairs(const float *x, void *dst, int64_t n, int bias, int interleave) {
     struct q8_pair *y = dst;
     const int64_t nb = n / QK8_0;
@@ -83,7 +83,7 @@ INLINE void conv_pairs(const float *x, void *dst, int64_t n, int bias, int inter
 }
 
 static void conv_pairs_q8_0(const float *x, void *dst, int64_t n) {
-    conv_pairs(x, dst, n, 128, 0);
+    conv_pairs(x, dst, n, 0, 0);
 }
 
 static void conv_pairs_q4_0(const float *x, void *dst, int64_t n) {
@@ -98,9 +98,11 @@ INLINE __m512 pair_scales(uint16_t d0, uint16_t d1, __m512i lanes) {
     return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(f));
 }
 
-/* Q8_0 weights of a pair as unsigned bytes (+128); a missing b1 gives 128s, which meet
- * zero activations. */
-INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw) {
+/* Q8_0 weights of a pair as magnitudes, with their signs in *neg (the activations take
+ * the signs, as AVX2's vpsignb does). Biasing the weights by +128 instead would need a
+ * -128 * sum(x) correction per block: exact in integers, but the large lane values then
+ * cancel in float and cost about two decimal digits of the result. A missing b1 is 0. */
+INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw, __mmask64 *neg) {
     const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i v;
     if (full) {
@@ -112,11 +114,12 @@ INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw) {
         v = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)bw[0].qs));
         *dw = pair_scales(bw[0].d, 0, lanes);
     }
-    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+    *neg = _mm512_movepi8_mask(v);
+    return _mm512_abs_epi8(v);
 }
 
 /* Q4_0 weights of a pair as levels 0..15 in the interleaved layout. */
-INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
+INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw, __mmask64 *neg) {
     const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
     __m256i t;
     if (full) {
@@ -129,12 +132,14 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
         *dw = pair_scales(bw[0].d, 0, lanes);
     }
     __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(t), _mm256_srli_epi16(t, 4), 1);
+    *neg = 0;
     return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
 }
 
 /* ---- Tiles ----------------------------------------------------------------------------- */
 
-#define DEFINE_PAIR_TILE(NAME, BLOCK, LOADW)                                                       \
+/* SIGNED: the weights come as magnitudes and the activations take their signs. */
+#define DEFINE_PAIR_TILE(NAME, BLOCK, LOADW, SIGNED)                                               \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m512 acc[4][4];                                                                          \
         UNROLL for (int i = 0; i < RM; i++) {                                                      \
@@ -147,8 +152,10 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
             const int full = 2 * p + 1 < nb;                                                       \
             __m512i wq[4];                                                                         \
             __m512 dw[4];                                                                          \
+            __mmask64 neg[4];                                                                      \
             UNROLL for (int i = 0; i < RM; i++) {                                                  \
-                wq[i] = LOADW((const struct BLOCK *)(w + i * w_row) + 2 * p, full, &dw[i]);        \
+                wq[i] =                                                                            \
+                    LOADW((const struct BLOCK *)(w + i * w_row) + 2 * p, full, &dw[i], &neg[i]);   \
             }                                                                                      \
             UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 const struct q8_pair *ap = (const struct q8_pair *)(a + j * a_row) + p;            \
@@ -156,7 +163,10 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
                 const __m512i corr = _mm512_loadu_si512(ap->corr);                                 \
                 const __m512 dx = _mm512_loadu_ps(ap->d);                                          \
                 UNROLL for (int i = 0; i < RM; i++) {                                              \
-                    __m512i s = _mm512_dpbusd_epi32(corr, wq[i], xq);                              \
+                    const __m512i xs =                                                             \
+                        SIGNED ? _mm512_mask_sub_epi8(xq, neg[i], _mm512_setzero_si512(), xq)      \
+                               : xq;                                                               \
+                    __m512i s = _mm512_dpbusd_epi32(corr, wq[i], xs);                              \
                     acc[i][j] = _mm512_fmadd_ps(_mm512_mul_ps(dw[i], dx), _mm512_cvtepi32_ps(s),   \
                                                 acc[i][j]);                                        \
                 }                                                                                  \
@@ -169,8 +179,8 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
         }                                                                                          \
     }
 
-DEFINE_PAIR_TILE(q8_0, block_q8_0, q8_0_pair)
-DEFINE_PAIR_TILE(q4_0, block_q4_0, q4_0_pair)
+DEFINE_PAIR_TILE(q8_0, block_q8_0, q8_0_pair, 1)
+DEFINE_PAIR_TILE(q4_0, block_q4_0, q4_0_pair, 0)
 DEFINE_GEMM(q8_0, 4, 4)
 DEFINE_GEMM(q4_0, 4, 4)
 
