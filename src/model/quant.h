@@ -38,7 +38,11 @@ uint16_t mc_fp32_to_fp16(float f);
 float mc_bf16_to_fp32(uint16_t h);
 uint16_t mc_fp32_to_bf16(float f);
 
-/* Which kernel set runs: the best the CPU has, or the portable one (tests, comparison). */
+/* Which kernel set runs: the best the CPU has, or the portable one (tests, comparison).
+ * The choice is process-wide; mc_simd_set is meant for tests and benchmarks and must not
+ * race with running matmuls. Types without a kernel in the chosen set use the next
+ * narrower one (the AVX-512 set has Q8_0, Q4_0 and the K-quants; F32/F16/BF16 use AVX2).
+ * Results of the sets differ only in float summation order. */
 enum mc_simd { MC_SIMD_PORTABLE = 0, MC_SIMD_AVX2 = 1, MC_SIMD_AVX512 = 2 };
 enum mc_simd mc_simd_detect(void);           /* what the CPU supports */
 enum mc_simd mc_simd_get(void);              /* what is in use */
@@ -47,7 +51,9 @@ void mc_simd_set(enum mc_simd level);         /* clamps to what the CPU supports
 /* y (n_tok, rows) = x (n_tok, cols) · W^T, W being (rows, cols) of type t (rows of
  * mc_type_row_size(t, cols) bytes). x is F32; it is converted to t's vec_dot type once
  * and then shared by all threads. work must hold mc_matmul_work_size(t, cols, n_tok)
- * bytes. Rows are split across the pool's threads. */
+ * bytes (0 for F32; any alignment). Rows are split across the pool's threads (pool may
+ * be NULL). A batch gives bit for bit the results of one call per token. MC_ENOTSUP for
+ * a type without kernels, MC_EINVAL for a bad shape or a missing work buffer. */
 size_t mc_matmul_work_size(enum mc_type t, int64_t cols, int64_t n_tok);
 int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
               int64_t n_tok, float *y, void *work, struct mc_pool *pool, struct mc_err *err);
