@@ -349,6 +349,8 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
 }
 
+/* The chunk loop is outermost inside a super-block so that each row's levels are
+ * unpacked once for all the tile's tokens. */
 #define DEFINE_K4_TILE(NAME, BLOCK, LEVELS)                                                        \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m256 acc[4][4];                                                                          \
@@ -362,32 +364,44 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
         const int64_t nb = cols / QK_K;                                                            \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             struct k4_row kr[4];                                                                   \
+            const struct BLOCK *bw[4];                                                             \
+            const struct block_q8_k *ba[4];                                                        \
+            __m256i sumi[4][4];                                                                    \
             UNROLL for (int i = 0; i < RM; i++) {                                                  \
-                const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;                \
-                k4_row_load(&kr[i], bw->scales, bw->d, bw->dmin);                                  \
+                bw[i] = (const struct BLOCK *)(w + i * w_row) + b;                                 \
+                k4_row_load(&kr[i], bw[i]->scales, bw[i]->d, bw[i]->dmin);                         \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    sumi[i][j] = _mm256_setzero_si256();                                           \
+                }                                                                                  \
             }                                                                                      \
             UNROLL for (int j = 0; j < RN; j++) {                                                  \
-                const struct block_q8_k *ba = (const struct block_q8_k *)(a + j * a_row) + b;      \
-                const __m128i s32 = q8k_sums32(ba);                                                \
+                ba[j] = (const struct block_q8_k *)(a + j * a_row) + b;                            \
+            }                                                                                      \
+            UNROLL for (int k = 0; k < 4; k++) {                                                   \
+                __m256i lo[4], hi[4];                                                              \
                 UNROLL for (int i = 0; i < RM; i++) {                                              \
-                    const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;            \
-                    __m256i sumi = _mm256_setzero_si256();                                         \
-                    UNROLL for (int k = 0; k < 4; k++) {                                           \
-                        __m256i lo, hi;                                                            \
-                        LEVELS(bw, k, &lo, &hi);                                                   \
-                        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(ba->qs + 64 * k)); \
-                        const __m256i x1 =                                                         \
-                            _mm256_loadu_si256((const __m256i *)(ba->qs + 64 * k + 32));           \
-                        __m256i p0 =                                                               \
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), kr[i].scale[2 * k]);   \
-                        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1),               \
+                    LEVELS(bw[i], k, &lo[i], &hi[i]);                                              \
+                }                                                                                  \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(ba[j]->qs + 64 * k));  \
+                    const __m256i x1 =                                                             \
+                        _mm256_loadu_si256((const __m256i *)(ba[j]->qs + 64 * k + 32));            \
+                    UNROLL for (int i = 0; i < RM; i++) {                                          \
+                        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[i], x0),            \
+                                                       kr[i].scale[2 * k]);                        \
+                        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[i], x1),            \
                                                        kr[i].scale[2 * k + 1]);                    \
-                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));                   \
+                        sumi[i][j] = _mm256_add_epi32(sumi[i][j], _mm256_add_epi32(p0, p1));       \
                     }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                const __m128i s32 = q8k_sums32(ba[j]);                                             \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     const __m128i pm = _mm_madd_epi16(kr[i].mins, s32);                            \
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(kr[i].d * ba->d),                   \
-                                                _mm256_cvtepi32_ps(sumi), acc[i][j]);              \
-                    accm[i][j] = _mm_fmadd_ps(_mm_set1_ps(-kr[i].dmin * ba->d),                    \
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(kr[i].d * ba[j]->d),                \
+                                                _mm256_cvtepi32_ps(sumi[i][j]), acc[i][j]);        \
+                    accm[i][j] = _mm_fmadd_ps(_mm_set1_ps(-kr[i].dmin * ba[j]->d),                 \
                                               _mm_cvtepi32_ps(pm), accm[i][j]);                    \
                 }                                                                                  \
             }                                                                                      \
@@ -401,8 +415,8 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
 
 DEFINE_K4_TILE(q4_k, block_q4_k, q4k_levels)
 DEFINE_K4_TILE(q5_k, block_q5_k, q5k_levels)
-DEFINE_GEMM(q4_k, 4, 2)
-DEFINE_GEMM(q5_k, 4, 2)
+DEFINE_GEMM(q4_k, 2, 2)
+DEFINE_GEMM(q5_k, 2, 2)
 
 /* ---- Q6_K ------------------------------------------------------------------------------------ */
 
@@ -433,12 +447,14 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
     }
     const int64_t nb = cols / QK_K;
     for (int64_t b = 0; b < nb; b++) {
+        const struct block_q6_k *bw[4];
+        const struct block_q8_k *ba[4];
         __m256i sc16[4][8]; /* (row, group of 32): scales for the group's two halves */
         __m256i scales[4];  /* (row): all 16 scales as int16 */
-        float d[4];
+        __m256i sumi[4][4];
         UNROLL for (int i = 0; i < RM; i++) {
-            const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
-            scales[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
+            bw[i] = (const struct block_q6_k *)(w + i * w_row) + b;
+            scales[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw[i]->scales));
             /* Group g of half h takes scales 8h + 2g (low lane) and 8h + 2g + 1 (high). */
             const __m256i half0 = _mm256_permute2x128_si256(scales[i], scales[i], 0x00);
             const __m256i half1 = _mm256_permute2x128_si256(scales[i], scales[i], 0x11);
@@ -449,29 +465,39 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
                 sc16[i][g] = _mm256_shuffle_epi8(half0, pick);
                 sc16[i][4 + g] = _mm256_shuffle_epi8(half1, pick);
             }
-            d[i] = fp16(bw->d);
+            UNROLL for (int j = 0; j < RN; j++) {
+                sumi[i][j] = _mm256_setzero_si256();
+            }
         }
         UNROLL for (int j = 0; j < RN; j++) {
-            const struct block_q8_k *ba = (const struct block_q8_k *)(a + j * a_row) + b;
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)ba->bsums);
+            ba[j] = (const struct block_q8_k *)(a + j * a_row) + b;
+        }
+        /* Each row's levels are unpacked once per half for all the tile's tokens. */
+        UNROLL for (int h = 0; h < 2; h++) {
+            __m256i q[4][4];
             UNROLL for (int i = 0; i < RM; i++) {
-                const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
-                __m256i sumi = _mm256_setzero_si256();
-                UNROLL for (int h = 0; h < 2; h++) {
-                    __m256i q[4];
-                    q6k_levels(bw, h, q);
-                    UNROLL for (int g = 0; g < 4; g++) {
-                        const __m256i x =
-                            _mm256_loadu_si256((const __m256i *)(ba->qs + 128 * h + 32 * g));
-                        __m256i p = _mm256_maddubs_epi16(q[g], x);
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc16[i][4 * h + g]));
+                q6k_levels(bw[i], h, q[i]);
+            }
+            UNROLL for (int j = 0; j < RN; j++) {
+                UNROLL for (int g = 0; g < 4; g++) {
+                    const __m256i x =
+                        _mm256_loadu_si256((const __m256i *)(ba[j]->qs + 128 * h + 32 * g));
+                    UNROLL for (int i = 0; i < RM; i++) {
+                        __m256i p = _mm256_maddubs_epi16(q[i][g], x);
+                        sumi[i][j] =
+                            _mm256_add_epi32(sumi[i][j], _mm256_madd_epi16(p, sc16[i][4 * h + g]));
                     }
                 }
+            }
+        }
+        UNROLL for (int j = 0; j < RN; j++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)ba[j]->bsums);
+            UNROLL for (int i = 0; i < RM; i++) {
                 /* Subtract 32 * sum_j scale_j * bsum_j for the level offset. */
                 __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(scales[i], bs), 5);
-                sumi = _mm256_sub_epi32(sumi, off);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(d[i] * ba->d), _mm256_cvtepi32_ps(sumi),
-                                            acc[i][j]);
+                __m256i s = _mm256_sub_epi32(sumi[i][j], off);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(fp16(bw[i]->d) * ba[j]->d),
+                                            _mm256_cvtepi32_ps(s), acc[i][j]);
             }
         }
     }
@@ -482,7 +508,7 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
     }
 }
 
-DEFINE_GEMM(q6_k, 4, 2)
+DEFINE_GEMM(q6_k, 2, 2)
 
 /* ---- Table -------------------------------------------------------------------------------- */
 

@@ -119,9 +119,6 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
  * hardware prefetchers follow best (measured 2.5x faster than interleaving four rows for
  * one token), and each row is read once per two tokens. */
 #define DEFINE_GEMM(NAME, TR, TT)                                                                  \
-    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                           \
-        tile_##NAME(4, 1, TILE_PASS);                                                              \
-    }                                                                                              \
     static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                           \
         tile_##NAME(1, 1, TILE_PASS);                                                              \
     }                                                                                              \
@@ -156,8 +153,8 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
                 tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,              \
                                   y + t * ldy + r, ldy);                                           \
             for (; t < n_tok; t++)                                                                 \
-                for (int64_t i = 0; i < TR; i += 4)                                                \
-                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,    \
+                for (int64_t i = 0; i < TR; i++)                                                   \
+                    tile_##NAME##_1x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,    \
                                       y + t * ldy + r + i, ldy);                                   \
         }                                                                                          \
         for (; r < n_rows; r++) {                                                                  \
