@@ -397,6 +397,26 @@ static void test_matmul_random_activations_close_to_float(void **state) {
     }
 }
 
+/* All-zero activations (an all-zero Q8_K block takes its own branch in the conversion)
+ * give exactly zero on every kernel set. */
+static void test_matmul_zero_activations_give_zero(void **state) {
+    (void)state;
+    enum { ROWS = 8, COLS = 512, NTOK = 5 };
+    static float x[NTOK * COLS], y[NTOK * ROWS];
+    for (size_t k = 0; k < N_TYPES; k++) {
+        uint8_t *w = make_matrix(ALL_TYPES[k], ROWS, COLS, NULL);
+        for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+            memset(y, 0xFF, sizeof(y));
+            assert_int_equal(
+                matmul_at((enum mc_simd)level, ALL_TYPES[k], w, ROWS, COLS, x, NTOK, y, NULL),
+                MC_OK);
+            for (int i = 0; i < NTOK * ROWS; i++)
+                assert_true(y[i] == 0.0f);
+        }
+        free(w);
+    }
+}
+
 /* ---- Batched equals separate --------------------------------------------------------- */
 
 /* For every kernel set and type, one call with n_tok tokens gives exactly (bit for bit)
@@ -673,6 +693,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_matches_double_reference),
         cmocka_unit_test(test_matmul_odd_shapes_match_reference),
         cmocka_unit_test(test_matmul_random_activations_close_to_float),
+        cmocka_unit_test(test_matmul_zero_activations_give_zero),
         cmocka_unit_test(test_matmul_batched_equals_single_calls_exactly),
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_simd_set_clamps_to_cpu),
