@@ -320,6 +320,11 @@ void mc_crypto_random(void *buf, size_t n) {
     randombytes_buf(buf, n);
 }
 
+void mc_crypto_derive(const uint8_t key[MC_CRYPTO_KEY_BYTES], uint64_t id, const char ctx[8],
+                      uint8_t out[MC_CRYPTO_KEY_BYTES]) {
+    crypto_kdf_derive_from_key(out, MC_CRYPTO_KEY_BYTES, id, ctx, key);
+}
+
 void mc_crypto_hash_keyed(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *msg, size_t n,
                           uint8_t out[32]) {
     crypto_generichash(out, 32, msg, n, key, MC_CRYPTO_KEY_BYTES);

@@ -78,6 +78,10 @@ int mc_crypto_open(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size_
 /* Fills buf with n cryptographically random bytes. */
 void mc_crypto_random(void *buf, size_t n);
 
+/* Derives subkey number id of context ctx (8 characters) from key (crypto_kdf). */
+void mc_crypto_derive(const uint8_t key[MC_CRYPTO_KEY_BYTES], uint64_t id, const char ctx[8],
+                      uint8_t out[MC_CRYPTO_KEY_BYTES]);
+
 /* Keyed BLAKE2b-256 of msg under key (the pepper for API keys). */
 void mc_crypto_hash_keyed(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *msg, size_t n,
                           uint8_t out[32]);

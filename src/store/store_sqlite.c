@@ -6,7 +6,9 @@
  *   tenant_keys(tenant_id, wrapped)  wrapped data keys, one per tenant
  *   api_keys(prefix, tenant_id, hash, created_ms, revoked_ms)
  *   usage(tenant_id, day, requests, prompt_tokens, completion_tokens)
- *   objects(tenant_id, kind, obj_id, sealed)   sealed blobs, up to MC_STORE_OBJ_MAX
+ *   objects(tenant_id, kind, obj_key, sealed_id, sealed)
+ *                                    sealed blobs, up to MC_STORE_OBJ_MAX; obj_key is a
+ *                                    keyed hash of the object id, sealed_id the id itself
  * Every per-tenant table references tenants(id) (foreign keys on), so no row can outlive
  * or precede its tenant. secure_delete is on: freed cells and pages are zeroed, which is
  * what lets crypto-shredding leave no copy of a wrapped key in catalog.db.
@@ -64,8 +66,8 @@ static const char SCHEMA[] =
     " day INTEGER NOT NULL, requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,"
     " completion_tokens INTEGER NOT NULL, PRIMARY KEY(tenant_id, day)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS objects(tenant_id TEXT NOT NULL REFERENCES tenants(id),"
-    " kind TEXT NOT NULL, obj_id TEXT NOT NULL, sealed BLOB NOT NULL,"
-    " UNIQUE(tenant_id, kind, obj_id));";
+    " kind TEXT NOT NULL, obj_key TEXT NOT NULL, sealed_id BLOB NOT NULL,"
+    " sealed BLOB NOT NULL, UNIQUE(tenant_id, kind, obj_key));";
 
 /* ---------------------------------------------------------------------------------------
  * Helpers */
@@ -713,34 +715,36 @@ out_unlock:
  * Objects */
 
 static void bind_obj_key(sqlite3_stmt *st, const char *tenant_id, const char *kind,
-                         const char *obj_id) {
+                         const char *key) {
     bind_text(st, 1, tenant_id);
     bind_text(st, 2, kind);
-    bind_text(st, 3, obj_id);
+    bind_text(st, 3, key);
 }
 
-static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const char *obj_id,
-                      const uint8_t *sealed, size_t n, struct mc_err *err) {
+static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const char *key,
+                      const uint8_t *sealed_id, size_t n_id, const uint8_t *sealed, size_t n,
+                      struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    if (n > INT_MAX)
+    if (n > INT_MAX || n_id > INT_MAX)
         return mc_err_set(err, MC_ENOMEM, "object of %zu bytes exceeds the sqlite limit", n);
     sq_lock(q);
     int rc = sq_prepare(q,
-                        "INSERT INTO objects(tenant_id, kind, obj_id, sealed) VALUES(?, ?, ?, ?) "
-                        "ON CONFLICT(tenant_id, kind, obj_id) DO UPDATE SET sealed = "
-                        "excluded.sealed",
+                        "INSERT INTO objects(tenant_id, kind, obj_key, sealed_id, sealed) "
+                        "VALUES(?, ?, ?, ?, ?) ON CONFLICT(tenant_id, kind, obj_key) DO UPDATE "
+                        "SET sealed_id = excluded.sealed_id, sealed = excluded.sealed",
                         &st, err);
     if (rc == MC_OK) {
-        bind_obj_key(st, tenant_id, kind, obj_id);
-        sqlite3_bind_blob(st, 4, sealed, (int)n, SQLITE_STATIC);
+        bind_obj_key(st, tenant_id, kind, key);
+        sqlite3_bind_blob(st, 4, sealed_id, (int)n_id, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, sealed, (int)n, SQLITE_STATIC);
         rc = sq_done(q, st, "object put", err);
     }
     sq_unlock(q);
     return rc;
 }
 
-static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const char *obj_id,
+static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const char *key,
                       uint8_t **sealed, size_t *n, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
@@ -749,11 +753,11 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     sq_lock(q);
     int rc = sq_prepare(q,
                         "SELECT sealed FROM objects WHERE tenant_id = ? AND kind = ? AND "
-                        "obj_id = ?",
+                        "obj_key = ?",
                         &st, err);
     if (rc != MC_OK)
         goto out_unlock;
-    bind_obj_key(st, tenant_id, kind, obj_id);
+    bind_obj_key(st, tenant_id, kind, key);
     int src = sqlite3_step(st);
     if (src == SQLITE_ROW) {
         size_t len = (size_t)sqlite3_column_bytes(st, 0);
@@ -776,18 +780,18 @@ out_unlock:
     return rc;
 }
 
-static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char ***ids,
-                       size_t *n, struct mc_err *err) {
+static int sq_obj_list(void *be, const char *tenant_id, const char *kind,
+                       struct mc_store_obj_ref **out, size_t *n, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    char **rows = NULL;
+    struct mc_store_obj_ref *rows = NULL;
     size_t cap = 0, len = 0;
-    *ids = NULL;
+    *out = NULL;
     *n = 0;
     sq_lock(q);
     int rc = sq_prepare(q,
-                        "SELECT obj_id FROM objects WHERE tenant_id = ? AND kind = ? "
-                        "ORDER BY obj_id",
+                        "SELECT obj_key, sealed_id FROM objects WHERE tenant_id = ? AND "
+                        "kind = ? ORDER BY obj_key",
                         &st, err);
     if (rc != MC_OK)
         goto out_unlock;
@@ -798,12 +802,17 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char *
         rc = grow((void **)&rows, &cap, len + 1, sizeof(*rows), err);
         if (rc != MC_OK)
             break;
-        const unsigned char *id = sqlite3_column_text(st, 0);
-        rows[len] = mc_strdup(id ? (const char *)id : "");
-        if (!rows[len])
+        struct mc_store_obj_ref *r = &rows[len];
+        memset(r, 0, sizeof(*r));
+        copy_text(r->key, sizeof(r->key), sqlite3_column_text(st, 0));
+        r->n_sealed_id = (size_t)sqlite3_column_bytes(st, 1);
+        r->sealed_id = mc_malloc(r->n_sealed_id ? r->n_sealed_id : 1);
+        if (!r->sealed_id) {
             rc = mc_err_set(err, MC_ENOMEM, "object list: out of memory");
-        else
-            len++;
+            break;
+        }
+        memcpy(r->sealed_id, sqlite3_column_blob(st, 1), r->n_sealed_id);
+        len++;
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "object list", err);
@@ -811,23 +820,23 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char *
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
-        mc_store_obj_list_free(rows, len);
+        mc_store_obj_refs_free(rows, len);
         return rc;
     }
-    *ids = rows;
+    *out = rows;
     *n = len;
     return MC_OK;
 }
 
-static int sq_obj_delete(void *be, const char *tenant_id, const char *kind, const char *obj_id,
+static int sq_obj_delete(void *be, const char *tenant_id, const char *kind, const char *key,
                          struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
-    int rc = sq_prepare(q, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_id = ?",
+    int rc = sq_prepare(q, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_key = ?",
                         &st, err);
     if (rc == MC_OK) {
-        bind_obj_key(st, tenant_id, kind, obj_id);
+        bind_obj_key(st, tenant_id, kind, key);
         rc = sq_done(q, st, "object delete", err);
     }
     if (rc == MC_OK && sqlite3_changes(q->db) == 0)
