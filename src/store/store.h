@@ -5,7 +5,7 @@
  *    API key hashes, usage per tenant per day, and a key-check value;
  *  - tenant-private objects: blobs keyed (tenant id, kind, object id), sealed with the
  *    tenant's data key (XChaCha20-Poly1305, associated data = tenant id, kind, object id)
- *    before they reach the backend. Fronts, conversations, documents, vectors and adapters
+ *    before they reach the backend, which sees object ids only as keyed hashes. Fronts, conversations, documents, vectors and adapters
  *    all live here; an object may be up to MC_STORE_OBJ_MAX bytes.
  *
  * Callers never see SQL. A backend implements struct mc_store_ops (store_int.h); the only
@@ -166,9 +166,10 @@ int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_f
 
 /* Seals data (n bytes, at most MC_STORE_OBJ_MAX) with the tenant's data key and stores it
  * under (tenant_id, kind, obj_id), replacing any previous object there. kind is a short
- * lower-case name ("front", "conv", "doc", ...); obj_id any non-empty string without NUL
- * of at most MC_STORE_OBJ_ID_MAX bytes. Kinds and object ids are stored in clear: never
- * put secrets in them. MC_ENOTFOUND when the tenant does not exist. */
+ * lower-case name ("front", "conv", "doc", ...), stored in clear; obj_id any non-empty
+ * string without NUL of at most MC_STORE_OBJ_ID_MAX bytes, stored only as a keyed hash
+ * and sealed (so caller-chosen ids such as document names do not leak). MC_ENOTFOUND
+ * when the tenant does not exist. */
 int mc_store_obj_put(struct mc_store *s, const char *tenant_id, const char *kind,
                      const char *obj_id, const void *data, size_t n, struct mc_err *err);
 
@@ -180,7 +181,8 @@ int mc_store_obj_get(struct mc_store *s, const char *tenant_id, const char *kind
                      const char *obj_id, void **data, size_t *n, struct mc_err *err);
 
 /* The ids of one tenant's objects of one kind, in byte order, into a new array of new
- * strings (free with mc_store_obj_list_free). */
+ * strings (free with mc_store_obj_list_free). Opens every sealed id: MC_ECRYPTO if one
+ * fails. MC_ENOTFOUND when the tenant does not exist. */
 int mc_store_obj_list(struct mc_store *s, const char *tenant_id, const char *kind, char ***ids,
                       size_t *n, struct mc_err *err);
 void mc_store_obj_list_free(char **ids, size_t n);
