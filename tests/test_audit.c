@@ -47,8 +47,7 @@ static void append_n(struct fx *f, int n) {
         char tenant[32], details[64];
         snprintf(tenant, sizeof(tenant), "t_%d", i);
         snprintf(details, sizeof(details), "{\"name\":\"n%d\"}", i);
-        int rc = mc_audit_append(a, T0_MS + i, "cli:test", "tenant.create", tenant, details,
-                                 &err);
+        int rc = mc_audit_append(a, T0_MS + i, "cli:test", "tenant.create", tenant, details, &err);
         if (rc != MC_OK)
             fail_msg("append %d: %s", i, err.msg);
     }
@@ -93,7 +92,8 @@ static void test_audit_lines_have_the_documented_shape(void **state) {
     struct mc_audit *a;
     assert_int_equal(mc_audit_open(f->dir, &a, &err), MC_OK);
     assert_int_equal(mc_audit_append(a, T0_MS + 123, "admin", "key.use", NULL,
-                                     "{\"prefix\":\"mcai_AbCdEfGh\",\"n\":2}", &err), MC_OK);
+                                     "{\"prefix\":\"mcai_AbCdEfGh\",\"n\":2}", &err),
+                     MC_OK);
     assert_int_equal(mc_audit_append(a, T0_MS, "admin", "x", NULL, "[1]", &err), MC_EINVAL);
     assert_string_equal(err.msg, "audit details must be a JSON object");
     assert_int_equal(mc_audit_append(a, T0_MS, "", "x", NULL, NULL, &err), MC_EINVAL);
@@ -180,7 +180,8 @@ static void test_audit_verify_detects_removed_line(void **state) {
     memmove(lines[2], lines[3], sizeof(lines[0]) * (size_t)(n - 3));
     write_lines(f->log, lines, n - 1);
     assert_int_equal(verify_bad_line(f, reason, sizeof(reason)), 3);
-    assert_string_equal(reason, "line 3 has seq 4, expected 3: a line before it was removed or moved");
+    assert_string_equal(reason,
+                        "line 3 has seq 4, expected 3: a line before it was removed or moved");
 }
 
 static void test_audit_verify_detects_reordered_pair(void **state) {
@@ -193,7 +194,8 @@ static void test_audit_verify_detects_reordered_pair(void **state) {
     memcpy(lines[3], tmp, sizeof(tmp));
     write_lines(f->log, lines, n);
     assert_int_equal(verify_bad_line(f, reason, sizeof(reason)), 4);
-    assert_string_equal(reason, "line 4 has seq 5, expected 4: a line before it was removed or moved");
+    assert_string_equal(reason,
+                        "line 4 has seq 5, expected 4: a line before it was removed or moved");
 }
 
 static void test_audit_verify_detects_cut_end_and_missing_head(void **state) {

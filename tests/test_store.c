@@ -235,8 +235,7 @@ static void test_obj_roundtrip_list_delete(void **state) {
 
     assert_int_equal(mc_store_obj_delete(f->s, "t_a", "conv", "c1", &err), MC_OK);
     assert_int_equal(mc_store_obj_delete(f->s, "t_a", "conv", "c1", &err), MC_ENOTFOUND);
-    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err),
-                     MC_ENOTFOUND);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_ENOTFOUND);
     assert_null(data);
     /* Objects of an unknown tenant cannot be written. */
     assert_int_equal(mc_store_obj_put(f->s, "t_zz", "conv", "c1", "x", 1, &err), MC_ENOTFOUND);
@@ -257,8 +256,7 @@ static void test_obj_large_blob_roundtrip(void **state) {
     assert_int_equal(mc_store_obj_put(f->s, "t_a", "adapter", "lora-1", big, n, &err), MC_OK);
     void *data;
     size_t got;
-    assert_int_equal(mc_store_obj_get(f->s, "t_a", "adapter", "lora-1", &data, &got, &err),
-                     MC_OK);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "adapter", "lora-1", &data, &got, &err), MC_OK);
     assert_int_equal(got, n);
     assert_memory_equal(data, big, n);
     mc_free(data);
@@ -273,10 +271,12 @@ static void test_known_plaintext_appears_nowhere_on_disk(void **state) {
     struct fx *f = *state;
     struct mc_err err = {0};
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "front", "1", SECRET_FRONT,
-                                      strlen(SECRET_FRONT), &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", SECRET_ID, SECRET_CONV,
-                                      strlen(SECRET_CONV), &err), MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "front", "1", SECRET_FRONT, strlen(SECRET_FRONT), &err),
+        MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "conv", SECRET_ID, SECRET_CONV, strlen(SECRET_CONV), &err),
+        MC_OK);
 
     /* While open: catalog.db, -wal and -shm all exist and are all scanned. */
     int n_files = 0;
@@ -305,8 +305,7 @@ static void test_known_plaintext_appears_nowhere_on_disk(void **state) {
     mc_free(data);
 }
 
-static void expect_crypto_fail(struct fx *f, const char *tenant, const char *kind,
-                               const char *id) {
+static void expect_crypto_fail(struct fx *f, const char *tenant, const char *kind, const char *id) {
     struct mc_err err = {0};
     void *data = (void *)1;
     size_t n = 7;
@@ -377,8 +376,8 @@ static void test_delete_shreds_data_key(void **state) {
     struct mc_err err = {0};
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
     assert_int_equal(mc_store_tenant_insert(f->s, "t_b", "beta", 1, NULL, &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", SECRET_CONV,
-                                      strlen(SECRET_CONV), &err), MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "conv", "c1", SECRET_CONV, strlen(SECRET_CONV), &err), MC_OK);
     assert_int_equal(mc_store_obj_put(f->s, "t_b", "conv", "c1", "kept", 4, &err), MC_OK);
 
     /* Keep copies of A's wrapped key and ciphertext, as a backup of the files would. */
@@ -386,9 +385,12 @@ static void test_delete_shreds_data_key(void **state) {
     sqlite3_stmt *st;
     uint8_t wrapped[128], sealed[256];
     int n_wrapped, n_sealed;
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT wrapped FROM tenant_keys WHERE "
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT wrapped FROM tenant_keys WHERE "
                                         "tenant_id='t_a'), (SELECT sealed FROM objects WHERE "
-                                        "tenant_id='t_a')", -1, &st, NULL), SQLITE_OK);
+                                        "tenant_id='t_a')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     n_wrapped = sqlite3_column_bytes(st, 0);
     n_sealed = sqlite3_column_bytes(st, 1);
@@ -415,8 +417,11 @@ static void test_delete_shreds_data_key(void **state) {
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 2, NULL, &err), MC_OK);
     assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "new", 3, &err), MC_OK);
     db = raw_open(f->dir);
-    assert_int_equal(sqlite3_prepare_v2(db, "UPDATE objects SET sealed = ? WHERE tenant_id ="
-                                        " 't_a'", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE objects SET sealed = ? WHERE tenant_id ="
+                                        " 't_a'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
     sqlite3_bind_blob(st, 1, sealed, n_sealed, SQLITE_STATIC);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     assert_int_equal(sqlite3_changes(db), 1);
@@ -524,7 +529,6 @@ static void test_keys_and_usage_rows(void **state) {
     mc_free(u);
 }
 
-
 /* ---------------------------------------------------------------------------------------
  * Threads */
 
@@ -625,8 +629,7 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_swapped_ciphertexts_fail_to_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_shreds_data_key, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_is_safe_from_many_threads, setup, teardown),

@@ -38,8 +38,8 @@ struct fx {
     int n_events;
 };
 
-static int record_event(void *user, const char *action, const char *tenant_id,
-                        const char *details, struct mc_err *err) {
+static int record_event(void *user, const char *action, const char *tenant_id, const char *details,
+                        struct mc_err *err) {
     (void)err;
     struct fx *f = user;
     if (f->n_events < 32) {
@@ -247,7 +247,8 @@ static void test_key_create_lookup_revoke(void **state) {
     assert_memory_equal(ka.prefix, sa, MC_KEY_PREFIX_LEN);
     assert_int_equal(strlen(ka.prefix), MC_KEY_PREFIX_LEN);
     assert_int_equal(strspn(sa + 5, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                    "0123456789-_"), 43);
+                                    "0123456789-_"),
+                     43);
 
     struct mc_tenant_info t;
     struct mc_key_info k;
@@ -471,7 +472,8 @@ static void test_front_render_template(void **state) {
     const char *values[] = {"What is {{context}}?", "C"};
     char *out;
     assert_int_equal(mc_front_render("Q: {{question}} / {{ context }} {{{{literal}} }}", names,
-                                     values, 2, &out, &err), MC_OK);
+                                     values, 2, &out, &err),
+                     MC_OK);
     /* Values are not rescanned; "{{{{" is a literal "{{"; a lone "}}" is kept. */
     assert_string_equal(out, "Q: What is {{context}}? / C {{literal}} }}");
     mc_free(out);
@@ -569,12 +571,10 @@ static void test_limit_tokens_per_day_until_midnight(void **state) {
     assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 43200);
     assert_string_equal(err.msg, "tokens per day limit 1000 reached; retry after 43200 s");
-    assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS + 43199500, &retry, &err),
-                     MC_ELIMIT);
+    assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS + 43199500, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 1);
     /* The next day starts from zero. */
-    assert_int_equal(mc_limit_acquire(lim, id, &l, 1000, NOON_MS + 43200000, &retry, &err),
-                     MC_OK);
+    assert_int_equal(mc_limit_acquire(lim, id, &l, 1000, NOON_MS + 43200000, &retry, &err), MC_OK);
     mc_limiter_free(lim);
 }
 
@@ -666,7 +666,6 @@ static void test_usage_per_tenant_per_day(void **state) {
     assert_int_equal(mc_usage_record(f->tn, "t_ffffffffffffffff", NOON_MS, 1, 1, 1, &err),
                      MC_ENOTFOUND);
 }
-
 
 /* ---------------------------------------------------------------------------------------
  * Allocation failures */

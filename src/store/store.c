@@ -52,8 +52,10 @@ static int check_token(const char *what, const char *s, size_t max, struct mc_er
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c <= 0x20 || c >= 0x7f)
-            return mc_err_set(err, MC_EINVAL, "%s has a byte 0x%02x at offset %zu (printable "
-                              "ASCII without spaces expected)", what, c, i);
+            return mc_err_set(err, MC_EINVAL,
+                              "%s has a byte 0x%02x at offset %zu (printable "
+                              "ASCII without spaces expected)",
+                              what, c, i);
     }
     return MC_OK;
 }
@@ -68,14 +70,12 @@ static int check_obj_key(const char *tenant_id, const char *kind, const char *ob
     if (!obj_id || !*obj_id)
         return mc_err_set(err, MC_EINVAL, "object id is empty");
     if (strnlen(obj_id, MC_STORE_OBJ_ID_MAX + 1) > MC_STORE_OBJ_ID_MAX)
-        return mc_err_set(err, MC_EINVAL, "object id is longer than %d bytes",
-                          MC_STORE_OBJ_ID_MAX);
+        return mc_err_set(err, MC_EINVAL, "object id is longer than %d bytes", MC_STORE_OBJ_ID_MAX);
     return MC_OK;
 }
 
 /* Builds the associated data of an object into a new buffer. */
-static uint8_t *obj_ad(const char *tenant_id, const char *kind, const char *obj_id,
-                       size_t *n) {
+static uint8_t *obj_ad(const char *tenant_id, const char *kind, const char *obj_id, size_t *n) {
     size_t a = strlen(tenant_id), b = strlen(kind), c = strlen(obj_id);
     uint8_t *ad = mc_malloc(a + b + c + 2);
     if (!ad)
@@ -237,8 +237,8 @@ void mc_store_rollback(struct mc_store *s) {
 /* ---------------------------------------------------------------------------------------
  * Tenants */
 
-int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name,
-                           int64_t created_ms, const char *meta, struct mc_err *err) {
+int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name, int64_t created_ms,
+                           const char *meta, struct mc_err *err) {
     int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
     if (rc == MC_OK)
         rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
@@ -251,8 +251,7 @@ int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name,
         return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for a data key");
     mc_crypto_random(dk, MC_CRYPTO_KEY_BYTES);
     uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
-    mc_crypto_seal(mc_master_key_wrap_key(s->mk), id, strlen(id), dk, MC_CRYPTO_KEY_BYTES,
-                   wrapped);
+    mc_crypto_seal(mc_master_key_wrap_key(s->mk), id, strlen(id), dk, MC_CRYPTO_KEY_BYTES, wrapped);
     key_buf_put(s, dk);
 
     struct mc_store_tenant t;
@@ -277,8 +276,8 @@ int mc_store_tenant_get(struct mc_store *s, const char *id, struct mc_store_tena
     return s->ops->tenant_get(s->be, id, NULL, out, err);
 }
 
-int mc_store_tenant_get_by_name(struct mc_store *s, const char *name,
-                                struct mc_store_tenant *out, struct mc_err *err) {
+int mc_store_tenant_get_by_name(struct mc_store *s, const char *name, struct mc_store_tenant *out,
+                                struct mc_err *err) {
     memset(out, 0, sizeof(*out));
     int rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
     if (rc != MC_OK)
@@ -291,8 +290,8 @@ int mc_store_tenant_list(struct mc_store *s, struct mc_store_tenant **out, size_
     return s->ops->tenant_list(s->be, out, n, err);
 }
 
-int mc_store_tenant_update(struct mc_store *s, const char *id, const char *name,
-                           const char *meta, struct mc_err *err) {
+int mc_store_tenant_update(struct mc_store *s, const char *id, const char *name, const char *meta,
+                           struct mc_err *err) {
     int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
     if (rc == MC_OK && name)
         rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
@@ -396,9 +395,8 @@ int mc_store_usage_add(struct mc_store *s, const char *tenant_id, int64_t day, i
     return s->ops->usage_add(s->be, &u, err);
 }
 
-int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_from,
-                        int64_t day_to, struct mc_store_usage **out, size_t *n,
-                        struct mc_err *err) {
+int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_from, int64_t day_to,
+                        struct mc_store_usage **out, size_t *n, struct mc_err *err) {
     *out = NULL;
     *n = 0;
     if (tenant_id) {
@@ -453,8 +451,8 @@ static int obj_keys_load(struct mc_store *s, const char *tenant_id, const char *
 }
 
 /* Seals the object id for its row into a new buffer (mc_free). */
-static uint8_t *seal_id(const uint8_t *dk, const char *tenant_id, const char *kind,
-                        const char *key, const char *obj_id, size_t *n_out) {
+static uint8_t *seal_id(const uint8_t *dk, const char *tenant_id, const char *kind, const char *key,
+                        const char *obj_id, size_t *n_out) {
     size_t n_ad = 0, n_id = strlen(obj_id);
     uint8_t *ad = obj_ad(tenant_id, kind, key, &n_ad);
     uint8_t *out = mc_malloc(n_id + MC_CRYPTO_OVERHEAD);
@@ -494,8 +492,8 @@ int mc_store_obj_put(struct mc_store *s, const char *tenant_id, const char *kind
         goto out_free;
     }
     mc_crypto_seal(k.dk, ad, n_ad, data ? data : "", n, sealed);
-    rc = s->ops->obj_put(s->be, tenant_id, kind, k.key, sid, n_sid, sealed,
-                         n + MC_CRYPTO_OVERHEAD, err);
+    rc = s->ops->obj_put(s->be, tenant_id, kind, k.key, sid, n_sid, sealed, n + MC_CRYPTO_OVERHEAD,
+                         err);
 out_free:
     key_buf_put(s, k.dk);
     mc_free(ad);
@@ -524,8 +522,10 @@ int mc_store_obj_get(struct mc_store *s, const char *tenant_id, const char *kind
     if (rc != MC_OK)
         goto out_free;
     if (n_sealed < MC_CRYPTO_OVERHEAD) {
-        rc = mc_err_set(err, MC_ECRYPTO, "%s object is %zu bytes, shorter than a sealed empty "
-                        "object", kind, n_sealed);
+        rc = mc_err_set(err, MC_ECRYPTO,
+                        "%s object is %zu bytes, shorter than a sealed empty "
+                        "object",
+                        kind, n_sealed);
         goto out_free;
     }
     ad = obj_ad(tenant_id, kind, obj_id, &n_ad);

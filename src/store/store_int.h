@@ -36,8 +36,7 @@ struct mc_store_ops {
     /* Small named values of the store itself (schema version, key check). get returns
      * MC_ENOTFOUND when absent; *val is a new buffer (mc_free). */
     int (*meta_get)(void *be, const char *key, uint8_t **val, size_t *n, struct mc_err *err);
-    int (*meta_put)(void *be, const char *key, const uint8_t *val, size_t n,
-                    struct mc_err *err);
+    int (*meta_put)(void *be, const char *key, const uint8_t *val, size_t n, struct mc_err *err);
 
     /* Inserts the tenant row and its wrapped data key together. */
     int (*tenant_insert)(void *be, const struct mc_store_tenant *t, const uint8_t *wrapped,

@@ -34,10 +34,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define DB_NAME "catalog.db"
+#define DB_NAME         "catalog.db"
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 1
-#define STMT_CACHE 48 /* prepared statements kept: more than the distinct queries below */
+#define SCHEMA_VERSION  1
+#define STMT_CACHE      48 /* prepared statements kept: more than the distinct queries below */
 
 struct sq {
     sqlite3 *db;
@@ -309,8 +309,8 @@ static int sq_tenant_insert(void *be, const struct mc_store_tenant *t, const uin
     if (rc != MC_OK)
         goto out_unlock;
 
-    rc = sq_prepare(q, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)",
-                    &st, err);
+    rc = sq_prepare(q, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)", &st,
+                    err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         bind_text(st, 2, t->name);
@@ -319,8 +319,7 @@ static int sq_tenant_insert(void *be, const struct mc_store_tenant *t, const uin
         rc = sq_done(q, st, "tenant insert", err);
     }
     if (rc == MC_OK)
-        rc = sq_prepare(q, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st,
-                        err);
+        rc = sq_prepare(q, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st, err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         sqlite3_bind_blob(st, 2, wrapped, (int)n_wrapped, SQLITE_STATIC);
@@ -378,8 +377,8 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
     *out = NULL;
     *n = 0;
     sq_lock(q);
-    int rc = sq_prepare(q, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st,
-                        err);
+    int rc =
+        sq_prepare(q, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st, err);
     if (rc != MC_OK)
         goto out_unlock;
     int src;
@@ -506,10 +505,8 @@ out_unlock:
 
 static int sq_tenant_purge(void *be, const char *tenant_id, struct mc_err *err) {
     static const char *const sql[] = {
-        "DELETE FROM objects WHERE tenant_id = ?",
-        "DELETE FROM api_keys WHERE tenant_id = ?",
-        "DELETE FROM usage WHERE tenant_id = ?",
-        "DELETE FROM tenant_keys WHERE tenant_id = ?",
+        "DELETE FROM objects WHERE tenant_id = ?", "DELETE FROM api_keys WHERE tenant_id = ?",
+        "DELETE FROM usage WHERE tenant_id = ?",   "DELETE FROM tenant_keys WHERE tenant_id = ?",
         "DELETE FROM tenants WHERE id = ?",
     };
     struct sq *q = be;
@@ -557,8 +554,7 @@ static void read_key_row(sqlite3_stmt *st, struct mc_store_key *out) {
     out->revoked_ms = sqlite3_column_int64(st, 4);
 }
 
-static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out,
-                      struct mc_err *err) {
+static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
@@ -618,8 +614,8 @@ out_unlock:
     return MC_OK;
 }
 
-static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix,
-                         int64_t revoked_ms, struct mc_err *err) {
+static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix, int64_t revoked_ms,
+                         struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
@@ -884,8 +880,7 @@ static int ensure_dir(const char *dir, struct mc_err *err) {
         return MC_OK;
     }
     if (mkdir(dir, 0700) != 0)
-        return mc_err_set(err, MC_EIO, "cannot create data directory %s: %s", dir,
-                          strerror(errno));
+        return mc_err_set(err, MC_EIO, "cannot create data directory %s: %s", dir, strerror(errno));
     return MC_OK;
 }
 
@@ -913,9 +908,8 @@ int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void 
                           strlen(dir));
     }
     /* FULLMUTEX is not needed: our own mutex serialises every use of the connection. */
-    int src = sqlite3_open_v2(path, &q->db,
-                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                              NULL);
+    int src = sqlite3_open_v2(
+        path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
         rc = mc_err_set(err, MC_EIO, "cannot open %s: %s", path,
                         q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(src));
