@@ -435,6 +435,31 @@ static void test_delete_shreds_data_key(void **state) {
     mc_free(data);
 }
 
+static void test_delete_finishes_after_an_interrupted_delete(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "x", 1, &err), MC_OK);
+    /* As if a delete stopped after shredding the key: the rest is still there. */
+    sqlite3 *db = raw_open(f->dir);
+    raw_exec(db, "DELETE FROM tenant_keys WHERE tenant_id = 't_a'");
+    sqlite3_close(db);
+    void *data;
+    size_t n;
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_ENOTFOUND);
+    assert_int_equal(mc_store_tenant_delete(f->s, "t_a", &err), MC_OK);
+    struct mc_store_tenant t;
+    assert_int_equal(mc_store_tenant_get(f->s, "t_a", &t, &err), MC_ENOTFOUND);
+    db = raw_open(f->dir);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM objects", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Catalog */
 
@@ -629,6 +654,8 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_swapped_ciphertexts_fail_to_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_shreds_data_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_finishes_after_an_interrupted_delete, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),

@@ -31,7 +31,7 @@
 #define MC_STORE_ID_MAX     64  /* tenant ids, kinds and key prefixes: bytes, without NUL */
 #define MC_STORE_OBJ_ID_MAX 512 /* object ids: bytes, without NUL */
 #define MC_STORE_NAME_MAX   64  /* tenant names */
-#define MC_STORE_OBJ_MAX    ((size_t)1 << 30) /* 1 GiB: largest plaintext object */
+#define MC_STORE_OBJ_MAX    ((size_t)512 << 20) /* largest plaintext object (SQLite: 1e9) */
 #define MC_STORE_HASH_BYTES 32
 
 struct mc_store;

@@ -461,6 +461,17 @@ static int sq_exec1(struct sq *q, const char *sql, const char *arg, struct mc_er
     return sq_done(q, st, sql, err);
 }
 
+/* True when a tenant row with this id exists (false on any error). */
+static int tenant_exists(struct sq *q, const char *id) {
+    sqlite3_stmt *st;
+    if (sq_prepare(q, "SELECT 1 FROM tenants WHERE id = ?", &st, NULL) != MC_OK)
+        return 0;
+    bind_text(st, 1, id);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sq_release(q, st);
+    return found;
+}
+
 static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
     struct sq *q = be;
     sq_lock(q);
@@ -468,7 +479,10 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
         sq_unlock(q);
         return mc_err_set(err, MC_EINVAL, "a tenant cannot be deleted inside a transaction");
     }
-    int rc = sq_exec(q, "BEGIN IMMEDIATE", err);
+    /* FULL syncs the WAL at this commit: the shredding must survive a power loss. */
+    int rc = sq_exec(q, "PRAGMA synchronous=FULL", err);
+    if (rc == MC_OK)
+        rc = sq_exec(q, "BEGIN IMMEDIATE", err);
     if (rc != MC_OK)
         goto out_unlock;
 
@@ -478,7 +492,9 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
                   "UPDATE tenant_keys SET wrapped = randomblob(length(wrapped)) "
                   "WHERE tenant_id = ?",
                   tenant_id, err);
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    /* No key but a tenant row: an earlier delete shredded the key and stopped before the
+     * purge; let this one finish the job. */
+    if (rc == MC_OK && sqlite3_changes(q->db) == 0 && !tenant_exists(q, tenant_id))
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", tenant_id);
     if (rc == MC_OK)
         rc = sq_exec1(q, "DELETE FROM tenant_keys WHERE tenant_id = ?", tenant_id, err);
@@ -488,6 +504,7 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
         sq_exec(q, "ROLLBACK", NULL);
         goto out_unlock;
     }
+    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
 
     /* Older page images (with the key) may still sit in the WAL: copy the WAL into the
      * database and truncate it. Another process reading at this moment can stop the
@@ -499,6 +516,7 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
                     "tenant=%s sqlite=%d wal_frames=%d checkpointed=%d", tenant_id, src, n_log,
                     n_ckpt);
 out_unlock:
+    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
     sq_unlock(q);
     return rc;
 }
@@ -921,10 +939,11 @@ int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void 
     chmod(path, 0600);
 
     /* WAL for concurrent readers; NORMAL sync is durable across process crashes and loses
-     * at most the last transactions on power loss; secure_delete zeroes freed content. */
+     * at most the last transactions on power loss; secure_delete zeroes freed content; a
+     * WAL grown by big objects is cut back to 64 MiB after each checkpoint. */
     rc = sq_exec(q,
                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
-                 "PRAGMA secure_delete=ON;",
+                 "PRAGMA secure_delete=ON; PRAGMA journal_size_limit=67108864;",
                  err);
     if (rc == MC_OK)
         rc = sq_exec(q, SCHEMA, err);
