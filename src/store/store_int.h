@@ -54,6 +54,9 @@ struct mc_store_ops {
      * durable and gone from every file the backend controls before returning (its own
      * transaction; never inside one). */
     int (*dk_shred)(void *be, const char *tenant_id, struct mc_err *err);
+    /* Replaces the wrapped data key of an existing tenant (master key rotation). */
+    int (*dk_put)(void *be, const char *tenant_id, const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES],
+                  struct mc_err *err);
     /* Deletes everything else of the tenant: objects, keys, usage, the tenant row. */
     int (*tenant_purge)(void *be, const char *tenant_id, struct mc_err *err);
 

@@ -451,6 +451,23 @@ out_unlock:
     return rc;
 }
 
+static int sq_dk_put(void *be, const char *tenant_id,
+                     const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES], struct mc_err *err) {
+    struct sq *q = be;
+    sqlite3_stmt *st;
+    sq_lock(q);
+    int rc = sq_prepare(q, "UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ?", &st, err);
+    if (rc == MC_OK) {
+        sqlite3_bind_blob(st, 1, wrapped, MC_STORE_WRAPPED_DK_BYTES, SQLITE_STATIC);
+        bind_text(st, 2, tenant_id);
+        rc = sq_done(q, st, "data key put", err);
+    }
+    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+        rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s has no data key", tenant_id);
+    sq_unlock(q);
+    return rc;
+}
+
 /* Runs one statement with a single text parameter. */
 static int sq_exec1(struct sq *q, const char *sql, const char *arg, struct mc_err *err) {
     sqlite3_stmt *st;
@@ -875,6 +892,7 @@ static const struct mc_store_ops sqlite_ops = {
     .tenant_list = sq_tenant_list,
     .tenant_update = sq_tenant_update,
     .dk_get = sq_dk_get,
+    .dk_put = sq_dk_put,
     .dk_shred = sq_dk_shred,
     .tenant_purge = sq_tenant_purge,
     .key_insert = sq_key_insert,
