@@ -436,6 +436,16 @@ int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key
     return s->ops->key_get(s->be, prefix, out, err);
 }
 
+int mc_store_key_lookup(struct mc_store *s, const char *prefix, struct mc_store_key *key,
+                        struct mc_store_tenant *tenant, struct mc_err *err) {
+    memset(key, 0, sizeof(*key));
+    memset(tenant, 0, sizeof(*tenant));
+    int rc = check_token("key prefix", prefix, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_lookup(s->be, prefix, key, tenant, err);
+}
+
 int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,
                       size_t *n, struct mc_err *err) {
     *out = NULL;

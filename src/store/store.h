@@ -149,6 +149,12 @@ int mc_store_key_insert(struct mc_store *s, const struct mc_store_key *key, stru
 int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key *out,
                      struct mc_err *err);
 
+/* Reads the key row with this prefix and its tenant's row in one read (the
+ * per-request path): clear *tenant with mc_store_tenant_clear. MC_ENOTFOUND when there is
+ * no such key (or, impossibly, no such tenant). */
+int mc_store_key_lookup(struct mc_store *s, const char *prefix, struct mc_store_key *key,
+                        struct mc_store_tenant *tenant, struct mc_err *err);
+
 /* The keys of one tenant, oldest first, into a new array (free with mc_free). */
 int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,
                       size_t *n, struct mc_err *err);

@@ -62,6 +62,9 @@ struct mc_store_ops {
 
     int (*key_insert)(void *be, const struct mc_store_key *key, struct mc_err *err);
     int (*key_get)(void *be, const char *prefix, struct mc_store_key *out, struct mc_err *err);
+    /* The key row and its tenant's row in one read (the per-request path). */
+    int (*key_lookup)(void *be, const char *prefix, struct mc_store_key *key,
+                      struct mc_store_tenant *tenant, struct mc_err *err);
     int (*key_list)(void *be, const char *tenant_id, struct mc_store_key **out, size_t *n,
                     struct mc_err *err);
     int (*key_revoke)(void *be, const char *tenant_id, const char *prefix, int64_t revoked_ms,
