@@ -61,7 +61,7 @@ struct sq {
     struct conn w;          /* every write, and every call inside a transaction */
     struct conn r[READERS]; /* reads */
     int in_txn;             /* under w.lock: a transaction opened by begin is running */
-    unsigned next_reader;   /* where the search for a free reader starts (a hint) */
+    unsigned next_reader;   /* which reader to wait for when all are busy */
 };
 
 /* The store on which this thread holds a transaction, if any. */
@@ -109,17 +109,17 @@ static struct conn *wr_lock(struct sq *q) {
 }
 
 /* A connection for a read, locked: the writer in a thread that holds a transaction on q,
- * else a free reader (or, when all are busy, the next one once it is free). */
+ * else the first free reader (the first ones stay warm in a quiet process), else the
+ * next reader in turn once it is free. */
 static struct conn *rd_lock(struct sq *q) {
     if (txn_store == q)
         return wr_lock(q);
-    unsigned start = __atomic_fetch_add(&q->next_reader, 1, __ATOMIC_RELAXED);
     for (unsigned i = 0; i < READERS; i++) {
-        struct conn *c = &q->r[(start + i) % READERS];
-        if (pthread_mutex_trylock(&c->lock) == 0)
-            return c;
+        if (pthread_mutex_trylock(&q->r[i].lock) == 0)
+            return &q->r[i];
     }
-    struct conn *c = &q->r[start % READERS];
+    unsigned next = __atomic_fetch_add(&q->next_reader, 1, __ATOMIC_RELAXED);
+    struct conn *c = &q->r[next % READERS];
     pthread_mutex_lock(&c->lock);
     return c;
 }
