@@ -1,7 +1,7 @@
 /* store_sqlite.c - the embedded store backend: one SQLite database in WAL mode.
  *
  * Files: DIR/catalog.db with DIR/catalog.db-wal and -shm beside it. Tables:
- *   meta(k, v)                       schema version and the master-key check value
+ *   meta(k, v)                       schema version, master-key check value, wrapped pepper
  *   tenants(id, name unique, created_ms, meta)
  *   tenant_keys(tenant_id, wrapped)  wrapped data keys, one per tenant
  *   api_keys(prefix, tenant_id, hash, created_ms, revoked_ms)
