@@ -6,6 +6,7 @@
 #include "base/mem.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "model/tokenizer_int.h" /* tok_pre_create, tok_pre_split: white-box split tests */
 #include "test_util.h"
 
 #include <jansson.h> /* json_load_file, json_object_get, json_array_size */
@@ -626,6 +627,107 @@ static void test_bad_metadata_is_rejected_with_the_key(void **state) {
     unlink(path);
 }
 
+/* ---- Pre-tokenizer splits and llama-3 whole words ------------------------------ */
+
+static void check_split(const char *pre_name, const char *text, const char *const *want) {
+    struct tok_pre_def def;
+    assert_true(tok_pre_lookup(pre_name, strlen(pre_name), &def));
+    struct tok_pre *p;
+    struct mc_err err = {0};
+    assert_int_equal(tok_pre_create(def.regex_set, &p, &err), MC_OK);
+    struct tok_span *sp;
+    size_t n;
+    assert_int_equal(tok_pre_split(p, text, strlen(text), &sp, &n, &err), MC_OK);
+    size_t k = 0;
+    for (; want[k]; k++) {
+        if (k >= n)
+            fail_msg("%s: %zu pieces, expected more (next '%s')", pre_name, n, want[k]);
+        if (sp[k].len != strlen(want[k]) || memcmp(text + sp[k].off, want[k], sp[k].len) != 0)
+            fail_msg("%s: piece %zu is '%.*s', expected '%s'", pre_name, k, (int)sp[k].len,
+                     text + sp[k].off, want[k]);
+    }
+    assert_int_equal(n, k);
+    mc_free(sp);
+    tok_pre_free(p);
+}
+
+static void test_pre_tokenizer_splits_like_reference(void **state) {
+    (void)state;
+    const char *text = "Hello world's 1234567 ok\n\n  x";
+    const char *llama3[] = {"Hello", " world", "'s", " ", "123", "456", "7", " ok", "\n\n",
+                            " ", " x", NULL};
+    check_split("llama-bpe", text, llama3);
+    const char *qwen2[] = {"Hello", " world", "'s", " ", "1", "2", "3", "4", "5", "6", "7",
+                           " ok", "\n\n", " ", " x", NULL};
+    check_split("qwen2", text, qwen2);
+    const char *gpt2[] = {"Hello", " world", "'s", " 1234567", " ok", "\n\n ", " x", NULL};
+    check_split("gpt-2", text, gpt2);
+    /* deepseek-llm: letters keep their leading space; the punctuation pass also takes
+     * ASCII letters and the CJK pass covers U+0800-U+4E00 (Ohm sign U+2126 included), so
+     * later passes cut pieces the letter pass made. */
+    const char *ds[] = {" \xC2\xB5\xCE\xA3", "\xE2\x84\xA6", "a", " ", "12", NULL};
+    check_split("deepseek-llm", " \xC2\xB5\xCE\xA3\xE2\x84\xA6" "a 12", ds);
+    /* Invalid bytes split like U+FFFD (a symbol, grouped with punctuation) but keep
+     * their raw bytes. */
+    const char *bad[] = {"a", " \xFF\xFE!", NULL};
+    check_split("gpt-2", "a \xFF\xFE!", bad);
+}
+
+/* A byte-level vocabulary in which merges alone split "abc" but the word is a token. */
+static void write_bpe_vocab(const char *path, const char *pre) {
+    struct mc_gguf_writer *w;
+    struct mc_err err = {0};
+    const char *toks[] = {"a", "b", "c", "bc", "abc"};
+    uint64_t tl[] = {1, 1, 1, 2, 3};
+    const char *merges[] = {"b c"};
+    uint64_t ml[] = {3};
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2", 4, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.pre", pre, strlen(pre), &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, tl, 5, &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, ml, 1, &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    mc_gguf_writer_free(w);
+}
+
+static void test_llama3_keeps_whole_vocabulary_words(void **state) {
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mcai-test-tok3-%d.gguf", (int)getpid());
+    struct loaded l;
+    int32_t *ids;
+    size_t n;
+
+    write_bpe_vocab(path, "llama-bpe");
+    load_path(path, &l);
+    tokenize_ok(l.tok, "abc", 3, false, false, &ids, &n);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 4);
+    mc_free(ids);
+    assert_true(mc_tokenizer_add_bos(l.tok)); /* llama-3 default */
+    unload(&l);
+
+    write_bpe_vocab(path, "gpt-2");
+    load_path(path, &l);
+    tokenize_ok(l.tok, "abc", 3, false, false, &ids, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 3);
+    mc_free(ids);
+    assert_false(mc_tokenizer_add_bos(l.tok));
+    unload(&l);
+
+    write_bpe_vocab(path, "no-such-pre");
+    struct mc_err err = {0};
+    assert_int_equal(load_error(path, &err), MC_ENOTSUP);
+    assert_non_null(strstr(err.msg, "no-such-pre"));
+    unlink(path);
+}
+
 /* ---- Allocation failures -------------------------------------------------------- */
 
 static void test_allocation_failures_are_clean(void **state) {
@@ -683,6 +785,8 @@ int main(void) {
         cmocka_unit_test(test_invalid_utf8_never_crashes_and_round_trips),
         cmocka_unit_test(test_empty_input_gives_only_specials),
         cmocka_unit_test(test_bad_metadata_is_rejected_with_the_key),
+        cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
+        cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
