@@ -12,6 +12,7 @@
 #include <jansson.h> /* json_load_file, json_object_get, json_array_size */
 #include <stdbool.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define N_VECTORS 46
@@ -728,6 +729,61 @@ static void test_llama3_keeps_whole_vocabulary_words(void **state) {
     unlink(path);
 }
 
+/* ---- mcai tokenize -------------------------------------------------------------- */
+
+/* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
+static int run_cmd(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
+    (void)state;
+    const char *mcai = getenv("MCAI");
+    if (!mcai || !*mcai)
+        mcai = "build/mcai";
+    char vocab[512], cmd[2048], out[4096];
+    test_shared_path(vocab, sizeof(vocab), "tokenizer-tests/ggml-vocab-llama-spm.gguf");
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p 'Hello world' 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "1 15043 3186\n");
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -p 'Hello world' 2>&1", mcai,
+             vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "15043 3186\n");
+
+    /* -f takes the whole file, trailing newline included. */
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mcai-test-tok-%d.txt", (int)getpid());
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("Hello world\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -f %s 2>&1", mcai, vocab, path);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "15043 3186 13\n");
+    unlink(path);
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m /nonexistent/m.gguf -p x 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "/nonexistent/m.gguf"));
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -f /nonexistent/t.txt 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "/nonexistent/t.txt"));
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -p x 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p x -f y 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+}
+
 /* ---- Allocation failures -------------------------------------------------------- */
 
 static void test_allocation_failures_are_clean(void **state) {
@@ -787,6 +843,7 @@ int main(void) {
         cmocka_unit_test(test_bad_metadata_is_rejected_with_the_key),
         cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
         cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
+        cmocka_unit_test(test_cli_tokenize_prints_ids_and_exit_codes),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
