@@ -16,10 +16,10 @@
 #include <unistd.h>
 
 #define N_VECTORS 46
-#define SEP "\n__ggml_vocab_test__\n"
+#define SEP       "\n__ggml_vocab_test__\n"
 
-static const char *const vocab_sets[] = {"llama-spm", "gpt-2", "mpt", "refact", "falcon",
-                                         "deepseek-coder", "deepseek-llm"};
+static const char *const vocab_sets[] = {"llama-spm", "gpt-2",          "mpt",         "refact",
+                                         "falcon",    "deepseek-coder", "deepseek-llm"};
 #define N_SETS (sizeof(vocab_sets) / sizeof(vocab_sets[0]))
 
 /* ---- Helpers -------------------------------------------------------------------- */
@@ -211,8 +211,7 @@ static void check_reference(const char *file) {
     json_t *root = json_load_file(test_shared_path(path, sizeof(path), rel), 0, &jerr);
     if (!root)
         fail_msg("%s: %s", path, jerr.text);
-    snprintf(rel, sizeof(rel), "models/%s",
-             json_string_value(json_object_get(root, "model_file")));
+    snprintf(rel, sizeof(rel), "models/%s", json_string_value(json_object_get(root, "model_file")));
     struct loaded l;
     load_path(test_shared_path(path, sizeof(path), rel), &l);
 
@@ -476,14 +475,14 @@ static const struct {
     const char *s;
     size_t len;
 } bad_utf8[] = {
-    {"\xE2\x82", 2},                 /* truncated 3-byte sequence */
-    {"abc\xF0\x9F\x98", 6},          /* truncated 4-byte sequence at the end */
-    {"\xFF\xFE\xFF", 3},             /* bytes never valid in UTF-8 */
-    {"\x80\x81 x \xBF", 6},          /* lone continuation bytes */
-    {"\xC0\xAF\xE0\x80\xAF", 5},     /* overlong encodings */
-    {"a\xED\xA0\x80z", 5},           /* UTF-16 surrogate */
-    {"\xF4\x90\x80\x80", 4},         /* above U+10FFFF */
-    {"\xF8\x88\x80\x80\x80 5", 7},   /* 5-byte form */
+    {"\xE2\x82", 2},               /* truncated 3-byte sequence */
+    {"abc\xF0\x9F\x98", 6},        /* truncated 4-byte sequence at the end */
+    {"\xFF\xFE\xFF", 3},           /* bytes never valid in UTF-8 */
+    {"\x80\x81 x \xBF", 6},        /* lone continuation bytes */
+    {"\xC0\xAF\xE0\x80\xAF", 5},   /* overlong encodings */
+    {"a\xED\xA0\x80z", 5},         /* UTF-16 surrogate */
+    {"\xF4\x90\x80\x80", 4},       /* above U+10FFFF */
+    {"\xF8\x88\x80\x80\x80 5", 7}, /* 5-byte form */
     {"Hello \xC3 w\xC3\xB6rld \xE4\xBD", 18},
     {"<|endoftext|\xFF>", 15},
     {"\x00\x01\x02 nul", 7},
@@ -655,11 +654,11 @@ static void check_split(const char *pre_name, const char *text, const char *cons
 static void test_pre_tokenizer_splits_like_reference(void **state) {
     (void)state;
     const char *text = "Hello world's 1234567 ok\n\n  x";
-    const char *llama3[] = {"Hello", " world", "'s", " ", "123", "456", "7", " ok", "\n\n",
-                            " ", " x", NULL};
+    const char *llama3[] = {"Hello", " world", "'s",   " ", "123", "456",
+                            "7",     " ok",    "\n\n", " ", " x",  NULL};
     check_split("llama-bpe", text, llama3);
-    const char *qwen2[] = {"Hello", " world", "'s", " ", "1", "2", "3", "4", "5", "6", "7",
-                           " ok", "\n\n", " ", " x", NULL};
+    const char *qwen2[] = {"Hello", " world", "'s", " ",   "1",    "2", "3",  "4",
+                           "5",     "6",      "7",  " ok", "\n\n", " ", " x", NULL};
     check_split("qwen2", text, qwen2);
     const char *gpt2[] = {"Hello", " world", "'s", " 1234567", " ok", "\n\n ", " x", NULL};
     check_split("gpt-2", text, gpt2);
@@ -667,7 +666,10 @@ static void test_pre_tokenizer_splits_like_reference(void **state) {
      * ASCII letters and the CJK pass covers U+0800-U+4E00 (Ohm sign U+2126 included), so
      * later passes cut pieces the letter pass made. */
     const char *ds[] = {" \xC2\xB5\xCE\xA3", "\xE2\x84\xA6", "a", " ", "12", NULL};
-    check_split("deepseek-llm", " \xC2\xB5\xCE\xA3\xE2\x84\xA6" "a 12", ds);
+    check_split("deepseek-llm",
+                " \xC2\xB5\xCE\xA3\xE2\x84\xA6"
+                "a 12",
+                ds);
     /* Invalid bytes split like U+FFFD (a symbol, grouped with punctuation) but keep
      * their raw bytes. */
     const char *bad[] = {"a", " \xFF\xFE!", NULL};
@@ -753,8 +755,7 @@ static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
     assert_string_equal(out, "1 15043 3186\n");
 
-    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -p 'Hello world' 2>&1", mcai,
-             vocab);
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -p 'Hello world' 2>&1", mcai, vocab);
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
     assert_string_equal(out, "15043 3186\n");
 

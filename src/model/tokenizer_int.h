@@ -30,8 +30,8 @@ enum tok_kind { TOK_KIND_SPM, TOK_KIND_BPE };
  * index + 1 into the (off, len) arrays of the owner, 0 marks an empty slot. */
 struct tok_strmap {
     uint32_t *slots;
-    uint32_t mask;       /* capacity - 1; capacity is a power of two >= 2 * n */
-    const char *base;    /* key bytes of index i: base + off[i], len[i] bytes */
+    uint32_t mask;    /* capacity - 1; capacity is a power of two >= 2 * n */
+    const char *base; /* key bytes of index i: base + off[i], len[i] bytes */
     const uint32_t *off;
     const uint32_t *len;
 };
@@ -99,21 +99,21 @@ struct mc_tokenizer {
 
     /* Token texts, one arena: token i is text + tok_off[i], tok_len[i] bytes. */
     char *text;
-    uint32_t *tok_off;    /* (n_vocab) */
-    uint32_t *tok_len;    /* (n_vocab) */
-    float *score;         /* (n_vocab) */
-    uint32_t *attr;       /* (n_vocab) TOK_ATTR_* bits */
+    uint32_t *tok_off; /* (n_vocab) */
+    uint32_t *tok_len; /* (n_vocab) */
+    float *score;      /* (n_vocab) */
+    uint32_t *attr;    /* (n_vocab) TOK_ATTR_* bits */
     struct tok_strmap vocab_map;
 
     /* Decoded pieces as token_to_piece(special = true) renders them. */
     char *piece;
-    uint32_t *piece_off;  /* (n_vocab) */
-    uint32_t *piece_len;  /* (n_vocab) */
+    uint32_t *piece_off; /* (n_vocab) */
+    uint32_t *piece_len; /* (n_vocab) */
 
     /* BPE merges "left right", rank = index. */
     char *merge_text;
-    uint32_t *merge_off;  /* (n_merges) */
-    uint32_t *merge_len;  /* (n_merges) */
+    uint32_t *merge_off; /* (n_merges) */
+    uint32_t *merge_len; /* (n_merges) */
     uint32_t n_merges;
     struct tok_strmap merge_map;
     uint32_t max_merge_len;
@@ -122,7 +122,7 @@ struct mc_tokenizer {
     int32_t *special;
     int32_t n_special;
 
-    uint8_t *is_eog;      /* (n_vocab) */
+    uint8_t *is_eog; /* (n_vocab) */
     /* BPE: byte b's stand-in is a normal token that decodes back to b. */
     uint8_t byte_ok[256];
 
@@ -135,7 +135,7 @@ struct mc_tokenizer {
     bool ignore_merges;
     bool clean_spaces;
 
-    struct tok_pre *pre;  /* BPE only */
+    struct tok_pre *pre; /* BPE only */
     char model_name[32];
     char pre_name[48];
 };
