@@ -676,6 +676,22 @@ static void test_pre_tokenizer_splits_like_reference(void **state) {
     check_split("gpt-2", "a \xFF\xFE!", bad);
 }
 
+static void test_gpt2_byte_map_is_a_bijection(void **state) {
+    (void)state;
+    int seen[324] = {0};
+    for (int b = 0; b < 256; b++) {
+        char u[2];
+        size_t n = tok_byte_encode((uint8_t)b, u);
+        uint32_t cp = n == 1 ? (uint8_t)u[0] : (((uint32_t)u[0] & 0x1F) << 6) | (u[1] & 0x3F);
+        assert_true(cp < 324);
+        assert_int_equal(seen[cp]++, 0);
+        assert_int_equal(tok_byte_decode(cp), b);
+    }
+    assert_int_equal(tok_byte_decode(' '), -1); /* space travels as U+0120 */
+    assert_int_equal(tok_byte_decode(0x120), ' ');
+    assert_int_equal(tok_byte_decode(324), -1);
+}
+
 /* A byte-level vocabulary in which merges alone split "abc" but the word is a token. */
 static void write_bpe_vocab(const char *path, const char *pre) {
     struct mc_gguf_writer *w;
@@ -844,6 +860,7 @@ int main(void) {
         cmocka_unit_test(test_bad_metadata_is_rejected_with_the_key),
         cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
         cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
+        cmocka_unit_test(test_gpt2_byte_map_is_a_bijection),
         cmocka_unit_test(test_cli_tokenize_prints_ids_and_exit_codes),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };

@@ -428,13 +428,13 @@ static const char *const eog_texts[] = {"<|eot_id|>",      "<|im_end|>", "<|end|
 static void detect_by_text(struct mc_tokenizer *tok, const char *const *list, int32_t *slot) {
     if (*slot >= 0)
         return;
-    for (int32_t i = 0; i < tok->n_vocab; i++) {
-        if (text_in(tok, i, list)) {
-            *slot = i;
-            tok->attr[i] |= TOK_ATTR_CONTROL;
-            return;
-        }
+    for (; *list; list++) {
+        int32_t id = tok_strmap_find(&tok->vocab_map, *list, strlen(*list));
+        if (id >= 0 && (*slot < 0 || id < *slot))
+            *slot = id;
     }
+    if (*slot >= 0)
+        tok->attr[*slot] |= TOK_ATTR_CONTROL;
 }
 
 static void mark_eog(struct mc_tokenizer *tok, int32_t id) {
@@ -496,10 +496,11 @@ static void load_special_ids(const struct mc_gguf *g, struct mc_tokenizer *tok) 
 
     /* End of generation: EOS, EOT, EOM, the FIM pad/repo/file separators, and every
      * token whose text is one of the usual end-of-turn markers. */
-    for (int32_t i = 0; i < n; i++) {
-        if (text_in(tok, i, eog_texts)) {
-            tok->is_eog[i] = 1;
-            tok->attr[i] |= TOK_ATTR_CONTROL;
+    for (const char *const *t = eog_texts; *t; t++) {
+        int32_t id = tok_strmap_find(&tok->vocab_map, *t, strlen(*t));
+        if (id >= 0) {
+            tok->is_eog[id] = 1;
+            tok->attr[id] |= TOK_ATTR_CONTROL;
         }
     }
     mark_eog(tok, tok->eos);

@@ -195,13 +195,15 @@ static bool byte_is_printable(int b) {
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 others, in byte order: 0x00-0x20 (33), 0x7F-0xA0 (34), 0xAD (1). */
 static uint32_t byte_to_cp(uint8_t b) {
     if (byte_is_printable(b))
         return b;
-    uint32_t n = 0;
-    for (int c = 0; c < b; c++)
-        n += !byte_is_printable(c);
-    return 256 + n;
+    if (b <= 0x20)
+        return 256u + b;
+    if (b >= 0x7F && b <= 0xA0)
+        return 256u + 33u + (uint32_t)(b - 0x7F);
+    return 256u + 67u; /* 0xAD */
 }
 
 size_t tok_byte_encode(uint8_t b, char out[2]) {
@@ -218,15 +220,11 @@ size_t tok_byte_encode(uint8_t b, char out[2]) {
 int tok_byte_decode(uint32_t cp) {
     if (cp < 256)
         return byte_is_printable((int)cp) ? (int)cp : -1;
-    uint32_t n = 256;
-    for (int c = 0; c < 256; c++) {
-        if (byte_is_printable(c))
-            continue;
-        if (n == cp)
-            return c;
-        n++;
-    }
-    return -1;
+    if (cp < 256 + 33)
+        return (int)(cp - 256);
+    if (cp < 256 + 67)
+        return (int)(0x7F + cp - 256 - 33);
+    return cp == 256 + 67 ? 0xAD : -1;
 }
 
 /* Length of the valid UTF-8 sequence at s (strict: no overlongs, surrogates or code
