@@ -10,6 +10,7 @@
 #include "test_util.h"
 
 #include <jansson.h> /* json_load_file, json_object_get, json_array_size */
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -747,6 +748,66 @@ static void test_llama3_keeps_whole_vocabulary_words(void **state) {
     unlink(path);
 }
 
+/* ---- Sharing one tokenizer between threads ------------------------------------- */
+
+struct thread_job {
+    const struct mc_tokenizer *tok;
+    const struct inputs *in;
+    const int32_t *want[N_VECTORS];
+    const size_t *want_n;
+    int mismatches;
+};
+
+static void *encode_all(void *arg) {
+    struct thread_job *j = arg;
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < j->in->n; i++) {
+            int32_t *ids;
+            size_t n;
+            struct mc_err err = {0};
+            if (mc_tokenize(j->tok, j->in->s[i], j->in->len[i], false, false, &ids, &n, &err)) {
+                j->mismatches++;
+                continue;
+            }
+            if (n != j->want_n[i] || memcmp(ids, j->want[i], n * sizeof(int32_t)) != 0)
+                j->mismatches++;
+            mc_free(ids);
+        }
+    }
+    return NULL;
+}
+
+static void test_one_tokenizer_shared_by_threads(void **state) {
+    (void)state;
+    char path[512];
+    struct inputs in;
+    read_inputs(test_shared_path(path, sizeof(path), "tokenizer-tests/ggml-vocab-gpt-2.gguf.inp"),
+                &in);
+    struct loaded l;
+    load_vocab("deepseek-llm", &l);
+    int32_t *want[N_VECTORS];
+    size_t want_n[N_VECTORS];
+    for (int i = 0; i < in.n; i++)
+        tokenize_ok(l.tok, in.s[i], in.len[i], false, false, &want[i], &want_n[i]);
+
+    struct thread_job jobs[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (struct thread_job){.tok = l.tok, .in = &in, .want_n = want_n};
+        for (int i = 0; i < in.n; i++)
+            jobs[t].want[i] = want[i];
+        assert_int_equal(pthread_create(&th[t], NULL, encode_all, &jobs[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(jobs[t].mismatches, 0);
+    }
+    for (int i = 0; i < in.n; i++)
+        mc_free(want[i]);
+    free(in.buf);
+    unload(&l);
+}
+
 /* ---- mcai tokenize -------------------------------------------------------------- */
 
 /* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
@@ -861,6 +922,7 @@ int main(void) {
         cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
         cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
         cmocka_unit_test(test_gpt2_byte_map_is_a_bijection),
+        cmocka_unit_test(test_one_tokenizer_shared_by_threads),
         cmocka_unit_test(test_cli_tokenize_prints_ids_and_exit_codes),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };

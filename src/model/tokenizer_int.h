@@ -36,8 +36,11 @@ struct tok_strmap {
     const uint32_t *len;
 };
 
+/* Sizes an empty map for n_keys keys stored at base/off/len (borrowed; they must
+ * outlive the map). MC_OK or MC_ENOMEM. */
 int tok_strmap_init(struct tok_strmap *m, uint32_t n_keys, const char *base, const uint32_t *off,
                     const uint32_t *len);
+/* Frees the slots; the map may be zeroed or already deinitialised. */
 void tok_strmap_deinit(struct tok_strmap *m);
 /* Inserts index i unless an equal key is present; returns the index already stored for
  * that key, or -1 when i was inserted. */
@@ -58,7 +61,10 @@ struct tok_pre_def {
 
 /* Looks up a tokenizer.ggml.pre name; false if unknown. */
 bool tok_pre_lookup(const char *name, size_t len, struct tok_pre_def *out);
+/* Compiles the regexes of a set from tok_pre_lookup. MC_ENOMEM, or MC_EINTERNAL naming
+ * the pattern if one does not compile (a bug in the table). */
 int tok_pre_create(int regex_set, struct tok_pre **out, struct mc_err *err);
+/* Accepts NULL. */
 void tok_pre_free(struct tok_pre *p);
 
 /* A piece of text produced by the pre-tokenizer: byte offset and length in the input. */
@@ -84,13 +90,15 @@ size_t tok_byte_encode(uint8_t b, char out[2]);
 /* The byte whose stand-in is codepoint cp, or -1. */
 int tok_byte_decode(uint32_t cp);
 
-/* A growable id list with an upper bound on its length. */
+/* A growable id list (the caller frees v with mc_free). */
 struct tok_ids {
     int32_t *v;
     size_t n;
     size_t cap;
 };
 
+/* Appends id, growing v (mc_realloc) as needed. MC_OK or MC_ENOMEM; on failure the list
+ * is unchanged and still owned by the caller. */
 int tok_ids_push(struct tok_ids *ids, int32_t id, struct mc_err *err);
 
 struct mc_tokenizer {
