@@ -622,9 +622,51 @@ static void test_bad_metadata_is_rejected_with_the_key(void **state) {
     assert_int_equal(load_error(path, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "tokenizer.ggml.merges"));
 
+    /* Per-token arrays must have the right type and at least one entry per token. */
+    struct mc_gguf_writer *w;
+    uint64_t lens[5] = {5, 3, 4, 1, 1};
+    float scores[2] = {0.0f, -1.0f};
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, lens, 5, &err),
+                     MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, 2, &err),
+        MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.scores: 2 entries for 5 tokens"));
+
+    float types[5] = {0};
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, types, 5, &err), MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_FLOAT32, types, 5, &err),
+        MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.token_type"));
+
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.tokens", "abc", 3, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.tokens: expected an array of strings"));
+    mc_gguf_writer_free(w);
+
     /* A tiny SPM vocabulary without byte tokens: unknown characters become UNK. */
     write_vocab(path, "llama", toks, 5, true);
-    assert_int_equal(load_error(path, &err), MC_OK);
+    struct loaded l;
+    load_path(path, &l);
+    int32_t *ids;
+    size_t n;
+    tokenize_ok(l.tok, "ab", 2, false, false, &ids, &n);
+    /* The three bytes of the prefix space U+2581 have no token: UNK each; then a, b. */
+    const int32_t want[] = {0, 0, 0, 3, 4};
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ids[i], want[i]);
+    mc_free(ids);
+    unload(&l);
     unlink(path);
 }
 
