@@ -15,9 +15,8 @@
  * byte-level BPE where the vocabulary has a token for each such byte (the reference
  * always substitutes U+FFFD, which is still done for bytes it has no token for), and an
  * invalid byte is a symbol of its own in SentencePiece, so decoding gives the input
- * back;
- * a SentencePiece byte with neither a <0xXX> token nor a one-byte token becomes UNK
- * (the reference throws). Tokenizer models other than "llama" and "gpt2" (WordPiece,
+ * back; a SentencePiece byte with neither a <0xXX> token nor a one-byte token becomes
+ * UNK (the reference throws). Tokenizer models other than "llama" and "gpt2" (WordPiece,
  * Unigram, RWKV) are refused with MC_ENOTSUP.
  *
  * A loaded tokenizer is immutable; any number of threads may encode and decode. */
