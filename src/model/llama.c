@@ -749,6 +749,17 @@ static void attend_part(void *arg, int ith, int nth) {
         attend_one(c, t / n_head, t % n_head, s);
 }
 
+/* Waking the pool costs microseconds; below this many multiply-adds the calling thread
+ * does the attention alone. */
+enum { ATTN_POOL_MIN_FLOPS = 1 << 16 };
+
+static bool attention_is_small(const struct mc_ctx *c) {
+    int64_t work = 0;
+    for (int32_t r = 0; r < c->n_rows; r++)
+        work += (int64_t)(c->rows[r].pos + 1) * c->m->hp.n_head * c->m->hp.head_dim * 2;
+    return work < ATTN_POOL_MIN_FLOPS;
+}
+
 static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err) {
     const struct mc_hparams *hp = &c->m->hp;
     int32_t n = c->n_rows, d = hp->n_embd;
@@ -770,7 +781,10 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
     /* Every row's K/V goes into its cache before any attention, so a prompt row sees
      * the earlier rows of its own sequence from the same batch. */
     kv_store(c);
-    mc_pool_run(c->pool, attend_part, c);
+    if (attention_is_small(c))
+        attend_part(c, 0, 1);
+    else
+        mc_pool_run(c->pool, attend_part, c);
 
     if ((rc = proj(c, &L->wo, c->att, c->proj, n, err)))
         return rc;
