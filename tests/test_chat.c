@@ -80,14 +80,16 @@ static void test_render_llama3(void **state) {
 
 static void test_render_mistral(void **state) {
     (void)state;
-    check_render(MC_CHAT_MISTRAL, "<s>", "</s>", "<s>[INST] S\n\nHi [/INST]Hello</s>[INST] Bye [/INST]");
+    check_render(MC_CHAT_MISTRAL, "<s>", "</s>",
+                 "<s>[INST] S\n\nHi [/INST]Hello</s>[INST] Bye [/INST]");
 }
 
 static void test_render_zephyr(void **state) {
     (void)state;
-    check_render(MC_CHAT_ZEPHYR, "<s>", "</s>",
-                 "<|system|>\nS</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello</s>\n<|user|>\nBye</s>\n"
-                 "<|assistant|>\n");
+    check_render(
+        MC_CHAT_ZEPHYR, "<s>", "</s>",
+        "<|system|>\nS</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello</s>\n<|user|>\nBye</s>\n"
+        "<|assistant|>\n");
 }
 
 static void test_render_gemma(void **state) {
@@ -158,8 +160,8 @@ static int count_id(const int32_t *ids, size_t n, int32_t id) {
 static void test_tokenize_has_exactly_one_bos(void **state) {
     (void)state;
     static const char *const tmpls[] = {
-        "<|im_start|>", "[INST] <<SYS>>", "[INST]", "<|start_header_id|><|end_header_id|>",
-        "<|user|>", "<start_of_turn>", "<|user|><|end|>"};
+        "<|im_start|>", "[INST] <<SYS>>",  "[INST]",         "<|start_header_id|><|end_header_id|>",
+        "<|user|>",     "<start_of_turn>", "<|user|><|end|>"};
     struct mc_chat_msg msgs[] = {{"system", "Be brief."}, {"user", "Hello there"}};
     int32_t bos = mc_tokenizer_bos(vocab);
     assert_int_equal(bos, 1);
@@ -212,9 +214,9 @@ static void test_generic_fallback_warns_once(void **state) {
         int32_t *ids;
         size_t n;
         struct mc_err err;
-        assert_int_equal(mc_chat_tokenize(vocab, i ? "{{ unknown }}" : NULL, msgs, 1, true, &ids,
-                                          &n, &err),
-                         MC_OK);
+        assert_int_equal(
+            mc_chat_tokenize(vocab, i ? "{{ unknown }}" : NULL, msgs, 1, true, &ids, &n, &err),
+            MC_OK);
         assert_int_equal(count_id(ids, n, 1), 1);
         mc_free(ids);
     }

@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 struct ref_file {
-    const char *name;  /* base name in models/ and reference/ */
-    double tol;        /* logits */
+    const char *name; /* base name in models/ and reference/ */
+    double tol;       /* logits */
 };
 
 static const struct ref_file ref_files[] = {
@@ -87,8 +87,8 @@ static void check_top5(json_t *c, const float *logits, double tol, const char *w
         int32_t id = (int32_t)json_integer_value(json_object_get(e, "id"));
         double want = json_real_value(json_object_get(e, "logit"));
         if (!(fabs(logits[id] - want) <= tol))
-            fail_msg("%s: top-5 #%zu id %d: logit %.7f, reference %.7f (tolerance %g)", what, i,
-                     id, logits[id], want, tol);
+            fail_msg("%s: top-5 #%zu id %d: logit %.7f, reference %.7f (tolerance %g)", what, i, id,
+                     logits[id], want, tol);
     }
 }
 
@@ -222,7 +222,8 @@ static void test_batched_prefill_equals_token_by_token(void **state) {
     assert_int_equal(mc_ctx_create(m, N_A, 2, &ctx, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 64, &kv1, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 64, &kv2, &err), MC_OK);
-    float *batch = mc_malloc(sizeof(float) * N_A * (size_t)nv), *one = mc_malloc(sizeof(float) * nv);
+    float *batch = mc_malloc(sizeof(float) * N_A * (size_t)nv),
+          *one = mc_malloc(sizeof(float) * nv);
     struct mc_batch_row rows[N_A];
     for (int i = 0; i < N_A; i++)
         rows[i] = (struct mc_batch_row){seq_a[i], i, kv1, true};
@@ -344,9 +345,8 @@ static void write_model(const char *path, const char *arch, bool with_hparams) {
     for (int i = 0; i < 32; i++)
         norm[i] = 1.0f;
     int64_t ne = 32;
-    assert_int_equal(mc_gguf_writer_add_tensor(w, "output_norm.weight", MC_TYPE_F32, 1, &ne, norm,
-                                               &err),
-                     MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_add_tensor(w, "output_norm.weight", MC_TYPE_F32, 1, &ne, norm, &err), MC_OK);
     assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
     mc_gguf_writer_free(w);
 }

@@ -23,18 +23,17 @@
 enum { PROMPT_TOKENS = 128, PROMPT_RUNS = 3, BW_PASSES = 5, MIN_BW_BYTES = 256 << 20 };
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: mcai bench -m MODEL [-t THREADS] [-n GEN_TOKENS]\n"
-            "\n"
-            "  -m, --model FILE   GGUF model\n"
-            "  -t, --threads N    threads (default: all CPUs)\n"
-            "  -n N               tokens to generate (default 128)\n"
-            "\n"
-            "Prints prompt (128 tokens, one batch) and generation tokens/s, bytes of weights\n"
-            "read per generated token, the memory bandwidth measured in the same run and the\n"
-            "fraction of the bandwidth bound that generation reached.\n"
-            "\n"
-            "exit codes: 0 ok, 1 runtime error, 2 usage error\n");
+    fprintf(f, "usage: mcai bench -m MODEL [-t THREADS] [-n GEN_TOKENS]\n"
+               "\n"
+               "  -m, --model FILE   GGUF model\n"
+               "  -t, --threads N    threads (default: all CPUs)\n"
+               "  -n N               tokens to generate (default 128)\n"
+               "\n"
+               "Prints prompt (128 tokens, one batch) and generation tokens/s, bytes of weights\n"
+               "read per generated token, the memory bandwidth measured in the same run and the\n"
+               "fraction of the bandwidth bound that generation reached.\n"
+               "\n"
+               "exit codes: 0 ok, 1 runtime error, 2 usage error\n");
 }
 
 static double now_s(void) {
@@ -176,7 +175,7 @@ static int bench(const char *path, int n_threads, int n_gen) {
     if (rc == MC_OK)
         rc = mc_ctx_create(r.m, PROMPT_TOKENS, n_threads, &r.ctx, &err);
     if (rc == MC_OK && !(r.logits = mc_malloc(sizeof(float) * (size_t)PROMPT_TOKENS *
-                                               (size_t)mc_model_hparams(r.m)->n_vocab)))
+                                              (size_t)mc_model_hparams(r.m)->n_vocab)))
         rc = mc_err_set(&err, MC_ENOMEM, "logits allocation failed");
     double t_prompt = 0, t_gen = 0;
     if (rc == MC_OK)

@@ -47,7 +47,7 @@ struct chat {
     struct mc_chat_msg msgs[MAX_TURNS];
     char *owned[MAX_TURNS]; /* contents we allocated (user lines, replies) */
     size_t n_msgs;
-    int32_t *cached;        /* tokens in the KV cache, in order */
+    int32_t *cached; /* tokens in the KV cache, in order */
     size_t n_cached;
     char *reply;
     size_t reply_len;
@@ -115,8 +115,8 @@ static int turn(struct chat *c, struct mc_err *err) {
     const char *tmpl = mc_model_chat_template(c->m);
     int32_t *ids;
     size_t n;
-    int rc = mc_chat_tokenize(mc_model_tokenizer(c->m), tmpl, c->msgs, c->n_msgs, true, &ids, &n,
-                              err);
+    int rc =
+        mc_chat_tokenize(mc_model_tokenizer(c->m), tmpl, c->msgs, c->n_msgs, true, &ids, &n, err);
     if (rc != MC_OK)
         return rc;
     size_t keep = reuse_prefix(c, ids, n);

@@ -21,22 +21,23 @@
 #include <time.h>
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: mcai generate -m MODEL -p PROMPT [options]\n"
-            "\n"
-            "  -m, --model FILE        GGUF model (llama or qwen2 architecture)\n"
-            "  -p, --prompt TEXT       prompt text\n"
-            "  -n, --n-predict N       tokens to generate (default 128; <= 0: until context full)\n"
-            "  -c, --ctx-size N        context size (default: prompt + N, or the model's up to 4096)\n"
-            "  -t, --threads N         threads (default: all CPUs)\n"
-            "%s"
-            "      --stop STR          stop before STR (repeatable, up to 16)\n"
-            "      --ignore-eos        do not stop at end-of-generation tokens\n"
-            "      --ids               print generated token ids instead of text\n"
-            "      --chat              wrap the prompt as a user message in the chat template\n"
-            "\n"
-            "exit codes: 0 ok, 1 runtime error, 2 usage error\n",
-            cli_sample_help);
+    fprintf(
+        f,
+        "usage: mcai generate -m MODEL -p PROMPT [options]\n"
+        "\n"
+        "  -m, --model FILE        GGUF model (llama or qwen2 architecture)\n"
+        "  -p, --prompt TEXT       prompt text\n"
+        "  -n, --n-predict N       tokens to generate (default 128; <= 0: until context full)\n"
+        "  -c, --ctx-size N        context size (default: prompt + N, or the model's up to 4096)\n"
+        "  -t, --threads N         threads (default: all CPUs)\n"
+        "%s"
+        "      --stop STR          stop before STR (repeatable, up to 16)\n"
+        "      --ignore-eos        do not stop at end-of-generation tokens\n"
+        "      --ids               print generated token ids instead of text\n"
+        "      --chat              wrap the prompt as a user message in the chat template\n"
+        "\n"
+        "exit codes: 0 ok, 1 runtime error, 2 usage error\n",
+        cli_sample_help);
 }
 
 struct opts {
@@ -133,8 +134,8 @@ static int on_token(const struct mc_gen_token *t, void *user) {
     return 0;
 }
 
-static int tokenize_prompt(const struct mc_model *m, const struct opts *o, int32_t **ids,
-                           size_t *n, struct mc_err *err) {
+static int tokenize_prompt(const struct mc_model *m, const struct opts *o, int32_t **ids, size_t *n,
+                           struct mc_err *err) {
     const struct mc_tokenizer *tok = mc_model_tokenizer(m);
     if (o->chat) {
         struct mc_chat_msg msg = {"user", o->prompt};
@@ -163,14 +164,17 @@ static int run(const struct opts *o) {
     if (rc == MC_OK)
         rc = tokenize_prompt(m, o, &ids, &n_ids, &err);
     if (rc == MC_OK && n_ids == 0)
-        rc = mc_err_set(&err, MC_EINVAL, "the prompt gives no tokens and the vocabulary adds no BOS");
+        rc = mc_err_set(&err, MC_EINVAL,
+                        "the prompt gives no tokens and the vocabulary adds no BOS");
     if (rc == MC_OK)
         rc = mc_kv_create(m, pick_ctx(o, mc_model_hparams(m), n_ids), &kv, &err);
     if (rc == MC_OK)
         rc = mc_ctx_create(m, n_ids < 256 ? (int32_t)n_ids : 256, o->n_threads, &ctx, &err);
     if (rc == MC_OK) {
-        struct mc_gen_params gp = {.max_tokens = o->n_predict, .stop = o->stop,
-                                   .n_stop = o->n_stop, .ignore_eos = o->ignore_eos};
+        struct mc_gen_params gp = {.max_tokens = o->n_predict,
+                                   .stop = o->stop,
+                                   .n_stop = o->n_stop,
+                                   .ignore_eos = o->ignore_eos};
         struct out_state st = {.ids = o->ids};
         struct mc_gen_result res;
         rc = mc_generate(ctx, kv, mc_model_tokenizer(m), ids, n_ids, &o->sp, &gp, on_token, &st,

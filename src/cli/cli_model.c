@@ -23,22 +23,21 @@
 #include <strings.h>
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: mcai model synth --like VOCAB.gguf -o OUT.gguf [options]\n"
-            "\n"
-            "  --like FILE       GGUF file whose tokenizer (vocabulary) is copied\n"
-            "  -o, --output FILE output GGUF file\n"
-            "  --embd N          embedding size (default 768)\n"
-            "  --layers N        layers (default 12)\n"
-            "  --heads N         attention heads (default 12)\n"
-            "  --kv-heads N      key/value heads (default 4)\n"
-            "  --ff N            feed-forward size (default 2048)\n"
-            "  --ctx N           context length written to the metadata (default 2048)\n"
-            "  --type T          F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K or Q4_K_M\n"
-            "                    (default Q8_0)\n"
-            "  --seed S          random seed (default 1)\n"
-            "\n"
-            "exit codes: 0 ok, 1 runtime error, 2 usage error\n");
+    fprintf(f, "usage: mcai model synth --like VOCAB.gguf -o OUT.gguf [options]\n"
+               "\n"
+               "  --like FILE       GGUF file whose tokenizer (vocabulary) is copied\n"
+               "  -o, --output FILE output GGUF file\n"
+               "  --embd N          embedding size (default 768)\n"
+               "  --layers N        layers (default 12)\n"
+               "  --heads N         attention heads (default 12)\n"
+               "  --kv-heads N      key/value heads (default 4)\n"
+               "  --ff N            feed-forward size (default 2048)\n"
+               "  --ctx N           context length written to the metadata (default 2048)\n"
+               "  --type T          F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K or Q4_K_M\n"
+               "                    (default Q8_0)\n"
+               "  --seed S          random seed (default 1)\n"
+               "\n"
+               "exit codes: 0 ok, 1 runtime error, 2 usage error\n");
 }
 
 struct synth {
@@ -59,9 +58,11 @@ static int parse(int argc, char **argv, struct synth *s) {
     s->embd = 768, s->layers = 12, s->heads = 12, s->kv_heads = 4, s->ff = 2048, s->ctx = 2048;
     s->type = MC_TYPE_Q8_0;
     s->seed = 1;
-    struct { const char *name; long *dst; } nums[] = {
-        {"--embd", &s->embd}, {"--layers", &s->layers}, {"--heads", &s->heads},
-        {"--kv-heads", &s->kv_heads}, {"--ff", &s->ff}, {"--ctx", &s->ctx}};
+    struct {
+        const char *name;
+        long *dst;
+    } nums[] = {{"--embd", &s->embd},         {"--layers", &s->layers}, {"--heads", &s->heads},
+                {"--kv-heads", &s->kv_heads}, {"--ff", &s->ff},         {"--ctx", &s->ctx}};
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool done = false;
@@ -121,8 +122,7 @@ static int add_matrix(struct mc_gguf_writer *w, struct mc_rng *rng, const char *
     size_t rb = mc_type_row_size(t, cols);
     if (rb == 0)
         return mc_err_set(err, MC_EINVAL, "%s: row of %lld is not a multiple of %s's block of %lld",
-                          name, (long long)cols, mc_type_name(t),
-                          (long long)mc_type_block_size(t));
+                          name, (long long)cols, mc_type_name(t), (long long)mc_type_block_size(t));
     uint8_t *data = mc_malloc(rb * (size_t)rows);
     float *row = mc_malloc((size_t)cols * sizeof(float));
     int rc = data && row ? MC_OK : mc_err_set(err, MC_ENOMEM, "%s: allocation failed", name);
@@ -177,10 +177,14 @@ static int add_layer(struct mc_gguf_writer *w, struct mc_rng *rng, const struct 
                      struct mc_err *err) {
     int64_t d = s->embd, dkv = s->embd / s->heads * s->kv_heads, ff = s->ff;
     enum mc_type big = s->q4_k_m && more_bits(il, s->layers) ? MC_TYPE_Q6_K : s->type;
-    struct { const char *sfx; int64_t rows, cols; enum mc_type t; } m[7] = {
-        {"attn_q", d, d, s->type},    {"attn_k", dkv, d, s->type}, {"attn_v", dkv, d, big},
-        {"attn_output", d, d, s->type}, {"ffn_gate", ff, d, s->type}, {"ffn_up", ff, d, s->type},
-        {"ffn_down", d, ff, big}};
+    struct {
+        const char *sfx;
+        int64_t rows, cols;
+        enum mc_type t;
+    } m[7] = {{"attn_q", d, d, s->type},    {"attn_k", dkv, d, s->type},
+              {"attn_v", dkv, d, big},      {"attn_output", d, d, s->type},
+              {"ffn_gate", ff, d, s->type}, {"ffn_up", ff, d, s->type},
+              {"ffn_down", d, ff, big}};
     char name[64];
     int rc;
     snprintf(name, sizeof(name), "blk.%ld.attn_norm.weight", il);
@@ -212,8 +216,8 @@ static int synth(const struct synth *s, struct mc_err *err) {
     }
     int64_t n_vocab = (int64_t)mc_gguf_arr_n(like, ki);
     enum mc_type out_t = s->q4_k_m ? MC_TYPE_Q6_K : s->type;
-    if ((rc = mc_gguf_writer_create(&w, err)) || (rc = mc_gguf_writer_copy_kv(w, like,
-                                                                              not_tokenizer_key, err)) ||
+    if ((rc = mc_gguf_writer_create(&w, err)) ||
+        (rc = mc_gguf_writer_copy_kv(w, like, not_tokenizer_key, err)) ||
         (rc = set_hparams(w, s, err)) ||
         (rc = mc_gguf_writer_set_u32(w, "general.file_type", s->q4_k_m ? 15 : (uint32_t)s->type,
                                      err)) ||

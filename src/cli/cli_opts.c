@@ -38,10 +38,14 @@ int cli_parse_float(const char *s, float *out) {
 
 int cli_parse_sample_opt(struct mc_sample_params *sp, const char *opt, const char *val,
                          bool *seed_set) {
-    static const char *const float_opts[] = {"--temp", "--top-p", "--min-p", "--repeat-penalty",
-                                             "--frequency-penalty", "--presence-penalty"};
-    float *float_dst[] = {&sp->temp, &sp->top_p, &sp->min_p, &sp->repeat_penalty,
-                          &sp->freq_penalty, &sp->presence_penalty};
+    static const char *const float_opts[] = {"--temp",
+                                             "--top-p",
+                                             "--min-p",
+                                             "--repeat-penalty",
+                                             "--frequency-penalty",
+                                             "--presence-penalty"};
+    float *float_dst[] = {&sp->temp,           &sp->top_p,        &sp->min_p,
+                          &sp->repeat_penalty, &sp->freq_penalty, &sp->presence_penalty};
     long l;
     for (size_t i = 0; i < sizeof(float_opts) / sizeof(float_opts[0]); i++)
         if (strcmp(opt, float_opts[i]) == 0)
