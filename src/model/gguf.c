@@ -416,8 +416,8 @@ static int parse_array_value(struct parser *p, struct kv *kv, const char *qkey, 
 
 /* general.alignment must be a u32 power of two; anything else is rejected rather than
  * guessed, because every tensor offset depends on it. */
-static int check_alignment(struct parser *p, const struct kv *kv, size_t type_at) {
-    set_field(p, "kv 'general.alignment'");
+static int check_alignment(struct parser *p, const struct kv *kv, int64_t i, size_t type_at) {
+    set_field(p, "kv %lld 'general.alignment'", (long long)i);
     if (kv->type != MC_GGUF_UINT32)
         return fail_at(p, type_at, "stored as %s, must be u32", mc_gguf_vtype_name(kv->type));
     uint32_t a;
@@ -458,7 +458,7 @@ static int parse_kv(struct parser *p, int64_t i) {
     if (rc)
         return rc;
     if (strcmp(kv->key, "general.alignment") == 0)
-        return check_alignment(p, kv, type_at);
+        return check_alignment(p, kv, i, type_at);
     return MC_OK;
 }
 
