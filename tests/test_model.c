@@ -5,8 +5,12 @@
  * prompt ids equal; 32 greedy ids equal exactly, feeding the reference's own token back
  * at each step so one miss does not cascade; the top-5 logits at the last prompt
  * position and, where present, the whole logit vector within a tolerance. Tolerances:
- * F32 1e-3 (the issue's bar; we measure ~1e-5), Q8_0/Q4_0 1e-3 (activations are
- * quantized to Q8_0 exactly as the reference does, measured ~1e-6), the F16 toy 1e-4
+ * F32 1e-3 (the issue's bar; we measure ~1e-5). Q8_0/Q4_0 1e-2: activations are
+ * quantized to Q8_0 as the reference does, and with the AVX2 and portable kernels we
+ * measure ~1e-6, but a kernel that sums in another order (the AVX-512 one) can move an
+ * activation across a rounding boundary of that quantization, one step of amax/127,
+ * which shows as up to 5e-3 in a logit (measured); the greedy ids still match, their
+ * margins being >= 1.3e-3 and mostly far larger. The F16 toy 1e-4
  * (its logits are small and its greedy margins go down to 3.6e-4, so a tolerance
  * below the margin is needed for the ids to mean something; measured ~2e-8). */
 #include "base/mem.h"
@@ -29,8 +33,8 @@ struct ref_file {
 
 static const struct ref_file ref_files[] = {
     {"stories260K", 1e-3},
-    {"stories260K-Q8_0", 1e-3},
-    {"stories260K-Q4_0", 1e-3},
+    {"stories260K-Q8_0", 1e-2},
+    {"stories260K-Q4_0", 1e-2},
     {"llama-2-tiny-random", 1e-4},
 };
 
