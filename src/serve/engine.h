@@ -165,8 +165,9 @@ void mc_engine_free(struct mc_engine *e);
  *   MC_EFULL   the tenant's queue holds max_queue requests already;
  *   MC_ECANCEL the engine is draining or stopping;
  *   MC_ENOMEM. */
-int mc_engine_submit(struct mc_engine *e, const struct mc_gen_params *p, mc_engine_event_fn on_event,
-                     void *user, struct mc_gen **out, struct mc_err *err);
+int mc_engine_submit(struct mc_engine *e, const struct mc_gen_params *p,
+                     mc_engine_event_fn on_event, void *user, struct mc_gen **out,
+                     struct mc_err *err);
 
 /* Asks the engine to stop gen (its client went away). The sequence is freed at the next
  * step and gets an ERROR event with MC_ECANCEL, unless it already finished. Any thread;
