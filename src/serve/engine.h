@@ -75,8 +75,9 @@ struct mc_engine_sampling {
     uint64_t seed;            /* with the same seed and prompt the output is reproducible */
 };
 
-/* Everything is copied by mc_engine_submit; the caller may free it right after. */
-struct mc_gen_params {
+/* One request. Everything is copied by mc_engine_submit; the caller may free it right
+ * after. (Not struct mc_gen_params: that name belongs to model/generate.h.) */
+struct mc_engine_params {
     const char *tenant;       /* tenant id, 1..MC_ENGINE_TENANT_MAX bytes */
     uint32_t weight;          /* tenant's share weight, 1..1000 (0: 1); the latest wins */
     const int32_t *prompt;    /* prompt token ids, already rendered and tokenized */
@@ -165,7 +166,7 @@ void mc_engine_free(struct mc_engine *e);
  *   MC_EFULL   the tenant's queue holds max_queue requests already;
  *   MC_ECANCEL the engine is draining or stopping;
  *   MC_ENOMEM. */
-int mc_engine_submit(struct mc_engine *e, const struct mc_gen_params *p,
+int mc_engine_submit(struct mc_engine *e, const struct mc_engine_params *p,
                      mc_engine_event_fn on_event, void *user, struct mc_gen **out,
                      struct mc_err *err);
 
