@@ -82,7 +82,8 @@ struct mc_engine_params {
     uint32_t weight;          /* tenant's share weight, 1..1000 (0: 1); the latest wins */
     const int32_t *prompt;    /* prompt token ids, already rendered and tokenized */
     int32_t n_prompt;         /* >= 1 and < n_ctx */
-    int32_t max_tokens;       /* completion tokens (<= 0: until the context is full) */
+    int32_t max_tokens;       /* completion tokens (<= 0, or more than the context leaves:
+                               * until the context is full, finish_reason "length") */
     struct mc_engine_sampling sampling;
     const char *const *stop;  /* stop strings (may be split across tokens), or NULL */
     int32_t n_stop;           /* 0..MC_ENGINE_MAX_STOP */
@@ -160,8 +161,10 @@ void mc_engine_free(struct mc_engine *e);
  * possibly before this function returns, ending with exactly one DONE or ERROR. On failure
  * no event is ever delivered and *out is NULL:
  *   MC_EINVAL  a bad field (named in the message), including a prompt that does not fit
- *              the context ("prompt of N tokens exceeds the context of M": the HTTP layer's
- *              context_length_exceeded) or a token id out of the vocabulary;
+ *              the context ("prompt of N tokens leaves no room in the context of M tokens",
+ *              i.e. n_prompt >= n_ctx: the HTTP layer's context_length_exceeded), a token
+ *              id out of the vocabulary, or a request whose KV cache alone exceeds the
+ *              budget;
  *   MC_ENOTSUP an adapter was given;
  *   MC_EFULL   the tenant's queue holds max_queue requests already;
  *   MC_ECANCEL the engine is draining or stopping;

@@ -126,6 +126,21 @@ int32_t sched_plan(struct sched *s, struct sched_work *work, int32_t *n_rows);
 
 /* ---- Backend: what the engine needs from a model ------------------------------------ */
 
+/* How a sequence's text stream ends (the model's enum mc_finish, mirrored so that the
+ * scheduler core does not depend on the generation code). */
+enum engine_finish {
+    ENGINE_FINISH_NONE = 0,
+    ENGINE_FINISH_STOP,
+    ENGINE_FINISH_LENGTH,
+};
+
+struct engine_stream_params {
+    int32_t max_tokens;
+    const char *const *stop;
+    int32_t n_stop;
+    bool ignore_eos;
+};
+
 struct engine_row {
     int32_t token;
     int32_t pos;
@@ -145,9 +160,14 @@ struct engine_backend {
     /* Runs rows; logits gets n_vocab floats per want_logits row, in row order. */
     int (*forward)(void *impl, const struct engine_row *rows, int32_t n_rows, float *logits,
                    struct mc_err *err);
-    /* Writes token id's text as mc_token_to_piece does (special tokens give ""). */
-    int (*piece)(void *impl, int32_t id, char *buf, size_t size);
-    bool (*is_eog)(void *impl, int32_t id);
+    /* A text stream per sequence: push takes one sampled token, points text at the bytes
+     * that may be shown now (valid until the next push) and says whether generation
+     * ended (end-of-generation token, stop string, max_tokens). */
+    int (*stream_create)(void *impl, const struct engine_stream_params *p, void **out,
+                         struct mc_err *err);
+    enum engine_finish (*stream_push)(void *stream, int32_t token, const char **text,
+                                      size_t *len);
+    void (*stream_free)(void *stream);
     /* Frees impl (called by mc_engine_free). May be NULL. */
     void (*destroy)(void *impl);
 };
