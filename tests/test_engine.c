@@ -703,6 +703,19 @@ static void test_engine_reports_logprobs_of_the_model_distribution(void **state)
     fake_free(f);
 }
 
+struct loads {
+    int n_tenants;
+    int32_t n_queued, n_active;
+};
+
+static void count_loads(void *user, const char *tenant, int32_t n_queued, int32_t n_active) {
+    struct loads *l = user;
+    assert_true(strcmp(tenant, "A") == 0 || strcmp(tenant, "B") == 0);
+    l->n_tenants++;
+    l->n_queued += n_queued;
+    l->n_active += n_active;
+}
+
 static void test_engine_quiet_tenant_first_token_within_two_steps(void **state) {
     (void)state;
     struct mc_engine_config cfg = {.max_seqs = 4, .prefill_chunk = 32};
@@ -741,6 +754,11 @@ static void test_engine_quiet_tenant_first_token_within_two_steps(void **state) 
     mc_engine_tenant_load(e, "A", &nq, &na);
     assert_int_equal(nq, 100 - 4 + 1); /* plus the preempted one, at the front again */
     assert_int_equal(na, 3);
+    struct loads l = {0};
+    mc_engine_tenant_loads(e, count_loads, &l);
+    assert_int_equal(l.n_tenants, 2);
+    assert_int_equal(l.n_queued, 97);
+    assert_int_equal(l.n_active, 4);
     fake_set_gate(f, false);
     rec_wait(&b);
     rec_check_final(&b);
@@ -1029,6 +1047,71 @@ static void test_engine_observer_sees_every_token(void **state) {
     fake_free(f);
 }
 
+/* Walks an allocation failure through create, submit, a whole generation and free. The
+ * main thread and the loop thread never allocate at the same time here (the main thread
+ * only waits while the loop runs), so the failure counter sees one sequence of calls. */
+static void test_engine_survives_every_allocation_failure(void **state) {
+    (void)state;
+    int32_t prompt[4] = {3, 1, 4, 1};
+    int32_t want[6];
+    assert_int_equal(fake_reference(prompt, 4, 6, want), 6);
+    int n_done = 0, n_submit_failed = 0, n_event_failed = 0, n_create_failed = 0;
+    for (long nth = 1; nth < 200; nth++) {
+        struct mc_engine_config cfg = {.max_seqs = 2};
+        struct fake *f = calloc(1, sizeof(*f));
+        pthread_mutex_init(&f->mu, NULL);
+        pthread_cond_init(&f->cv, NULL);
+        struct engine_backend be = {
+            .impl = f, .n_vocab = FAKE_VOCAB, .n_ctx_train = FAKE_CTX,
+            .kv_bytes = fake_kv_bytes, .kv_create = fake_kv_create, .kv_free = fake_kv_free,
+            .prepare = fake_prepare, .forward = fake_forward,
+            .stream_create = fake_stream_create, .stream_push = fake_stream_push,
+            .stream_free = fake_stream_free,
+        };
+        struct mc_engine *e = NULL;
+        struct mc_err err = {0};
+        mc_mem_fail_after(nth);
+        int rc = engine_create_with_backend(&be, &cfg, &e, &err);
+        if (rc != MC_OK) {
+            mc_mem_fail_after(0);
+            assert_int_equal(rc, MC_ENOMEM);
+            assert_null(e);
+            n_create_failed++;
+            fake_free(f);
+            continue;
+        }
+        struct rec r;
+        rec_init(&r, f);
+        struct mc_engine_params p = greedy_params("A", prompt, 4, 6);
+        rc = mc_engine_submit(e, &p, rec_on_event, &r, NULL, &err);
+        if (rc == MC_OK) {
+            rec_wait(&r);
+            rec_check_final(&r);
+            if (r.code == MC_OK) {
+                assert_int_equal(r.n_tokens, 6);
+                assert_memory_equal(r.tokens, want, sizeof(want));
+                n_done++;
+            } else {
+                assert_int_equal(r.code, MC_ENOMEM);
+                n_event_failed++;
+            }
+        } else {
+            assert_int_equal(rc, MC_ENOMEM);
+            n_submit_failed++;
+        }
+        mc_engine_free(e);
+        long used = mc_mem_fail_after(0);
+        assert_int_equal(f->n_kv_live, 0);
+        fake_free(f);
+        if (used < nth)
+            break; /* this run had no failure: every allocation has been tried */
+    }
+    assert_true(n_create_failed >= 1);
+    assert_true(n_submit_failed >= 1);
+    assert_true(n_event_failed >= 1);
+    assert_int_equal(n_done, 1);
+}
+
 /* ================================ End to end on stories260K ========================= */
 
 #define REF_MAX_CASES 8
@@ -1305,6 +1388,7 @@ int main(void) {
         cmocka_unit_test(test_engine_drain_timeout_cancels_the_rest),
         cmocka_unit_test(test_engine_free_ends_every_request_once),
         cmocka_unit_test(test_engine_observer_sees_every_token),
+        cmocka_unit_test(test_engine_survives_every_allocation_failure),
         cmocka_unit_test(test_e2e_batch_of_eight_matches_reference_greedy),
         cmocka_unit_test(test_e2e_stop_string_split_across_tokens),
         cmocka_unit_test(test_e2e_cancelled_request_stops_at_the_next_step),

@@ -512,6 +512,8 @@ static void deliver(struct mc_engine *e, struct mc_gen *outbox) {
         g->out = OUT_NONE;
         g->out_len = 0;
         if (g->finished) {
+            MC_LOG_DEBUG("engine", "request_done", "tenant=%s prompt=%d completion=%d code=%d",
+                         g->tenant, g->n_prompt, g->n_gen, g->out_code);
             gen_free_engine_side(e, g);
             g->e = NULL;
             gen_unref(g);
@@ -759,5 +761,12 @@ void mc_engine_tenant_load(struct mc_engine *e, const char *tenant, int32_t *n_q
     const struct sched_tenant *t = tenant ? sched_tenant_find(&e->sched, tenant) : NULL;
     *n_queued = t ? t->n_queued : 0;
     *n_active = t ? t->n_active : 0;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mc_engine_tenant_loads(struct mc_engine *e, mc_engine_tenant_fn fn, void *user) {
+    pthread_mutex_lock(&e->mu);
+    for (const struct sched_tenant *t = e->sched.tenants; t; t = t->next)
+        fn(user, t->name, t->n_queued, t->n_active);
     pthread_mutex_unlock(&e->mu);
 }

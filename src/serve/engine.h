@@ -16,8 +16,9 @@
  *
  * Threading: every function here may be called from any thread. Event callbacks run on the
  * engine thread, one at a time, never with an engine lock held; they must not block (copy
- * the event into your own queue) and may call mc_engine_cancel and mc_gen_release, but
- * not mc_engine_submit, mc_engine_drain or mc_engine_free.
+ * the event into your own queue) and may call mc_engine_cancel, mc_gen_release,
+ * mc_engine_stats and mc_engine_tenant_load, but not mc_engine_submit, mc_engine_drain or
+ * mc_engine_free.
  *
  * Choices n > 1: the engine runs one sequence per request; the HTTP layer submits n
  * requests (with seeds seed, seed + 1, ...) and merges their events by choice index. */
@@ -210,5 +211,12 @@ void mc_engine_stats(struct mc_engine *e, struct mc_engine_stats *out);
  * request of). */
 void mc_engine_tenant_load(struct mc_engine *e, const char *tenant, int32_t *n_queued,
                            int32_t *n_active);
+
+/* Calls fn once for every tenant that has a queued or running request (for per-tenant
+ * queue-depth gauges). fn runs under the engine's lock: it must be quick and must not
+ * call back into the engine. */
+typedef void (*mc_engine_tenant_fn)(void *user, const char *tenant, int32_t n_queued,
+                                    int32_t n_active);
+void mc_engine_tenant_loads(struct mc_engine *e, mc_engine_tenant_fn fn, void *user);
 
 #endif
