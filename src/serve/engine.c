@@ -278,9 +278,10 @@ static int gen_build(struct mc_engine *e, const struct mc_engine_params *p, stru
     *out = g;
     return MC_OK;
 
-out_nomem:
+out_nomem:;
+    int32_t n = g->n_ctx_seq;
     gen_free_memory(g);
-    return mc_err_set(err, MC_ENOMEM, "out of memory for a request of %d tokens", g->n_ctx_seq);
+    return mc_err_set(err, MC_ENOMEM, "out of memory for a request of %d tokens", n);
 }
 
 int mc_engine_submit(struct mc_engine *e, const struct mc_engine_params *p,
