@@ -56,7 +56,8 @@ struct mc_engine_config {
     /* Optional observer for latency metrics, called on the engine thread for every
      * sampled token: first is true for a request's first token, and seconds is then the
      * time from submit to that token (time to first token); otherwise it is the time
-     * since the request's previous token (inter-token latency). Must not block. */
+     * since the request's previous token (inter-token latency). Must not block or call
+     * into the engine. */
     void (*on_token)(void *user, const char *tenant, bool first, double seconds);
     void *on_token_user;
 };
