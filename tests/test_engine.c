@@ -1122,7 +1122,37 @@ struct ref_case {
     int32_t n_prompt;
     int32_t greedy[REF_N_PREDICT];
     char text[512];
+    double first_logprob[3]; /* log-softmax of the 3 best logits after the prompt */
+    int32_t first_top[3];    /* their ids, best first (ties: lower id) */
 };
+
+/* Fills the first-token log-probabilities of c from the reference's logit vector. */
+static void ref_first_logprobs(struct ref_case *c, json_t *logits) {
+    size_t n = json_array_size(logits);
+    assert_true(n > 3);
+    double mx = -1e30, sum = 0;
+    for (size_t k = 0; k < n; k++)
+        mx = fmax(mx, json_real_value(json_array_get(logits, k)));
+    for (size_t k = 0; k < n; k++)
+        sum += exp(json_real_value(json_array_get(logits, k)) - mx);
+    double z = mx + log(sum);
+    for (int j = 0; j < 3; j++) {
+        int32_t best = -1;
+        double bv = -1e30;
+        for (size_t k = 0; k < n; k++) {
+            double v = json_real_value(json_array_get(logits, k));
+            bool taken = false;
+            for (int q = 0; q < j; q++)
+                taken |= c->first_top[q] == (int32_t)k;
+            if (!taken && v > bv) {
+                bv = v;
+                best = (int32_t)k;
+            }
+        }
+        c->first_top[j] = best;
+        c->first_logprob[j] = bv - z;
+    }
+}
 
 static int ref_load(struct ref_case *cases) {
     char path[512];
@@ -1147,6 +1177,9 @@ static int ref_load(struct ref_case *cases) {
             rc->greedy[k] = (int32_t)json_integer_value(json_array_get(gt, (size_t)k));
         snprintf(rc->text, sizeof(rc->text), "%s",
                  json_string_value(json_object_get(c, "greedy_text")));
+        json_t *logits = json_object_get(c, "last_prompt_pos_logits");
+        assert_non_null(logits);
+        ref_first_logprobs(rc, logits);
     }
     json_decref(root);
     return n;
@@ -1215,16 +1248,25 @@ static void test_e2e_stop_string_split_across_tokens(void **state) {
     struct ref_case cases[REF_MAX_CASES];
     ref_load(cases);
     struct ref_case *c = &cases[0];
-    size_t len = strlen(c->text);
-    assert_true(len > 20);
-    /* Five bytes from the middle of the reference text: with pieces of two to four bytes
-     * the match starts inside one token and ends in another. */
-    char stop[6];
-    memcpy(stop, c->text + len / 2, 5);
-    stop[5] = '\0';
+    struct mc_model *m = e2e_model();
+
+    /* The stop string is the last two bytes of one generated token's piece and the first
+     * two of the next one's, so it can only match across the token boundary. */
+    const struct mc_tokenizer *tok = mc_model_tokenizer(m);
+    char a[64], b[64], stop[5];
+    int k = 8, la = 0, lb = 0;
+    for (; k + 1 < REF_N_PREDICT; k++) {
+        la = mc_token_to_piece(tok, c->greedy[k], false, a, sizeof(a));
+        lb = mc_token_to_piece(tok, c->greedy[k + 1], false, b, sizeof(b));
+        if (la >= 2 && lb >= 2 && la < 64 && lb < 64)
+            break;
+    }
+    assert_true(k + 1 < REF_N_PREDICT);
+    memcpy(stop, a + la - 2, 2);
+    memcpy(stop + 2, b, 2);
+    stop[4] = '\0';
     size_t cut = (size_t)(strstr(c->text, stop) - c->text);
 
-    struct mc_model *m = e2e_model();
     struct mc_engine_config cfg = {.max_seqs = 4};
     struct mc_engine *e = e2e_engine(m, &cfg);
     struct rec r;
@@ -1240,7 +1282,8 @@ static void test_e2e_stop_string_split_across_tokens(void **state) {
     assert_int_equal(r.text_len, cut);
     assert_memory_equal(r.text, c->text, cut);
     assert_null(strstr(r.text, stop));
-    assert_true(r.completion_tokens < REF_N_PREDICT);
+    /* Generation ends with the token that completes the match, no later. */
+    assert_true(r.completion_tokens <= k + 2);
     assert_memory_equal(r.tokens, c->greedy, (size_t)r.n_tokens * sizeof(int32_t));
     mc_engine_free(e);
     mc_model_free(m);
@@ -1367,6 +1410,41 @@ static void test_e2e_two_tenants_same_prompt_share_nothing(void **state) {
     mc_model_free(m);
 }
 
+static void test_e2e_logprobs_match_reference_logits(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    int n_cases = ref_load(cases);
+    struct mc_model *m = e2e_model();
+    struct mc_engine_config cfg = {.max_seqs = 4, .prefill_chunk = 4};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec r[4];
+    for (int i = 0; i < n_cases && i < 4; i++) {
+        rec_init(&r[i], NULL);
+        struct mc_engine_params p = greedy_params("acme", cases[i].prompt, cases[i].n_prompt, 2);
+        p.ignore_eos = true;
+        p.logprobs = true;
+        p.top_logprobs = 3;
+        submit_ok(e, &p, &r[i]);
+    }
+    /* All four run together (prompts in 4-token chunks), yet each first token's
+     * distribution is exactly its own prompt's, as llama.cpp computed it. */
+    for (int i = 0; i < n_cases && i < 4; i++) {
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_int_equal(r[i].n_lp, 2);
+        const struct mc_engine_logprob *lp = &r[i].lp[0];
+        assert_int_equal(lp->token, cases[i].greedy[0]);
+        assert_float_near(lp->logprob, cases[i].first_logprob[0], 1e-3);
+        assert_int_equal(lp->n_top, 3);
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(lp->top[j].token, cases[i].first_top[j]);
+            assert_float_near(lp->top[j].logprob, cases[i].first_logprob[j], 1e-3);
+        }
+    }
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
 int main(void) {
     mc_log_set_level(MC_LOG_ERROR);
     const struct CMUnitTest tests[] = {
@@ -1395,6 +1473,7 @@ int main(void) {
         cmocka_unit_test(test_e2e_quiet_tenant_starts_within_two_steps),
         cmocka_unit_test(test_e2e_kv_budget_limits_concurrency),
         cmocka_unit_test(test_e2e_two_tenants_same_prompt_share_nothing),
+        cmocka_unit_test(test_e2e_logprobs_match_reference_logits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

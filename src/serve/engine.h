@@ -110,7 +110,8 @@ struct mc_engine_top_logprob {
 
 struct mc_engine_logprob {
     int32_t token;   /* the sampled token */
-    float logprob;   /* its natural log-probability under the unmodified model distribution */
+    float logprob;   /* its natural log-probability after penalties and temperature (1 when
+                      * greedy), before top-k/top-p/min-p truncation */
     int32_t n_top;   /* entries in top, most likely first */
     struct mc_engine_top_logprob top[MC_ENGINE_MAX_TOP_LOGPROBS];
 };
