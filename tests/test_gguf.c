@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---- Helpers ---------------------------------------------------------------------------- */
@@ -581,7 +582,7 @@ static void test_gguf_writer_rejects_bad_input(void **state) {
     float x[64] = {0};
     int64_t ne[2] = {48, 1};
     assert_int_equal(mc_gguf_writer_add_tensor(w, "q", MC_TYPE_Q4_0, 2, ne, x, &err), MC_EINVAL);
-    assert_non_null(strstr(err.msg, "block size 32"));
+    assert_non_null(strstr(err.msg, "row 48 not a multiple of Q4_0 block 32"));
     ne[0] = 0;
     assert_int_equal(mc_gguf_writer_add_tensor(w, "z", MC_TYPE_F32, 1, ne, x, &err), MC_EINVAL);
     ne[0] = 4;
@@ -789,7 +790,21 @@ static void test_gguf_rejects_bad_alignment(void **state) {
     assert_int_equal(mc_gguf_alignment(g), 64);
     assert_int_equal(mc_gguf_data_offset(g), data_at);
     assert_int_equal(data_at % 64, 0);
+
+    /* Copying its keys drops the alignment the writer does not use. */
+    struct mc_gguf_writer *w;
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_copy_kv(w, g, NULL, &err), MC_OK);
+    char path[256];
+    tmp_path(path, sizeof(path), "a64_copy.gguf");
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    mc_gguf_writer_free(w);
     mc_gguf_close(g);
+    assert_int_equal(mc_gguf_open(path, &g, &err), MC_OK);
+    assert_int_equal(mc_gguf_n_kv(g), 0);
+    assert_int_equal(mc_gguf_alignment(g), 32);
+    mc_gguf_close(g);
+    unlink(path);
 }
 
 static void test_gguf_rejects_bad_tensor_shapes(void **state) {
@@ -1048,6 +1063,59 @@ static void test_gguf_allocation_failures_are_clean(void **state) {
     unlink(path);
 }
 
+/* ---- mcai info ---------------------------------------------------------------------------- */
+
+/* Runs `$MCAI info path`, returns its exit status and its output (stdout and stderr). */
+static int run_info(const char *path, char *out, size_t size) {
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s info '%s' 2>&1", getenv("MCAI"), path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_gguf_cli_info_lists_metadata_and_tensors(void **state) {
+    (void)state;
+    if (!getenv("MCAI") || !*getenv("MCAI"))
+        skip(); /* run through `make test`, which sets MCAI */
+    static char out[65536];
+    char path[512];
+    test_shared_path(path, sizeof(path), "models/stories260K.gguf");
+    assert_int_equal(run_info(path, out, sizeof(out)), 0);
+    const char *want[] = {
+        "version: 3\n",
+        "alignment: 32\n",
+        "metadata: 19 keys\n",
+        "arr[str] 512 = [\"<unk>\", \"<s>\", \"</s>\", \"<0x00>\", \"<0x01>\", ...]",
+        "str = \"llama\"",
+        "u32 = 172\n",
+        "tensors: 48\n",
+        "blk.4.ffn_down.weight",
+        "F32   [172, 64]",
+        "totals: 48 tensors, 292800 parameters, 1171200 bytes",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        if (!strstr(out, want[i]))
+            fail_msg("mcai info output lacks '%s'", want[i]);
+    }
+
+    /* A malformed file: the reader's message and exit status 1. */
+    tmp_path(path, sizeof(path), "info_bad.gguf");
+    struct bld b;
+    put_valid(&b);
+    b.d[4] = 1;
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(b.d, 1, b.n, f);
+    fclose(f);
+    assert_int_equal(run_info(path, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "version at offset 4"));
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gguf_reads_stories260k_metadata),
@@ -1067,6 +1135,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_open_reports_path_and_io_errors),
         cmocka_unit_test(test_gguf_truncation_always_fails_cleanly),
         cmocka_unit_test(test_gguf_allocation_failures_are_clean),
+        cmocka_unit_test(test_gguf_cli_info_lists_metadata_and_tensors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
