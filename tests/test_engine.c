@@ -1047,6 +1047,76 @@ static void test_engine_observer_sees_every_token(void **state) {
     fake_free(f);
 }
 
+struct submitter {
+    struct mc_engine *e;
+    struct fake *f;
+    char tenant[8];
+    struct rec r[40];
+    struct mc_gen *g[40];
+};
+
+static void *submit_many(void *arg) {
+    struct submitter *s = arg;
+    int32_t prompt[4] = {2, 7, 1, 8};
+    for (int i = 0; i < 40; i++) {
+        rec_init(&s->r[i], s->f);
+        struct mc_engine_params p = greedy_params(s->tenant, prompt, 4, 12);
+        p.ignore_eos = true;
+        struct mc_err err = {0};
+        if (mc_engine_submit(s->e, &p, rec_on_event, &s->r[i], &s->g[i], &err) != MC_OK)
+            s->g[i] = NULL;
+        if (i % 3 == 0 && s->g[i])
+            mc_engine_cancel(s->g[i]);
+    }
+    return NULL;
+}
+
+static void test_engine_concurrent_submitters_and_cancels(void **state) {
+    (void)state;
+    struct mc_engine_config cfg = {.max_seqs = 6, .prefill_chunk = 5, .max_queue = 1000};
+    struct mc_engine *e;
+    struct fake *f = fake_engine(&cfg, &e);
+    static struct submitter sub[4];
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++) {
+        sub[k].e = e;
+        sub[k].f = f;
+        snprintf(sub[k].tenant, sizeof(sub[k].tenant), "t%d", k);
+        assert_int_equal(pthread_create(&th[k], NULL, submit_many, &sub[k]), 0);
+    }
+    for (int k = 0; k < 4; k++)
+        pthread_join(th[k], NULL);
+
+    int32_t prompt[4] = {2, 7, 1, 8};
+    int32_t want[12];
+    fake_reference(prompt, 4, 12, want);
+    int n_cancelled = 0, n_done = 0;
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < 40; i++) {
+            struct rec *r = &sub[k].r[i];
+            assert_non_null(sub[k].g[i]);
+            rec_wait(r);
+            rec_check_final(r);
+            if (r->code == MC_ECANCEL) {
+                n_cancelled++;
+            } else {
+                assert_int_equal(r->code, MC_OK);
+                assert_memory_equal(r->tokens, want, sizeof(want));
+                n_done++;
+            }
+            mc_gen_release(sub[k].g[i]);
+        }
+    }
+    /* Every third request was cancelled right after submit; it may still have finished
+     * first, never the other way round. */
+    assert_in_range(n_cancelled, 1, 4 * 14);
+    assert_int_equal(n_cancelled + n_done, 160);
+    assert_true(n_done >= 160 - 4 * 14);
+    mc_engine_free(e);
+    assert_int_equal(f->n_kv_live, 0);
+    fake_free(f);
+}
+
 /* Walks an allocation failure through create, submit, a whole generation and free. The
  * main thread and the loop thread never allocate at the same time here (the main thread
  * only waits while the loop runs), so the failure counter sees one sequence of calls. */
@@ -1466,6 +1536,7 @@ int main(void) {
         cmocka_unit_test(test_engine_drain_timeout_cancels_the_rest),
         cmocka_unit_test(test_engine_free_ends_every_request_once),
         cmocka_unit_test(test_engine_observer_sees_every_token),
+        cmocka_unit_test(test_engine_concurrent_submitters_and_cancels),
         cmocka_unit_test(test_engine_survives_every_allocation_failure),
         cmocka_unit_test(test_e2e_batch_of_eight_matches_reference_greedy),
         cmocka_unit_test(test_e2e_stop_string_split_across_tokens),
