@@ -1050,7 +1050,7 @@ static void test_engine_observer_sees_every_token(void **state) {
 struct submitter {
     struct mc_engine *e;
     struct fake *f;
-    char tenant[8];
+    char tenant[16];
     struct rec r[40];
     struct mc_gen *g[40];
 };
