@@ -265,7 +265,7 @@ static void test_sched_queue_full_names_tenant(void **state) {
  * row that reads another sequence's cache, a wrong position or a skipped token changes
  * the output. Token 0 is end-of-generation; token t's text is the letter 'a' + t. */
 #define FAKE_VOCAB 32
-#define FAKE_CTX 256
+#define FAKE_CTX   256
 
 struct fake_kv {
     int32_t n_ctx;
@@ -281,9 +281,9 @@ struct fake {
     int32_t max_kv_live;
     int32_t max_rows;
     int32_t max_logit_rows; /* most want_logits rows in one batch */
-    bool gated;        /* each forward waits for a permit */
+    bool gated;             /* each forward waits for a permit */
     int64_t permits;
-    int delay_us;      /* sleep per forward */
+    int delay_us; /* sleep per forward */
 };
 
 static int32_t fake_next(const int32_t *tok, int32_t n) {
@@ -494,18 +494,18 @@ struct rec {
     struct mc_engine_logprob lp[8];
     int32_t n_lp;
     int n_text_events;
-    int n_final;          /* DONE + ERROR events: must end at exactly 1 */
-    int n_after_final;    /* events after the final one: must stay 0 */
+    int n_final;       /* DONE + ERROR events: must end at exactly 1 */
+    int n_after_final; /* events after the final one: must stay 0 */
     bool done;
     char finish[16];
     int code;
     char message[256];
     int32_t prompt_tokens, completion_tokens;
-    int64_t first_text_step; /* fake step count when the first TEXT arrived, -1 before */
+    int64_t first_text_step;  /* fake step count when the first TEXT arrived, -1 before */
     struct mc_engine *engine; /* if set: engine step count and load read at each event */
     int64_t first_engine_step;
     int32_t max_active_seen;
-    struct mc_gen *gen;       /* with cancel_after > 0: cancelled from the callback */
+    struct mc_gen *gen; /* with cancel_after > 0: cancelled from the callback */
     int32_t cancel_after;
 };
 
@@ -846,8 +846,8 @@ static void test_engine_cancel_stops_a_running_request(void **state) {
 
 static void test_engine_submit_rejects_bad_requests(void **state) {
     (void)state;
-    struct mc_engine_config cfg = {.max_seqs = 1, .max_queue = 1, .n_ctx = 64,
-                                   .kv_budget_bytes = 1500};
+    struct mc_engine_config cfg = {
+        .max_seqs = 1, .max_queue = 1, .n_ctx = 64, .kv_budget_bytes = 1500};
     struct mc_engine *e;
     struct fake *f = fake_engine(&cfg, &e);
     fake_set_gate(f, true);
@@ -1132,10 +1132,16 @@ static void test_engine_survives_every_allocation_failure(void **state) {
         pthread_mutex_init(&f->mu, NULL);
         pthread_cond_init(&f->cv, NULL);
         struct engine_backend be = {
-            .impl = f, .n_vocab = FAKE_VOCAB, .n_ctx_train = FAKE_CTX,
-            .kv_bytes = fake_kv_bytes, .kv_create = fake_kv_create, .kv_free = fake_kv_free,
-            .prepare = fake_prepare, .forward = fake_forward,
-            .stream_create = fake_stream_create, .stream_push = fake_stream_push,
+            .impl = f,
+            .n_vocab = FAKE_VOCAB,
+            .n_ctx_train = FAKE_CTX,
+            .kv_bytes = fake_kv_bytes,
+            .kv_create = fake_kv_create,
+            .kv_free = fake_kv_free,
+            .prepare = fake_prepare,
+            .forward = fake_forward,
+            .stream_create = fake_stream_create,
+            .stream_push = fake_stream_push,
             .stream_free = fake_stream_free,
         };
         struct mc_engine *e = NULL;
@@ -1259,8 +1265,8 @@ static struct mc_model *e2e_model(void) {
     char path[512];
     struct mc_model *m = NULL;
     struct mc_err err = {0};
-    if (mc_model_load(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &m,
-                      &err) != MC_OK)
+    if (mc_model_load(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &m, &err) !=
+        MC_OK)
         fail_msg("mc_model_load: %s", err.msg);
     return m;
 }
@@ -1293,8 +1299,8 @@ static void test_e2e_batch_of_eight_matches_reference_greedy(void **state) {
     for (int i = 0; i < 8; i++) {
         struct ref_case *c = &cases[i % 4];
         r[i].engine = e;
-        struct mc_engine_params p = greedy_params(i % 2 ? "acme" : "globex", c->prompt,
-                                                  c->n_prompt, REF_N_PREDICT);
+        struct mc_engine_params p =
+            greedy_params(i % 2 ? "acme" : "globex", c->prompt, c->n_prompt, REF_N_PREDICT);
         p.ignore_eos = true; /* the reference does not stop at end-of-generation */
         submit_ok(e, &p, &r[i]);
     }
