@@ -4,7 +4,8 @@
  * base may be several files concatenated in order), builds our index and hnswlib's with
  * the same M and efConstruction, then for each efSearch runs every query single-threaded
  * through both (the query set repeated up to 2,000 searches per timed run), alternating the
- * two sides for several rounds and keeping each side's best time.
+ * two sides for several rounds and keeping each side's best time. Times are the thread's
+ * CPU time, so that time descheduled on a shared machine counts for neither side.
  * Prints one table row per efSearch with recall@k, queries/s and our/hnswlib QPS ratio.
  *
  * Usage: bench_hnsw [--base FILE]... [--query FILE] [--gt FILE] [--m M] [--efc EF]
@@ -39,9 +40,11 @@ struct vecs {
     int32_t *i; /* (n, dim), ground truth only */
 };
 
+/* CPU time of this thread: on a machine shared with other jobs, time spent descheduled
+ * would otherwise land on whichever side happened to be running. */
 static double now_s(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
