@@ -200,8 +200,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--b"))
             p.b = strtof(v, NULL);
         else if (!strcmp(a, "--stemmer"))
-            p.stemmer = !strcmp(v, "none") ? MC_BM25_STEM_NONE
-                        : !strcmp(v, "english") ? MC_BM25_STEM_ENGLISH : MC_BM25_STEM_PORTER;
+            p.stemmer = !strcmp(v, "none")      ? MC_BM25_STEM_NONE
+                        : !strcmp(v, "english") ? MC_BM25_STEM_ENGLISH
+                                                : MC_BM25_STEM_PORTER;
         else if (!strcmp(a, "--run"))
             runpath = v;
         else if (!strcmp(a, "--depth"))
@@ -305,15 +306,15 @@ int main(int argc, char **argv) {
     printf("corpus: %zu docs, %.2f MB title+text, %zu terms; k1=%.2f b=%.2f stemmer=%s "
            "stopwords=%s\n",
            c.n, c.bytes / 1e6, mc_bm25_n_terms(c.bm), (double)p.k1, (double)p.b,
-           p.stemmer == MC_BM25_STEM_NONE ? "none"
-           : p.stemmer == MC_BM25_STEM_ENGLISH ? "english" : "porter",
+           p.stemmer == MC_BM25_STEM_NONE      ? "none"
+           : p.stemmer == MC_BM25_STEM_ENGLISH ? "english"
+                                               : "porter",
            p.keep_stopwords ? "kept" : "removed");
     printf("indexing: %.2f s wall, %.2f MB/s wall, %.2f MB/s of thread CPU time\n", c.seconds,
            c.bytes / 1e6 / c.seconds, c.bytes / 1e6 / c.cpu_seconds);
-    printf("queries: %zu, nDCG@10 %.4f, recall@100 %.4f\n", n_q, sum_ndcg / n_q,
-           sum_recall / n_q);
-    printf("latency: p50 %.3f ms, p99 %.3f ms (top %d, best of %d passes per query)\n", lat[n_q / 2] * 1e3,
-           lat[(size_t)(n_q * 0.99)] * 1e3, depth, LATENCY_PASSES);
+    printf("queries: %zu, nDCG@10 %.4f, recall@100 %.4f\n", n_q, sum_ndcg / n_q, sum_recall / n_q);
+    printf("latency: p50 %.3f ms, p99 %.3f ms (top %d, best of %d passes per query)\n",
+           lat[n_q / 2] * 1e3, lat[(size_t)(n_q * 0.99)] * 1e3, depth, LATENCY_PASSES);
     free(hits);
     free(lat);
     mc_bm25_free(c.bm);
