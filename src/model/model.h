@@ -8,6 +8,7 @@
 #define MC_MODEL_H
 
 #include "base/err.h"
+#include "base/pool.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
@@ -15,8 +16,8 @@
 #include <stdint.h>
 
 struct mc_hparams {
-    char arch[32];       /* "llama" or "qwen2" */
-    char name[64];       /* general.name, or the file's base name */
+    char arch[32]; /* "llama" or "qwen2" */
+    char name[64]; /* general.name, or the file's base name */
     int32_t n_vocab;
     int32_t n_ctx_train;
     int32_t n_embd;
@@ -24,13 +25,13 @@ struct mc_hparams {
     int32_t n_head;
     int32_t n_head_kv;
     int32_t n_ff;
-    int32_t head_dim;    /* n_embd / n_head unless the file says otherwise */
-    int32_t n_rot;       /* rotary dimensions per head */
+    int32_t head_dim; /* n_embd / n_head unless the file says otherwise */
+    int32_t n_rot;    /* rotary dimensions per head */
     float rms_eps;
     float rope_base;
-    float rope_scale;    /* linear scaling factor (1 = none) */
-    bool tied_output;    /* output matrix is token_embd */
-    enum mc_type wtype;  /* type of most matrices, for display */
+    float rope_scale;      /* linear scaling factor (1 = none) */
+    bool tied_output;      /* output matrix is token_embd */
+    enum mc_type wtype;    /* type of most matrices, for display */
     uint64_t weight_bytes; /* bytes of all weight tensors */
 };
 
@@ -46,6 +47,9 @@ const struct mc_tokenizer *mc_model_tokenizer(const struct mc_model *m);
 const struct mc_gguf *mc_model_gguf(const struct mc_model *m);
 /* tokenizer.chat_template, NUL-terminated, or NULL if the file has none. */
 const char *mc_model_chat_template(const struct mc_model *m);
+/* Bytes of weights one decode step reads: every layer matrix, the output matrix, one
+ * embedding row and the norm vectors (the numerator of the bandwidth bound). */
+uint64_t mc_model_bytes_per_token(const struct mc_model *m);
 
 /* ---- KV cache: one per sequence ------------------------------------------------- */
 
@@ -54,7 +58,7 @@ struct mc_kv;
 int mc_kv_create(const struct mc_model *m, int32_t n_ctx, struct mc_kv **out, struct mc_err *err);
 void mc_kv_free(struct mc_kv *kv);
 int32_t mc_kv_n_ctx(const struct mc_kv *kv);
-int32_t mc_kv_n_used(const struct mc_kv *kv);  /* positions written so far */
+int32_t mc_kv_n_used(const struct mc_kv *kv);     /* positions written so far */
 void mc_kv_truncate(struct mc_kv *kv, int32_t n); /* forget positions >= n */
 size_t mc_kv_bytes(const struct mc_model *m, int32_t n_ctx);
 
@@ -75,11 +79,19 @@ struct mc_ctx;
 int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, struct mc_ctx **out,
                   struct mc_err *err);
 void mc_ctx_free(struct mc_ctx *ctx);
+int mc_ctx_n_threads(const struct mc_ctx *ctx);
+const struct mc_model *mc_ctx_model(const struct mc_ctx *ctx);
+/* The context's thread pool, for work the caller wants to run on the same threads
+ * between forward calls (benchmarks). Valid until mc_ctx_free. */
+struct mc_pool *mc_ctx_pool(struct mc_ctx *ctx);
+int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
 
-/* Runs the batch. logits receives n_vocab floats for each row with want_logits, in row
+/* Runs the batch. Errors: MC_EINVAL for a bad row (token out of range, kv of another
+ * model, position not the next of its sequence), MC_EFULL past the cache size; the
+ * message names the row. logits receives n_vocab floats for each row with want_logits, in row
  * order. hidden, if non-NULL, receives the final-norm hidden state (n_embd floats) of each
  * want_logits row, for embeddings. On error no kv is advanced. */
-int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows,
-               float *logits, float *hidden, struct mc_err *err);
+int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows, float *logits,
+               float *hidden, struct mc_err *err);
 
 #endif
