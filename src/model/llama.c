@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "base/mem.h"
 #include "base/pool.h"
+#include "model/llama_int.h"
 #include "model/quant.h"
 
 #include <math.h>
@@ -110,6 +111,7 @@ struct mc_ctx {
     size_t twork_bytes;
     int *trc;                        /* (n_threads) per-thread result of the decode path */
     const struct layer *cur;         /* layer being run by a decode-path job */
+    enum mc_simd simd;               /* kernel level for this forward call */
     const struct mc_batch_row *rows; /* the batch being run */
     int32_t n_rows;
     int layer;
@@ -736,9 +738,9 @@ static void kv_store(struct mc_ctx *c) {
     }
 }
 
-/* Dot product and axpy on GCC vector types: 8 floats per operation (two SSE registers
- * on a baseline x86-64 build, one with AVX), two independent accumulators. Head sizes
- * are usually multiples of 16; the tail is scalar. */
+/* Portable dot product and axpy on GCC vector types: 8 floats per operation (two SSE
+ * registers on a baseline x86-64 build), two independent accumulators; llama_avx2.c has
+ * the AVX2/FMA versions. Head sizes are usually multiples of 16; the tail is scalar. */
 typedef float v8f __attribute__((vector_size(32)));
 
 static float dot_f32(const float *a, const float *b, int32_t n) {
@@ -785,15 +787,22 @@ static void attend_one(struct mc_ctx *c, int32_t r, int32_t h, float *s) {
     const float *kb = kv->k + (size_t)c->layer * kv->n_ctx * dkv + (size_t)g * hd;
     const float *vb = kv->v + (size_t)c->layer * kv->n_ctx * dkv + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
+    bool avx2 = c->simd >= MC_SIMD_AVX2;
 
-    for (int32_t t = 0; t < n; t++)
-        s[t] = dot_f32(q, kb + (size_t)t * dkv, hd) * scale;
+    for (int32_t t = 0; t < n; t++) {
+        const float *k = kb + (size_t)t * dkv;
+        s[t] = (avx2 ? mc_attn_dot_avx2(q, k, hd) : dot_f32(q, k, hd)) * scale;
+    }
     mc_softmax(s, n);
 
     float *o = c->att + ((size_t)r * hp->n_head + h) * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int32_t t = 0; t < n; t++)
-        axpy_f32(o, s[t], vb + (size_t)t * dkv, hd);
+    for (int32_t t = 0; t < n; t++) {
+        if (avx2)
+            mc_attn_axpy_avx2(o, s[t], vb + (size_t)t * dkv, hd);
+        else
+            axpy_f32(o, s[t], vb + (size_t)t * dkv, hd);
+    }
 }
 
 static void attend_part(void *arg, int ith, int nth) {
@@ -1036,6 +1045,7 @@ int mc_forward(struct mc_ctx *c, const struct mc_batch_row *rows, int32_t n_rows
         return rc;
     c->rows = rows;
     c->n_rows = n_rows;
+    c->simd = mc_simd_get();
 
     if ((rc = embed(c, err)) != MC_OK)
         return rc;
