@@ -226,19 +226,22 @@ int cmd_bench(int argc, char **argv) {
     }
     const char *model = NULL;
     long threads = 0, n_gen = 128;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (v && (!strcmp(a, "-m") || !strcmp(a, "--model"))) {
+        int bad = !v;
+        if (!bad && (!strcmp(a, "-m") || !strcmp(a, "--model")))
             model = v;
-        } else if (v && (!strcmp(a, "-t") || !strcmp(a, "--threads")) &&
-                   cli_parse_long(v, 0, 256, &threads) == 0) {
-        } else if (v && !strcmp(a, "-n") && cli_parse_long(v, 1, 4096, &n_gen) == 0) {
-        } else {
+        else if (!bad && (!strcmp(a, "-t") || !strcmp(a, "--threads")))
+            bad = cli_parse_long(v, 0, 256, &threads);
+        else if (!bad && !strcmp(a, "-n"))
+            bad = cli_parse_long(v, 1, 4096, &n_gen);
+        else
+            bad = 1;
+        if (bad) {
             fprintf(stderr, "mcai bench: unknown option or bad value: %s\n", a);
             usage(stderr);
             return CLI_USAGE;
         }
-        i++;
     }
     if (!model) {
         fprintf(stderr, "mcai bench: -m MODEL is required\n");
