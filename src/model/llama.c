@@ -7,6 +7,8 @@
  * sequences may share a call. Every projection is one matrix-matrix product over all
  * rows of the batch (mc_matmul with n_tok = n_rows), so the weights are read once per
  * call; attention then runs per (row, head) over that row's own cache positions 0..pos.
+ * A batch of one row (decoding) takes a path with fewer thread-pool jobs per layer (see
+ * "Decode path" below); its results are the same.
  *
  * The layer is written as named steps (attention norm, q/k/v projections, rope, cache
  * write, attention, output projection, residual, ffn norm, gate/up, swiglu, down,
@@ -21,7 +23,6 @@
  * kernels (quant.c), sampling, and rope scaling other than linear (YaRN is refused). */
 #include "model/model.h"
 
-#include "base/log.h"
 #include "base/mem.h"
 #include "base/pool.h"
 #include "model/llama_int.h"
