@@ -40,15 +40,17 @@ INLINE float quantize_block(const float *x, int8_t *q, int *sum) {
     const uint16_t d16 = _cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT);
     const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
     __m256i qi[4];
-    UNROLL for (int k = 0; k < 4; k++)
+    UNROLL for (int k = 0; k < 4; k++) {
         qi[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], id),
                                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
     __m256i s = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
     *sum = _mm_cvtsi128_si32(s4);
-    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+    __m256i p =
+        _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
     p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)q, p);
     return _cvtsh_ss(d16);
@@ -102,8 +104,9 @@ INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw) {
     const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i v;
     if (full) {
-        v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bw[0].qs)),
-                               _mm256_loadu_si256((const __m256i *)bw[1].qs), 1);
+        v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)bw[0].qs)),
+            _mm256_loadu_si256((const __m256i *)bw[1].qs), 1);
         *dw = pair_scales(bw[0].d, bw[1].d, lanes);
     } else {
         v = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)bw[0].qs));
@@ -134,16 +137,19 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
 #define DEFINE_PAIR_TILE(NAME, BLOCK, LOADW)                                                       \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m512 acc[4][4];                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                        \
-            UNROLL for (int j = 0; j < RN; j++)                                                    \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 acc[i][j] = _mm512_setzero_ps();                                                   \
+            }                                                                                      \
+        }                                                                                          \
         const int64_t nb = cols / QK8_0;                                                           \
         for (int64_t p = 0; p < (nb + 1) / 2; p++) {                                               \
             const int full = 2 * p + 1 < nb;                                                       \
             __m512i wq[4];                                                                         \
             __m512 dw[4];                                                                          \
-            UNROLL for (int i = 0; i < RM; i++)                                                    \
+            UNROLL for (int i = 0; i < RM; i++) {                                                  \
                 wq[i] = LOADW((const struct BLOCK *)(w + i * w_row) + 2 * p, full, &dw[i]);        \
+            }                                                                                      \
             UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 const struct q8_pair *ap = (const struct q8_pair *)(a + j * a_row) + p;            \
                 const __m512i xq = _mm512_loadu_si512(ap->qs);                                     \
@@ -156,9 +162,11 @@ INLINE __m512i q4_0_pair(const struct block_q4_0 *bw, int full, __m512 *dw) {
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                        \
-            UNROLL for (int j = 0; j < RN; j++)                                                    \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);                                  \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 DEFINE_PAIR_TILE(q8_0, block_q8_0, q8_0_pair)
@@ -188,8 +196,8 @@ INLINE __m512i idx_quarters(int e0, int e1, int e2, int e3) {
 }
 
 struct k4z_row {
-    __m512i sc[4];   /* chunk k: scale 2k in int16 lanes 0-15, scale 2k+1 in 16-31 */
-    __m128i mins;    /* 8 mins as int16 */
+    __m512i sc[4]; /* chunk k: scale 2k in int16 lanes 0-15, scale 2k+1 in 16-31 */
+    __m128i mins;  /* 8 mins as int16 */
     float d, dmin;
 };
 
@@ -204,8 +212,10 @@ INLINE void k4z_row_load(struct k4z_row *r, const uint8_t *packed, uint16_t d, u
     const __m256i sm =
         _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
     r->mins = _mm256_extracti128_si256(sm, 1);
-    UNROLL for (int k = 0; k < 4; k++)
-        r->sc[k] = _mm512_permutexvar_epi16(idx_halves(2 * k, 2 * k + 1), _mm512_castsi256_si512(sm));
+    UNROLL for (int k = 0; k < 4; k++) {
+        r->sc[k] =
+            _mm512_permutexvar_epi16(idx_halves(2 * k, 2 * k + 1), _mm512_castsi256_si512(sm));
+    }
     r->d = _cvtsh_ss(d);
     r->dmin = _cvtsh_ss(dmin);
 }
@@ -242,11 +252,12 @@ INLINE float hsum_ps128(__m128 s) {
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m512 acc[4][4];                                                                          \
         __m128 accm[4][4];                                                                         \
-        UNROLL for (int i = 0; i < RM; i++)                                                        \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
             UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 acc[i][j] = _mm512_setzero_ps();                                                   \
                 accm[i][j] = _mm_setzero_ps();                                                     \
             }                                                                                      \
+        }                                                                                          \
         const int64_t nb = cols / QK_K;                                                            \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             struct k4z_row kr[4];                                                                  \
@@ -256,20 +267,25 @@ INLINE float hsum_ps128(__m128 s) {
                 bw[i] = (const struct BLOCK *)(w + i * w_row) + b;                                 \
                 k4z_row_load(&kr[i], bw[i]->scales, bw[i]->d, bw[i]->dmin);                        \
             }                                                                                      \
-            UNROLL for (int j = 0; j < RN; j++)                                                    \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 ba[j] = (const struct block_q8_k *)(a + j * a_row) + b;                            \
+            }                                                                                      \
             __m512i sumi[4][4];                                                                    \
-            UNROLL for (int i = 0; i < RM; i++)                                                    \
-                UNROLL for (int j = 0; j < RN; j++)                                                \
+            UNROLL for (int i = 0; i < RM; i++) {                                                  \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
                     sumi[i][j] = _mm512_setzero_si512();                                           \
+                }                                                                                  \
+            }                                                                                      \
             UNROLL for (int k = 0; k < 4; k++) {                                                   \
                 __m512i wz[4];                                                                     \
-                UNROLL for (int i = 0; i < RM; i++)                                                \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     wz[i] = LEVELS(bw[i], k);                                                      \
+                }                                                                                  \
                 UNROLL for (int j = 0; j < RN; j++) {                                              \
                     const __m512i xz = _mm512_loadu_si512(ba[j]->qs + 64 * k);                     \
                     UNROLL for (int i = 0; i < RM; i++) {                                          \
-                        __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(wz[i], xz), kr[i].sc[k]); \
+                        __m512i p =                                                                \
+                            _mm512_madd_epi16(_mm512_maddubs_epi16(wz[i], xz), kr[i].sc[k]);       \
                         sumi[i][j] = _mm512_add_epi32(sumi[i][j], p);                              \
                     }                                                                              \
                 }                                                                                  \
@@ -285,9 +301,11 @@ INLINE float hsum_ps128(__m128 s) {
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                        \
-            UNROLL for (int j = 0; j < RN; j++)                                                    \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]) + hsum_ps128(accm[i][j]);         \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 DEFINE_K4Z_TILE(q4_k, block_q4_k, q4kz_levels)
@@ -302,17 +320,18 @@ INLINE void q6kz_levels(const struct block_q6_k *bw, int h, __m512i *q01, __m512
     const __m512i l = _mm512_loadu_si512(bw->ql + 64 * h);
     const __m256i hb = _mm256_loadu_si256((const __m256i *)(bw->qh + 32 * h));
     const __m512i hz = _mm512_inserti64x4(_mm512_castsi256_si512(hb), _mm256_srli_epi16(hb, 2), 1);
-    *q01 = _mm512_or_si512(_mm512_and_si512(l, m4),
-                           _mm512_slli_epi16(_mm512_and_si512(hz, m2), 4));
+    *q01 = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hz, m2), 4));
     *q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
                            _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hz, 4), m2), 4));
 }
 
 INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
     __m512 acc[4][4];
-    UNROLL for (int i = 0; i < RM; i++)
-        UNROLL for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++) {
+        UNROLL for (int j = 0; j < RN; j++) {
             acc[i][j] = _mm512_setzero_ps();
+        }
+    }
     const int64_t nb = cols / QK_K;
     for (int64_t b = 0; b < nb; b++) {
         const struct block_q6_k *bw[4];
@@ -322,12 +341,15 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
             bw[i] = (const struct block_q6_k *)(w + i * w_row) + b;
             scales[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw[i]->scales));
         }
-        UNROLL for (int j = 0; j < RN; j++)
+        UNROLL for (int j = 0; j < RN; j++) {
             ba[j] = (const struct block_q8_k *)(a + j * a_row) + b;
+        }
         __m512i sumi[4][4];
-        UNROLL for (int i = 0; i < RM; i++)
-            UNROLL for (int j = 0; j < RN; j++)
+        UNROLL for (int i = 0; i < RM; i++) {
+            UNROLL for (int j = 0; j < RN; j++) {
                 sumi[i][j] = _mm512_setzero_si512();
+            }
+        }
         UNROLL for (int h = 0; h < 2; h++) {
             __m512i q01[4], q23[4], s01[4], s23[4];
             UNROLL for (int i = 0; i < RM; i++) {
@@ -358,9 +380,11 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
             }
         }
     }
-    UNROLL for (int i = 0; i < RM; i++)
-        UNROLL for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++) {
+        UNROLL for (int j = 0; j < RN; j++) {
             y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
 }
 
 DEFINE_GEMM(q6_k, 4, 2)
