@@ -12,6 +12,10 @@
  * Not here: importance-matrix quantization, the IQ and legacy Q4_1/Q5_x types (known by
  * size only, so files holding them can be listed but not computed with). */
 #include "model/quant.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h> /* __get_cpuid */
+#endif
 #include "model/quant_int.h"
 
 #include <math.h>
@@ -879,6 +883,19 @@ static const struct quant_kernels PORTABLE = {
 
 /* ---- Kernel selection -------------------------------------------------------------- */
 
+/* F16C is CPUID leaf 1, ECX bit 29. Asked directly because clang's
+ * __builtin_cpu_supports does not know the "f16c" name. */
+static bool cpu_has_f16c(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return false;
+    return (c >> 29) & 1u;
+#else
+    return false;
+#endif
+}
+
 static struct quant_kernels kernel_sets[3];
 static enum mc_simd simd_detected;
 static _Atomic int simd_level = -1; /* -1 until the first use */
@@ -890,8 +907,7 @@ static void simd_init(void) {
     simd_detected = MC_SIMD_PORTABLE;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
         simd_detected = MC_SIMD_AVX2;
     if (simd_detected == MC_SIMD_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
