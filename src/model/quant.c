@@ -1,7 +1,9 @@
 /* quant.c - tensor types, row (de)quantization and the portable kernels (see quant.h).
  *
  * Layouts and reference quantizers follow ggml exactly, so GGUF files interoperate and
- * our quantized weights equal ggml's bit for bit. mc_matmul converts the activations to
+ * our quantized weights equal ggml's bit for bit (checked against llama.cpp's Q8_0 and
+ * Q4_0 files in the tests; the K-quant quantizers are transcriptions of ggml's
+ * reference ones, not checked against its files). mc_matmul converts the activations to
  * the weight type's vec_dot type (as ggml does), then splits the weight rows over the
  * pool's threads; each thread calls one gemm kernel from the kernel table. The table is
  * filled once from the portable kernels below, then overridden by the AVX2 and AVX-512

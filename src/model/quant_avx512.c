@@ -3,7 +3,8 @@
  * Q8_0 and Q4_0: with VNNI one vpdpbusd on a 512-bit register replaces the
  * sign/maddubs/madd sequence of AVX2 for two blocks at once, which is where the AVX2
  * kernel spends its time. The activations are converted to struct q8_pair (two blocks
- * per entry with per-lane scales and a bias correction), so the inner loop is one
+ * per entry with per-lane scales; for Q4_0 a correction for its unsigned levels, for
+ * Q8_0 the weights' signs are moved onto the activations), so the inner loop is one
  * multiply-add of integers and one of floats per two blocks.
  * Q4_K, Q5_K, Q6_K: the AVX2 scheme on 512-bit registers (64 elements per step), with
  * each chunk unpacked once per tile. F32, F16 and BF16 keep their AVX2 kernels (the set
