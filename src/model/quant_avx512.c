@@ -17,6 +17,17 @@
  * run-time CPU check. */
 #include "model/quant_int.h"
 
+/* The instruction sets are also named here, not only by the Makefile's flags, so that a
+ * build compiling every file with the same flags (the clang fuzz targets) still accepts
+ * the intrinsics; nothing here runs before the CPU check either way. */
+#if defined(__clang__)
+#pragma clang attribute push(                                                                      \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"))),                 \
+    apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+#endif
+
 #include <immintrin.h>
 
 #define INLINE static inline __attribute__((always_inline))
@@ -411,3 +422,7 @@ void mc_quant_kernels_avx512(struct quant_kernels *k) {
     k->gemm[QKIND_Q5_K] = gemm_q5_k;
     k->gemm[QKIND_Q6_K] = gemm_q6_k;
 }
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
