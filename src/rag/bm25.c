@@ -682,6 +682,18 @@ int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
     return MC_OK;
 }
 
+int mc_bm25_set_k1_b(struct mc_bm25 *b, float k1, float bb, struct mc_err *err) {
+    struct mc_bm25_params p = b->p;
+    p.k1 = k1;
+    p.b = bb;
+    int rc = check_params(&p, MC_EINVAL, err);
+    if (rc)
+        return rc;
+    b->p = p;
+    b->norms_stale = true;
+    return MC_OK;
+}
+
 size_t mc_bm25_n_docs(const struct mc_bm25 *b) {
     return b->n_live;
 }
