@@ -439,6 +439,8 @@ static void search_level(const struct mc_hnsw *h, struct mc_hnsw_scratch *s, con
         if (c.d > worst && (s->res.n >= ef || !filtering))
             break;
         heap_pop_min(&s->cands);
+        if (s->cands.n) /* the likely next node to expand: start loading its links */
+            __builtin_prefetch(links_at(h, s->cands.a[0].id, level));
 
         /* Collect the unseen neighbours first and prefetch their vectors, so the loads
          * of several vectors are in flight while the first distance is computed. */
