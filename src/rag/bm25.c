@@ -20,7 +20,6 @@
 
 #include <libstemmer.h> /* sb_stemmer_new, sb_stemmer_stem, sb_stemmer_length */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h> /* utf8proc_iterate, utf8proc_category, utf8proc_tolower */
 
