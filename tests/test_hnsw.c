@@ -134,6 +134,42 @@ static void test_hnsw_cosine_finds_the_same_direction(void **state) {
     free(data);
 }
 
+static void test_hnsw_inner_product_ranks_by_dot(void **state) {
+    (void)state;
+    float *data = make_data(800, DIM, 16);
+    float *qs = make_data(20, DIM, 17);
+    struct mc_hnsw *h = build(data, 800, MC_HNSW_IP, 16);
+    struct mc_hnsw_hit hits[5];
+    size_t n_hits, agree = 0;
+    for (int qi = 0; qi < 20; qi++) {
+        const float *q = qs + qi * DIM;
+        size_t best = 0;
+        float best_dot = -INFINITY;
+        for (size_t i = 0; i < 800; i++) {
+            float d = 0;
+            for (int j = 0; j < DIM; j++)
+                d += data[i * DIM + j] * q[j];
+            if (d > best_dot) {
+                best_dot = d;
+                best = i;
+            }
+        }
+        assert_int_equal(mc_hnsw_search(h, q, 5, 200, hits, &n_hits, NULL), MC_OK);
+        assert_int_equal(n_hits, 5);
+        agree += hits[0].label == best;
+        /* The reported distance is 1 - dot of the returned item. */
+        float dot = 0;
+        for (int j = 0; j < DIM; j++)
+            dot += data[hits[0].label * DIM + j] * q[j];
+        assert_float_near(hits[0].dist, 1.0f - dot, 1e-3 * fabsf(dot));
+    }
+    /* Inner product is not a metric, so the graph may miss now and then; rarely. */
+    assert_true(agree >= 18);
+    mc_hnsw_free(h);
+    free(data);
+    free(qs);
+}
+
 static void test_hnsw_deleted_ids_are_never_returned(void **state) {
     (void)state;
     float *data = make_data(N, DIM, 4);
@@ -561,6 +597,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hnsw_recall_at_10_beats_095_against_brute_force),
         cmocka_unit_test(test_hnsw_cosine_finds_the_same_direction),
+        cmocka_unit_test(test_hnsw_inner_product_ranks_by_dot),
         cmocka_unit_test(test_hnsw_deleted_ids_are_never_returned),
         cmocka_unit_test(test_hnsw_returns_k_whenever_k_items_live),
         cmocka_unit_test(test_hnsw_rebuild_drops_deleted_nodes),
