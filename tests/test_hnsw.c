@@ -134,6 +134,42 @@ static void test_hnsw_cosine_finds_the_same_direction(void **state) {
     free(data);
 }
 
+static void test_hnsw_inner_product_ranks_by_dot(void **state) {
+    (void)state;
+    float *data = make_data(800, DIM, 16);
+    float *qs = make_data(20, DIM, 17);
+    struct mc_hnsw *h = build(data, 800, MC_HNSW_IP, 16);
+    struct mc_hnsw_hit hits[5];
+    size_t n_hits, agree = 0;
+    for (int qi = 0; qi < 20; qi++) {
+        const float *q = qs + qi * DIM;
+        size_t best = 0;
+        float best_dot = -INFINITY;
+        for (size_t i = 0; i < 800; i++) {
+            float d = 0;
+            for (int j = 0; j < DIM; j++)
+                d += data[i * DIM + j] * q[j];
+            if (d > best_dot) {
+                best_dot = d;
+                best = i;
+            }
+        }
+        assert_int_equal(mc_hnsw_search(h, q, 5, 200, hits, &n_hits, NULL), MC_OK);
+        assert_int_equal(n_hits, 5);
+        agree += hits[0].label == best;
+        /* The reported distance is 1 - dot of the returned item. */
+        float dot = 0;
+        for (int j = 0; j < DIM; j++)
+            dot += data[hits[0].label * DIM + j] * q[j];
+        assert_float_near(hits[0].dist, 1.0f - dot, 1e-3 * fabsf(dot));
+    }
+    /* Inner product is not a metric, so the graph may miss now and then; rarely. */
+    assert_true(agree >= 18);
+    mc_hnsw_free(h);
+    free(data);
+    free(qs);
+}
+
 static void test_hnsw_deleted_ids_are_never_returned(void **state) {
     (void)state;
     float *data = make_data(N, DIM, 4);
@@ -208,6 +244,39 @@ static void test_hnsw_returns_k_whenever_k_items_live(void **state) {
     free(data);
 }
 
+static void test_hnsw_rebuild_drops_deleted_nodes(void **state) {
+    (void)state;
+    float *data = make_data(N, DIM, 14);
+    float *qs = make_data(NQ, DIM, 15);
+    uint8_t alive[N];
+    struct mc_hnsw *h = build(data, N, MC_HNSW_L2, 8);
+    for (size_t i = 0; i < N; i++) {
+        alive[i] = i % 3 == 0;
+        if (!alive[i])
+            assert_int_equal(mc_hnsw_delete(h, i, NULL), MC_OK);
+    }
+    struct mc_hnsw *r;
+    assert_int_equal(mc_hnsw_rebuild(h, &r, NULL), MC_OK);
+    assert_int_equal(mc_hnsw_n_nodes(r), mc_hnsw_n_live(h));
+    assert_int_equal(mc_hnsw_n_live(r), mc_hnsw_n_live(h));
+    struct mc_hnsw_hit hits[10];
+    size_t n_hits, found = 0;
+    for (int qi = 0; qi < NQ; qi++) {
+        uint64_t truth[10];
+        brute_force(data, N, alive, qs + qi * DIM, 10, truth);
+        assert_int_equal(mc_hnsw_search(r, qs + qi * DIM, 10, 64, hits, &n_hits, NULL), MC_OK);
+        assert_int_equal(n_hits, 10);
+        for (int a = 0; a < 10; a++)
+            for (int b = 0; b < 10; b++)
+                found += hits[a].label == truth[b];
+    }
+    assert_true(found >= 0.95 * NQ * 10);
+    mc_hnsw_free(r);
+    mc_hnsw_free(h);
+    free(data);
+    free(qs);
+}
+
 static void test_hnsw_rejects_bad_arguments(void **state) {
     (void)state;
     struct mc_err err;
@@ -271,6 +340,10 @@ static void test_hnsw_serialize_round_trip_is_exact(void **state) {
     struct mc_hnsw *b;
     assert_int_equal(mc_hnsw_deserialize(buf, len, &b, &err), MC_OK);
     assert_int_equal(mc_hnsw_n_live(b), mc_hnsw_n_live(a));
+    /* At least the vectors and level-0 links; not wildly more (capacity doubling). */
+    size_t floor_bytes = 1000 * (DIM * 4 + (1 + 16) * 4);
+    assert_true(mc_hnsw_memory_bytes(a) >= floor_bytes);
+    assert_true(mc_hnsw_memory_bytes(a) < 4 * floor_bytes);
 
     /* Same hits, bit for bit; the re-serialized image is byte-identical. */
     struct mc_hnsw_hit ha[500], hb[500];
@@ -524,8 +597,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hnsw_recall_at_10_beats_095_against_brute_force),
         cmocka_unit_test(test_hnsw_cosine_finds_the_same_direction),
+        cmocka_unit_test(test_hnsw_inner_product_ranks_by_dot),
         cmocka_unit_test(test_hnsw_deleted_ids_are_never_returned),
         cmocka_unit_test(test_hnsw_returns_k_whenever_k_items_live),
+        cmocka_unit_test(test_hnsw_rebuild_drops_deleted_nodes),
         cmocka_unit_test(test_hnsw_rejects_bad_arguments),
         cmocka_unit_test(test_hnsw_serialize_round_trip_is_exact),
         cmocka_unit_test(test_hnsw_deserialize_rejects_corrupt_images),

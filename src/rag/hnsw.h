@@ -77,12 +77,20 @@ int mc_hnsw_search_with(const struct mc_hnsw *h, struct mc_hnsw_scratch *s, cons
                         size_t k, int ef, struct mc_hnsw_hit *hits, size_t *n_hits,
                         struct mc_err *err);
 
+/* Builds a new index holding only the live items of h, inserted in their original order
+ * with h's parameters and seed: the way to reclaim the nodes that deletions leave behind
+ * (worth it once mc_hnsw_n_nodes is well above mc_hnsw_n_live). h is not changed.
+ * MC_ENOMEM. */
+int mc_hnsw_rebuild(const struct mc_hnsw *h, struct mc_hnsw **out, struct mc_err *err);
+
 /* Sets the default ef for searches (1..MC_HNSW_MAX_EF), MC_EINVAL otherwise. */
 int mc_hnsw_set_ef_search(struct mc_hnsw *h, int ef, struct mc_err *err);
 
 size_t mc_hnsw_n_live(const struct mc_hnsw *h);  /* items a search can return */
 size_t mc_hnsw_n_nodes(const struct mc_hnsw *h); /* graph nodes, deleted ones included */
 int mc_hnsw_dim(const struct mc_hnsw *h);
+/* Heap bytes the index holds (vectors, links, label map, scratch), for cache budgets. */
+size_t mc_hnsw_memory_bytes(const struct mc_hnsw *h);
 /* True (1) if label is live, 0 otherwise. */
 int mc_hnsw_contains(const struct mc_hnsw *h, uint64_t label);
 
