@@ -1,0 +1,238 @@
+/* serve_int.h - what the files of the serve module share with each other (http.c, sse.c,
+ * api_req.c, api_openai.c, api_admin.c, api_conv.c, metrics.c, server.c). Other modules
+ * use server.h only; tests of this module may include this header.
+ *
+ * Threading: libmicrohttpd runs one thread per connection. A handler runs on its
+ * connection's thread, may block (it waits for the engine), and must queue exactly one
+ * response (or return MHD_NO to drop the connection). */
+#ifndef MC_SERVE_INT_H
+#define MC_SERVE_INT_H
+
+#include "base/err.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ---- Growable byte buffer with a cap ---------------------------------------------- */
+
+struct mc_buf {
+    char *data;    /* NUL-terminated when non-NULL */
+    size_t len;
+    size_t cap;    /* allocated bytes */
+    size_t limit;  /* refuse to grow beyond this many bytes (0: 64 MiB) */
+};
+
+/* Appends n bytes; MC_ENOMEM when the limit would be passed or allocation fails (the
+ * buffer is unchanged then). */
+int mc_buf_append(struct mc_buf *b, const void *p, size_t n);
+int mc_buf_printf(struct mc_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes. */
+void mc_buf_consume(struct mc_buf *b, size_t n);
+void mc_buf_free(struct mc_buf *b);
+
+/* ---- UTF-8 ------------------------------------------------------------------------ */
+
+/* Byte offset of the first invalid UTF-8 sequence in s[0..n), or -1 if s is valid. */
+ptrdiff_t mc_utf8_invalid_at(const char *s, size_t n);
+/* Length of the longest prefix of s[0..n) that does not end inside a multi-byte
+ * character (an incomplete tail is left for the next piece). */
+size_t mc_utf8_complete_len(const char *s, size_t n);
+
+/* ---- HTTP request and responses (http.c) ----------------------------------------- */
+
+struct mc_http;
+
+struct mc_http_req {
+    struct MHD_Connection *conn;
+    struct mc_http *http;
+    void *user;             /* the server, for handlers */
+    char id[32];            /* request id, sent back in x-request-id */
+    const char *method;     /* borrowed from libmicrohttpd for the request's life */
+    const char *url;
+    char *body;             /* request body, NUL-terminated (mc_malloc'd) */
+    size_t body_len;
+    bool body_too_large;
+    bool started;
+    int64_t t_start_ns;
+    /* Filled by handlers, read by the access log and metrics when the request ends. */
+    char tenant[64];        /* tenant id once authenticated, "" before */
+    const char *route;      /* route template ("/v1/chat/completions"), static string */
+    int status;
+    const char *reject;     /* rejection reason for metrics, static string or NULL */
+    int64_t n_prompt;
+    int64_t n_completion;
+};
+
+typedef enum MHD_Result (*mc_http_handler_fn)(struct mc_http_req *r);
+
+struct mc_http_config {
+    const char *host;       /* NULL or "" binds every address */
+    int port;               /* 0 picks a free port */
+    size_t max_body_bytes;
+    unsigned max_connections;
+    mc_http_handler_fn handler;
+    /* Called once per finished request (after the response went out or the client left). */
+    void (*on_done)(struct mc_http_req *r, void *user);
+    void *user;
+};
+
+/* Binds and starts the listener threads. MC_EIO with the address on bind failure. */
+int mc_http_start(const struct mc_http_config *cfg, struct mc_http **out, struct mc_err *err);
+/* The port actually bound (useful with port 0). */
+int mc_http_port(const struct mc_http *h);
+/* Stops accepting new connections; open connections go on. */
+void mc_http_quiesce(struct mc_http *h);
+/* Waits for every connection thread and frees h (accepts NULL). */
+void mc_http_stop(struct mc_http *h);
+
+int64_t mc_now_ns(void);
+
+/* The value of a request header, or NULL. */
+const char *mc_http_header(struct mc_http_req *r, const char *name);
+/* The token of "Authorization: Bearer TOKEN", or NULL. */
+const char *mc_http_bearer(struct mc_http_req *r);
+/* True while the client's socket is open (no hang-up seen). Never blocks. */
+bool mc_http_alive(struct mc_http_req *r);
+
+/* Sends obj (takes ownership) as a JSON response. */
+enum MHD_Result mc_http_reply_json(struct mc_http_req *r, unsigned status, json_t *obj);
+enum MHD_Result mc_http_reply_text(struct mc_http_req *r, unsigned status, const char *ctype,
+                                   const char *text, size_t len);
+/* Sends an OpenAI error body {"error":{"message","type","param","code"}}. type and code
+ * may be NULL (code then null; type from the status); param NULL gives null. */
+enum MHD_Result mc_http_reply_error(struct mc_http_req *r, unsigned status, const char *type,
+                                    const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The same with a Retry-After header of retry_after_s seconds (429, 503). */
+enum MHD_Result mc_http_reply_error_retry(struct mc_http_req *r, unsigned status, int retry_after_s,
+                                          const char *type, const char *code, const char *fmt,
+                                          ...) __attribute__((format(printf, 6, 7)));
+/* The error body alone (for tests and mid-stream events); a new reference. */
+json_t *mc_http_error_body(const char *message, const char *type, const char *code,
+                           const char *param);
+
+/* A streamed (chunked) response: read(ctx, buf, max) blocks until it has bytes, returns
+ * their count, MHD_CONTENT_READER_END_OF_STREAM or MHD_CONTENT_READER_END_WITH_ERROR.
+ * done(ctx) runs once when the response is released, whether or not the stream ended. */
+enum MHD_Result mc_http_reply_stream(struct mc_http_req *r, const char *ctype,
+                                     ssize_t (*read)(void *ctx, uint64_t pos, char *buf,
+                                                     size_t max),
+                                     void (*done)(void *ctx), void *ctx);
+/* The socket of the request's connection (for stream readers that watch for hang-up). */
+int mc_http_fd(struct mc_http_req *r);
+/* True while a peer is connected to fd (no hang-up, no error). */
+bool mc_http_fd_alive(int fd);
+
+/* ---- SSE framing (sse.c) --------------------------------------------------------- */
+
+/* Appends "data: <compact JSON of obj>\n\n". */
+int mc_sse_json(struct mc_buf *b, const json_t *obj);
+/* Appends "data: [DONE]\n\n". */
+int mc_sse_done(struct mc_buf *b);
+
+/* ---- Request parsing and validation (api_req.c) ----------------------------------- */
+
+enum {
+    MC_API_MAX_N = 16,            /* choices per request */
+    MC_API_MAX_STOP = 4,          /* stop strings, as OpenAI */
+    MC_API_MAX_STOP_BYTES = 256,  /* bytes per stop string */
+    MC_API_MAX_MESSAGES = 4096,
+    MC_API_MAX_TOKENS = 1 << 20,  /* max_tokens beyond this is absurd on any context */
+    MC_API_MAX_TOP_LOGPROBS = 20,
+    MC_API_MAX_INPUTS = 2048,     /* embeddings inputs per request */
+};
+
+enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };
+
+struct mc_api_msg {
+    enum mc_api_role role;
+    char *content;        /* text parts joined, mc_malloc'd */
+};
+
+/* Sampling settings a request may set; has_* says which ones it did. */
+struct mc_api_sampling {
+    bool has_temperature, has_top_p, has_seed, has_top_k;
+    double temperature;
+    double top_p;
+    int top_k;
+    uint64_t seed;
+};
+
+struct mc_api_gen {
+    char *model;              /* NULL if absent */
+    bool stream;
+    bool include_usage;       /* stream_options.include_usage */
+    int max_tokens;           /* -1 when neither max_tokens nor max_completion_tokens */
+    int n;
+    char *stop[MC_API_MAX_STOP];
+    int n_stop;
+    bool logprobs;
+    int top_logprobs;         /* 0..MC_API_MAX_TOP_LOGPROBS */
+    struct mc_api_sampling sampling;
+    char *conversation;       /* extension: "conversation" id, NULL if absent */
+    /* chat */
+    struct mc_api_msg *msgs;
+    int n_msgs;
+    /* completions */
+    char *prompt;
+    bool is_chat;
+};
+
+struct mc_api_embed {
+    char *model;
+    char **inputs;
+    int n_inputs;
+    bool base64;              /* encoding_format "base64" */
+    int dimensions;           /* 0 when absent; must equal the model's when present */
+};
+
+/* A validation failure: message names the field and the bad value, param is the field's
+ * path ("messages[2].content"), code an OpenAI-style error code or "". */
+struct mc_api_error {
+    unsigned status;
+    char param[112];
+    char code[48];
+    char msg[256];
+};
+
+/* Parse a request body. On failure they fill e and return MC_EINVAL; *out is then
+ * empty. Strings are copied (mc_malloc); free with the matching _free. */
+int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *out,
+                      struct mc_api_error *e);
+int mc_api_parse_completion(const char *body, size_t len, struct mc_api_gen *out,
+                            struct mc_api_error *e);
+int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *out,
+                       struct mc_api_error *e);
+void mc_api_gen_free(struct mc_api_gen *g);
+void mc_api_embed_free(struct mc_api_embed *m);
+/* Parses body as a JSON object (any other top-level value is an error); NULL and e
+ * filled on failure, with the byte offset of a syntax error. */
+json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e);
+/* Replies with e as an OpenAI error body. */
+enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e);
+
+/* ---- Metrics (metrics.c) --------------------------------------------------------- */
+
+struct mc_metrics;
+
+int mc_metrics_create(struct mc_metrics **out, struct mc_err *err);
+void mc_metrics_free(struct mc_metrics *m);
+/* One finished request: tenant may be "" (unauthenticated), route a static string. */
+void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route,
+                        int status);
+void mc_metrics_tokens(struct mc_metrics *m, const char *tenant, int64_t n_prompt,
+                       int64_t n_completion);
+void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *reason);
+void mc_metrics_ttft(struct mc_metrics *m, const char *tenant, double seconds);
+void mc_metrics_inter_token(struct mc_metrics *m, const char *tenant, double seconds);
+void mc_metrics_streams_add(struct mc_metrics *m, int delta);
+/* Writes the Prometheus text exposition. gauges, if non-NULL, is called to append
+ * figures owned by others (queue depth from the engine). */
+int mc_metrics_render(struct mc_metrics *m, struct mc_buf *out,
+                      void (*gauges)(struct mc_buf *out, void *user), void *user);
+
+#endif
