@@ -76,20 +76,35 @@ void mc_gguf_close(struct mc_gguf *g);
 
 uint32_t mc_gguf_version(const struct mc_gguf *g);
 size_t mc_gguf_alignment(const struct mc_gguf *g);
+/* File offset of the data section (tensor offsets are relative to it), and file size. */
+size_t mc_gguf_data_offset(const struct mc_gguf *g);
+size_t mc_gguf_file_size(const struct mc_gguf *g);
+
+/* Names for messages and listings: "Q4_0" / "unknown", "u32" / "str" / "arr" / "unknown".
+ * These come from the reader's own size table, not from quant.c. */
+const char *mc_gguf_type_name(enum mc_type t);
+const char *mc_gguf_vtype_name(enum mc_gguf_vtype t);
 
 /* Metadata: keys are looked up by exact name; the index is valid until close. */
 int64_t mc_gguf_n_kv(const struct mc_gguf *g);
 int64_t mc_gguf_find_key(const struct mc_gguf *g, const char *key); /* -1 if absent */
 const char *mc_gguf_key_name(const struct mc_gguf *g, int64_t i);
 enum mc_gguf_vtype mc_gguf_key_type(const struct mc_gguf *g, int64_t i);
-/* For arrays: element type and count. */
+/* For arrays: element type and count (for a scalar key: its own type and 0). Out-of-range
+ * indices give MC_GGUF_UINT8 / 0 / NULL from these accessors. */
 enum mc_gguf_vtype mc_gguf_arr_type(const struct mc_gguf *g, int64_t i);
 uint64_t mc_gguf_arr_n(const struct mc_gguf *g, int64_t i);
-/* Raw element data of a numeric array (little-endian, packed), or NULL for strings. */
+/* Raw element data of a numeric array (little-endian, packed), or NULL for strings. The
+ * pointer is aligned to the element size (misaligned arrays in the file are copied), so
+ * it may be read as e.g. const float *. */
 const void *mc_gguf_arr_data(const struct mc_gguf *g, int64_t i);
 /* String element j of a string array; *len receives its length (strings are not
  * NUL-terminated inside the file). */
 const char *mc_gguf_arr_str(const struct mc_gguf *g, int64_t i, uint64_t j, uint64_t *len);
+
+/* Raw bytes of a fixed-size scalar value (read with memcpy; may be unaligned), or NULL for
+ * strings, arrays and bad indices. */
+const void *mc_gguf_val_data(const struct mc_gguf *g, int64_t i);
 
 /* Typed getters: look up key, convert any integer type that fits (or float for the float
  * getter); MC_ENOTFOUND if absent, MC_EFORMAT (naming the key) on a type that does not
@@ -113,7 +128,11 @@ struct mc_gguf_writer; /* opaque */
 
 int mc_gguf_writer_create(struct mc_gguf_writer **out, struct mc_err *err);
 void mc_gguf_writer_free(struct mc_gguf_writer *w);
-/* Setting a key twice replaces the value. Strings and arrays are copied. */
+/* Setting a key twice replaces the value. Strings and arrays are copied. Keys must be
+ * non-empty; general.alignment may only be set to u32 32 (the layout written). */
+/* Any fixed-size scalar type t (not string or array); v points at its bytes. */
+int mc_gguf_writer_set_val(struct mc_gguf_writer *w, const char *key, enum mc_gguf_vtype t,
+                           const void *v, struct mc_err *err);
 int mc_gguf_writer_set_u32(struct mc_gguf_writer *w, const char *key, uint32_t v, struct mc_err *err);
 int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v, struct mc_err *err);
 int mc_gguf_writer_set_f32(struct mc_gguf_writer *w, const char *key, float v, struct mc_err *err);
@@ -126,10 +145,13 @@ int mc_gguf_writer_set_arr(struct mc_gguf_writer *w, const char *key, enum mc_gg
 /* A string array: n strings with their lengths. */
 int mc_gguf_writer_set_arr_str(struct mc_gguf_writer *w, const char *key, const char *const *strs,
                                const uint64_t *lens, uint64_t n, struct mc_err *err);
-/* Copies every key of g except those for which skip(key) is true (skip may be NULL). */
+/* Copies every key of g except those for which skip(key) is true (skip may be NULL) and
+ * general.alignment (the writer lays out its own). */
 int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
                            bool (*skip)(const char *key), struct mc_err *err);
-/* Adds a tensor; data (mc_type_row_size(type, ne[0]) * rows bytes) is copied. */
+/* Adds a tensor; data (mc_type_row_size(type, ne[0]) * rows bytes) is copied. Tensors are
+ * written in the order added. MC_EINVAL for a bad shape or type, MC_EEXIST for a name
+ * already added. */
 int mc_gguf_writer_add_tensor(struct mc_gguf_writer *w, const char *name, enum mc_type type,
                               int n_dims, const int64_t *ne, const void *data, struct mc_err *err);
 /* Writes version 3 with alignment 32 to path (via path.tmp and rename). */

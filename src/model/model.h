@@ -46,6 +46,9 @@ const struct mc_tokenizer *mc_model_tokenizer(const struct mc_model *m);
 const struct mc_gguf *mc_model_gguf(const struct mc_model *m);
 /* tokenizer.chat_template, NUL-terminated, or NULL if the file has none. */
 const char *mc_model_chat_template(const struct mc_model *m);
+/* Bytes of weights one decode step reads: every layer matrix, the output matrix, one
+ * embedding row and the norm vectors (the numerator of the bandwidth bound). */
+uint64_t mc_model_bytes_per_token(const struct mc_model *m);
 
 /* ---- KV cache: one per sequence ------------------------------------------------- */
 
@@ -75,8 +78,12 @@ struct mc_ctx;
 int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, struct mc_ctx **out,
                   struct mc_err *err);
 void mc_ctx_free(struct mc_ctx *ctx);
+int mc_ctx_n_threads(const struct mc_ctx *ctx);
+int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
 
-/* Runs the batch. logits receives n_vocab floats for each row with want_logits, in row
+/* Runs the batch. Errors: MC_EINVAL for a bad row (token out of range, kv of another
+ * model, position not the next of its sequence), MC_EFULL past the cache size; the
+ * message names the row. logits receives n_vocab floats for each row with want_logits, in row
  * order. hidden, if non-NULL, receives the final-norm hidden state (n_embd floats) of each
  * want_logits row, for embeddings. On error no kv is advanced. */
 int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows,

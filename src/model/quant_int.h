@@ -1,0 +1,136 @@
+/* quant_int.h - what quant.c, quant_avx2.c and quant_avx512.c share: the ggml block
+ * layouts, the kernel table each instruction set fills in, and the small scalar helpers
+ * the SIMD files reuse. Other modules use quant.h only. */
+#ifndef MC_QUANT_INT_H
+#define MC_QUANT_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- Block layouts (byte-exact with ggml) ---------------------------------------- */
+
+#define QK4_0 32
+#define QK8_0 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+struct block_q4_0 {
+    uint16_t d;             /* fp16 scale */
+    uint8_t qs[QK4_0 / 2];  /* element j in the low nibble of qs[j], j + 16 in the high */
+};
+
+struct block_q8_0 {
+    uint16_t d;             /* fp16 scale */
+    int8_t qs[QK8_0];
+};
+
+struct block_q4_k {
+    uint16_t d;                    /* fp16 super-block scale of the 6-bit scales */
+    uint16_t dmin;                 /* fp16 super-block scale of the 6-bit mins */
+    uint8_t scales[K_SCALE_SIZE];  /* 8 scales and 8 mins, 6 bits each, packed */
+    uint8_t qs[QK_K / 2];          /* 4-bit quants, 64 elements per 32 bytes */
+};
+
+struct block_q5_k {
+    uint16_t d;
+    uint16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];          /* fifth bits */
+    uint8_t qs[QK_K / 2];          /* low 4 bits */
+};
+
+struct block_q6_k {
+    uint8_t ql[QK_K / 2];          /* low 4 bits */
+    uint8_t qh[QK_K / 4];          /* high 2 bits */
+    int8_t scales[QK_K / 16];      /* one 8-bit scale per 16 elements */
+    uint16_t d;                    /* fp16 super-block scale */
+};
+
+/* The activation side of the K-quant dot products. */
+struct block_q8_k {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];      /* sums of each 16 quants */
+};
+
+_Static_assert(sizeof(struct block_q4_0) == 18, "block_q4_0 size");
+_Static_assert(sizeof(struct block_q8_0) == 34, "block_q8_0 size");
+_Static_assert(sizeof(struct block_q4_k) == 144, "block_q4_k size");
+_Static_assert(sizeof(struct block_q5_k) == 176, "block_q5_k size");
+_Static_assert(sizeof(struct block_q6_k) == 210, "block_q6_k size");
+_Static_assert(sizeof(struct block_q8_k) == 292, "block_q8_k size");
+
+/* ---- Kernel table ---------------------------------------------------------------- */
+
+/* The weight types mc_matmul computes with, as a dense index into the kernel tables. */
+enum quant_kind {
+    QKIND_F32,
+    QKIND_F16,
+    QKIND_BF16,
+    QKIND_Q8_0,
+    QKIND_Q4_0,
+    QKIND_Q4_K,
+    QKIND_Q5_K,
+    QKIND_Q6_K,
+    QKIND_COUNT
+};
+
+/* Converts one activation row of cols floats into the weight type's vec_dot type. */
+typedef void (*quant_convert_fn)(const float *x, void *dst, int64_t cols);
+
+/* y[t * ldy + r] = dot(row r of w, row t of a) for r < n_rows and t < n_tok, w rows
+ * being w_row bytes apart and activation rows a_row bytes apart. Every (r, t) result
+ * must be computed by the same sequence of operations whatever n_rows and n_tok are, so
+ * that a batched call equals separate calls bit for bit. */
+typedef void (*quant_gemm_fn)(int64_t cols, const void *w, size_t w_row, int64_t n_rows,
+                              const void *a, size_t a_row, int64_t n_tok, float *y,
+                              int64_t ldy);
+
+struct quant_kernels {
+    quant_convert_fn convert[QKIND_COUNT];
+    quant_gemm_fn gemm[QKIND_COUNT];
+};
+
+/* Fill in the entries each instruction set implements, leaving the others untouched
+ * (they keep the portable or narrower kernel). Only call after a CPU check. */
+void mc_quant_kernels_avx2(struct quant_kernels *k);
+void mc_quant_kernels_avx512(struct quant_kernels *k);
+
+/* ---- Scalar helpers -------------------------------------------------------------- */
+
+static inline uint32_t quant_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    return u;
+}
+
+static inline float quant_f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* ggml's nearest_int: round to nearest, ties to even, for |f| < 2^22. */
+static inline int quant_nearest_int(float f) {
+    float v = f + 12582912.f;
+    int i;
+    memcpy(&i, &v, sizeof(i));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* Unpacks the 12 bytes of Q4_K/Q5_K scales into 8 scales and 8 mins (ggml's
+ * get_scale_min_k4 for j = 0..7). */
+static inline void quant_unpack_k4(const uint8_t *q, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            sc[j] = q[j] & 63;
+            mn[j] = q[j + 4] & 63;
+        } else {
+            sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+            mn[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+        }
+    }
+}
+
+#endif
