@@ -272,16 +272,11 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
         return rc;
     s->seed = (uint64_t)x;
 
-    double pen = 0;
-    if ((rc = get_num(o, "presence_penalty", -2, 2, &pen, NULL, e)) != MC_OK)
+    if ((rc = get_num(o, "presence_penalty", -2, 2, &s->presence_penalty,
+                      &s->has_presence_penalty, e)) != MC_OK)
         return rc;
-    if ((rc = get_num(o, "frequency_penalty", -2, 2, &pen, NULL, e)) != MC_OK)
-        return rc;
-    if ((rc = refuse_if_set(o, "presence_penalty", "repetition penalties are not implemented",
-                            e)) != MC_OK)
-        return rc;
-    if ((rc = refuse_if_set(o, "frequency_penalty", "repetition penalties are not implemented",
-                            e)) != MC_OK)
+    if ((rc = get_num(o, "frequency_penalty", -2, 2, &s->frequency_penalty,
+                      &s->has_frequency_penalty, e)) != MC_OK)
         return rc;
     if ((rc = refuse_if_set(o, "logit_bias", "logit bias is not implemented", e)) != MC_OK)
         return rc;
@@ -296,9 +291,10 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
 
 /* content: a string, null (an assistant turn with no text), or an array of
  * {"type":"text","text":...} parts, which are joined without a separator. */
-static int parse_content(json_t *c, int i, char **out, struct mc_api_error *e) {
+static int parse_content(json_t *c, const char *arr, int i, char **out,
+                         struct mc_api_error *e) {
     char param[64];
-    snprintf(param, sizeof(param), "messages[%d].content", i);
+    snprintf(param, sizeof(param), "%.20s[%d].content", arr, i);
     if (!c || json_is_null(c)) {
         *out = mc_strdup("");
     } else if (json_is_string(c)) {
@@ -348,13 +344,14 @@ static int parse_content(json_t *c, int i, char **out, struct mc_api_error *e) {
     return MC_OK;
 }
 
-static int parse_message(json_t *m, int i, struct mc_api_msg *out, struct mc_api_error *e) {
+static int parse_message(json_t *m, const char *arr, int i, struct mc_api_msg *out,
+                         struct mc_api_error *e) {
     char param[64];
-    snprintf(param, sizeof(param), "messages[%d]", i);
+    snprintf(param, sizeof(param), "%.20s[%d]", arr, i);
     if (!json_is_object(m))
         return wrong_type(e, param, "an object", m);
     json_t *role = json_object_get(m, "role");
-    snprintf(param, sizeof(param), "messages[%d].role", i);
+    snprintf(param, sizeof(param), "%.20s[%d].role", arr, i);
     if (!role)
         return fail(e, param, "missing_field", "'%s' is required", param);
     if (!json_is_string(role))
@@ -374,16 +371,53 @@ static int parse_message(json_t *m, int i, struct mc_api_msg *out, struct mc_api
                     "'developer', 'user' or 'assistant'", param, rs);
     json_t *tc = json_object_get(m, "tool_calls");
     if (tc && !json_is_null(tc) && !(json_is_array(tc) && json_array_size(tc) == 0)) {
-        snprintf(param, sizeof(param), "messages[%d].tool_calls", i);
+        snprintf(param, sizeof(param), "%.20s[%d].tool_calls", arr, i);
         return fail(e, param, "unsupported_parameter", "'%s' is not supported: this server has "
                     "no tool calling", param);
     }
     json_t *c = json_object_get(m, "content");
     if (!c && out->role != MC_ROLE_ASSISTANT) {
-        snprintf(param, sizeof(param), "messages[%d].content", i);
+        snprintf(param, sizeof(param), "%.20s[%d].content", arr, i);
         return fail(e, param, "missing_field", "'%s' is required", param);
     }
-    return parse_content(c, i, &out->content, e);
+    return parse_content(c, arr, i, &out->content, e);
+}
+
+int mc_api_parse_messages(json_t *arr, const char *param, struct mc_api_msg **out, int *n_out,
+                          struct mc_api_error *e) {
+    *out = NULL;
+    *n_out = 0;
+    if (!json_is_array(arr))
+        return wrong_type(e, param, "an array", arr);
+    size_t n = json_array_size(arr);
+    if (n == 0 || n > MC_API_MAX_MESSAGES)
+        return fail(e, param, "invalid_value", "'%s' has %zu entries, must have 1 to %d", param,
+                    n, MC_API_MAX_MESSAGES);
+    struct mc_api_msg *msgs = mc_calloc(n, sizeof(*msgs));
+    if (!msgs)
+        return fail(e, param, "", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        int rc = parse_message(json_array_get(arr, i), param, (int)i, &msgs[i], e);
+        if (rc != MC_OK) {
+            mc_api_msgs_free(msgs, (int)i + 1);
+            return rc;
+        }
+    }
+    *out = msgs;
+    *n_out = (int)n;
+    return MC_OK;
+}
+
+void mc_api_msgs_free(struct mc_api_msg *msgs, int n) {
+    if (!msgs)
+        return;
+    for (int i = 0; i < n; i++)
+        mc_free(msgs[i].content);
+    mc_free(msgs);
+}
+
+const char *mc_api_role_name(enum mc_api_role role) {
+    return role == MC_ROLE_SYSTEM ? "system" : role == MC_ROLE_USER ? "user" : "assistant";
 }
 
 int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *g, struct mc_api_error *e) {
@@ -443,27 +477,7 @@ int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *g, struct
         rc = fail(e, "messages", "missing_field", "'messages' is required");
         goto out;
     }
-    if (!json_is_array(msgs)) {
-        rc = wrong_type(e, "messages", "an array", msgs);
-        goto out;
-    }
-    size_t n = json_array_size(msgs);
-    if (n == 0 || n > MC_API_MAX_MESSAGES) {
-        rc = fail(e, "messages", "invalid_value", "'messages' has %zu entries, must have 1 to %d",
-                  n, MC_API_MAX_MESSAGES);
-        goto out;
-    }
-    g->msgs = mc_calloc(n, sizeof(*g->msgs));
-    if (!g->msgs) {
-        rc = fail(e, "messages", "", "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        g->n_msgs = (int)i + 1;
-        rc = parse_message(json_array_get(msgs, i), (int)i, &g->msgs[i], e);
-        if (rc != MC_OK)
-            goto out;
-    }
+    rc = mc_api_parse_messages(msgs, "messages", &g->msgs, &g->n_msgs, e);
 
 out:
     json_decref(o);
@@ -538,9 +552,7 @@ void mc_api_gen_free(struct mc_api_gen *g) {
     for (int i = 0; i < g->n_stop; i++)
         mc_free(g->stop[i]);
     mc_free(g->conversation);
-    for (int i = 0; i < g->n_msgs; i++)
-        mc_free(g->msgs[i].content);
-    mc_free(g->msgs);
+    mc_api_msgs_free(g->msgs, g->n_msgs);
     mc_free(g->prompt);
     memset(g, 0, sizeof(*g));
 }

@@ -14,6 +14,7 @@
 #include <microhttpd.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -59,7 +60,7 @@ struct mc_http_req {
     bool started;
     int64_t t_start_ns;
     /* Filled by handlers, read by the access log and metrics when the request ends. */
-    char tenant[64];        /* tenant id once authenticated, "" before */
+    char tenant[80];        /* tenant id once authenticated, "" before */
     const char *route;      /* route template ("/v1/chat/completions"), static string */
     int status;
     const char *reject;     /* rejection reason for metrics, static string or NULL */
@@ -156,8 +157,11 @@ struct mc_api_msg {
 /* Sampling settings a request may set; has_* says which ones it did. */
 struct mc_api_sampling {
     bool has_temperature, has_top_p, has_seed, has_top_k;
+    bool has_presence_penalty, has_frequency_penalty;
     double temperature;
     double top_p;
+    double presence_penalty;
+    double frequency_penalty;
     int top_k;
     uint64_t seed;
 };
@@ -215,6 +219,14 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
 /* Replies with e as an OpenAI error body. */
 enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e);
 
+/* Parses a JSON array of chat messages (as in a chat request) into a new array *out of
+ * *n messages (free with mc_api_msgs_free); param names the array in errors. */
+int mc_api_parse_messages(json_t *arr, const char *param, struct mc_api_msg **out, int *n,
+                          struct mc_api_error *e);
+void mc_api_msgs_free(struct mc_api_msg *msgs, int n);
+/* "system", "user" or "assistant". */
+const char *mc_api_role_name(enum mc_api_role role);
+
 /* ---- Metrics (metrics.c) --------------------------------------------------------- */
 
 struct mc_metrics;
@@ -234,5 +246,97 @@ void mc_metrics_streams_add(struct mc_metrics *m, int delta);
  * figures owned by others (queue depth from the engine). */
 int mc_metrics_render(struct mc_metrics *m, struct mc_buf *out,
                       void (*gauges)(struct mc_buf *out, void *user), void *user);
+
+/* ---- The server (server.c) and its handlers (api_*.c) ----------------------------- */
+
+struct mc_model;
+struct mc_engine;
+struct mc_ctx;
+struct mc_kv;
+struct mc_store;
+struct mc_tenants;
+struct mc_limiter;
+struct mc_audit;
+
+struct mc_server {
+    /* Configuration, copied at create. */
+    char *model_path;
+    char *data_dir;
+    char *host;
+    char *admin_key;             /* mc_secret_alloc'd */
+    size_t admin_key_len;
+    int port;
+    int n_threads;
+    int32_t n_ctx_cfg;
+    int32_t max_seqs;
+    int64_t drain_timeout_ms;
+
+    /* Catalog, tenants and audit, open from create to free. */
+    struct mc_store *store;
+    struct mc_tenants *tenants;
+    struct mc_limiter *limiter;
+    struct mc_audit *audit;
+    struct mc_metrics *metrics;
+    struct mc_http *http;
+
+    /* The model, set once by mc_server_load before ready turns true. */
+    struct mc_model *model;
+    struct mc_engine *engine;
+    char model_id[96];           /* the name clients pass as "model" */
+    int32_t n_ctx;               /* positions per sequence */
+    int32_t n_embd;
+    int64_t model_created;       /* Unix seconds (file modification time) */
+
+    /* Embeddings run outside the engine on their own context, one request at a time. */
+    pthread_mutex_t embed_lock;
+    struct mc_ctx *embed_ctx;
+    struct mc_kv *embed_kv;
+
+    /* Conversation appends are read-modify-write of one sealed object. */
+    pthread_mutex_t conv_lock;
+
+    _Atomic int ready;           /* model loaded, engine running */
+    _Atomic int draining;        /* shutdown started: new work gets 503 */
+    _Atomic int shut;            /* mc_server_shutdown finished */
+};
+
+/* The identity a tenant request authenticated as. */
+struct mc_auth {
+    char tenant[80];             /* tenant id */
+    char tenant_name[80];
+    char key_prefix[32];
+    int weight;
+    int64_t limits[4];           /* rpm, tpm, tpd, concurrency (0: unlimited) */
+};
+
+/* Tenant API (api_openai.c). */
+enum MHD_Result mc_api_chat(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a);
+enum MHD_Result mc_api_completions(struct mc_server *s, struct mc_http_req *r,
+                                   const struct mc_auth *a);
+enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
+                                  const struct mc_auth *a);
+enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                              const char *model_id);
+enum MHD_Result mc_api_usage(struct mc_server *s, struct mc_http_req *r, const char *tenant);
+
+/* Conversations (api_conv.c): path is what follows "/v1/conversations". */
+enum MHD_Result mc_api_conversations(struct mc_server *s, struct mc_http_req *r,
+                                     const struct mc_auth *a, const char *path);
+/* Loads a conversation's messages (for chat completions); MC_ENOTFOUND when the tenant
+ * has no conversation with this id. */
+int mc_conv_load(struct mc_server *s, const char *tenant, const char *id,
+                 struct mc_api_msg **msgs, int *n, struct mc_err *err);
+/* Appends messages to a conversation. */
+int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
+                   const struct mc_api_msg *msgs, int n, struct mc_err *err);
+
+/* Admin API (api_admin.c): path is what follows "/admin". */
+enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const char *path);
+
+/* Reads ?days=N (1..366, default 30); false after replying 400 for a bad value. */
+bool mc_api_days_param(struct mc_http_req *r, int *days, enum MHD_Result *ret);
+/* Usage rows as the JSON both /v1/usage and the admin API return. */
+json_t *mc_api_usage_json(struct mc_server *s, const char *tenant, int days,
+                          struct mc_err *err);
 
 #endif
