@@ -38,21 +38,21 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 /* ---- Caps ------------------------------------------------------------------------- */
 
-#define GGUF_MAGIC "GGUF"
+#define GGUF_MAGIC             "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
-#define GGUF_WRITE_VERSION 3
-#define GGUF_MAX_KV (1 << 20)                 /* key/value pairs per file */
-#define GGUF_MAX_TENSORS (1 << 20)            /* tensors per file */
-#define GGUF_MAX_KEY_BYTES (64 * 1024)        /* one key or tensor name */
-#define GGUF_MAX_STRING_BYTES (64 << 20)      /* one string value or array element */
-#define GGUF_MAX_ARRAY_N (UINT64_C(1) << 32)  /* elements of one array */
-#define GGUF_MSG_NAME_CHARS 40                /* key or tensor name as quoted in a message */
-#define GGUF_MSG_FILE_CHARS 64                /* file name as quoted in a message */
+#define GGUF_WRITE_VERSION     3
+#define GGUF_MAX_KV            (1 << 20)           /* key/value pairs per file */
+#define GGUF_MAX_TENSORS       (1 << 20)           /* tensors per file */
+#define GGUF_MAX_KEY_BYTES     (64 * 1024)         /* one key or tensor name */
+#define GGUF_MAX_STRING_BYTES  (64 << 20)          /* one string value or array element */
+#define GGUF_MAX_ARRAY_N       (UINT64_C(1) << 32) /* elements of one array */
+#define GGUF_MSG_NAME_CHARS    40                  /* key or tensor name as quoted in a message */
+#define GGUF_MSG_FILE_CHARS    64                  /* file name as quoted in a message */
 
 /* Smallest encodings, used to bound counts by the bytes left before allocating:
  * a kv is key length (8) + 1 key byte + value type (4) + a 1-byte value; a tensor
  * info is name length (8) + 1 name byte + n_dims (4) + one ne (8) + type (4) + offset (8). */
-#define GGUF_MIN_KV_BYTES 14
+#define GGUF_MIN_KV_BYTES          14
 #define GGUF_MIN_TENSOR_INFO_BYTES 33
 
 /* ---- Type tables ------------------------------------------------------------------- */
@@ -89,16 +89,21 @@ static size_t vtype_size(uint32_t t) {
     switch (t) {
     case MC_GGUF_UINT8:
     case MC_GGUF_INT8:
-    case MC_GGUF_BOOL: return 1;
+    case MC_GGUF_BOOL:
+        return 1;
     case MC_GGUF_UINT16:
-    case MC_GGUF_INT16: return 2;
+    case MC_GGUF_INT16:
+        return 2;
     case MC_GGUF_UINT32:
     case MC_GGUF_INT32:
-    case MC_GGUF_FLOAT32: return 4;
+    case MC_GGUF_FLOAT32:
+        return 4;
     case MC_GGUF_UINT64:
     case MC_GGUF_INT64:
-    case MC_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case MC_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -107,7 +112,7 @@ static bool vtype_valid(uint32_t t) {
 }
 
 const char *mc_gguf_vtype_name(enum mc_gguf_vtype t) {
-    static const char *const names[] = {"u8",  "i8",   "u16", "i16", "u32", "i32", "f32",
+    static const char *const names[] = {"u8",   "i8",  "u16", "i16", "u32", "i32", "f32",
                                         "bool", "str", "arr", "u64", "i64", "f64"};
     return vtype_valid((uint32_t)t) ? names[t] : "unknown";
 }
@@ -115,14 +120,14 @@ const char *mc_gguf_vtype_name(enum mc_gguf_vtype t) {
 /* ---- The parsed file ---------------------------------------------------------------- */
 
 struct kv {
-    char *key;                    /* NUL-terminated copy */
+    char *key; /* NUL-terminated copy */
     enum mc_gguf_vtype type;
-    enum mc_gguf_vtype arr_type;  /* arrays only */
-    uint64_t arr_n;               /* arrays only */
-    const uint8_t *val;           /* scalar value; string bytes; numeric array elements */
-    uint64_t str_len;             /* strings only */
-    uint64_t *str_pos;            /* string arrays: file offset of each element's length */
-    void *aligned;                /* owned aligned copy of a misaligned numeric array */
+    enum mc_gguf_vtype arr_type; /* arrays only */
+    uint64_t arr_n;              /* arrays only */
+    const uint8_t *val;          /* scalar value; string bytes; numeric array elements */
+    uint64_t str_len;            /* strings only */
+    uint64_t *str_pos;           /* string arrays: file offset of each element's length */
+    void *aligned;               /* owned aligned copy of a misaligned numeric array */
 };
 
 /* Sort entries carry their own key, so the comparators need no context. */
@@ -134,10 +139,10 @@ struct name_ref {
 struct mc_gguf {
     const uint8_t *base; /* file bytes (mapping or caller buffer) */
     size_t size;
-    void *map;           /* the mapping to unmap, or NULL for a caller buffer */
+    void *map; /* the mapping to unmap, or NULL for a caller buffer */
     uint32_t version;
     size_t alignment;
-    size_t data_start;   /* file offset of the data section */
+    size_t data_start; /* file offset of the data section */
     int64_t n_kv;
     struct kv *kv;
     struct name_ref *kv_by_name; /* keys sorted by name, for bsearch */
@@ -244,11 +249,11 @@ static int read_len(struct parser *p, uint64_t cap, const char *what, uint64_t *
     if (rc)
         return rc;
     if (*len > cap)
-        return fail_at(p, at, "%s length %llu exceeds the cap %llu", what,
-                       (unsigned long long)*len, (unsigned long long)cap);
+        return fail_at(p, at, "%s length %llu exceeds the cap %llu", what, (unsigned long long)*len,
+                       (unsigned long long)cap);
     if (*len > left(p))
-        return fail_at(p, at, "%s length %llu runs past the end of the file (%zu bytes left)",
-                       what, (unsigned long long)*len, left(p));
+        return fail_at(p, at, "%s length %llu runs past the end of the file (%zu bytes left)", what,
+                       (unsigned long long)*len, left(p));
     return MC_OK;
 }
 
@@ -287,8 +292,9 @@ static int parse_header(struct parser *p, uint64_t *n_tensors, uint64_t *n_kv) {
     if ((rc = read_u32(p, &version)))
         return rc;
     if (version == 1)
-        return fail_at(p, 4, "GGUF version 1 is not supported (only 2 and 3); reconvert the "
-                             "model with a current converter");
+        return fail_at(p, 4,
+                       "GGUF version 1 is not supported (only 2 and 3); reconvert the "
+                       "model with a current converter");
     if (version != 2 && version != 3)
         return fail_at(p, 4, "unsupported GGUF version %u (only 2 and 3%s)", version,
                        (version & 0xffff) == 0 ? "; a big-endian file?" : "");
@@ -307,8 +313,8 @@ static int parse_header(struct parser *p, uint64_t *n_tensors, uint64_t *n_kv) {
     if ((rc = read_u64(p, n_kv)))
         return rc;
     if (*n_kv > GGUF_MAX_KV)
-        return fail_at(p, at, "%llu key/value pairs exceed the cap %d",
-                       (unsigned long long)*n_kv, GGUF_MAX_KV);
+        return fail_at(p, at, "%llu key/value pairs exceed the cap %d", (unsigned long long)*n_kv,
+                       GGUF_MAX_KV);
     if (*n_kv > left(p) / GGUF_MIN_KV_BYTES)
         return fail_at(p, at, "%llu key/value pairs cannot fit in the %zu bytes left",
                        (unsigned long long)*n_kv, left(p));
@@ -385,8 +391,9 @@ static int parse_array_value(struct parser *p, struct kv *kv, const char *qkey, 
 
     size_t esz = vtype_size(t);
     if (kv->arr_n > left(p) / esz)
-        return fail_at(p, at, "%llu elements of %zu bytes run past the end of the file "
-                              "(%zu bytes left)",
+        return fail_at(p, at,
+                       "%llu elements of %zu bytes run past the end of the file "
+                       "(%zu bytes left)",
                        (unsigned long long)kv->arr_n, esz, left(p));
     size_t bytes = (size_t)kv->arr_n * esz;
     kv->val = p->base + p->pos;
@@ -401,8 +408,7 @@ static int parse_array_value(struct parser *p, struct kv *kv, const char *qkey, 
     for (uint64_t j = 0; t == MC_GGUF_BOOL && j < kv->arr_n; j++) {
         if (kv->val[j] > 1) {
             set_field(p, "kv %lld '%s' element %llu", (long long)i, qkey, (unsigned long long)j);
-            return fail_at(p, p->pos - bytes + j, "bool value %u is neither 0 nor 1",
-                           kv->val[j]);
+            return fail_at(p, p->pos - bytes + j, "bool value %u is neither 0 nor 1", kv->val[j]);
         }
     }
     return MC_OK;
@@ -410,8 +416,8 @@ static int parse_array_value(struct parser *p, struct kv *kv, const char *qkey, 
 
 /* general.alignment must be a u32 power of two; anything else is rejected rather than
  * guessed, because every tensor offset depends on it. */
-static int check_alignment(struct parser *p, const struct kv *kv, size_t type_at) {
-    set_field(p, "kv 'general.alignment'");
+static int check_alignment(struct parser *p, const struct kv *kv, int64_t i, size_t type_at) {
+    set_field(p, "kv %lld 'general.alignment'", (long long)i);
     if (kv->type != MC_GGUF_UINT32)
         return fail_at(p, type_at, "stored as %s, must be u32", mc_gguf_vtype_name(kv->type));
     uint32_t a;
@@ -452,15 +458,14 @@ static int parse_kv(struct parser *p, int64_t i) {
     if (rc)
         return rc;
     if (strcmp(kv->key, "general.alignment") == 0)
-        return check_alignment(p, kv, type_at);
+        return check_alignment(p, kv, i, type_at);
     return MC_OK;
 }
 
 /* ---- Tensor infos --------------------------------------------------------------------- */
 
 /* Reads the shape and checks each dimension, the element count and the row length. */
-static int parse_shape(struct parser *p, struct mc_gguf_tensor *t, const char *qname,
-                       int64_t i) {
+static int parse_shape(struct parser *p, struct mc_gguf_tensor *t, const char *qname, int64_t i) {
     set_field(p, "tensor %lld '%s' n_dims", (long long)i, qname);
     size_t at = p->pos;
     uint32_t n_dims;
@@ -583,8 +588,8 @@ static int64_t sort_find_duplicate(struct name_ref *refs, int64_t n) {
 static int build_name_indexes(struct parser *p) {
     struct mc_gguf *g = p->g;
     g->kv_by_name = mc_malloc((size_t)(g->n_kv ? g->n_kv : 1) * sizeof(struct name_ref));
-    g->tensor_by_name = mc_malloc((size_t)(g->n_tensors ? g->n_tensors : 1) *
-                                  sizeof(struct name_ref));
+    g->tensor_by_name =
+        mc_malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof(struct name_ref));
     if (!g->kv_by_name || !g->tensor_by_name)
         return fail_nomem(p, (size_t)(g->n_kv + g->n_tensors) * sizeof(struct name_ref));
     for (int64_t i = 0; i < g->n_kv; i++)
@@ -634,14 +639,12 @@ static int check_extents(struct parser *p) {
             return fail_at(p, tensor_offset_field(p, i),
                            "data [%llu, +%zu) runs past the end of the data section "
                            "(%zu bytes at file offset %zu)",
-                           (unsigned long long)t->offset, t->size_bytes, data_size,
-                           g->data_start);
+                           (unsigned long long)t->offset, t->size_bytes, data_size, g->data_start);
         }
         t->data = p->base + g->data_start + t->offset;
     }
 
-    struct off_ref *by_off = mc_malloc((size_t)(g->n_tensors ? g->n_tensors : 1) *
-                                       sizeof(*by_off));
+    struct off_ref *by_off = mc_malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof(*by_off));
     if (!by_off)
         return fail_nomem(p, (size_t)g->n_tensors * sizeof(*by_off));
     for (int64_t i = 0; i < g->n_tensors; i++)
@@ -687,8 +690,9 @@ static int parse_body(struct parser *p) {
 
     set_field(p, "n_tensors");
     if (n_tensors > left(p) / GGUF_MIN_TENSOR_INFO_BYTES)
-        return fail_at(p, 8, "%llu tensor infos cannot fit in the %zu bytes left after the "
-                             "metadata",
+        return fail_at(p, 8,
+                       "%llu tensor infos cannot fit in the %zu bytes left after the "
+                       "metadata",
                        (unsigned long long)n_tensors, left(p));
     g->tensors = mc_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof(*g->tensors));
     p->tensor_info_pos = mc_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof(uint64_t));
@@ -887,30 +891,35 @@ const void *mc_gguf_val_data(const struct mc_gguf *g, int64_t i) {
 
 /* ---- Typed getters -------------------------------------------------------------------- */
 
-/* Reads an integer-typed scalar as a signed or unsigned 128-bit-free pair: *neg tells
- * whether the value is negative, *mag holds its magnitude. */
+/* Reads an integer-typed scalar as a sign and a magnitude, so that every integer type
+ * converts without overflow; false for non-integer types. */
 static bool kv_int(const struct kv *kv, bool *neg, uint64_t *mag) {
-    int64_t s = 0;
-    uint64_t u = 0;
-    bool is_signed = true;
+    size_t sz = vtype_size(kv->type);
+    bool is_signed;
     switch (kv->type) {
-    case MC_GGUF_UINT8: u = kv->val[0]; is_signed = false; break;
-    case MC_GGUF_INT8: s = (int8_t)kv->val[0]; break;
-    case MC_GGUF_UINT16: { uint16_t v; memcpy(&v, kv->val, 2); u = v; is_signed = false; break; }
-    case MC_GGUF_INT16: { int16_t v; memcpy(&v, kv->val, 2); s = v; break; }
-    case MC_GGUF_UINT32: { uint32_t v; memcpy(&v, kv->val, 4); u = v; is_signed = false; break; }
-    case MC_GGUF_INT32: { int32_t v; memcpy(&v, kv->val, 4); s = v; break; }
-    case MC_GGUF_UINT64: memcpy(&u, kv->val, 8); is_signed = false; break;
-    case MC_GGUF_INT64: memcpy(&s, kv->val, 8); break;
-    default: return false;
+    case MC_GGUF_UINT8:
+    case MC_GGUF_UINT16:
+    case MC_GGUF_UINT32:
+    case MC_GGUF_UINT64:
+        is_signed = false;
+        break;
+    case MC_GGUF_INT8:
+    case MC_GGUF_INT16:
+    case MC_GGUF_INT32:
+    case MC_GGUF_INT64:
+        is_signed = true;
+        break;
+    default:
+        return false;
     }
-    if (is_signed) {
-        *neg = s < 0;
-        *mag = s < 0 ? (uint64_t)0 - (uint64_t)s : (uint64_t)s;
-    } else {
-        *neg = false;
-        *mag = u;
-    }
+
+    /* Little-endian: copy the value into the low bytes, then sign-extend. */
+    uint64_t u = 0;
+    memcpy(&u, kv->val, sz);
+    *neg = is_signed && (u >> (8 * sz - 1)) & 1;
+    if (*neg && sz < 8)
+        u |= ~UINT64_C(0) << (8 * sz);
+    *mag = *neg ? (uint64_t)0 - u : u;
     return true;
 }
 
@@ -924,8 +933,8 @@ static int lookup(const struct mc_gguf *g, const char *key, const struct kv **ou
 }
 
 static int bad_type(const struct kv *kv, const char *want, struct mc_err *err) {
-    return mc_err_set(err, MC_EFORMAT, "key '%s': value of type %s does not convert to %s",
-                      kv->key, mc_gguf_vtype_name(kv->type), want);
+    return mc_err_set(err, MC_EFORMAT, "key '%s': value of type %s does not convert to %s", kv->key,
+                      mc_gguf_vtype_name(kv->type), want);
 }
 
 int mc_gguf_get_u32(const struct mc_gguf *g, const char *key, uint32_t *out, struct mc_err *err) {
@@ -1086,8 +1095,8 @@ static int check_writer_name(const char *name, const char *what, struct mc_err *
     if (n == 0)
         return mc_err_set(err, MC_EINVAL, "gguf writer: empty %s", what);
     if (n > GGUF_MAX_KEY_BYTES)
-        return mc_err_set(err, MC_EINVAL, "gguf writer: %s of %zu bytes exceeds the cap %d",
-                          what, n, GGUF_MAX_KEY_BYTES);
+        return mc_err_set(err, MC_EINVAL, "gguf writer: %s of %zu bytes exceeds the cap %d", what,
+                          n, GGUF_MAX_KEY_BYTES);
     return MC_OK;
 }
 
@@ -1177,13 +1186,11 @@ int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v,
     return mc_gguf_writer_set_val(w, key, MC_GGUF_INT32, &v, err);
 }
 
-int mc_gguf_writer_set_f32(struct mc_gguf_writer *w, const char *key, float v,
-                           struct mc_err *err) {
+int mc_gguf_writer_set_f32(struct mc_gguf_writer *w, const char *key, float v, struct mc_err *err) {
     return mc_gguf_writer_set_val(w, key, MC_GGUF_FLOAT32, &v, err);
 }
 
-int mc_gguf_writer_set_bool(struct mc_gguf_writer *w, const char *key, bool v,
-                            struct mc_err *err) {
+int mc_gguf_writer_set_bool(struct mc_gguf_writer *w, const char *key, bool v, struct mc_err *err) {
     uint8_t b = v ? 1 : 0;
     return mc_gguf_writer_set_val(w, key, MC_GGUF_BOOL, &b, err);
 }
@@ -1191,8 +1198,9 @@ int mc_gguf_writer_set_bool(struct mc_gguf_writer *w, const char *key, bool v,
 int mc_gguf_writer_set_str(struct mc_gguf_writer *w, const char *key, const char *v, size_t len,
                            struct mc_err *err) {
     if (len > GGUF_MAX_STRING_BYTES)
-        return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': string of %zu bytes exceeds "
-                                          "the cap %d",
+        return mc_err_set(err, MC_EINVAL,
+                          "gguf writer: key '%s': string of %zu bytes exceeds "
+                          "the cap %d",
                           key ? key : "", len, GGUF_MAX_STRING_BYTES);
     uint8_t *enc = mc_malloc(8 + len);
     if (!enc)
@@ -1208,8 +1216,9 @@ int mc_gguf_writer_set_arr(struct mc_gguf_writer *w, const char *key, enum mc_gg
                            const void *data, uint64_t n, struct mc_err *err) {
     size_t esz = vtype_size((uint32_t)t);
     if (esz == 0)
-        return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': element type %d is not "
-                                          "numeric (use set_arr_str for strings)",
+        return mc_err_set(err, MC_EINVAL,
+                          "gguf writer: key '%s': element type %d is not "
+                          "numeric (use set_arr_str for strings)",
                           key ? key : "", (int)t);
     if (n > GGUF_MAX_ARRAY_N || n > (SIZE_MAX - 12) / esz)
         return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': %llu elements exceed the cap",
@@ -1239,10 +1248,10 @@ int mc_gguf_writer_set_arr_str(struct mc_gguf_writer *w, const char *key, const 
     size_t bytes = 12;
     for (uint64_t j = 0; j < n; j++) {
         if (lens[j] > GGUF_MAX_STRING_BYTES || bytes > SIZE_MAX - 8 - lens[j])
-            return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': element %llu of %llu "
-                                              "bytes exceeds the cap",
-                              key ? key : "", (unsigned long long)j,
-                              (unsigned long long)lens[j]);
+            return mc_err_set(err, MC_EINVAL,
+                              "gguf writer: key '%s': element %llu of %llu "
+                              "bytes exceeds the cap",
+                              key ? key : "", (unsigned long long)j, (unsigned long long)lens[j]);
         bytes += 8 + lens[j];
     }
     uint8_t *enc = mc_malloc(bytes);
@@ -1285,7 +1294,11 @@ int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
                            bool (*skip)(const char *key), struct mc_err *err) {
     for (int64_t i = 0; i < g->n_kv; i++) {
         const struct kv *kv = &g->kv[i];
-        if (strcmp(kv->key, "general.alignment") == 0 || (skip && skip(kv->key)))
+        if (skip && skip(kv->key))
+            continue;
+        /* The writer lays out alignment 32; another value in the source does not apply. */
+        if (strcmp(kv->key, "general.alignment") == 0 &&
+            check_alignment_key(kv->key, kv->type, kv->val, NULL) != MC_OK)
             continue;
         int rc;
         if (kv->type == MC_GGUF_STRING)
@@ -1303,27 +1316,30 @@ int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
 }
 
 /* Checks a tensor description the way the reader will and returns its data size. */
-static int check_writer_tensor(const char *name, enum mc_type type, int n_dims,
-                               const int64_t *ne, size_t *size, struct mc_err *err) {
+static int check_writer_tensor(const char *name, enum mc_type type, int n_dims, const int64_t *ne,
+                               size_t *size, struct mc_err *err) {
     const struct type_info *ti = type_get((uint32_t)type);
     if (!ti)
         return mc_err_set(err, MC_EINVAL, "gguf writer: tensor '%s': unknown type %d", name,
                           (int)type);
     if (n_dims < 1 || n_dims > MC_GGUF_MAX_DIMS)
-        return mc_err_set(err, MC_EINVAL, "gguf writer: tensor '%s': %d dimensions, must be 1 "
-                                          "to %d",
+        return mc_err_set(err, MC_EINVAL,
+                          "gguf writer: tensor '%s': %d dimensions, must be 1 "
+                          "to %d",
                           name, n_dims, MC_GGUF_MAX_DIMS);
     int64_t n_elems = 1;
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] <= 0 || n_elems > INT64_MAX / ne[d])
-            return mc_err_set(err, MC_EINVAL, "gguf writer: tensor '%s': bad dimension ne[%d] "
-                                              "= %lld",
+            return mc_err_set(err, MC_EINVAL,
+                              "gguf writer: tensor '%s': bad dimension ne[%d] "
+                              "= %lld",
                               name, d, (long long)ne[d]);
         n_elems *= ne[d];
     }
     if (ne[0] % ti->block != 0)
-        return mc_err_set(err, MC_EINVAL, "gguf writer: tensor '%s': row length %lld is not a "
-                                          "multiple of the %s block size %lld",
+        return mc_err_set(err, MC_EINVAL,
+                          "gguf writer: tensor '%s': row length %lld is not a "
+                          "multiple of the %s block size %lld",
                           name, (long long)ne[0], ti->name, (long long)ti->block);
     uint64_t blocks = (uint64_t)(n_elems / ti->block);
     if (blocks > SIZE_MAX / ti->block_bytes)
@@ -1333,8 +1349,7 @@ static int check_writer_tensor(const char *name, enum mc_type type, int n_dims,
 }
 
 int mc_gguf_writer_add_tensor(struct mc_gguf_writer *w, const char *name, enum mc_type type,
-                              int n_dims, const int64_t *ne, const void *data,
-                              struct mc_err *err) {
+                              int n_dims, const int64_t *ne, const void *data, struct mc_err *err) {
     int rc = check_writer_name(name, "tensor name", err);
     if (rc)
         return rc;
@@ -1364,8 +1379,8 @@ int mc_gguf_writer_add_tensor(struct mc_gguf_writer *w, const char *name, enum m
     if (!t.name || !t.data) {
         mc_free(t.name);
         mc_free(t.data);
-        return mc_err_set(err, MC_ENOMEM, "gguf writer: tensor '%s': cannot copy %zu bytes",
-                          name, size);
+        return mc_err_set(err, MC_ENOMEM, "gguf writer: tensor '%s': cannot copy %zu bytes", name,
+                          size);
     }
     memcpy(t.data, data, size);
     w->tensors[w->n_tensors++] = t;
@@ -1487,8 +1502,8 @@ int mc_gguf_writer_write(struct mc_gguf_writer *w, const char *path, struct mc_e
         e = errno;
     }
     if (wr != 0) {
-        rc = mc_err_set(err, MC_EIO, "%s: write failed: %s", tmp,
-                        strerror_r(e, ebuf, sizeof(ebuf)));
+        rc =
+            mc_err_set(err, MC_EIO, "%s: write failed: %s", tmp, strerror_r(e, ebuf, sizeof(ebuf)));
         unlink(tmp);
         goto out_free_buf;
     }

@@ -55,13 +55,13 @@ enum mc_gguf_vtype {
 #define MC_GGUF_MAX_DIMS 4
 
 struct mc_gguf_tensor {
-    const char *name;              /* NUL-terminated, valid until mc_gguf_close */
+    const char *name; /* NUL-terminated, valid until mc_gguf_close */
     enum mc_type type;
-    int n_dims;                    /* 1..MC_GGUF_MAX_DIMS */
-    int64_t ne[MC_GGUF_MAX_DIMS];  /* ne[0] is the row length (fastest varying); unused = 1 */
-    uint64_t offset;               /* from the start of the data section */
+    int n_dims;                   /* 1..MC_GGUF_MAX_DIMS */
+    int64_t ne[MC_GGUF_MAX_DIMS]; /* ne[0] is the row length (fastest varying); unused = 1 */
+    uint64_t offset;              /* from the start of the data section */
     size_t size_bytes;
-    const void *data;              /* view into the mapping */
+    const void *data; /* view into the mapping */
 };
 
 struct mc_gguf; /* opaque; see gguf.c */
@@ -133,8 +133,10 @@ void mc_gguf_writer_free(struct mc_gguf_writer *w);
 /* Any fixed-size scalar type t (not string or array); v points at its bytes. */
 int mc_gguf_writer_set_val(struct mc_gguf_writer *w, const char *key, enum mc_gguf_vtype t,
                            const void *v, struct mc_err *err);
-int mc_gguf_writer_set_u32(struct mc_gguf_writer *w, const char *key, uint32_t v, struct mc_err *err);
-int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v, struct mc_err *err);
+int mc_gguf_writer_set_u32(struct mc_gguf_writer *w, const char *key, uint32_t v,
+                           struct mc_err *err);
+int mc_gguf_writer_set_i32(struct mc_gguf_writer *w, const char *key, int32_t v,
+                           struct mc_err *err);
 int mc_gguf_writer_set_f32(struct mc_gguf_writer *w, const char *key, float v, struct mc_err *err);
 int mc_gguf_writer_set_bool(struct mc_gguf_writer *w, const char *key, bool v, struct mc_err *err);
 int mc_gguf_writer_set_str(struct mc_gguf_writer *w, const char *key, const char *v, size_t len,
@@ -145,8 +147,8 @@ int mc_gguf_writer_set_arr(struct mc_gguf_writer *w, const char *key, enum mc_gg
 /* A string array: n strings with their lengths. */
 int mc_gguf_writer_set_arr_str(struct mc_gguf_writer *w, const char *key, const char *const *strs,
                                const uint64_t *lens, uint64_t n, struct mc_err *err);
-/* Copies every key of g except those for which skip(key) is true (skip may be NULL) and
- * general.alignment (the writer lays out its own). */
+/* Copies every key of g, in file order, except those for which skip(key) is true (skip
+ * may be NULL) and a general.alignment other than u32 32 (the writer's own layout). */
 int mc_gguf_writer_copy_kv(struct mc_gguf_writer *w, const struct mc_gguf *g,
                            bool (*skip)(const char *key), struct mc_err *err);
 /* Adds a tensor; data (mc_type_row_size(type, ne[0]) * rows bytes) is copied. Tensors are

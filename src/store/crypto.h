@@ -85,8 +85,11 @@ void mc_crypto_hash_keyed(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ms
 /* Unkeyed BLAKE2b-256 (the audit log chain). */
 void mc_crypto_hash(const void *msg, size_t n, uint8_t out[32]);
 
-/* Constant-time equality of two n-byte buffers (sodium_memcmp). */
+/* Constant-time equality of two n-byte buffers (sodium_memcmp): true when equal. */
 int mc_crypto_equal(const void *a, const void *b, size_t n);
+/* How many times mc_crypto_equal has run in this process (lets tests prove that a
+ * comparison went through it). */
+unsigned long mc_crypto_equal_calls(void);
 
 /* Secure memory for key material: sodium_malloc (guard pages, mlock) and sodium_free
  * (wipes before freeing). mc_secret_free accepts NULL. Each region costs a few pages, so

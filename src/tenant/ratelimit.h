@@ -45,7 +45,9 @@ int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id,
                      int *retry_after_s, struct mc_err *err);
 
 /* Ends a request admitted by mc_limit_acquire: frees its concurrency slot and charges
- * actual_tokens in place of est_tokens to the minute and day counters. */
+ * actual_tokens in place of est_tokens to the minute and day counters. Counts are
+ * 0..10^12; a call with other values, or for a tenant the limiter does not know, does
+ * nothing. */
 void mc_limit_release(struct mc_limiter *lim, const char *tenant_id, int64_t est_tokens,
                       int64_t actual_tokens, int64_t now_ms);
 

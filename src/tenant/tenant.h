@@ -123,7 +123,7 @@ int mc_tenant_update(struct mc_tenants *tn, const char *id, const char *name,
  * its fronts, objects, keys and usage; then the audit hook is told. MC_ENOTFOUND. */
 int mc_tenant_delete(struct mc_tenants *tn, const char *id, struct mc_err *err);
 
-/* Checks limits values: each >= 0 and below 10^15. MC_EINVAL naming the field. */
+/* Checks limits values: each >= 0 and below 10^12. MC_EINVAL naming the field. */
 int mc_limits_check(const struct mc_limits *limits, struct mc_err *err);
 
 /* ---------------------------------------------------------------------------------------

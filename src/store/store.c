@@ -1,0 +1,469 @@
+/* store.c - the backend-neutral half of the store: argument checks, data keys, sealing.
+ *
+ * Each call checks its arguments, then calls the backend through struct mc_store_ops.
+ * Tenant-private objects are sealed here, so every backend stores only ciphertext:
+ *   data key  = open(wrap key, AD = tenant id, wrapped key from the backend)
+ *   object    = seal(data key, AD = tenant id || 0 || kind || 0 || object id, plaintext)
+ * The NUL separators make the associated data unambiguous ("ab"+"c" differs from
+ * "a"+"bc"). A data key is unwrapped for each call into a sodium_malloc buffer and wiped
+ * right after: no tenant key is cached, so an idle tenant costs no memory and a deleted
+ * tenant's key cannot linger in this process. Unwrapping is one 32-byte AEAD open, small
+ * next to the database read it follows.
+ *
+ * Sealing and opening run outside the backend's lock (between two backend calls), so a
+ * large object does not block other threads while it is encrypted. */
+#include "store/store.h"
+
+#include "base/mem.h"
+#include "store/store_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define KEYCHECK_NAME "keycheck"
+static const char KEYCHECK_AD[] = "mcai-keycheck";
+static const char KEYCHECK_PT[] = "mcai-keycheck-v1";
+
+struct mc_store {
+    const struct mc_store_ops *ops;
+    void *be;
+    const struct mc_master_key *mk;
+};
+
+/* ---------------------------------------------------------------------------------------
+ * Argument checks */
+
+/* Printable ASCII without spaces, 1..max bytes. */
+static int check_token(const char *what, const char *s, size_t max, struct mc_err *err) {
+    if (!s || !*s)
+        return mc_err_set(err, MC_EINVAL, "%s is empty", what);
+    size_t n = strnlen(s, max + 1);
+    if (n > max)
+        return mc_err_set(err, MC_EINVAL, "%s is longer than %zu bytes", what, max);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return mc_err_set(err, MC_EINVAL, "%s has a byte 0x%02x at offset %zu (printable "
+                              "ASCII without spaces expected)", what, c, i);
+    }
+    return MC_OK;
+}
+
+static int check_obj_key(const char *tenant_id, const char *kind, const char *obj_id,
+                         struct mc_err *err) {
+    int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK)
+        rc = check_token("object kind", kind, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    if (!obj_id || !*obj_id)
+        return mc_err_set(err, MC_EINVAL, "object id is empty");
+    if (strnlen(obj_id, MC_STORE_OBJ_ID_MAX + 1) > MC_STORE_OBJ_ID_MAX)
+        return mc_err_set(err, MC_EINVAL, "object id is longer than %d bytes",
+                          MC_STORE_OBJ_ID_MAX);
+    return MC_OK;
+}
+
+/* Builds the associated data of an object into a new buffer. */
+static uint8_t *obj_ad(const char *tenant_id, const char *kind, const char *obj_id,
+                       size_t *n) {
+    size_t a = strlen(tenant_id), b = strlen(kind), c = strlen(obj_id);
+    uint8_t *ad = mc_malloc(a + b + c + 2);
+    if (!ad)
+        return NULL;
+    memcpy(ad, tenant_id, a);
+    ad[a] = 0;
+    memcpy(ad + a + 1, kind, b);
+    ad[a + 1 + b] = 0;
+    memcpy(ad + a + b + 2, obj_id, c);
+    *n = a + b + c + 2;
+    return ad;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Data keys */
+
+/* Unwraps a tenant's data key into a new secure buffer (mc_secret_free). */
+static int dk_load(struct mc_store *s, const char *tenant_id, uint8_t **dk_out,
+                   struct mc_err *err) {
+    uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
+    *dk_out = NULL;
+    int rc = s->ops->dk_get(s->be, tenant_id, wrapped, err);
+    if (rc != MC_OK)
+        return rc;
+    uint8_t *dk = mc_secret_alloc(MC_CRYPTO_KEY_BYTES);
+    if (!dk)
+        return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for a data key");
+    size_t n = 0;
+    rc = mc_crypto_open(mc_master_key_wrap_key(s->mk), tenant_id, strlen(tenant_id), wrapped,
+                        sizeof(wrapped), dk, &n, err);
+    if (rc == MC_OK && n != MC_CRYPTO_KEY_BYTES)
+        rc = mc_err_set(err, MC_ECRYPTO, "data key has %zu bytes", n);
+    if (rc != MC_OK) {
+        mc_secret_free(dk);
+        return mc_err_prefix(err, "tenant %s data key", tenant_id);
+    }
+    *dk_out = dk;
+    return MC_OK;
+}
+
+/* Checks (or, in a new store, records) that this master key owns the store. */
+static int check_master_key(struct mc_store *s, const char *location, struct mc_err *err) {
+    const uint8_t *key = mc_master_key_check_key(s->mk);
+    uint8_t *val = NULL;
+    size_t n = 0;
+    int rc = s->ops->meta_get(s->be, KEYCHECK_NAME, &val, &n, err);
+    if (rc == MC_ENOTFOUND) {
+        uint8_t sealed[sizeof(KEYCHECK_PT) + MC_CRYPTO_OVERHEAD];
+        mc_crypto_seal(key, KEYCHECK_AD, sizeof(KEYCHECK_AD), KEYCHECK_PT, sizeof(KEYCHECK_PT),
+                       sealed);
+        return s->ops->meta_put(s->be, KEYCHECK_NAME, sealed, sizeof(sealed), err);
+    }
+    if (rc != MC_OK)
+        return rc;
+    uint8_t pt[sizeof(KEYCHECK_PT)];
+    size_t n_pt = 0;
+    rc = n == sizeof(pt) + MC_CRYPTO_OVERHEAD
+             ? mc_crypto_open(key, KEYCHECK_AD, sizeof(KEYCHECK_AD), val, n, pt, &n_pt, NULL)
+             : MC_ECRYPTO;
+    mc_free(val);
+    if (rc != MC_OK)
+        return mc_err_set(err, MC_EPERM,
+                          "the master key does not match the one %s was created with; use "
+                          "that key (MCAI_MASTER_KEY or --master-key-file)",
+                          location);
+    return MC_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Opening and transactions */
+
+int mc_store_open(const char *location, const struct mc_master_key *mk, struct mc_store **out,
+                  struct mc_err *err) {
+    *out = NULL;
+    if (!location || !*location)
+        return mc_err_set(err, MC_EINVAL, "no data directory given");
+    if (!mk)
+        return mc_err_set(err, MC_EINVAL, "no master key given");
+    int rc = mc_crypto_init(err);
+    if (rc != MC_OK)
+        return rc;
+
+    struct mc_store *s = mc_calloc(1, sizeof(*s));
+    if (!s)
+        return mc_err_set(err, MC_ENOMEM, "cannot allocate a store");
+    s->mk = mk;
+    rc = mc_store_sqlite_open(location, &s->ops, &s->be, err);
+    if (rc == MC_OK)
+        rc = check_master_key(s, location, err);
+    if (rc != MC_OK) {
+        mc_store_close(s);
+        return rc;
+    }
+    *out = s;
+    return MC_OK;
+}
+
+void mc_store_close(struct mc_store *s) {
+    if (!s)
+        return;
+    if (s->be)
+        s->ops->close(s->be);
+    mc_free(s);
+}
+
+const char *mc_store_backend(const struct mc_store *s) {
+    return s->ops->name;
+}
+
+int mc_store_begin(struct mc_store *s, struct mc_err *err) {
+    return s->ops->begin(s->be, err);
+}
+
+int mc_store_commit(struct mc_store *s, struct mc_err *err) {
+    return s->ops->commit(s->be, err);
+}
+
+void mc_store_rollback(struct mc_store *s) {
+    s->ops->rollback(s->be);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Tenants */
+
+int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name,
+                           int64_t created_ms, const char *meta, struct mc_err *err) {
+    int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK)
+        rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+
+    /* The data key exists in clear only in this secure buffer, for the time of the wrap. */
+    uint8_t *dk = mc_secret_alloc(MC_CRYPTO_KEY_BYTES);
+    if (!dk)
+        return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for a data key");
+    mc_crypto_random(dk, MC_CRYPTO_KEY_BYTES);
+    uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
+    mc_crypto_seal(mc_master_key_wrap_key(s->mk), id, strlen(id), dk, MC_CRYPTO_KEY_BYTES,
+                   wrapped);
+    mc_secret_free(dk);
+
+    struct mc_store_tenant t;
+    memset(&t, 0, sizeof(t));
+    snprintf(t.id, sizeof(t.id), "%s", id);
+    snprintf(t.name, sizeof(t.name), "%s", name);
+    t.created_ms = created_ms;
+    t.meta = (char *)(meta ? meta : "{}");
+    rc = s->ops->tenant_insert(s->be, &t, wrapped, sizeof(wrapped), err);
+    if (rc == MC_EEXIST)
+        return mc_err_set(err, MC_EEXIST, "a tenant with id %s or name '%s' already exists", id,
+                          name);
+    return rc;
+}
+
+int mc_store_tenant_get(struct mc_store *s, const char *id, struct mc_store_tenant *out,
+                        struct mc_err *err) {
+    memset(out, 0, sizeof(*out));
+    int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->tenant_get(s->be, id, NULL, out, err);
+}
+
+int mc_store_tenant_get_by_name(struct mc_store *s, const char *name,
+                                struct mc_store_tenant *out, struct mc_err *err) {
+    memset(out, 0, sizeof(*out));
+    int rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->tenant_get(s->be, NULL, name, out, err);
+}
+
+int mc_store_tenant_list(struct mc_store *s, struct mc_store_tenant **out, size_t *n,
+                         struct mc_err *err) {
+    return s->ops->tenant_list(s->be, out, n, err);
+}
+
+int mc_store_tenant_update(struct mc_store *s, const char *id, const char *name,
+                           const char *meta, struct mc_err *err) {
+    int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK && name)
+        rc = check_token("tenant name", name, MC_STORE_NAME_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    rc = s->ops->tenant_update(s->be, id, name, meta, err);
+    if (rc == MC_EEXIST)
+        return mc_err_set(err, MC_EEXIST, "a tenant named '%s' already exists", name);
+    return rc;
+}
+
+int mc_store_tenant_delete(struct mc_store *s, const char *id, struct mc_err *err) {
+    int rc = check_token("tenant id", id, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+
+    /* The key goes first, on its own and durably: if the process dies between the two
+     * steps, what is left is ciphertext nobody can open, never readable data. */
+    rc = s->ops->dk_shred(s->be, id, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->tenant_purge(s->be, id, err);
+}
+
+void mc_store_tenant_clear(struct mc_store_tenant *t) {
+    if (!t)
+        return;
+    mc_free(t->meta);
+    t->meta = NULL;
+}
+
+void mc_store_tenant_list_free(struct mc_store_tenant *rows, size_t n) {
+    for (size_t i = 0; rows && i < n; i++)
+        mc_store_tenant_clear(&rows[i]);
+    mc_free(rows);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * API keys */
+
+void mc_store_hash_secret(const struct mc_store *s, const char *secret,
+                          uint8_t out[MC_STORE_HASH_BYTES]) {
+    mc_crypto_hash_keyed(mc_master_key_pepper(s->mk), secret, strlen(secret), out);
+}
+
+int mc_store_key_insert(struct mc_store *s, const struct mc_store_key *key, struct mc_err *err) {
+    int rc = check_token("key prefix", key->prefix, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK)
+        rc = check_token("tenant id", key->tenant_id, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_insert(s->be, key, err);
+}
+
+int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key *out,
+                     struct mc_err *err) {
+    memset(out, 0, sizeof(*out));
+    int rc = check_token("key prefix", prefix, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_get(s->be, prefix, out, err);
+}
+
+int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,
+                      size_t *n, struct mc_err *err) {
+    *out = NULL;
+    *n = 0;
+    int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_list(s->be, tenant_id, out, n, err);
+}
+
+int mc_store_key_revoke(struct mc_store *s, const char *tenant_id, const char *prefix,
+                        int64_t revoked_ms, struct mc_err *err) {
+    int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK)
+        rc = check_token("key prefix", prefix, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_revoke(s->be, tenant_id, prefix, revoked_ms, err);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Usage */
+
+int mc_store_usage_add(struct mc_store *s, const char *tenant_id, int64_t day, int64_t requests,
+                       int64_t prompt_tokens, int64_t completion_tokens, struct mc_err *err) {
+    int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    if (requests < 0 || prompt_tokens < 0 || completion_tokens < 0)
+        return mc_err_set(err, MC_EINVAL, "usage counts must not be negative");
+    struct mc_store_usage u;
+    memset(&u, 0, sizeof(u));
+    snprintf(u.tenant_id, sizeof(u.tenant_id), "%s", tenant_id);
+    u.day = day;
+    u.requests = requests;
+    u.prompt_tokens = prompt_tokens;
+    u.completion_tokens = completion_tokens;
+    return s->ops->usage_add(s->be, &u, err);
+}
+
+int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_from,
+                        int64_t day_to, struct mc_store_usage **out, size_t *n,
+                        struct mc_err *err) {
+    *out = NULL;
+    *n = 0;
+    if (tenant_id) {
+        int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+        if (rc != MC_OK)
+            return rc;
+    }
+    return s->ops->usage_list(s->be, tenant_id, day_from, day_to, out, n, err);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Sealed objects */
+
+int mc_store_obj_put(struct mc_store *s, const char *tenant_id, const char *kind,
+                     const char *obj_id, const void *data, size_t n, struct mc_err *err) {
+    int rc = check_obj_key(tenant_id, kind, obj_id, err);
+    if (rc != MC_OK)
+        return rc;
+    if (n > MC_STORE_OBJ_MAX)
+        return mc_err_set(err, MC_EINVAL, "object of %zu bytes exceeds the limit of %zu", n,
+                          MC_STORE_OBJ_MAX);
+    if (!data && n)
+        return mc_err_set(err, MC_EINVAL, "object data is NULL");
+
+    uint8_t *dk;
+    rc = dk_load(s, tenant_id, &dk, err);
+    if (rc != MC_OK)
+        return rc;
+    size_t n_ad = 0;
+    uint8_t *ad = obj_ad(tenant_id, kind, obj_id, &n_ad);
+    uint8_t *sealed = mc_malloc(n + MC_CRYPTO_OVERHEAD);
+    if (!ad || !sealed) {
+        rc = mc_err_set(err, MC_ENOMEM, "cannot allocate %zu bytes to seal an object",
+                        n + MC_CRYPTO_OVERHEAD);
+        goto out_free;
+    }
+    mc_crypto_seal(dk, ad, n_ad, data ? data : "", n, sealed);
+    rc = s->ops->obj_put(s->be, tenant_id, kind, obj_id, sealed, n + MC_CRYPTO_OVERHEAD, err);
+out_free:
+    mc_secret_free(dk);
+    mc_free(ad);
+    mc_free(sealed);
+    return rc;
+}
+
+int mc_store_obj_get(struct mc_store *s, const char *tenant_id, const char *kind,
+                     const char *obj_id, void **data, size_t *n, struct mc_err *err) {
+    *data = NULL;
+    *n = 0;
+    int rc = check_obj_key(tenant_id, kind, obj_id, err);
+    if (rc != MC_OK)
+        return rc;
+
+    uint8_t *sealed = NULL, *ad = NULL, *pt = NULL, *dk = NULL;
+    size_t n_sealed = 0, n_ad = 0, n_pt = 0;
+    rc = s->ops->obj_get(s->be, tenant_id, kind, obj_id, &sealed, &n_sealed, err);
+    if (rc != MC_OK)
+        return rc;
+    rc = dk_load(s, tenant_id, &dk, err);
+    if (rc != MC_OK)
+        goto out_free;
+    if (n_sealed < MC_CRYPTO_OVERHEAD) {
+        rc = mc_err_set(err, MC_ECRYPTO, "%s object is %zu bytes, shorter than a sealed empty "
+                        "object", kind, n_sealed);
+        goto out_free;
+    }
+    ad = obj_ad(tenant_id, kind, obj_id, &n_ad);
+    pt = mc_malloc(n_sealed - MC_CRYPTO_OVERHEAD + 1);
+    if (!ad || !pt) {
+        rc = mc_err_set(err, MC_ENOMEM, "cannot allocate %zu bytes to open an object", n_sealed);
+        goto out_free;
+    }
+    rc = mc_crypto_open(dk, ad, n_ad, sealed, n_sealed, pt, &n_pt, err);
+    if (rc != MC_OK) {
+        mc_err_prefix(err, "%s object", kind);
+        goto out_free;
+    }
+    pt[n_pt] = 0;
+    *data = pt;
+    *n = n_pt;
+    pt = NULL;
+out_free:
+    mc_secret_free(dk);
+    mc_free(sealed);
+    mc_free(ad);
+    mc_free(pt);
+    return rc;
+}
+
+int mc_store_obj_list(struct mc_store *s, const char *tenant_id, const char *kind, char ***ids,
+                      size_t *n, struct mc_err *err) {
+    *ids = NULL;
+    *n = 0;
+    int rc = check_token("tenant id", tenant_id, MC_STORE_ID_MAX, err);
+    if (rc == MC_OK)
+        rc = check_token("object kind", kind, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->obj_list(s->be, tenant_id, kind, ids, n, err);
+}
+
+void mc_store_obj_list_free(char **ids, size_t n) {
+    for (size_t i = 0; ids && i < n; i++)
+        mc_free(ids[i]);
+    mc_free(ids);
+}
+
+int mc_store_obj_delete(struct mc_store *s, const char *tenant_id, const char *kind,
+                        const char *obj_id, struct mc_err *err) {
+    int rc = check_obj_key(tenant_id, kind, obj_id, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->obj_delete(s->be, tenant_id, kind, obj_id, err);
+}

@@ -1,0 +1,505 @@
+/* test_quant.c - tensor types, half-precision conversion, quantize/dequantize round trips,
+ * the matmul kernels against a double-precision reference, batched against single-token
+ * calls, and every SIMD kernel set against the portable one.
+ *
+ * Tolerances are stated next to each check. Activations in the reference comparisons are
+ * chosen so that their conversion to the vec_dot type is exact (integers in [-127, 127]
+ * with a 127 in every block, or values exact in fp16/bf16); the only error left is then
+ * float accumulation, which is bounded relative to sum |w_i * x_i|. */
+#include "base/pool.h"
+#include "model/quant.h"
+#include "test_util.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* ---- Helpers ------------------------------------------------------------------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rng_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 32);
+}
+
+/* Uniform in [-1, 1). */
+static float rng_uniform(void) {
+    return (float)rng_u32() / 2147483648.0f - 1.0f;
+}
+
+/* Roughly normal (sum of four uniforms), scaled; weights of real models look like this. */
+static float rng_normal(float scale) {
+    return (rng_uniform() + rng_uniform() + rng_uniform() + rng_uniform()) * 0.866f * scale;
+}
+
+static const enum mc_type ALL_TYPES[] = {MC_TYPE_F32, MC_TYPE_F16, MC_TYPE_BF16, MC_TYPE_Q8_0,
+                                         MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K, MC_TYPE_Q6_K};
+#define N_TYPES (sizeof(ALL_TYPES) / sizeof(ALL_TYPES[0]))
+
+static bool is_k_quant(enum mc_type t) {
+    return t == MC_TYPE_Q4_K || t == MC_TYPE_Q5_K || t == MC_TYPE_Q6_K;
+}
+
+/* Activations whose conversion to t's vec_dot type is exact: integers with a +-127 in
+ * every block for the quantized types, multiples of 1/4 in [-8, 8] for F16/BF16/F32. */
+static void fill_exact_activations(enum mc_type t, float *x, int64_t n) {
+    int64_t blk = is_k_quant(t) ? 256 : 32;
+    bool quantized = t == MC_TYPE_Q8_0 || t == MC_TYPE_Q4_0 || is_k_quant(t);
+    for (int64_t i = 0; i < n; i++) {
+        if (quantized)
+            x[i] = (float)((int)(rng_u32() % 255) - 127);
+        else
+            x[i] = (float)((int)(rng_u32() % 65) - 32) / 4.0f;
+    }
+    if (quantized)
+        for (int64_t b = 0; b < n; b += blk)
+            x[b + (rng_u32() % blk)] = (rng_u32() & 1) ? 127.0f : -127.0f;
+}
+
+/* A quantized (rows, cols) matrix of type t from random normal weights. */
+static uint8_t *make_matrix(enum mc_type t, int64_t rows, int64_t cols, float *deq) {
+    size_t rs = mc_type_row_size(t, cols);
+    uint8_t *w = malloc(rs * (size_t)rows);
+    float *row = malloc((size_t)cols * sizeof(float));
+    assert_non_null(w);
+    assert_non_null(row);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++)
+            row[c] = rng_normal(0.05f);
+        assert_int_equal(mc_quantize_row(t, row, w + (size_t)r * rs, cols, NULL), MC_OK);
+        if (deq)
+            assert_int_equal(mc_dequantize_row(t, w + (size_t)r * rs, deq + r * cols, cols, NULL),
+                             MC_OK);
+    }
+    free(row);
+    return w;
+}
+
+static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows,
+                     int64_t cols, const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
+    enum mc_simd saved = mc_simd_get();
+    mc_simd_set(level);
+    size_t ws = mc_matmul_work_size(t, cols, n_tok);
+    void *work = malloc(ws ? ws : 1);
+    struct mc_err err = {0};
+    int rc = mc_matmul(t, w, rows, cols, x, n_tok, y, work, pool, &err);
+    free(work);
+    mc_simd_set(saved);
+    return rc;
+}
+
+/* ---- Type table ----------------------------------------------------------------------- */
+
+static void test_type_table_sizes_and_names(void **state) {
+    (void)state;
+    assert_int_equal(mc_type_block_size(MC_TYPE_Q4_0), 32);
+    assert_int_equal(mc_type_block_bytes(MC_TYPE_Q4_0), 18);
+    assert_int_equal(mc_type_block_bytes(MC_TYPE_Q8_0), 34);
+    assert_int_equal(mc_type_block_bytes(MC_TYPE_Q4_K), 144);
+    assert_int_equal(mc_type_block_bytes(MC_TYPE_Q5_K), 176);
+    assert_int_equal(mc_type_block_bytes(MC_TYPE_Q6_K), 210);
+    assert_int_equal(mc_type_block_size(MC_TYPE_Q6_K), 256);
+    assert_int_equal(mc_type_row_size(MC_TYPE_F16, 768), 1536);
+    assert_int_equal(mc_type_row_size(MC_TYPE_Q8_0, 768), 24 * 34);
+    assert_int_equal(mc_type_row_size(MC_TYPE_Q4_K, 768), 3 * 144);
+    assert_int_equal(mc_type_row_size(MC_TYPE_Q4_K, 100), 0);
+    assert_int_equal(mc_type_row_size((enum mc_type)5, 32), 0);
+    assert_string_equal(mc_type_name(MC_TYPE_BF16), "BF16");
+    assert_string_equal(mc_type_name(MC_TYPE_Q5_K), "Q5_K");
+    assert_string_equal(mc_type_name((enum mc_type)39), "unknown");
+    assert_true(mc_type_is_supported(MC_TYPE_Q6_K));
+    assert_false(mc_type_is_supported(MC_TYPE_Q4_1));
+    assert_false(mc_type_is_supported(MC_TYPE_Q8_K));
+
+    enum mc_type t = MC_TYPE_F32;
+    assert_int_equal(mc_type_from_name("q8_0", &t), MC_OK);
+    assert_int_equal(t, MC_TYPE_Q8_0);
+    assert_int_equal(mc_type_from_name("Q4_k", &t), MC_OK);
+    assert_int_equal(t, MC_TYPE_Q4_K);
+    assert_int_equal(mc_type_from_name("q9_0", &t), MC_EINVAL);
+}
+
+/* ---- Half precision ------------------------------------------------------------------- */
+
+static void test_fp16_known_values(void **state) {
+    (void)state;
+    assert_int_equal(mc_fp32_to_fp16(1.0f), 0x3C00);
+    assert_int_equal(mc_fp32_to_fp16(-2.0f), 0xC000);
+    assert_int_equal(mc_fp32_to_fp16(65504.0f), 0x7BFF);       /* largest finite */
+    assert_int_equal(mc_fp32_to_fp16(65519.0f), 0x7BFF);       /* below the rounding midpoint */
+    assert_int_equal(mc_fp32_to_fp16(65520.0f), 0x7C00);       /* midpoint rounds to inf */
+    assert_int_equal(mc_fp32_to_fp16(INFINITY), 0x7C00);
+    assert_int_equal(mc_fp32_to_fp16(-INFINITY), 0xFC00);
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-24f), 0x0001);     /* smallest subnormal */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-25f), 0x0000);     /* tie goes to even (zero) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.8p-24f), 0x0002);     /* tie goes to even (two) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-14f), 0x0400);     /* smallest normal */
+    assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.0p-11f), 0x3C00); /* tie to even */
+    assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.8p-10f), 0x3C02); /* tie to even, upward */
+    assert_int_equal(mc_fp32_to_fp16(-0.0f), 0x8000);
+    assert_true((mc_fp32_to_fp16(NAN) & 0x7C00) == 0x7C00 && (mc_fp32_to_fp16(NAN) & 0x3FF));
+
+    assert_true(mc_fp16_to_fp32(0x7BFF) == 65504.0f);
+    assert_true(mc_fp16_to_fp32(0x0001) == 0x1.0p-24f);
+    assert_true(mc_fp16_to_fp32(0x03FF) == 1023 * 0x1.0p-24f);
+    assert_true(mc_fp16_to_fp32(0x7C00) == INFINITY);
+    assert_true(mc_fp16_to_fp32(0xFC00) == -INFINITY);
+    assert_true(isnan(mc_fp16_to_fp32(0x7E00)));
+    assert_true(mc_fp16_to_fp32(0x3555) == 0x1.554p-2f);
+
+    /* Every finite half survives the trip through fp32 unchanged. */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7C00) == 0x7C00 && (h & 0x3FF))
+            continue;
+        assert_int_equal(mc_fp32_to_fp16(mc_fp16_to_fp32((uint16_t)h)), h);
+    }
+}
+
+static void test_bf16_known_values(void **state) {
+    (void)state;
+    assert_int_equal(mc_fp32_to_bf16(1.0f), 0x3F80);
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.0p-8f), 0x3F80);  /* tie to even */
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.8p-7f), 0x3F82);  /* tie to even, upward */
+    assert_int_equal(mc_fp32_to_bf16(-3.0f), 0xC040);
+    assert_int_equal(mc_fp32_to_bf16(INFINITY), 0x7F80);
+    assert_true(isnan(mc_bf16_to_fp32(mc_fp32_to_bf16(NAN))));
+    assert_true(mc_bf16_to_fp32(0x3F80) == 1.0f);
+    assert_true(mc_bf16_to_fp32(0xC2F7) == -123.5f);
+}
+
+/* ---- Known blocks ---------------------------------------------------------------------- */
+
+static void test_q4_0_hand_built_block_decodes_exactly(void **state) {
+    (void)state;
+    uint8_t blk[18];
+    uint16_t d = 0x3800; /* 0.5 */
+    memcpy(blk, &d, 2);
+    for (int j = 0; j < 16; j++)
+        blk[2 + j] = (uint8_t)(j | ((15 - j) << 4));
+    float y[32];
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q4_0, blk, y, 32, NULL), MC_OK);
+    for (int j = 0; j < 16; j++) {
+        assert_true(y[j] == (j - 8) * 0.5f);
+        assert_true(y[16 + j] == (7 - j) * 0.5f);
+    }
+}
+
+static void test_q8_0_hand_built_block_decodes_exactly(void **state) {
+    (void)state;
+    uint8_t blk[34];
+    uint16_t d = 0x3400; /* 0.25 */
+    memcpy(blk, &d, 2);
+    for (int j = 0; j < 32; j++)
+        blk[2 + j] = (uint8_t)(int8_t)(j * 8 - 128);
+    float y[32];
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q8_0, blk, y, 32, NULL), MC_OK);
+    for (int j = 0; j < 32; j++)
+        assert_true(y[j] == (j * 8 - 128) * 0.25f);
+}
+
+static void test_q4_k_hand_built_block_decodes_exactly(void **state) {
+    (void)state;
+    uint8_t blk[144] = {0};
+    uint16_t d = 0x3C00, dmin = 0x3800; /* 1.0 and 0.5 */
+    memcpy(blk, &d, 2);
+    memcpy(blk + 2, &dmin, 2);
+    uint8_t *sc = blk + 4, *qs = blk + 16;
+    /* Sub-block j: scale j + 1 and min 2j + 1 (below 16 so only the low bytes are used
+     * for j >= 4), plus one high bit on sub-block 7's scale (48 + 8 = 56). */
+    for (int j = 0; j < 4; j++) {
+        sc[j] = (uint8_t)(j + 1);
+        sc[j + 4] = (uint8_t)(2 * j + 1);
+    }
+    for (int j = 4; j < 8; j++)
+        sc[j + 4] = (uint8_t)((j + 1) | ((2 * j + 1) << 4));
+    sc[3] |= 3 << 6; /* high bits of scale 7 */
+    for (int i = 0; i < 128; i++)
+        qs[i] = (uint8_t)((i % 16) | ((15 - i % 16) << 4));
+    float y[256];
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q4_K, blk, y, 256, NULL), MC_OK);
+    for (int e = 0; e < 256; e++) {
+        int j = e / 32, chunk = e / 64, l = e % 32;
+        int q = (e % 64) < 32 ? qs[chunk * 32 + l] & 0xF : qs[chunk * 32 + l] >> 4;
+        int s = j == 7 ? 8 + 48 : j + 1;
+        float expect = 1.0f * s * q - 0.5f * (2 * j + 1);
+        assert_true(y[e] == expect);
+    }
+}
+
+/* ---- Round trips -------------------------------------------------------------------- */
+
+/* Relative RMS error of quantize -> dequantize on normal data, per type; the bounds are
+ * about 1.5x what the reference quantizers reach (measured: F16 0.00020, BF16 0.0016,
+ * Q8_0 0.0050, Q4_0 0.083, Q4_K 0.069, Q5_K 0.035, Q6_K 0.017). */
+static void test_round_trip_error_within_bounds(void **state) {
+    (void)state;
+    static const struct {
+        enum mc_type t;
+        double max_rel_rms;
+    } CASES[] = {
+        {MC_TYPE_F32, 0.0},    {MC_TYPE_F16, 0.0003}, {MC_TYPE_BF16, 0.0025},
+        {MC_TYPE_Q8_0, 0.0075}, {MC_TYPE_Q4_0, 0.12},  {MC_TYPE_Q4_K, 0.10},
+        {MC_TYPE_Q5_K, 0.05},  {MC_TYPE_Q6_K, 0.025},
+    };
+    enum { N = 4096 };
+    static float x[N], y[N];
+    static uint8_t q[N * 4];
+    for (int i = 0; i < N; i++)
+        x[i] = rng_normal(1.0f);
+    for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
+        assert_int_equal(mc_quantize_row(CASES[c].t, x, q, N, NULL), MC_OK);
+        assert_int_equal(mc_dequantize_row(CASES[c].t, q, y, N, NULL), MC_OK);
+        double se = 0, sx = 0;
+        for (int i = 0; i < N; i++) {
+            se += (double)(x[i] - y[i]) * (x[i] - y[i]);
+            sx += (double)x[i] * x[i];
+        }
+        double rel = sqrt(se / sx);
+        if (rel > CASES[c].max_rel_rms)
+            fail_msg("%s: relative RMS error %.5f > bound %.5f", mc_type_name(CASES[c].t), rel,
+                     CASES[c].max_rel_rms);
+    }
+}
+
+/* Q8_0 per element: |x - deq| <= d/2 plus what rounding d to fp16 can add (127 * d * 2^-11). */
+static void test_q8_0_round_trip_per_element_bound(void **state) {
+    (void)state;
+    enum { N = 1024 };
+    float x[N], y[N];
+    uint8_t q[N / 32 * 34];
+    for (int i = 0; i < N; i++)
+        x[i] = rng_normal(3.0f);
+    assert_int_equal(mc_quantize_row(MC_TYPE_Q8_0, x, q, N, NULL), MC_OK);
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q8_0, q, y, N, NULL), MC_OK);
+    for (int b = 0; b < N / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++)
+            amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+        float d = amax / 127;
+        for (int j = 0; j < 32; j++)
+            assert_float_near(y[b * 32 + j], x[b * 32 + j], d * (0.5 + 127.0 / 2048) * 1.0001);
+    }
+}
+
+/* Zero blocks stay zero and do not divide by zero. */
+static void test_quantize_zero_row_gives_zeros(void **state) {
+    (void)state;
+    float x[256] = {0}, y[256];
+    uint8_t q[256 * 4];
+    for (size_t k = 0; k < N_TYPES; k++) {
+        memset(y, 0xFF, sizeof(y));
+        assert_int_equal(mc_quantize_row(ALL_TYPES[k], x, q, 256, NULL), MC_OK);
+        assert_int_equal(mc_dequantize_row(ALL_TYPES[k], q, y, 256, NULL), MC_OK);
+        for (int i = 0; i < 256; i++)
+            assert_true(y[i] == 0.0f);
+    }
+}
+
+static void test_bad_arguments_are_rejected_with_message(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    float x[64] = {0}, y[64];
+    uint8_t q[256];
+    assert_int_equal(mc_quantize_row(MC_TYPE_Q4_1, x, q, 64, &err), MC_ENOTSUP);
+    assert_non_null(strstr(err.msg, "Q4_1"));
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q8_0, q, y, 33, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "33"));
+    assert_int_equal(mc_matmul(MC_TYPE_Q5_0, q, 1, 32, x, 1, y, q, NULL, &err), MC_ENOTSUP);
+    assert_non_null(strstr(err.msg, "Q5_0"));
+    assert_int_equal(mc_matmul(MC_TYPE_Q4_K, q, 1, 64, x, 1, y, q, NULL, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "cols=64"));
+    assert_int_equal(mc_matmul(MC_TYPE_Q8_0, q, 1, 32, x, 1, y, NULL, NULL, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "work"));
+}
+
+/* ---- Matmul against a double reference -------------------------------------------------- */
+
+/* Every kernel set, every type: y equals sum_c deq(W)[r][c] * x[t][c] computed in
+ * double, within 2e-6 * sum |w * x| + 1e-7 (float accumulation only; the activations
+ * convert exactly, see fill_exact_activations). */
+static void test_matmul_matches_double_reference(void **state) {
+    (void)state;
+    enum { ROWS = 37, COLS = 768, NTOK = 3 };
+    static float deq[ROWS * COLS], x[NTOK * COLS], y[NTOK * ROWS];
+    for (size_t k = 0; k < N_TYPES; k++) {
+        enum mc_type t = ALL_TYPES[k];
+        uint8_t *w = make_matrix(t, ROWS, COLS, deq);
+        fill_exact_activations(t, x, NTOK * COLS);
+        for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+            memset(y, 0, sizeof(y));
+            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x, NTOK, y, NULL),
+                             MC_OK);
+            for (int tk = 0; tk < NTOK; tk++) {
+                for (int r = 0; r < ROWS; r++) {
+                    double ref = 0, mag = 0;
+                    for (int c = 0; c < COLS; c++) {
+                        ref += (double)deq[r * COLS + c] * x[tk * COLS + c];
+                        mag += fabs((double)deq[r * COLS + c] * x[tk * COLS + c]);
+                    }
+                    double got = y[tk * ROWS + r];
+                    if (!(fabs(got - ref) <= 2e-6 * mag + 1e-7))
+                        fail_msg("%s simd=%d row %d tok %d: got %.9g, reference %.9g, "
+                                 "|diff| %.3g > %.3g", mc_type_name(t), level, r, tk, got, ref,
+                                 fabs(got - ref), 2e-6 * mag + 1e-7);
+                }
+            }
+        }
+        free(w);
+    }
+}
+
+/* Ordinary activations: Q8_0 weights times random x agree with the float product within
+ * the activation quantization error (1% of sum |w * x|), on every kernel set. */
+static void test_matmul_random_activations_close_to_float(void **state) {
+    (void)state;
+    enum { ROWS = 16, COLS = 512 };
+    static float deq[ROWS * COLS], x[COLS], y[ROWS];
+    static const enum mc_type TYPES[] = {MC_TYPE_Q8_0, MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q6_K};
+    for (size_t k = 0; k < 4; k++) {
+        uint8_t *w = make_matrix(TYPES[k], ROWS, COLS, deq);
+        for (int c = 0; c < COLS; c++)
+            x[c] = rng_normal(1.0f);
+        for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+            assert_int_equal(matmul_at((enum mc_simd)level, TYPES[k], w, ROWS, COLS, x, 1, y,
+                                       NULL), MC_OK);
+            for (int r = 0; r < ROWS; r++) {
+                double ref = 0, mag = 0;
+                for (int c = 0; c < COLS; c++) {
+                    ref += (double)deq[r * COLS + c] * x[c];
+                    mag += fabs((double)deq[r * COLS + c] * x[c]);
+                }
+                assert_float_near(y[r], ref, 0.01 * mag);
+            }
+        }
+        free(w);
+    }
+}
+
+/* ---- Batched equals separate --------------------------------------------------------- */
+
+/* For every kernel set and type, one call with n_tok tokens gives exactly (bit for bit)
+ * the results of n_tok one-token calls, with and without a 2-thread pool. */
+static void test_matmul_batched_equals_single_calls_exactly(void **state) {
+    (void)state;
+    enum { ROWS = 53, COLS = 512, NTOK = 11 };
+    static float x[NTOK * COLS], yb[NTOK * ROWS], ys[ROWS];
+    struct mc_pool *pool = NULL;
+    assert_int_equal(mc_pool_create(2, &pool, NULL), MC_OK);
+    for (size_t k = 0; k < N_TYPES; k++) {
+        enum mc_type t = ALL_TYPES[k];
+        uint8_t *w = make_matrix(t, ROWS, COLS, NULL);
+        for (int i = 0; i < NTOK * COLS; i++)
+            x[i] = rng_normal(1.0f);
+        for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x, NTOK, yb, pool),
+                             MC_OK);
+            for (int tk = 0; tk < NTOK; tk++) {
+                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x + tk * COLS,
+                                           1, ys, tk % 2 ? pool : NULL), MC_OK);
+                if (memcmp(ys, yb + tk * ROWS, sizeof(ys)) != 0)
+                    fail_msg("%s simd=%d: token %d of a batch differs from a single call",
+                             mc_type_name(t), level, tk);
+            }
+        }
+        free(w);
+    }
+    mc_pool_free(pool);
+}
+
+/* ---- SIMD against portable ------------------------------------------------------------ */
+
+/* Each SIMD set against the portable one on random data: the integer parts are exact
+ * and the activation conversion is byte-identical, so results differ only by float
+ * summation order: |simd - portable| <= 1e-5 * sum |w * x| (F32, F16, BF16: 2e-6). */
+static void test_simd_matches_portable(void **state) {
+    (void)state;
+    enum { ROWS = 70, COLS = 1536, NTOK = 5 };
+    static float deq[ROWS * COLS], x[NTOK * COLS], yp[NTOK * ROWS], ys[NTOK * ROWS];
+    if (mc_simd_detect() == MC_SIMD_PORTABLE)
+        skip();
+    for (size_t k = 0; k < N_TYPES; k++) {
+        enum mc_type t = ALL_TYPES[k];
+        uint8_t *w = make_matrix(t, ROWS, COLS, deq);
+        for (int i = 0; i < NTOK * COLS; i++)
+            x[i] = rng_normal(1.0f);
+        double rel = (t == MC_TYPE_F32 || t == MC_TYPE_F16 || t == MC_TYPE_BF16) ? 2e-6 : 1e-5;
+        assert_int_equal(matmul_at(MC_SIMD_PORTABLE, t, w, ROWS, COLS, x, NTOK, yp, NULL), MC_OK);
+        for (int level = 1; level <= (int)mc_simd_detect(); level++) {
+            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x, NTOK, ys, NULL),
+                             MC_OK);
+            for (int tk = 0; tk < NTOK; tk++) {
+                for (int r = 0; r < ROWS; r++) {
+                    double mag = 0;
+                    for (int c = 0; c < COLS; c++)
+                        mag += fabs((double)deq[r * COLS + c] * x[tk * COLS + c]);
+                    double a = ys[tk * ROWS + r], b = yp[tk * ROWS + r];
+                    if (!(fabs(a - b) <= rel * mag))
+                        fail_msg("%s simd=%d row %d tok %d: %.9g vs portable %.9g", mc_type_name(t),
+                                 level, r, tk, a, b);
+                }
+            }
+        }
+        free(w);
+    }
+}
+
+static void test_simd_set_clamps_to_cpu(void **state) {
+    (void)state;
+    enum mc_simd saved = mc_simd_get();
+    mc_simd_set(MC_SIMD_AVX512);
+    assert_int_equal(mc_simd_get(), mc_simd_detect());
+    mc_simd_set(MC_SIMD_PORTABLE);
+    assert_int_equal(mc_simd_get(), MC_SIMD_PORTABLE);
+    mc_simd_set(saved);
+}
+
+/* ---- Element kernels ------------------------------------------------------------------ */
+
+static void test_rmsnorm_softmax_silu_known_values(void **state) {
+    (void)state;
+    float x[4] = {1, 2, 3, 4}, w[4] = {1, 1, 2, 0.5f}, out[4];
+    mc_rmsnorm(out, x, w, 4, 0.0f);
+    float s = 1.0f / sqrtf(7.5f); /* mean of squares 30 / 4 */
+    assert_float_near(out[0], 1 * s, 1e-6);
+    assert_float_near(out[2], 3 * s * 2, 1e-6);
+    assert_float_near(out[3], 4 * s * 0.5f, 1e-6);
+
+    float p[3] = {0, logf(2), logf(5)};
+    mc_softmax(p, 3);
+    assert_float_near(p[0], 1.0 / 8, 1e-7);
+    assert_float_near(p[1], 2.0 / 8, 1e-7);
+    assert_float_near(p[2], 5.0 / 8, 1e-7);
+    float big[2] = {1000.0f, 1000.0f};
+    mc_softmax(big, 2);
+    assert_float_near(big[0], 0.5, 1e-7);
+
+    float g[3] = {0, 1, -2}, u[3] = {3, 2, 1};
+    mc_silu_mul(g, u, 3);
+    assert_float_near(g[0], 0.0, 1e-7);
+    assert_float_near(g[1], 2.0 / (1.0 + exp(-1.0)), 1e-6);
+    assert_float_near(g[2], -2.0 / (1.0 + exp(2.0)), 1e-6);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_type_table_sizes_and_names),
+        cmocka_unit_test(test_fp16_known_values),
+        cmocka_unit_test(test_bf16_known_values),
+        cmocka_unit_test(test_q4_0_hand_built_block_decodes_exactly),
+        cmocka_unit_test(test_q8_0_hand_built_block_decodes_exactly),
+        cmocka_unit_test(test_q4_k_hand_built_block_decodes_exactly),
+        cmocka_unit_test(test_round_trip_error_within_bounds),
+        cmocka_unit_test(test_q8_0_round_trip_per_element_bound),
+        cmocka_unit_test(test_quantize_zero_row_gives_zeros),
+        cmocka_unit_test(test_bad_arguments_are_rejected_with_message),
+        cmocka_unit_test(test_matmul_matches_double_reference),
+        cmocka_unit_test(test_matmul_random_activations_close_to_float),
+        cmocka_unit_test(test_matmul_batched_equals_single_calls_exactly),
+        cmocka_unit_test(test_simd_matches_portable),
+        cmocka_unit_test(test_simd_set_clamps_to_cpu),
+        cmocka_unit_test(test_rmsnorm_softmax_silu_known_values),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
