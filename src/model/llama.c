@@ -595,6 +595,10 @@ int mc_ctx_n_threads(const struct mc_ctx *c) {
     return mc_pool_n_threads(c->pool);
 }
 
+const struct mc_model *mc_ctx_model(const struct mc_ctx *c) {
+    return c->m;
+}
+
 int32_t mc_ctx_max_rows(const struct mc_ctx *c) {
     return c->max_rows;
 }

@@ -79,6 +79,7 @@ int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, str
                   struct mc_err *err);
 void mc_ctx_free(struct mc_ctx *ctx);
 int mc_ctx_n_threads(const struct mc_ctx *ctx);
+const struct mc_model *mc_ctx_model(const struct mc_ctx *ctx);
 int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
 
 /* Runs the batch. Errors: MC_EINVAL for a bad row (token out of range, kv of another

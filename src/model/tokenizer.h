@@ -28,12 +28,22 @@ int32_t mc_tokenizer_bos(const struct mc_tokenizer *tok); /* -1 if none */
 int32_t mc_tokenizer_eos(const struct mc_tokenizer *tok); /* -1 if none */
 bool mc_tokenizer_add_bos(const struct mc_tokenizer *tok);
 bool mc_tokenizer_add_eos(const struct mc_tokenizer *tok);
+int32_t mc_tokenizer_eot(const struct mc_tokenizer *tok); /* end of turn, -1 if none */
+int32_t mc_tokenizer_unk(const struct mc_tokenizer *tok); /* -1 if none */
+int32_t mc_tokenizer_pad(const struct mc_tokenizer *tok); /* -1 if none */
 /* True for tokens that end generation (EOS, EOT, <|im_end|>, <|eot_id|> ...). */
 bool mc_tokenizer_is_eog(const struct mc_tokenizer *tok, int32_t id);
 /* True for control/special tokens (rendered as nothing unless asked for). */
 bool mc_tokenizer_is_special(const struct mc_tokenizer *tok, int32_t id);
 /* The id of a token whose text is exactly s, or -1. */
 int32_t mc_tokenizer_find(const struct mc_tokenizer *tok, const char *s, size_t len);
+
+/* The raw vocabulary text of token id (not NUL-terminated, *len bytes; valid until
+ * mc_tokenizer_free), or NULL with *len = 0 for an id out of range. */
+const char *mc_tokenizer_text(const struct mc_tokenizer *tok, int32_t id, size_t *len);
+/* tokenizer.ggml.model ("llama" or "gpt2") and tokenizer.ggml.pre ("" for llama). */
+const char *mc_tokenizer_model_name(const struct mc_tokenizer *tok);
+const char *mc_tokenizer_pre_name(const struct mc_tokenizer *tok);
 
 /* Encodes len bytes of text (any bytes: invalid UTF-8 never crashes). add_special adds
  * BOS/EOS as the vocabulary asks; parse_special turns special-token text such as
@@ -51,8 +61,11 @@ int mc_token_to_piece(const struct mc_tokenizer *tok, int32_t id, bool special, 
                       size_t size);
 
 /* Decodes ids into text (mc_malloc'd, NUL-terminated, freed by the caller). Like the
- * reference's detokenize with remove_special=false: the leading space that
- * SentencePiece adds is removed after a BOS at the start. */
+ * reference's detokenize with remove_special=false, unparse_special=false: special
+ * tokens render as nothing; with a space-prefixing (SentencePiece) vocabulary one
+ * leading space is dropped from the first token's piece, so [BOS, "\u2581Hi"] gives
+ * " Hi" and ["\u2581Hi"] gives "Hi"; byte-level vocabularies that ask for it get the
+ * reference's clean-up of spaces before punctuation. MC_EINVAL for an id out of range. */
 int mc_detokenize(const struct mc_tokenizer *tok, const int32_t *ids, size_t n_ids, char **out,
                   size_t *out_len, struct mc_err *err);
 
