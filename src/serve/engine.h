@@ -75,13 +75,15 @@ struct mc_engine_sampling {
     uint64_t seed;            /* with the same seed and prompt the output is reproducible */
 };
 
-/* Everything is copied by mc_engine_submit; the caller may free it right after. */
-struct mc_gen_params {
+/* One request. Everything is copied by mc_engine_submit; the caller may free it right
+ * after. (Not struct mc_gen_params: that name belongs to model/generate.h.) */
+struct mc_engine_params {
     const char *tenant;       /* tenant id, 1..MC_ENGINE_TENANT_MAX bytes */
     uint32_t weight;          /* tenant's share weight, 1..1000 (0: 1); the latest wins */
     const int32_t *prompt;    /* prompt token ids, already rendered and tokenized */
     int32_t n_prompt;         /* >= 1 and < n_ctx */
-    int32_t max_tokens;       /* completion tokens (<= 0: until the context is full) */
+    int32_t max_tokens;       /* completion tokens (<= 0, or more than the context leaves:
+                               * until the context is full, finish_reason "length") */
     struct mc_engine_sampling sampling;
     const char *const *stop;  /* stop strings (may be split across tokens), or NULL */
     int32_t n_stop;           /* 0..MC_ENGINE_MAX_STOP */
@@ -159,14 +161,17 @@ void mc_engine_free(struct mc_engine *e);
  * possibly before this function returns, ending with exactly one DONE or ERROR. On failure
  * no event is ever delivered and *out is NULL:
  *   MC_EINVAL  a bad field (named in the message), including a prompt that does not fit
- *              the context ("prompt of N tokens exceeds the context of M": the HTTP layer's
- *              context_length_exceeded) or a token id out of the vocabulary;
+ *              the context ("prompt of N tokens leaves no room in the context of M tokens",
+ *              i.e. n_prompt >= n_ctx: the HTTP layer's context_length_exceeded), a token
+ *              id out of the vocabulary, or a request whose KV cache alone exceeds the
+ *              budget;
  *   MC_ENOTSUP an adapter was given;
  *   MC_EFULL   the tenant's queue holds max_queue requests already;
  *   MC_ECANCEL the engine is draining or stopping;
  *   MC_ENOMEM. */
-int mc_engine_submit(struct mc_engine *e, const struct mc_gen_params *p, mc_engine_event_fn on_event,
-                     void *user, struct mc_gen **out, struct mc_err *err);
+int mc_engine_submit(struct mc_engine *e, const struct mc_engine_params *p,
+                     mc_engine_event_fn on_event, void *user, struct mc_gen **out,
+                     struct mc_err *err);
 
 /* Asks the engine to stop gen (its client went away). The sequence is freed at the next
  * step and gets an ERROR event with MC_ECANCEL, unless it already finished. Any thread;
