@@ -831,7 +831,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     }
 
     /* One engine request per choice. */
-    struct mc_gen_params p = {
+    struct mc_engine_params p = {
         .tenant = a->tenant,
         .weight = (uint32_t)(a->weight > 0 ? a->weight : 1),
         .prompt = ids,
@@ -847,7 +847,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         run->cb[i] = (struct cb_ctx){run, i};
         struct mc_engine_sampling smp = p.sampling;
         smp.seed = p.sampling.seed + (uint64_t)i;
-        struct mc_gen_params pi = p;
+        struct mc_engine_params pi = p;
         pi.sampling = smp;
         rc = mc_engine_submit(s->engine, &pi, on_event, &run->cb[i], &run->ch[i].gen, &err);
         if (rc != MC_OK)
