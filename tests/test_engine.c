@@ -401,8 +401,8 @@ static int fake_stream_create(void *impl, const struct engine_stream_params *p, 
     return MC_OK;
 }
 
-static enum engine_finish fake_stream_push(void *stream, int32_t token, const char **text,
-                                           size_t *len) {
+static enum engine_finish fake_stream_push(void *stream, int32_t token, bool last,
+                                           const char **text, size_t *len) {
     struct fake_stream *s = stream;
     *text = s->buf;
     *len = 0;
@@ -415,7 +415,7 @@ static enum engine_finish fake_stream_push(void *stream, int32_t token, const ch
     }
     s->buf[0] = (char)('a' + token);
     *len = 1;
-    if (s->n >= s->p.max_tokens) {
+    if (last || s->n >= s->p.max_tokens) {
         s->ended = true;
         return ENGINE_FINISH_LENGTH;
     }

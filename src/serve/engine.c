@@ -459,8 +459,9 @@ static void gen_take_token(struct mc_engine *e, struct mc_gen *g, const float *l
     }
     g->t_last_ns = t;
 
-    enum engine_finish fin = e->be.stream_push(g->stream, tok, &g->out_text, &g->out_len);
-    if (fin == ENGINE_FINISH_NONE && g->n_gen >= g->max_tokens)
+    bool last = g->n_gen >= g->max_tokens;
+    enum engine_finish fin = e->be.stream_push(g->stream, tok, last, &g->out_text, &g->out_len);
+    if (fin == ENGINE_FINISH_NONE && last)
         fin = ENGINE_FINISH_LENGTH;
     if (fin != ENGINE_FINISH_NONE) {
         g->out = OUT_DONE;

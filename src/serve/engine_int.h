@@ -160,12 +160,12 @@ struct engine_backend {
     /* Runs rows; logits gets n_vocab floats per want_logits row, in row order. */
     int (*forward)(void *impl, const struct engine_row *rows, int32_t n_rows, float *logits,
                    struct mc_err *err);
-    /* A text stream per sequence: push takes one sampled token, points text at the bytes
-     * that may be shown now (valid until the next push) and says whether generation
-     * ended (end-of-generation token, stop string, max_tokens). */
+    /* A text stream per sequence: push takes one sampled token (last: no token can follow
+     * it), points text at the bytes that may be shown now (valid until the next push) and
+     * says whether generation ended (end-of-generation token, stop string, max_tokens). */
     int (*stream_create)(void *impl, const struct engine_stream_params *p, void **out,
                          struct mc_err *err);
-    enum engine_finish (*stream_push)(void *stream, int32_t token, const char **text,
+    enum engine_finish (*stream_push)(void *stream, int32_t token, bool last, const char **text,
                                       size_t *len);
     void (*stream_free)(void *stream);
     /* Frees impl (called by mc_engine_free). May be NULL. */
