@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -501,6 +502,95 @@ static void test_keys_and_usage_rows(void **state) {
     mc_free(u);
 }
 
+
+/* ---------------------------------------------------------------------------------------
+ * Threads */
+
+struct worker {
+    struct mc_store *s;
+    int id;
+    int failures;
+};
+
+static void *obj_worker(void *arg) {
+    struct worker *w = arg;
+    struct mc_err err;
+    char tenant[16], val[64];
+    snprintf(tenant, sizeof(tenant), "t_w%d", w->id);
+    for (int i = 0; i < 40; i++) {
+        char obj[16];
+        snprintf(obj, sizeof(obj), "o%d", i % 5);
+        int n = snprintf(val, sizeof(val), "worker %d value %d", w->id, i);
+        if (mc_store_obj_put(w->s, tenant, "conv", obj, val, (size_t)n, &err) != MC_OK)
+            w->failures++;
+        void *data;
+        size_t len;
+        if (mc_store_obj_get(w->s, tenant, "conv", obj, &data, &len, &err) != MC_OK ||
+            len != (size_t)n || memcmp(data, val, len) != 0)
+            w->failures++;
+        mc_free(data);
+    }
+    return NULL;
+}
+
+static void *txn_worker(void *arg) {
+    struct worker *w = arg;
+    struct mc_err err;
+    for (int i = 0; i < 20; i++) {
+        char id[16], name[16];
+        snprintf(id, sizeof(id), "t_x%d", i);
+        snprintf(name, sizeof(name), "x%d", i);
+        if (mc_store_begin(w->s, &err) != MC_OK) {
+            w->failures++;
+            continue;
+        }
+        int rc = mc_store_tenant_insert(w->s, id, name, i, NULL, &err);
+        if (rc == MC_OK)
+            rc = mc_store_obj_put(w->s, id, "front", "1", name, strlen(name), &err);
+        if (rc == MC_OK && i % 2 == 0)
+            rc = mc_store_commit(w->s, &err);
+        else
+            mc_store_rollback(w->s);
+        if (rc != MC_OK)
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void test_store_is_safe_from_many_threads(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    pthread_t th[5];
+    struct worker w[5];
+    for (int i = 0; i < 4; i++) {
+        char id[16], name[16];
+        snprintf(id, sizeof(id), "t_w%d", i);
+        snprintf(name, sizeof(name), "w%d", i);
+        assert_int_equal(mc_store_tenant_insert(f->s, id, name, 1, NULL, &err), MC_OK);
+    }
+    for (int i = 0; i < 5; i++) {
+        w[i] = (struct worker){f->s, i, 0};
+        pthread_create(&th[i], NULL, i < 4 ? obj_worker : txn_worker, &w[i]);
+    }
+    for (int i = 0; i < 5; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    /* Committed transactions (even i) are there with their object; the others are not. */
+    struct mc_store_tenant *rows;
+    size_t n;
+    assert_int_equal(mc_store_tenant_list(f->s, &rows, &n, &err), MC_OK);
+    assert_int_equal(n, 4 + 10);
+    mc_store_tenant_list_free(rows, n);
+    void *data;
+    size_t len;
+    assert_int_equal(mc_store_obj_get(f->s, "t_x4", "front", "1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "x4", 2);
+    mc_free(data);
+    struct mc_store_tenant t;
+    assert_int_equal(mc_store_tenant_get(f->s, "t_x5", &t, &err), MC_ENOTFOUND);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_master_key_parse_hex_and_base64_agree),
@@ -517,6 +607,7 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_is_safe_from_many_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

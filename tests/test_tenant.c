@@ -667,6 +667,54 @@ static void test_usage_per_tenant_per_day(void **state) {
                      MC_ENOTFOUND);
 }
 
+
+/* ---------------------------------------------------------------------------------------
+ * Allocation failures */
+
+static void test_tenant_create_and_lookup_survive_allocation_failures(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    struct mc_front fr;
+    mc_front_init(&fr);
+    fr.system_prompt = mc_strdup("prompt");
+    fr.template = mc_strdup("{{q}}");
+    char id[MC_TENANT_ID_LEN + 1];
+    int rc = MC_ENOMEM, n_fail = 0;
+    for (long nth = 1; rc != MC_OK && nth < 200; nth++) {
+        mc_mem_fail_after(nth);
+        rc = mc_tenant_create(f->tn, "acme", &fr, NULL, id, &err);
+        mc_mem_fail_after(0);
+        if (rc != MC_OK) {
+            n_fail++;
+            assert_int_equal(rc, MC_ENOMEM);
+            /* The transaction was rolled back: no half-made tenant. */
+            struct mc_tenant_info *all;
+            size_t n;
+            assert_int_equal(mc_tenant_list(f->tn, &all, &n, &err), MC_OK);
+            assert_int_equal(n, 0);
+            mc_free(all);
+        }
+    }
+    assert_int_equal(rc, MC_OK);
+    assert_true(n_fail >= 2);
+    mc_front_deinit(&fr);
+
+    char secret[MC_KEY_SECRET_LEN + 1];
+    assert_int_equal(mc_key_create(f->tn, id, secret, NULL, &err), MC_OK);
+    rc = MC_ENOMEM;
+    for (long nth = 1; rc != MC_OK && nth < 200; nth++) {
+        struct mc_tenant_info t;
+        mc_mem_fail_after(nth);
+        rc = mc_key_lookup(f->tn, secret, &t, NULL, &err);
+        mc_mem_fail_after(0);
+        if (rc != MC_OK)
+            assert_int_equal(rc, MC_ENOMEM);
+        else
+            assert_string_equal(t.id, id);
+    }
+    assert_int_equal(rc, MC_OK);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
@@ -687,6 +735,7 @@ int main(void) {
         cmocka_unit_test(test_limit_concurrency_and_longest_wait_wins),
         cmocka_unit_test(test_limiter_holds_many_tenants),
         T(test_usage_per_tenant_per_day),
+        T(test_tenant_create_and_lookup_survive_allocation_failures),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,10 +5,12 @@
  *   data key  = open(wrap key, AD = tenant id, wrapped key from the backend)
  *   object    = seal(data key, AD = tenant id || 0 || kind || 0 || object id, plaintext)
  * The NUL separators make the associated data unambiguous ("ab"+"c" differs from
- * "a"+"bc"). A data key is unwrapped for each call into a sodium_malloc buffer and wiped
- * right after: no tenant key is cached, so an idle tenant costs no memory and a deleted
- * tenant's key cannot linger in this process. Unwrapping is one 32-byte AEAD open, small
- * next to the database read it follows.
+ * "a"+"bc"). A data key is unwrapped for each call into a slot of one sodium_malloc
+ * region (guard pages, mlock'd) and wiped right after: no tenant key is cached, so an
+ * idle tenant costs no memory and a deleted tenant's key cannot linger in this process.
+ * Unwrapping is one 32-byte AEAD open, small next to the database read it follows. The
+ * region has KEY_SLOTS slots (one per call in flight); beyond that a call allocates its
+ * own.
  *
  * Sealing and opening run outside the backend's lock (between two backend calls), so a
  * large object does not block other threads while it is encrypted. */
@@ -17,6 +19,7 @@
 #include "base/mem.h"
 #include "store/store_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,10 +27,15 @@
 static const char KEYCHECK_AD[] = "mcai-keycheck";
 static const char KEYCHECK_PT[] = "mcai-keycheck-v1";
 
+#define KEY_SLOTS 64 /* data keys in use at once without an allocation */
+
 struct mc_store {
     const struct mc_store_ops *ops;
     void *be;
     const struct mc_master_key *mk;
+    pthread_mutex_t slot_lock;
+    uint64_t slot_used; /* bit i: slot i holds a key */
+    uint8_t *slots;     /* KEY_SLOTS * MC_CRYPTO_KEY_BYTES, sodium_malloc */
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -83,7 +91,36 @@ static uint8_t *obj_ad(const char *tenant_id, const char *kind, const char *obj_
 /* ---------------------------------------------------------------------------------------
  * Data keys */
 
-/* Unwraps a tenant's data key into a new secure buffer (mc_secret_free). */
+/* A secure 32-byte buffer for a key: a free slot, or its own sodium_malloc region. */
+static uint8_t *key_buf_get(struct mc_store *s) {
+    pthread_mutex_lock(&s->slot_lock);
+    for (int i = 0; i < KEY_SLOTS; i++) {
+        if (!(s->slot_used & ((uint64_t)1 << i))) {
+            s->slot_used |= (uint64_t)1 << i;
+            pthread_mutex_unlock(&s->slot_lock);
+            return s->slots + (size_t)i * MC_CRYPTO_KEY_BYTES;
+        }
+    }
+    pthread_mutex_unlock(&s->slot_lock);
+    return mc_secret_alloc(MC_CRYPTO_KEY_BYTES);
+}
+
+/* Wipes a key buffer and gives it back. Accepts NULL. */
+static void key_buf_put(struct mc_store *s, uint8_t *k) {
+    if (!k)
+        return;
+    mc_crypto_wipe(k, MC_CRYPTO_KEY_BYTES);
+    size_t off = (size_t)(k - s->slots);
+    if (k >= s->slots && off < (size_t)KEY_SLOTS * MC_CRYPTO_KEY_BYTES) {
+        pthread_mutex_lock(&s->slot_lock);
+        s->slot_used &= ~((uint64_t)1 << (off / MC_CRYPTO_KEY_BYTES));
+        pthread_mutex_unlock(&s->slot_lock);
+        return;
+    }
+    mc_secret_free(k);
+}
+
+/* Unwraps a tenant's data key into a secure buffer (give it back with key_buf_put). */
 static int dk_load(struct mc_store *s, const char *tenant_id, uint8_t **dk_out,
                    struct mc_err *err) {
     uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
@@ -91,7 +128,7 @@ static int dk_load(struct mc_store *s, const char *tenant_id, uint8_t **dk_out,
     int rc = s->ops->dk_get(s->be, tenant_id, wrapped, err);
     if (rc != MC_OK)
         return rc;
-    uint8_t *dk = mc_secret_alloc(MC_CRYPTO_KEY_BYTES);
+    uint8_t *dk = key_buf_get(s);
     if (!dk)
         return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for a data key");
     size_t n = 0;
@@ -100,7 +137,7 @@ static int dk_load(struct mc_store *s, const char *tenant_id, uint8_t **dk_out,
     if (rc == MC_OK && n != MC_CRYPTO_KEY_BYTES)
         rc = mc_err_set(err, MC_ECRYPTO, "data key has %zu bytes", n);
     if (rc != MC_OK) {
-        mc_secret_free(dk);
+        key_buf_put(s, dk);
         return mc_err_prefix(err, "tenant %s data key", tenant_id);
     }
     *dk_out = dk;
@@ -153,6 +190,12 @@ int mc_store_open(const char *location, const struct mc_master_key *mk, struct m
     if (!s)
         return mc_err_set(err, MC_ENOMEM, "cannot allocate a store");
     s->mk = mk;
+    pthread_mutex_init(&s->slot_lock, NULL);
+    s->slots = mc_secret_alloc((size_t)KEY_SLOTS * MC_CRYPTO_KEY_BYTES);
+    if (!s->slots) {
+        mc_store_close(s);
+        return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for data keys");
+    }
     rc = mc_store_sqlite_open(location, &s->ops, &s->be, err);
     if (rc == MC_OK)
         rc = check_master_key(s, location, err);
@@ -169,6 +212,8 @@ void mc_store_close(struct mc_store *s) {
         return;
     if (s->be)
         s->ops->close(s->be);
+    mc_secret_free(s->slots);
+    pthread_mutex_destroy(&s->slot_lock);
     mc_free(s);
 }
 
@@ -200,14 +245,14 @@ int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name,
         return rc;
 
     /* The data key exists in clear only in this secure buffer, for the time of the wrap. */
-    uint8_t *dk = mc_secret_alloc(MC_CRYPTO_KEY_BYTES);
+    uint8_t *dk = key_buf_get(s);
     if (!dk)
         return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for a data key");
     mc_crypto_random(dk, MC_CRYPTO_KEY_BYTES);
     uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
     mc_crypto_seal(mc_master_key_wrap_key(s->mk), id, strlen(id), dk, MC_CRYPTO_KEY_BYTES,
                    wrapped);
-    mc_secret_free(dk);
+    key_buf_put(s, dk);
 
     struct mc_store_tenant t;
     memset(&t, 0, sizeof(t));
@@ -392,7 +437,7 @@ int mc_store_obj_put(struct mc_store *s, const char *tenant_id, const char *kind
     mc_crypto_seal(dk, ad, n_ad, data ? data : "", n, sealed);
     rc = s->ops->obj_put(s->be, tenant_id, kind, obj_id, sealed, n + MC_CRYPTO_OVERHEAD, err);
 out_free:
-    mc_secret_free(dk);
+    key_buf_put(s, dk);
     mc_free(ad);
     mc_free(sealed);
     return rc;
@@ -435,7 +480,7 @@ int mc_store_obj_get(struct mc_store *s, const char *tenant_id, const char *kind
     *n = n_pt;
     pt = NULL;
 out_free:
-    mc_secret_free(dk);
+    key_buf_put(s, dk);
     mc_free(sealed);
     mc_free(ad);
     mc_free(pt);

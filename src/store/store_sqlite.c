@@ -35,12 +35,19 @@
 #define DB_NAME "catalog.db"
 #define BUSY_TIMEOUT_MS 10000
 #define SCHEMA_VERSION 1
+#define STMT_CACHE 48 /* prepared statements kept: more than the distinct queries below */
 
 struct sq {
     sqlite3 *db;
     pthread_mutex_t lock; /* recursive */
     int in_txn;           /* a transaction opened by mc_store_begin is running */
-    int sp_depth;         /* savepoint counter for unique names */
+    /* Prepared statements by SQL text pointer (every query is a string literal), reset
+     * after each use: preparing costs more than most of the queries themselves. */
+    struct {
+        const char *sql;
+        sqlite3_stmt *st;
+    } cache[STMT_CACHE];
+    int n_cache;
 };
 
 static const char SCHEMA[] =
@@ -86,12 +93,37 @@ static void sq_unlock(struct sq *q) {
     pthread_mutex_unlock(&q->lock);
 }
 
-/* Prepares sql; on failure sets err. */
+/* Returns the prepared statement for sql (a string literal), from the cache when it was
+ * prepared before; release it with sq_release. On failure sets err. */
 static int sq_prepare(struct sq *q, const char *sql, sqlite3_stmt **st, struct mc_err *err) {
-    int src = sqlite3_prepare_v2(q->db, sql, -1, st, NULL);
+    for (int i = 0; i < q->n_cache; i++) {
+        if (q->cache[i].sql == sql) {
+            *st = q->cache[i].st;
+            return MC_OK;
+        }
+    }
+    int src = sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
     if (src != SQLITE_OK)
         return sq_fail(q, src, "prepare", err);
+    if (q->n_cache < STMT_CACHE) {
+        q->cache[q->n_cache].sql = sql;
+        q->cache[q->n_cache].st = *st;
+        q->n_cache++;
+    }
     return MC_OK;
+}
+
+/* Ends a use of a statement: resets it (ending its read of the database) and drops its
+ * bindings, or finalizes it when the cache had no room for it. */
+static void sq_release(struct sq *q, sqlite3_stmt *st) {
+    for (int i = 0; i < q->n_cache; i++) {
+        if (q->cache[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return;
+        }
+    }
+    sq_release(q, st);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s) {
@@ -105,7 +137,7 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 static int sq_done(struct sq *q, sqlite3_stmt *st, const char *what, struct mc_err *err) {
     int src = sqlite3_step(st);
     int rc = src == SQLITE_DONE ? MC_OK : sq_fail(q, src, what, err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
     return rc;
 }
 
@@ -163,6 +195,8 @@ static void sq_close(void *be) {
     struct sq *q = be;
     if (!q)
         return;
+    for (int i = 0; i < q->n_cache; i++)
+        sqlite3_finalize(q->cache[i].st);
     if (q->db) {
         sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_close_v2(q->db);
@@ -240,7 +274,7 @@ static int sq_meta_get(void *be, const char *key, uint8_t **val, size_t *n, stru
     } else {
         rc = sq_fail(q, src, "meta get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -328,7 +362,7 @@ static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_s
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", id ? id : name);
     else
         rc = sq_fail(q, src, "tenant get", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -356,7 +390,7 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "tenant list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -410,7 +444,7 @@ static int sq_dk_get(void *be, const char *tenant_id, uint8_t out[MC_STORE_WRAPP
     } else {
         rc = sq_fail(q, src, "data key get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -540,7 +574,7 @@ static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out,
         rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
     else
         rc = sq_fail(q, src, "key get", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -570,7 +604,7 @@ static int sq_key_list(void *be, const char *tenant_id, struct mc_store_key **ou
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "key list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -663,7 +697,7 @@ static int sq_usage_list(void *be, const char *tenant_id, int64_t day_from, int6
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "usage list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -736,7 +770,7 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     } else {
         rc = sq_fail(q, src, "object get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -773,7 +807,7 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char *
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "object list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {

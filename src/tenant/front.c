@@ -441,7 +441,8 @@ int mc_front_to_json(const struct mc_front *f, char **out, struct mc_err *err) {
         }
         json_object_set_new(root, "retrieval", r);
     }
-    char *text = json_dumps(root, JSON_COMPACT);
+    /* 15 significant digits print 0.7 as 0.7, not 0.69999999999999996. */
+    char *text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(root);
     if (!text)
         return mc_err_set(err, MC_ENOMEM, "front: out of memory writing JSON");
