@@ -5,10 +5,12 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "base/mem.h"
+#include "model/model.h"
 #include "serve/engine.h"
 #include "serve/engine_int.h"
 #include "test_util.h"
 
+#include <jansson.h> /* json_load_file, json_object_get */
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -500,6 +502,11 @@ struct rec {
     char message[256];
     int32_t prompt_tokens, completion_tokens;
     int64_t first_text_step; /* fake step count when the first TEXT arrived, -1 before */
+    struct mc_engine *engine; /* if set: engine step count and load read at each event */
+    int64_t first_engine_step;
+    int32_t max_active_seen;
+    struct mc_gen *gen;       /* with cancel_after > 0: cancelled from the callback */
+    int32_t cancel_after;
 };
 
 static pthread_mutex_t rec_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -511,12 +518,20 @@ static void rec_init(struct rec *r, struct fake *f) {
     r->cv = &rec_cv;
     r->fake = f;
     r->first_text_step = -1;
+    r->first_engine_step = -1;
 }
 
 static void rec_on_event(const struct mc_engine_event *ev, void *user) {
     struct rec *r = user;
     int64_t step = r->fake ? fake_steps(r->fake) : 0;
+    struct mc_engine_stats st = {0};
+    if (r->engine)
+        mc_engine_stats(r->engine, &st);
     pthread_mutex_lock(r->mu);
+    if (st.n_active > r->max_active_seen)
+        r->max_active_seen = st.n_active;
+    if (ev->type == MC_ENGINE_EV_TEXT && r->first_engine_step < 0)
+        r->first_engine_step = (int64_t)st.n_steps;
     if (r->n_final)
         r->n_after_final++;
     switch (ev->type) {
@@ -534,6 +549,8 @@ static void rec_on_event(const struct mc_engine_event *ev, void *user) {
                 r->lp[r->n_lp++] = ev->logprobs[i];
             r->tokens[r->n_tokens++] = ev->tokens[i];
         }
+        if (r->cancel_after > 0 && r->n_tokens >= r->cancel_after)
+            mc_engine_cancel(r->gen);
         break;
     case MC_ENGINE_EV_DONE:
         r->n_final++;
@@ -686,6 +703,19 @@ static void test_engine_reports_logprobs_of_the_model_distribution(void **state)
     fake_free(f);
 }
 
+struct loads {
+    int n_tenants;
+    int32_t n_queued, n_active;
+};
+
+static void count_loads(void *user, const char *tenant, int32_t n_queued, int32_t n_active) {
+    struct loads *l = user;
+    assert_true(strcmp(tenant, "A") == 0 || strcmp(tenant, "B") == 0);
+    l->n_tenants++;
+    l->n_queued += n_queued;
+    l->n_active += n_active;
+}
+
 static void test_engine_quiet_tenant_first_token_within_two_steps(void **state) {
     (void)state;
     struct mc_engine_config cfg = {.max_seqs = 4, .prefill_chunk = 32};
@@ -724,6 +754,11 @@ static void test_engine_quiet_tenant_first_token_within_two_steps(void **state) 
     mc_engine_tenant_load(e, "A", &nq, &na);
     assert_int_equal(nq, 100 - 4 + 1); /* plus the preempted one, at the front again */
     assert_int_equal(na, 3);
+    struct loads l = {0};
+    mc_engine_tenant_loads(e, count_loads, &l);
+    assert_int_equal(l.n_tenants, 2);
+    assert_int_equal(l.n_queued, 97);
+    assert_int_equal(l.n_active, 4);
     fake_set_gate(f, false);
     rec_wait(&b);
     rec_check_final(&b);
@@ -1012,8 +1047,406 @@ static void test_engine_observer_sees_every_token(void **state) {
     fake_free(f);
 }
 
+/* Walks an allocation failure through create, submit, a whole generation and free. The
+ * main thread and the loop thread never allocate at the same time here (the main thread
+ * only waits while the loop runs), so the failure counter sees one sequence of calls. */
+static void test_engine_survives_every_allocation_failure(void **state) {
+    (void)state;
+    int32_t prompt[4] = {3, 1, 4, 1};
+    int32_t want[6];
+    assert_int_equal(fake_reference(prompt, 4, 6, want), 6);
+    int n_done = 0, n_submit_failed = 0, n_event_failed = 0, n_create_failed = 0;
+    for (long nth = 1; nth < 200; nth++) {
+        struct mc_engine_config cfg = {.max_seqs = 2};
+        struct fake *f = calloc(1, sizeof(*f));
+        pthread_mutex_init(&f->mu, NULL);
+        pthread_cond_init(&f->cv, NULL);
+        struct engine_backend be = {
+            .impl = f, .n_vocab = FAKE_VOCAB, .n_ctx_train = FAKE_CTX,
+            .kv_bytes = fake_kv_bytes, .kv_create = fake_kv_create, .kv_free = fake_kv_free,
+            .prepare = fake_prepare, .forward = fake_forward,
+            .stream_create = fake_stream_create, .stream_push = fake_stream_push,
+            .stream_free = fake_stream_free,
+        };
+        struct mc_engine *e = NULL;
+        struct mc_err err = {0};
+        mc_mem_fail_after(nth);
+        int rc = engine_create_with_backend(&be, &cfg, &e, &err);
+        if (rc != MC_OK) {
+            mc_mem_fail_after(0);
+            assert_int_equal(rc, MC_ENOMEM);
+            assert_null(e);
+            n_create_failed++;
+            fake_free(f);
+            continue;
+        }
+        struct rec r;
+        rec_init(&r, f);
+        struct mc_engine_params p = greedy_params("A", prompt, 4, 6);
+        rc = mc_engine_submit(e, &p, rec_on_event, &r, NULL, &err);
+        if (rc == MC_OK) {
+            rec_wait(&r);
+            rec_check_final(&r);
+            if (r.code == MC_OK) {
+                assert_int_equal(r.n_tokens, 6);
+                assert_memory_equal(r.tokens, want, sizeof(want));
+                n_done++;
+            } else {
+                assert_int_equal(r.code, MC_ENOMEM);
+                n_event_failed++;
+            }
+        } else {
+            assert_int_equal(rc, MC_ENOMEM);
+            n_submit_failed++;
+        }
+        mc_engine_free(e);
+        long used = mc_mem_fail_after(0);
+        assert_int_equal(f->n_kv_live, 0);
+        fake_free(f);
+        if (used < nth)
+            break; /* this run had no failure: every allocation has been tried */
+    }
+    assert_true(n_create_failed >= 1);
+    assert_true(n_submit_failed >= 1);
+    assert_true(n_event_failed >= 1);
+    assert_int_equal(n_done, 1);
+}
+
+/* ================================ End to end on stories260K ========================= */
+
+#define REF_MAX_CASES 8
+#define REF_N_PREDICT 32
+
+struct ref_case {
+    int32_t prompt[64];
+    int32_t n_prompt;
+    int32_t greedy[REF_N_PREDICT];
+    char text[512];
+    double first_logprob[3]; /* log-softmax of the 3 best logits after the prompt */
+    int32_t first_top[3];    /* their ids, best first (ties: lower id) */
+};
+
+/* Fills the first-token log-probabilities of c from the reference's logit vector. */
+static void ref_first_logprobs(struct ref_case *c, json_t *logits) {
+    size_t n = json_array_size(logits);
+    assert_true(n > 3);
+    double mx = -1e30, sum = 0;
+    for (size_t k = 0; k < n; k++)
+        mx = fmax(mx, json_real_value(json_array_get(logits, k)));
+    for (size_t k = 0; k < n; k++)
+        sum += exp(json_real_value(json_array_get(logits, k)) - mx);
+    double z = mx + log(sum);
+    for (int j = 0; j < 3; j++) {
+        int32_t best = -1;
+        double bv = -1e30;
+        for (size_t k = 0; k < n; k++) {
+            double v = json_real_value(json_array_get(logits, k));
+            bool taken = false;
+            for (int q = 0; q < j; q++)
+                taken |= c->first_top[q] == (int32_t)k;
+            if (!taken && v > bv) {
+                bv = v;
+                best = (int32_t)k;
+            }
+        }
+        c->first_top[j] = best;
+        c->first_logprob[j] = bv - z;
+    }
+}
+
+static int ref_load(struct ref_case *cases) {
+    char path[512];
+    json_error_t jerr;
+    json_t *root = json_load_file(
+        test_shared_path(path, sizeof(path), "reference/stories260K.greedy.json"), 0, &jerr);
+    if (!root)
+        fail_msg("%s: %s at line %d", path, jerr.text, jerr.line);
+    json_t *arr = json_object_get(root, "cases");
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(arr) && n < REF_MAX_CASES; i++) {
+        json_t *c = json_array_get(arr, i);
+        json_t *pt = json_object_get(c, "prompt_tokens");
+        json_t *gt = json_object_get(c, "greedy_tokens");
+        struct ref_case *rc = &cases[n++];
+        rc->n_prompt = (int32_t)json_array_size(pt);
+        assert_in_range(rc->n_prompt, 1, 64);
+        for (int32_t k = 0; k < rc->n_prompt; k++)
+            rc->prompt[k] = (int32_t)json_integer_value(json_array_get(pt, (size_t)k));
+        assert_int_equal(json_array_size(gt), REF_N_PREDICT);
+        for (int32_t k = 0; k < REF_N_PREDICT; k++)
+            rc->greedy[k] = (int32_t)json_integer_value(json_array_get(gt, (size_t)k));
+        snprintf(rc->text, sizeof(rc->text), "%s",
+                 json_string_value(json_object_get(c, "greedy_text")));
+        json_t *logits = json_object_get(c, "last_prompt_pos_logits");
+        assert_non_null(logits);
+        ref_first_logprobs(rc, logits);
+    }
+    json_decref(root);
+    return n;
+}
+
+static struct mc_model *e2e_model(void) {
+    char path[512];
+    struct mc_model *m = NULL;
+    struct mc_err err = {0};
+    if (mc_model_load(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &m,
+                      &err) != MC_OK)
+        fail_msg("mc_model_load: %s", err.msg);
+    return m;
+}
+
+static struct mc_engine *e2e_engine(const struct mc_model *m, struct mc_engine_config *cfg) {
+    struct mc_engine *e = NULL;
+    struct mc_err err = {0};
+    cfg->n_threads = 1;
+    if (mc_engine_create(m, cfg, &e, &err) != MC_OK)
+        fail_msg("mc_engine_create: %s", err.msg);
+    return e;
+}
+
+static void test_e2e_batch_of_eight_matches_reference_greedy(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    int n_cases = ref_load(cases);
+    assert_true(n_cases >= 4);
+    struct mc_model *m = e2e_model();
+    /* An 8-token chunk makes the longer prompts take several steps, interleaved with the
+     * decode rows of the others. */
+    struct mc_engine_config cfg = {.max_seqs = 8, .prefill_chunk = 8};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec r[8];
+    for (int i = 0; i < 8; i++) {
+        struct ref_case *c = &cases[i % 4];
+        rec_init(&r[i], NULL);
+        r[i].engine = e;
+        struct mc_engine_params p = greedy_params(i % 2 ? "acme" : "globex", c->prompt,
+                                                  c->n_prompt, REF_N_PREDICT);
+        p.ignore_eos = true; /* the reference does not stop at end-of-generation */
+        submit_ok(e, &p, &r[i]);
+    }
+    for (int i = 0; i < 8; i++) {
+        struct ref_case *c = &cases[i % 4];
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_string_equal(r[i].finish, "length");
+        assert_int_equal(r[i].n_tokens, REF_N_PREDICT);
+        assert_memory_equal(r[i].tokens, c->greedy, sizeof(c->greedy));
+        assert_string_equal(r[i].text, c->text);
+        assert_int_equal(r[i].prompt_tokens, c->n_prompt);
+        assert_int_equal(r[i].completion_tokens, REF_N_PREDICT);
+    }
+    int32_t most = 0;
+    for (int i = 0; i < 8; i++)
+        most = r[i].max_active_seen > most ? r[i].max_active_seen : most;
+    assert_true(most >= 2);
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_stop_string_split_across_tokens(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    ref_load(cases);
+    struct ref_case *c = &cases[0];
+    struct mc_model *m = e2e_model();
+
+    /* The stop string is the last two bytes of one generated token's piece and the first
+     * two of the next one's, so it can only match across the token boundary. */
+    const struct mc_tokenizer *tok = mc_model_tokenizer(m);
+    char a[64], b[64], stop[5];
+    int k = 8, la = 0, lb = 0;
+    for (; k + 1 < REF_N_PREDICT; k++) {
+        la = mc_token_to_piece(tok, c->greedy[k], false, a, sizeof(a));
+        lb = mc_token_to_piece(tok, c->greedy[k + 1], false, b, sizeof(b));
+        if (la >= 2 && lb >= 2 && la < 64 && lb < 64)
+            break;
+    }
+    assert_true(k + 1 < REF_N_PREDICT);
+    memcpy(stop, a + la - 2, 2);
+    memcpy(stop + 2, b, 2);
+    stop[4] = '\0';
+    size_t cut = (size_t)(strstr(c->text, stop) - c->text);
+
+    struct mc_engine_config cfg = {.max_seqs = 4};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    struct rec r;
+    rec_init(&r, NULL);
+    struct mc_engine_params p = greedy_params("acme", c->prompt, c->n_prompt, REF_N_PREDICT);
+    p.ignore_eos = true;
+    p.stop = (const char *const[]){"never-in-a-story", stop};
+    p.n_stop = 2;
+    submit_ok(e, &p, &r);
+    rec_wait(&r);
+    rec_check_final(&r);
+    assert_string_equal(r.finish, "stop");
+    assert_int_equal(r.text_len, cut);
+    assert_memory_equal(r.text, c->text, cut);
+    assert_null(strstr(r.text, stop));
+    /* Generation ends with the token that completes the match, no later. */
+    assert_true(r.completion_tokens <= k + 2);
+    assert_memory_equal(r.tokens, c->greedy, (size_t)r.n_tokens * sizeof(int32_t));
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_cancelled_request_stops_at_the_next_step(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    ref_load(cases);
+    struct mc_model *m = e2e_model();
+    struct mc_engine_config cfg = {.max_seqs = 4};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    struct rec r;
+    rec_init(&r, NULL);
+    r.cancel_after = 3;
+    struct mc_engine_params p = greedy_params("acme", cases[0].prompt, cases[0].n_prompt, 200);
+    p.ignore_eos = true;
+    struct mc_err err = {0};
+    /* Holding the recorder's lock keeps the callback from running before r.gen is set. */
+    pthread_mutex_lock(&rec_mu);
+    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, &r, &r.gen, &err), MC_OK);
+    pthread_mutex_unlock(&rec_mu);
+    rec_wait(&r);
+    rec_check_final(&r);
+    assert_int_equal(r.code, MC_ECANCEL);
+    assert_int_equal(r.completion_tokens, 3);
+    struct mc_engine_stats st;
+    mc_engine_stats(e, &st);
+    assert_int_equal(st.n_active, 0);
+    assert_int_equal(st.kv_bytes_used, 0);
+    assert_int_equal(st.n_requests_failed, 1);
+    mc_gen_release(r.gen);
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_quiet_tenant_starts_within_two_steps(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    ref_load(cases);
+    struct mc_model *m = e2e_model();
+    struct mc_engine_config cfg = {.max_seqs = 4, .prefill_chunk = 16};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec a[100], b;
+    struct ref_case *c = &cases[1];
+    for (int i = 0; i < 100; i++) {
+        rec_init(&a[i], NULL);
+        struct mc_engine_params p = greedy_params("busy", c->prompt, c->n_prompt, 32);
+        p.ignore_eos = true;
+        submit_ok(e, &p, &a[i]);
+    }
+    rec_wait_tokens(&a[0], 2);
+
+    rec_init(&b, NULL);
+    b.engine = e;
+    struct mc_engine_params p = greedy_params("quiet", c->prompt, c->n_prompt, 4);
+    p.ignore_eos = true;
+    struct mc_engine_stats st;
+    mc_engine_stats(e, &st);
+    submit_ok(e, &p, &b);
+    rec_wait(&b);
+    rec_check_final(&b);
+    /* Submitted during step k: admitted at step k + 1 (or k + 2 if step k + 1 had already
+     * been planned), its prompt fits one chunk, so its first token ends that step. */
+    assert_in_range(b.first_engine_step - (int64_t)st.n_steps, 1, 2);
+    assert_memory_equal(b.tokens, c->greedy, 4 * sizeof(int32_t));
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_kv_budget_limits_concurrency(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    ref_load(cases);
+    struct ref_case *c = &cases[0];
+    struct mc_model *m = e2e_model();
+    size_t per_seq = mc_kv_bytes(m, c->n_prompt + 20);
+    struct mc_engine_config cfg = {.max_seqs = 8, .kv_budget_bytes = 3 * per_seq + per_seq / 2};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec r[8];
+    for (int i = 0; i < 8; i++) {
+        rec_init(&r[i], NULL);
+        r[i].engine = e;
+        struct mc_engine_params p = greedy_params("acme", c->prompt, c->n_prompt, 20);
+        p.ignore_eos = true;
+        submit_ok(e, &p, &r[i]);
+    }
+    int32_t most = 0;
+    for (int i = 0; i < 8; i++) {
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_memory_equal(r[i].tokens, c->greedy, 20 * sizeof(int32_t));
+        most = r[i].max_active_seen > most ? r[i].max_active_seen : most;
+    }
+    assert_int_equal(most, 3);
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_two_tenants_same_prompt_share_nothing(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    ref_load(cases);
+    struct ref_case *c = &cases[2];
+    struct mc_model *m = e2e_model();
+    struct mc_engine_config cfg = {.max_seqs = 4};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    struct rec ra, rb;
+    rec_init(&ra, NULL);
+    rec_init(&rb, NULL);
+    struct mc_engine_params p = greedy_params("acme", c->prompt, c->n_prompt, 8);
+    submit_ok(e, &p, &ra);
+    rec_wait(&ra);
+    p.tenant = "globex";
+    submit_ok(e, &p, &rb);
+    rec_wait(&rb);
+    /* Same answer, and the second prompt was computed in full again: no KV or prefix
+     * cache carries anything from one request (or tenant) to another. */
+    assert_memory_equal(ra.tokens, rb.tokens, 8 * sizeof(int32_t));
+    struct mc_engine_stats st;
+    mc_engine_stats(e, &st);
+    assert_int_equal(st.n_prompt_tokens, 2 * (uint64_t)c->n_prompt);
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_logprobs_match_reference_logits(void **state) {
+    (void)state;
+    struct ref_case cases[REF_MAX_CASES];
+    int n_cases = ref_load(cases);
+    struct mc_model *m = e2e_model();
+    struct mc_engine_config cfg = {.max_seqs = 4, .prefill_chunk = 4};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec r[4];
+    for (int i = 0; i < n_cases && i < 4; i++) {
+        rec_init(&r[i], NULL);
+        struct mc_engine_params p = greedy_params("acme", cases[i].prompt, cases[i].n_prompt, 2);
+        p.ignore_eos = true;
+        p.logprobs = true;
+        p.top_logprobs = 3;
+        submit_ok(e, &p, &r[i]);
+    }
+    /* All four run together (prompts in 4-token chunks), yet each first token's
+     * distribution is exactly its own prompt's, as llama.cpp computed it. */
+    for (int i = 0; i < n_cases && i < 4; i++) {
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_int_equal(r[i].n_lp, 2);
+        const struct mc_engine_logprob *lp = &r[i].lp[0];
+        assert_int_equal(lp->token, cases[i].greedy[0]);
+        assert_float_near(lp->logprob, cases[i].first_logprob[0], 1e-3);
+        assert_int_equal(lp->n_top, 3);
+        for (int j = 0; j < 3; j++) {
+            assert_int_equal(lp->top[j].token, cases[i].first_top[j]);
+            assert_float_near(lp->top[j].logprob, cases[i].first_logprob[j], 1e-3);
+        }
+    }
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
 int main(void) {
-    mc_log_set_level(MC_LOG_WARN);
+    mc_log_set_level(MC_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sched_quiet_tenant_starts_within_two_steps),
         cmocka_unit_test(test_sched_quiet_tenant_gets_half_under_equal_weights),
@@ -1033,6 +1466,14 @@ int main(void) {
         cmocka_unit_test(test_engine_drain_timeout_cancels_the_rest),
         cmocka_unit_test(test_engine_free_ends_every_request_once),
         cmocka_unit_test(test_engine_observer_sees_every_token),
+        cmocka_unit_test(test_engine_survives_every_allocation_failure),
+        cmocka_unit_test(test_e2e_batch_of_eight_matches_reference_greedy),
+        cmocka_unit_test(test_e2e_stop_string_split_across_tokens),
+        cmocka_unit_test(test_e2e_cancelled_request_stops_at_the_next_step),
+        cmocka_unit_test(test_e2e_quiet_tenant_starts_within_two_steps),
+        cmocka_unit_test(test_e2e_kv_budget_limits_concurrency),
+        cmocka_unit_test(test_e2e_two_tenants_same_prompt_share_nothing),
+        cmocka_unit_test(test_e2e_logprobs_match_reference_logits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

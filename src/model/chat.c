@@ -17,7 +17,7 @@
 
 enum { MAX_CHAT_BYTES = 64 << 20, MAX_SPECIAL_PIECE = 256 };
 
-static const char *const family_names[] = {"generic", "chatml",  "llama2", "llama3",
+static const char *const family_names[] = {"generic", "chatml", "llama2", "llama3",
                                            "mistral", "zephyr", "gemma",  "phi3"};
 
 const char *mc_chat_family_name(enum mc_chat_family f) {
@@ -105,9 +105,9 @@ static int parse_role(const struct mc_chat_msg *m, size_t i, enum role *out, str
 
 /* Markers of the families whose every turn has the shape prefix(role) content suffix. */
 struct turn_style {
-    const char *open[3];  /* per role: system, user, assistant */
+    const char *open[3]; /* per role: system, user, assistant */
     const char *close[3];
-    const char *gen;      /* asks for the assistant's turn */
+    const char *gen; /* asks for the assistant's turn */
 };
 
 static void render_turns(struct buf *b, const struct turn_style *st, const enum role *roles,
@@ -180,10 +180,10 @@ static void render_family(struct buf *b, enum mc_chat_family f, const enum role 
         render_inst(b, f, roles, msgs, n, add_assistant, bos, eos);
         return;
     case MC_CHAT_CHATML:
-        st = (struct turn_style){{"<|im_start|>system\n", "<|im_start|>user\n",
-                                  "<|im_start|>assistant\n"},
-                                 {"<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"},
-                                 "<|im_start|>assistant\n"};
+        st = (struct turn_style){
+            {"<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n"},
+            {"<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"},
+            "<|im_start|>assistant\n"};
         break;
     case MC_CHAT_LLAMA3:
         put(b, bos);
@@ -205,9 +205,8 @@ static void render_family(struct buf *b, enum mc_chat_family f, const enum role 
         break;
     case MC_CHAT_GENERIC:
     default:
-        st = (struct turn_style){{"System: ", "User: ", "Assistant: "},
-                                 {"\n\n", "\n\n", "\n\n"},
-                                 "Assistant:"};
+        st = (struct turn_style){
+            {"System: ", "User: ", "Assistant: "}, {"\n\n", "\n\n", "\n\n"}, "Assistant:"};
         break;
     }
     render_turns(b, &st, roles, msgs, n, add_assistant);

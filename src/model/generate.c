@@ -349,8 +349,8 @@ static int decode(struct loop *L, mc_gen_fn fn, void *user, struct mc_err *err) 
 
 int mc_generate(struct mc_ctx *ctx, struct mc_kv *kv, const struct mc_tokenizer *tok,
                 const int32_t *prompt, size_t n_prompt, const struct mc_sample_params *sp,
-                const struct mc_gen_params *gp, mc_gen_fn fn, void *user,
-                struct mc_gen_result *res, struct mc_err *err) {
+                const struct mc_gen_params *gp, mc_gen_fn fn, void *user, struct mc_gen_result *res,
+                struct mc_err *err) {
     memset(res, 0, sizeof(*res));
     const struct mc_model *m = mc_ctx_model(ctx);
     int32_t n_vocab = mc_model_hparams(m)->n_vocab;

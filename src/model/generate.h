@@ -34,11 +34,11 @@ const char *mc_finish_name(enum mc_finish f);
 enum { MC_GEN_MAX_STOP = 16, MC_GEN_MAX_STOP_LEN = 256, MC_GEN_MAX_LOGPROBS = 20 };
 
 struct mc_gen_params {
-    int32_t max_tokens;          /* <= 0: until the context is full */
-    const char *const *stop;     /* stop strings (borrowed), at most MC_GEN_MAX_STOP */
+    int32_t max_tokens;      /* <= 0: until the context is full */
+    const char *const *stop; /* stop strings (borrowed), at most MC_GEN_MAX_STOP */
     size_t n_stop;
-    bool ignore_eos;             /* keep going after end-of-generation tokens */
-    int32_t n_logprobs;          /* top entries per token, 0..MC_GEN_MAX_LOGPROBS */
+    bool ignore_eos;    /* keep going after end-of-generation tokens */
+    int32_t n_logprobs; /* top entries per token, 0..MC_GEN_MAX_LOGPROBS */
 };
 
 /* ---- Stream ---------------------------------------------------------------------- */
@@ -67,9 +67,9 @@ int32_t mc_gen_stream_n_tokens(const struct mc_gen_stream *s);
 
 struct mc_gen_token {
     int32_t id;
-    const char *text;     /* bytes released with this token (may be empty) */
+    const char *text; /* bytes released with this token (may be empty) */
     size_t text_len;
-    float logprob;        /* of id; 0 when logprobs were not asked for */
+    float logprob;                /* of id; 0 when logprobs were not asked for */
     const struct mc_logprob *top; /* n_top most likely, or NULL */
     int32_t n_top;
 };
@@ -79,10 +79,10 @@ typedef int (*mc_gen_fn)(const struct mc_gen_token *t, void *user);
 
 struct mc_gen_result {
     enum mc_finish finish;
-    int32_t n_prompt;   /* tokens fed before the first sample */
-    int32_t n_gen;      /* tokens generated */
-    double prompt_ms;   /* wall time of the prefill */
-    double gen_ms;      /* wall time from first sample to the end */
+    int32_t n_prompt; /* tokens fed before the first sample */
+    int32_t n_gen;    /* tokens generated */
+    double prompt_ms; /* wall time of the prefill */
+    double gen_ms;    /* wall time from first sample to the end */
 };
 
 /* Appends prompt (n_prompt >= 1 tokens) to kv (which may hold earlier tokens of the same
@@ -91,7 +91,7 @@ struct mc_gen_result {
  * of the model that kv belongs to. Errors from the forward pass are returned as is. */
 int mc_generate(struct mc_ctx *ctx, struct mc_kv *kv, const struct mc_tokenizer *tok,
                 const int32_t *prompt, size_t n_prompt, const struct mc_sample_params *sp,
-                const struct mc_gen_params *gp, mc_gen_fn fn, void *user,
-                struct mc_gen_result *res, struct mc_err *err);
+                const struct mc_gen_params *gp, mc_gen_fn fn, void *user, struct mc_gen_result *res,
+                struct mc_err *err);
 
 #endif

@@ -32,9 +32,9 @@
 
 enum {
     MAX_LAYERS = 1024,
-    MAX_DIM = 1 << 16,       /* n_embd, n_ff, head_dim caps */
+    MAX_DIM = 1 << 16, /* n_embd, n_ff, head_dim caps */
     MAX_VOCAB = 1 << 22,
-    MAX_ROWS = 1 << 16,      /* rows per forward call */
+    MAX_ROWS = 1 << 16, /* rows per forward call */
     MAX_KV_CTX = 1 << 20,
 };
 
@@ -81,10 +81,10 @@ struct mc_kv {
     const struct mc_model *m;
     int32_t n_ctx;
     int32_t n_used;
-    int32_t next;  /* scratch of mc_forward's validation */
+    int32_t next; /* scratch of mc_forward's validation */
     int32_t kv_dim;
-    float *k;      /* (n_layer, n_ctx, kv_dim), keys after rope */
-    float *v;      /* (n_layer, n_ctx, kv_dim) */
+    float *k; /* (n_layer, n_ctx, kv_dim), keys after rope */
+    float *v; /* (n_layer, n_ctx, kv_dim) */
 };
 
 struct mc_ctx {
@@ -92,17 +92,17 @@ struct mc_ctx {
     struct mc_pool *pool;
     int32_t max_rows;
     /* Activations, each (max_rows, width). */
-    float *x;      /* (rows, n_embd) residual stream */
-    float *xn;     /* (rows, n_embd) normed input of the current step */
-    float *q;      /* (rows, n_head * head_dim) */
-    float *k;      /* (rows, n_head_kv * head_dim) */
-    float *v;      /* (rows, n_head_kv * head_dim) */
-    float *att;    /* (rows, n_head * head_dim) attention output */
-    float *proj;   /* (rows, n_embd) output of wo / w_down */
-    float *gate;   /* (rows, n_ff) */
-    float *up;     /* (rows, n_ff) */
-    float *rope;   /* (rows, n_rot) cos/sin pairs per row */
-    void *work;    /* mc_matmul scratch */
+    float *x;    /* (rows, n_embd) residual stream */
+    float *xn;   /* (rows, n_embd) normed input of the current step */
+    float *q;    /* (rows, n_head * head_dim) */
+    float *k;    /* (rows, n_head_kv * head_dim) */
+    float *v;    /* (rows, n_head_kv * head_dim) */
+    float *att;  /* (rows, n_head * head_dim) attention output */
+    float *proj; /* (rows, n_embd) output of wo / w_down */
+    float *gate; /* (rows, n_ff) */
+    float *up;   /* (rows, n_ff) */
+    float *rope; /* (rows, n_rot) cos/sin pairs per row */
+    void *work;  /* mc_matmul scratch */
     size_t work_bytes;
     float *scores; /* (n_threads, scores_cap) attention scores per thread */
     int32_t scores_cap;
@@ -194,7 +194,8 @@ static int read_rope_scaling(struct mc_model *m, struct mc_err *err) {
     if (rc != MC_OK && rc != MC_ENOTFOUND)
         return rc;
     if (!linear)
-        return mc_err_set(err, MC_ENOTSUP, "rope scaling type '%.*s' is not supported (only linear)",
+        return mc_err_set(err, MC_ENOTSUP,
+                          "rope scaling type '%.*s' is not supported (only linear)",
                           (int)(len > 32 ? 32 : len), s);
     if (rc == MC_OK && len == 4)
         return MC_OK; /* "none" */
@@ -273,9 +274,9 @@ static int load_matrix(struct mc_model *m, const char *name, int64_t rows, int64
     }
     if (t->n_dims != 2 || t->ne[0] != cols || (rows > 0 && t->ne[1] != rows))
         return mc_err_set(err, MC_EFORMAT,
-                          "tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]",
-                          name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims,
-                          (long long)cols, (long long)rows);
+                          "tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]", name,
+                          (long long)t->ne[0], (long long)t->ne[1], t->n_dims, (long long)cols,
+                          (long long)rows);
     if (!mc_type_is_supported(t->type))
         return mc_err_set(err, MC_ENOTSUP, "tensor %s has type %s (%d), which is not supported",
                           name, mc_type_name(t->type), (int)t->type);
@@ -320,9 +321,9 @@ static int load_layer(struct mc_model *m, int il, struct mc_err *err) {
     int64_t dkv = (int64_t)hp->n_head_kv * hp->head_dim;
     char n[12][64];
     static const char *const sfx[12] = {
-        "attn_norm.weight", "attn_q.weight", "attn_k.weight",  "attn_v.weight",
-        "attn_output.weight", "attn_q.bias", "attn_k.bias",    "attn_v.bias",
-        "ffn_norm.weight",  "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+        "attn_norm.weight",   "attn_q.weight",   "attn_k.weight", "attn_v.weight",
+        "attn_output.weight", "attn_q.bias",     "attn_k.bias",   "attn_v.bias",
+        "ffn_norm.weight",    "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
     for (int i = 0; i < 12; i++)
         snprintf(n[i], sizeof(n[i]), "blk.%d.%s", il, sfx[i]);
     int rc;
@@ -471,8 +472,8 @@ uint64_t mc_model_bytes_per_token(const struct mc_model *m) {
 
 size_t mc_kv_bytes(const struct mc_model *m, int32_t n_ctx) {
     const struct mc_hparams *hp = &m->hp;
-    return 2 * (size_t)hp->n_layer * (size_t)n_ctx * (size_t)hp->n_head_kv *
-           (size_t)hp->head_dim * sizeof(float);
+    return 2 * (size_t)hp->n_layer * (size_t)n_ctx * (size_t)hp->n_head_kv * (size_t)hp->head_dim *
+           sizeof(float);
 }
 
 int mc_kv_create(const struct mc_model *m, int32_t n_ctx, struct mc_kv **out, struct mc_err *err) {
@@ -527,7 +528,7 @@ static size_t max_work(const struct mc_model *m, int32_t rows) {
     size_t w = mc_matmul_work_size(m->output.type, m->output.cols, rows);
     for (int il = 0; il < m->hp.n_layer; il++) {
         const struct layer *L = &m->layers[il];
-        const struct weight *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo,
+        const struct weight *ws[7] = {&L->wq,     &L->wk,   &L->wv,    &L->wo,
                                       &L->w_gate, &L->w_up, &L->w_down};
         for (int i = 0; i < 7; i++) {
             size_t s = mc_matmul_work_size(ws[i]->type, ws[i]->cols, rows);
@@ -569,8 +570,8 @@ int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, str
     c->rope = mc_malloc(r * hp->n_rot * sizeof(float));
     c->work_bytes = max_work(m, max_rows);
     c->work = mc_malloc(c->work_bytes ? c->work_bytes : 1);
-    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate ||
-        !c->up || !c->rope || !c->work) {
+    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up ||
+        !c->rope || !c->work) {
         mc_ctx_free(c);
         return mc_err_set(err, MC_ENOMEM, "context buffers for %d rows: allocation failed",
                           max_rows);
@@ -583,8 +584,8 @@ void mc_ctx_free(struct mc_ctx *c) {
     if (!c)
         return;
     mc_pool_free(c->pool);
-    float *bufs[] = {c->x, c->xn, c->q, c->k, c->v, c->att, c->proj, c->gate, c->up, c->rope,
-                     c->scores};
+    float *bufs[] = {c->x,    c->xn,   c->q,  c->k,    c->v,     c->att,
+                     c->proj, c->gate, c->up, c->rope, c->scores};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         mc_free(bufs[i]);
     mc_free(c->work);
@@ -749,6 +750,17 @@ static void attend_part(void *arg, int ith, int nth) {
         attend_one(c, t / n_head, t % n_head, s);
 }
 
+/* Waking the pool costs microseconds; below this many multiply-adds the calling thread
+ * does the attention alone. */
+enum { ATTN_POOL_MIN_FLOPS = 1 << 16 };
+
+static bool attention_is_small(const struct mc_ctx *c) {
+    int64_t work = 0;
+    for (int32_t r = 0; r < c->n_rows; r++)
+        work += (int64_t)(c->rows[r].pos + 1) * c->m->hp.n_head * c->m->hp.head_dim * 2;
+    return work < ATTN_POOL_MIN_FLOPS;
+}
+
 static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err) {
     const struct mc_hparams *hp = &c->m->hp;
     int32_t n = c->n_rows, d = hp->n_embd;
@@ -757,8 +769,8 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
 
     rmsnorm_rows(c->xn, c->x, L->attn_norm, n, d, hp->rms_eps);
 
-    if ((rc = proj(c, &L->wq, c->xn, c->q, n, err)) || (rc = proj(c, &L->wk, c->xn, c->k, n, err)) ||
-        (rc = proj(c, &L->wv, c->xn, c->v, n, err)))
+    if ((rc = proj(c, &L->wq, c->xn, c->q, n, err)) ||
+        (rc = proj(c, &L->wk, c->xn, c->k, n, err)) || (rc = proj(c, &L->wv, c->xn, c->v, n, err)))
         return rc;
     add_bias(c->q, L->bq, n, dq);
     add_bias(c->k, L->bk, n, dkv);
@@ -770,7 +782,10 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
     /* Every row's K/V goes into its cache before any attention, so a prompt row sees
      * the earlier rows of its own sequence from the same batch. */
     kv_store(c);
-    mc_pool_run(c->pool, attend_part, c);
+    if (attention_is_small(c))
+        attend_part(c, 0, 1);
+    else
+        mc_pool_run(c->pool, attend_part, c);
 
     if ((rc = proj(c, &L->wo, c->att, c->proj, n, err)))
         return rc;
@@ -805,8 +820,7 @@ static int output_block(struct mc_ctx *c, float *logits, float *hidden, struct m
     for (int32_t r = 0; r < c->n_rows; r++) {
         if (!c->rows[r].want_logits)
             continue;
-        mc_rmsnorm(c->xn + (size_t)n_out * d, c->x + (size_t)r * d, c->m->out_norm, d,
-                   hp->rms_eps);
+        mc_rmsnorm(c->xn + (size_t)n_out * d, c->x + (size_t)r * d, c->m->out_norm, d, hp->rms_eps);
         n_out++;
     }
     if (n_out == 0)

@@ -15,8 +15,8 @@
 #include <stdint.h>
 
 struct mc_hparams {
-    char arch[32];       /* "llama" or "qwen2" */
-    char name[64];       /* general.name, or the file's base name */
+    char arch[32]; /* "llama" or "qwen2" */
+    char name[64]; /* general.name, or the file's base name */
     int32_t n_vocab;
     int32_t n_ctx_train;
     int32_t n_embd;
@@ -24,13 +24,13 @@ struct mc_hparams {
     int32_t n_head;
     int32_t n_head_kv;
     int32_t n_ff;
-    int32_t head_dim;    /* n_embd / n_head unless the file says otherwise */
-    int32_t n_rot;       /* rotary dimensions per head */
+    int32_t head_dim; /* n_embd / n_head unless the file says otherwise */
+    int32_t n_rot;    /* rotary dimensions per head */
     float rms_eps;
     float rope_base;
-    float rope_scale;    /* linear scaling factor (1 = none) */
-    bool tied_output;    /* output matrix is token_embd */
-    enum mc_type wtype;  /* type of most matrices, for display */
+    float rope_scale;      /* linear scaling factor (1 = none) */
+    bool tied_output;      /* output matrix is token_embd */
+    enum mc_type wtype;    /* type of most matrices, for display */
     uint64_t weight_bytes; /* bytes of all weight tensors */
 };
 
@@ -57,7 +57,7 @@ struct mc_kv;
 int mc_kv_create(const struct mc_model *m, int32_t n_ctx, struct mc_kv **out, struct mc_err *err);
 void mc_kv_free(struct mc_kv *kv);
 int32_t mc_kv_n_ctx(const struct mc_kv *kv);
-int32_t mc_kv_n_used(const struct mc_kv *kv);  /* positions written so far */
+int32_t mc_kv_n_used(const struct mc_kv *kv);     /* positions written so far */
 void mc_kv_truncate(struct mc_kv *kv, int32_t n); /* forget positions >= n */
 size_t mc_kv_bytes(const struct mc_model *m, int32_t n_ctx);
 
@@ -87,7 +87,7 @@ int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
  * message names the row. logits receives n_vocab floats for each row with want_logits, in row
  * order. hidden, if non-NULL, receives the final-norm hidden state (n_embd floats) of each
  * want_logits row, for embeddings. On error no kv is advanced. */
-int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows,
-               float *logits, float *hidden, struct mc_err *err);
+int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows, float *logits,
+               float *hidden, struct mc_err *err);
 
 #endif

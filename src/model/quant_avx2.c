@@ -3,8 +3,8 @@
  * Each gemm walks the weight rows in strips and the tokens in small groups, computing a
  * tile of RM rows x RN tokens: a weight block is loaded (and for Q4_0 and the K-quants
  * unpacked) once per tile and multiplied with every token of the group, so prompt
- * processing decodes each block once per RN tokens. Matrix-vector calls (one token) use
- * 4-row tiles, which keeps four sequential streams in flight for the prefetchers.
+ * processing decodes each block once per RN tokens. Matrix-vector calls (one token) read
+ * the rows in order, as one sequential stream.
  *
  * Every (row, token) result has its own accumulator and sees the same sequence of
  * operations whatever the tile shape, so a batched call equals single-token calls bit for
@@ -18,6 +18,9 @@
 #include <immintrin.h>
 
 #define INLINE static inline __attribute__((always_inline))
+/* The tile loops run over compile-time RM, RN and sub-block counts; unrolling them fully
+ * keeps the accumulators in registers. */
+#define UNROLL _Pragma("GCC unroll 8")
 
 /* ---- Small helpers ---------------------------------------------------------------- */
 
@@ -74,7 +77,7 @@ static void conv_bf16(const float *x, void *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m256i r[2];
-        for (int h = 0; h < 2; h++) {
+        UNROLL for (int h = 0; h < 2; h++) {
             __m256 f = _mm256_loadu_ps(x + i + 8 * h);
             __m256i u = _mm256_castps_si256(f);
             __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
@@ -108,7 +111,7 @@ static void conv_q8_0(const float *x, void *dst, int64_t n) {
     for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
         __m256 v[4];
         __m256 m = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
+        UNROLL for (int k = 0; k < 4; k++) {
             v[k] = _mm256_loadu_ps(x + 8 * k);
             m = _mm256_max_ps(m, _mm256_and_ps(v[k], abs_mask));
         }
@@ -119,7 +122,7 @@ static void conv_q8_0(const float *x, void *dst, int64_t n) {
         y[i].d = _cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT);
         const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
         __m256i q[4];
-        for (int k = 0; k < 4; k++)
+        UNROLL for (int k = 0; k < 4; k++)
             q[k] = _mm256_cvtps_epi32(_mm256_round_ps(
                 _mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         _mm256_storeu_si256((__m256i *)y[i].qs, pack_32(q[0], q[1], q[2], q[3]));
@@ -156,7 +159,7 @@ static void conv_q8_k(const float *x, void *dst, int64_t n) {
         const __m256 vs = _mm256_set1_ps(iscale);
         for (int k = 0; k < QK_K; k += 32) {
             __m256i q[4];
-            for (int j = 0; j < 4; j++)
+            UNROLL for (int j = 0; j < 4; j++)
                 q[j] = _mm256_cvtps_epi32(_mm256_round_ps(
                     _mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), vs),
                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -168,64 +171,6 @@ static void conv_q8_k(const float *x, void *dst, int64_t n) {
     }
 }
 
-/* ---- Tile drivers ----------------------------------------------------------------------- */
-
-/* Declares gemm_NAME from tile_NAME(RM, RN, ...): 4x1 tiles for one token, TR x TT tiles
- * for batches, narrower tiles on the edges. */
-#define DEFINE_GEMM(NAME, TR, TT)                                                                  \
-    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                         \
-        tile_##NAME(4, 1, TILE_PASS);                                                              \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                         \
-        tile_##NAME(1, 1, TILE_PASS);                                                              \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                         \
-        tile_##NAME(TR, TT, TILE_PASS);                                                            \
-    }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1xT(TILE_ARGS) {                         \
-        tile_##NAME(1, TT, TILE_PASS);                                                             \
-    }                                                                                              \
-    static void gemm_##NAME(int64_t cols, const void *w, size_t w_row, int64_t n_rows,           \
-                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) { \
-        const uint8_t *wb = w, *ab = a;                                                            \
-        if (n_tok < TT) {                                                                          \
-            for (int64_t t = 0; t < n_tok; t++) {                                                  \
-                int64_t r = 0;                                                                     \
-                for (; r + 4 <= n_rows; r += 4)                                                    \
-                    tile_##NAME##_4x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,        \
-                                      y + t * ldy + r, ldy);                                       \
-                for (; r < n_rows; r++)                                                            \
-                    tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,        \
-                                      y + t * ldy + r, ldy);                                       \
-            }                                                                                      \
-            return;                                                                                \
-        }                                                                                          \
-        int64_t r = 0;                                                                             \
-        for (; r + TR <= n_rows; r += TR) {                                                        \
-            int64_t t = 0;                                                                         \
-            for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-            for (; t < n_tok; t++)                                                                 \
-                for (int64_t i = 0; i < TR; i += 4)                                                 \
-                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,  \
-                                      y + t * ldy + r + i, ldy);                                   \
-        }                                                                                          \
-        for (; r < n_rows; r++) {                                                                  \
-            int64_t t = 0;                                                                         \
-            for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_1xT(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-            for (; t < n_tok; t++)                                                                 \
-                tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
-                                  y + t * ldy + r, ldy);                                           \
-        }                                                                                          \
-    }
-
-#define TILE_ARGS                                                                                  \
-    int64_t cols, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row, float *y,      \
-        int64_t ldy
-#define TILE_PASS cols, w, w_row, a, a_row, y, ldy
 
 /* ---- F32, F16, BF16 ------------------------------------------------------------------ */
 
@@ -255,32 +200,32 @@ INLINE float load1_bf16(const void *p, int64_t i) {
 #define DEFINE_FLOAT_TILE(T, ESZ)                                                                  \
     INLINE void tile_##T(int RM, int RN, TILE_ARGS) {                                              \
         __m256 acc0[4][4], acc1[4][4];                                                             \
-        for (int i = 0; i < RM; i++)                                                               \
-            for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++)                                                               \
+            UNROLL for (int j = 0; j < RN; j++)                                                           \
                 acc0[i][j] = acc1[i][j] = _mm256_setzero_ps();                                     \
         int64_t c = 0;                                                                             \
         for (; c + 16 <= cols; c += 16) {                                                          \
             __m256 w0[4], w1[4];                                                                   \
-            for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                         \
                 w0[i] = load8_##T(w + i * w_row + c * ESZ);                                        \
                 w1[i] = load8_##T(w + i * w_row + (c + 8) * ESZ);                                  \
             }                                                                                      \
-            for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                         \
                 __m256 x0 = load8_##T(a + j * a_row + c * ESZ);                                    \
                 __m256 x1 = load8_##T(a + j * a_row + (c + 8) * ESZ);                              \
-                for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                                     \
                     acc0[i][j] = _mm256_fmadd_ps(w0[i], x0, acc0[i][j]);                           \
                     acc1[i][j] = _mm256_fmadd_ps(w1[i], x1, acc1[i][j]);                           \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
         for (; c + 8 <= cols; c += 8)                                                              \
-            for (int j = 0; j < RN; j++)                                                           \
-                for (int i = 0; i < RM; i++)                                                       \
+            UNROLL for (int j = 0; j < RN; j++)                                                           \
+                UNROLL for (int i = 0; i < RM; i++)                                                       \
                     acc0[i][j] = _mm256_fmadd_ps(load8_##T(w + i * w_row + c * ESZ),               \
                                                  load8_##T(a + j * a_row + c * ESZ), acc0[i][j]);  \
-        for (int i = 0; i < RM; i++) {                                                             \
-            for (int j = 0; j < RN; j++) {                                                         \
+        UNROLL for (int i = 0; i < RM; i++) {                                                             \
+            UNROLL for (int j = 0; j < RN; j++) {                                                         \
                 float s = hsum_ps(_mm256_add_ps(acc0[i][j], acc1[i][j]));                          \
                 for (int64_t k = c; k < cols; k++)                                                 \
                     s += load1_##T(w + i * w_row, k) * load1_##T(a + j * a_row, k);                \
@@ -304,32 +249,32 @@ DEFINE_GEMM(bf16, 4, 2)
 #define DEFINE_Q0_TILE(NAME, BLOCK, LOADW)                                                         \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m256 acc[4][4];                                                                          \
-        for (int i = 0; i < RM; i++)                                                               \
-            for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++)                                                               \
+            UNROLL for (int j = 0; j < RN; j++)                                                           \
                 acc[i][j] = _mm256_setzero_ps();                                                   \
         const int64_t nb = cols / 32;                                                              \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             __m256i aw[4], wq[4];                                                                  \
             float wd[4];                                                                           \
-            for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                         \
                 const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;                \
                 wq[i] = LOADW(bw->qs);                                                             \
                 aw[i] = _mm256_sign_epi8(wq[i], wq[i]);                                            \
                 wd[i] = fp16(bw->d);                                                               \
             }                                                                                      \
-            for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                         \
                 const struct block_q8_0 *ba = (const struct block_q8_0 *)(a + j * a_row) + b;      \
                 const __m256i xq = _mm256_loadu_si256((const __m256i *)ba->qs);                    \
                 const float xd = fp16(ba->d);                                                      \
-                for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                                     \
                     __m256i p = dot_i8(aw[i], _mm256_sign_epi8(xq, wq[i]));                        \
                     acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(wd[i] * xd),                        \
                                                 _mm256_cvtepi32_ps(p), acc[i][j]);                 \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        for (int i = 0; i < RM; i++)                                                               \
-            for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++)                                                               \
+            UNROLL for (int j = 0; j < RN; j++)                                                           \
                 y[j * ldy + i] = hsum_ps(acc[i][j]);                                               \
     }
 
@@ -361,7 +306,7 @@ INLINE void k4_row_load(struct k4_row *r, const uint8_t *packed, uint16_t d, uin
     uint8_t sc[8], mn[8];
     quant_unpack_k4(packed, sc, mn);
     r->mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
-    for (int j = 0; j < 8; j++)
+    UNROLL for (int j = 0; j < 8; j++)
         r->scale[j] = _mm256_set1_epi16(sc[j]);
     r->d = fp16(d);
     r->dmin = fp16(dmin);
@@ -397,25 +342,25 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m256 acc[4][4];                                                                          \
         __m128 accm[4][4];                                                                         \
-        for (int i = 0; i < RM; i++)                                                               \
-            for (int j = 0; j < RN; j++) {                                                         \
+        UNROLL for (int i = 0; i < RM; i++)                                                               \
+            UNROLL for (int j = 0; j < RN; j++) {                                                         \
                 acc[i][j] = _mm256_setzero_ps();                                                   \
                 accm[i][j] = _mm_setzero_ps();                                                     \
             }                                                                                      \
         const int64_t nb = cols / QK_K;                                                            \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             struct k4_row kr[4];                                                                   \
-            for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                         \
                 const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;                \
                 k4_row_load(&kr[i], bw->scales, bw->d, bw->dmin);                                  \
             }                                                                                      \
-            for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                         \
                 const struct block_q8_k *ba = (const struct block_q8_k *)(a + j * a_row) + b;      \
                 const __m128i s32 = q8k_sums32(ba);                                                \
-                for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                                     \
                     const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;            \
                     __m256i sumi = _mm256_setzero_si256();                                         \
-                    for (int k = 0; k < 4; k++) {                                                  \
+                    UNROLL for (int k = 0; k < 4; k++) {                                                  \
                         __m256i lo, hi;                                                            \
                         LEVELS(bw, k, &lo, &hi);                                                   \
                         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(ba->qs + 64 * k)); \
@@ -435,8 +380,8 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        for (int i = 0; i < RM; i++)                                                               \
-            for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++)                                                               \
+            UNROLL for (int j = 0; j < RN; j++)                                                           \
                 y[j * ldy + i] = hsum_ps(acc[i][j]) + hsum_ps128(accm[i][j]);                      \
     }
 
@@ -466,32 +411,39 @@ INLINE void q6k_levels(const struct block_q6_k *bw, int h, __m256i q[4]) {
 
 INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
     __m256 acc[4][4];
-    for (int i = 0; i < RM; i++)
-        for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++)
+        UNROLL for (int j = 0; j < RN; j++)
             acc[i][j] = _mm256_setzero_ps();
     const int64_t nb = cols / QK_K;
     for (int64_t b = 0; b < nb; b++) {
         __m256i sc16[4][8];   /* (row, group of 32): scales for the group's two halves */
         __m256i scales[4];    /* (row): all 16 scales as int16 */
         float d[4];
-        for (int i = 0; i < RM; i++) {
+        UNROLL for (int i = 0; i < RM; i++) {
             const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
-            for (int g = 0; g < 8; g++)
-                sc16[i][g] = _mm256_set_m128i(_mm_set1_epi16(bw->scales[2 * g + 1]),
-                                              _mm_set1_epi16(bw->scales[2 * g]));
             scales[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)bw->scales));
+            /* Group g of half h takes scales 8h + 2g (low lane) and 8h + 2g + 1 (high). */
+            const __m256i half0 = _mm256_permute2x128_si256(scales[i], scales[i], 0x00);
+            const __m256i half1 = _mm256_permute2x128_si256(scales[i], scales[i], 0x11);
+            UNROLL for (int g = 0; g < 4; g++) {
+                const __m256i pick = _mm256_set_m128i(
+                    _mm_set1_epi16((short)(0x0100 * (4 * g + 3) + 4 * g + 2)),
+                    _mm_set1_epi16((short)(0x0100 * (4 * g + 1) + 4 * g)));
+                sc16[i][g] = _mm256_shuffle_epi8(half0, pick);
+                sc16[i][4 + g] = _mm256_shuffle_epi8(half1, pick);
+            }
             d[i] = fp16(bw->d);
         }
-        for (int j = 0; j < RN; j++) {
+        UNROLL for (int j = 0; j < RN; j++) {
             const struct block_q8_k *ba = (const struct block_q8_k *)(a + j * a_row) + b;
             const __m256i bs = _mm256_loadu_si256((const __m256i *)ba->bsums);
-            for (int i = 0; i < RM; i++) {
+            UNROLL for (int i = 0; i < RM; i++) {
                 const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
                 __m256i sumi = _mm256_setzero_si256();
-                for (int h = 0; h < 2; h++) {
+                UNROLL for (int h = 0; h < 2; h++) {
                     __m256i q[4];
                     q6k_levels(bw, h, q);
-                    for (int g = 0; g < 4; g++) {
+                    UNROLL for (int g = 0; g < 4; g++) {
                         const __m256i x = _mm256_loadu_si256(
                             (const __m256i *)(ba->qs + 128 * h + 32 * g));
                         __m256i p = _mm256_maddubs_epi16(q[g], x);
@@ -506,8 +458,8 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
             }
         }
     }
-    for (int i = 0; i < RM; i++)
-        for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++)
+        UNROLL for (int j = 0; j < RN; j++)
             y[j * ldy + i] = hsum_ps(acc[i][j]);
 }
 

@@ -97,6 +97,63 @@ struct quant_kernels {
 void mc_quant_kernels_avx2(struct quant_kernels *k);
 void mc_quant_kernels_avx512(struct quant_kernels *k);
 
+/* ---- Tile drivers (shared by the SIMD files) ------------------------------------- */
+
+/* Declares gemm_NAME from tile_NAME(RM, RN, ...): TR x TT tiles for batches, narrower
+ * tiles on the edges. A single token goes row after row (1x1 tiles): one sequential
+ * stream through the weights is what the hardware prefetchers follow best, and measured
+ * 2.5x faster than interleaving four rows. */
+#define DEFINE_GEMM(NAME, TR, TT)                                                                  \
+    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                         \
+        tile_##NAME(4, 1, TILE_PASS);                                                              \
+    }                                                                                              \
+    static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                         \
+        tile_##NAME(1, 1, TILE_PASS);                                                              \
+    }                                                                                              \
+    static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                         \
+        tile_##NAME(TR, TT, TILE_PASS);                                                            \
+    }                                                                                              \
+    static __attribute__((noinline)) void tile_##NAME##_1xT(TILE_ARGS) {                         \
+        tile_##NAME(1, TT, TILE_PASS);                                                             \
+    }                                                                                              \
+    static void gemm_##NAME(int64_t cols, const void *w, size_t w_row, int64_t n_rows,           \
+                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) { \
+        const uint8_t *wb = w, *ab = a;                                                            \
+        if (n_tok < TT) {                                                                          \
+            for (int64_t t = 0; t < n_tok; t++)                                                    \
+                for (int64_t r = 0; r < n_rows; r++)                                               \
+                    tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,        \
+                                      y + t * ldy + r, ldy);                                       \
+            return;                                                                                \
+        }                                                                                          \
+        int64_t r = 0;                                                                             \
+        for (; r + TR <= n_rows; r += TR) {                                                        \
+            int64_t t = 0;                                                                         \
+            for (; t + TT <= n_tok; t += TT)                                                       \
+                tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                                  y + t * ldy + r, ldy);                                           \
+            for (; t < n_tok; t++)                                                                 \
+                for (int64_t i = 0; i < TR; i += 4)                                                 \
+                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,  \
+                                      y + t * ldy + r + i, ldy);                                   \
+        }                                                                                          \
+        for (; r < n_rows; r++) {                                                                  \
+            int64_t t = 0;                                                                         \
+            for (; t + TT <= n_tok; t += TT)                                                       \
+                tile_##NAME##_1xT(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                                  y + t * ldy + r, ldy);                                           \
+            for (; t < n_tok; t++)                                                                 \
+                tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                                  y + t * ldy + r, ldy);                                           \
+        }                                                                                          \
+    }
+
+/* Arguments of every tile function: y[j * ldy + i] = dot(w row i, a row j). */
+#define TILE_ARGS                                                                                  \
+    int64_t cols, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row, float *y,      \
+        int64_t ldy
+#define TILE_PASS cols, w, w_row, a, a_row, y, ldy
+
 /* ---- Scalar helpers -------------------------------------------------------------- */
 
 static inline uint32_t quant_f32_bits(float f) {

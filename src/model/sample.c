@@ -26,10 +26,10 @@ struct mc_sampler {
     struct mc_sample_params p;
     int32_t n_vocab;
     struct mc_rng rng;
-    float *work;         /* (n_vocab) logits after penalties */
-    struct cand *cands;  /* (n_vocab) candidates */
-    int32_t *counts;     /* (n_vocab) occurrences in the window, zero between calls */
-    int32_t *hist;       /* (repeat_last_n) ring of recent tokens */
+    float *work;        /* (n_vocab) logits after penalties */
+    struct cand *cands; /* (n_vocab) candidates */
+    int32_t *counts;    /* (n_vocab) occurrences in the window, zero between calls */
+    int32_t *hist;      /* (repeat_last_n) ring of recent tokens */
     int32_t n_hist;
     int32_t hist_pos;
 };
@@ -304,8 +304,8 @@ static void logprobs(struct mc_sampler *s, int32_t id, float *lp, struct mc_logp
     int32_t m = select_top(s->work, s->n_vocab, n_top, s->cands);
     for (int32_t i = 0; i < n_top; i++) {
         top[i].id = i < m ? s->cands[i].id : -1;
-        top[i].logprob = i < m ? (float)(((double)s->cands[i].logit - max) * inv_t - lse)
-                               : -INFINITY;
+        top[i].logprob =
+            i < m ? (float)(((double)s->cands[i].logit - max) * inv_t - lse) : -INFINITY;
     }
 }
 

@@ -12,7 +12,10 @@
  * SentencePiece, and detokenize's space handling.
  *
  * Deliberate differences: input that is not valid UTF-8 keeps its raw bytes through
- * byte-level BPE (the reference substitutes U+FFFD), so decoding gives the input back;
+ * byte-level BPE where the vocabulary has a token for each such byte (the reference
+ * always substitutes U+FFFD, which is still done for bytes it has no token for), and an
+ * invalid byte is a symbol of its own in SentencePiece, so decoding gives the input
+ * back;
  * a SentencePiece byte with neither a <0xXX> token nor a one-byte token becomes UNK
  * (the reference throws). Tokenizer models other than "llama" and "gpt2" (WordPiece,
  * Unigram, RWKV) are refused with MC_ENOTSUP.
@@ -128,6 +131,8 @@ static void read_token_id(const struct mc_gguf *g, const char *key, int32_t n_vo
     uint32_t v;
     if (mc_gguf_get_u32(g, key, &v, &e) != MC_OK)
         return;
+    if (v == UINT32_MAX)
+        return; /* written as -1: "none" */
     if (v >= (uint32_t)n_vocab) {
         MC_LOG_WARN("tokenizer", "bad_special_id", "key=%s id=%u n_vocab=%d", key, v, n_vocab);
         return;
@@ -721,6 +726,17 @@ static int build_pieces(struct mc_tokenizer *tok, struct mc_err *err) {
     return MC_OK;
 }
 
+/* Which bytes survive a byte-level encode/decode round trip on their own. */
+static void build_byte_ok(struct mc_tokenizer *tok) {
+    for (int b = 0; b < 256; b++) {
+        char s[2];
+        size_t n = tok_byte_encode((uint8_t)b, s);
+        int32_t id = tok_strmap_find(&tok->vocab_map, s, n);
+        tok->byte_ok[b] = id >= 0 && (tok->attr[id] & TOK_ATTR_NORMAL) &&
+                          tok->piece_len[id] == 1 && (uint8_t)tok->piece[tok->piece_off[id]] == b;
+    }
+}
+
 /* ---- Public: load and free ------------------------------------------------------ */
 
 int mc_tokenizer_load(const struct mc_gguf *g, struct mc_tokenizer **out, struct mc_err *err) {
@@ -744,8 +760,10 @@ int mc_tokenizer_load(const struct mc_gguf *g, struct mc_tokenizer **out, struct
     }
     if (rc == MC_OK)
         rc = build_pieces(tok, err);
-    if (rc == MC_OK && tok->kind == TOK_KIND_BPE)
+    if (rc == MC_OK && tok->kind == TOK_KIND_BPE) {
+        build_byte_ok(tok);
         rc = tok_pre_create(pre.regex_set, &tok->pre, err);
+    }
     if (rc != MC_OK) {
         mc_tokenizer_free(tok);
         return rc;

@@ -9,7 +9,7 @@
  * SentencePiece: pairs whose concatenation is a vocabulary token, best = highest token
  * score; leftover symbols that are not tokens fall back to <0xXX> byte tokens, or UNK.
  * Byte-level BPE: the pre-tokenizer splits the text into words, each word's bytes are
- * mapped to GPT-2's printable stand-ins, pairs are ranked by the merges list (lower rank
+ * mapped to GPT-2's printable stand-ins (see map_bytes for invalid UTF-8), pairs are ranked by the merges list (lower rank
  * first); a leftover symbol that is not a token is emitted byte by byte where those
  * single bytes are tokens, and dropped otherwise, as the reference does.
  *
@@ -87,7 +87,10 @@ static struct pair heap_pop(struct heap *h) {
     return top;
 }
 
-/* Splits text into one symbol per UTF-8 character (by lead byte, clipped at the end). */
+/* Splits text into one symbol per UTF-8 character. For valid UTF-8 this is the
+ * reference's split by lead byte; an invalid byte is a symbol of its own (the
+ * reference lets a stray lead byte swallow the next bytes, which can tear an escaped
+ * space apart and break decode(encode(x)) == x). */
 static struct sym *split_chars(const char *text, size_t len, int *n_out) {
     struct sym *s = mc_malloc((len + 1) * sizeof(*s));
     if (!s)
@@ -95,9 +98,7 @@ static struct sym *split_chars(const char *text, size_t len, int *n_out) {
     int n = 0;
     size_t off = 0;
     while (off < len) {
-        size_t k = tok_utf8_len((uint8_t)text[off]);
-        if (k > len - off)
-            k = len - off;
+        size_t k = tok_utf8_char_len(text + off, len - off);
         s[n].off = off;
         s[n].n = k;
         s[n].prev = n - 1;
@@ -269,6 +270,28 @@ static int bpe_word(const struct mc_tokenizer *tok, struct bpe_scratch *sc, size
     return rc;
 }
 
+/* Writes the GPT-2 stand-ins of s[0..len) into out (at most 6 * len bytes) and returns
+ * the length. An invalid UTF-8 byte the vocabulary cannot carry on its own becomes
+ * U+FFFD, as the reference does for every invalid byte. */
+static size_t map_bytes(const struct mc_tokenizer *tok, const char *s, size_t len, char *out) {
+    static const uint8_t fffd[3] = {0xEF, 0xBF, 0xBD};
+    size_t w = 0, j = 0;
+    while (j < len) {
+        uint8_t b = (uint8_t)s[j];
+        size_t k = tok_utf8_char_len(s + j, len - j);
+        if (k == 1 && b >= 0x80 && !tok->byte_ok[b]) {
+            for (int q = 0; q < 3; q++)
+                w += tok_byte_encode(fffd[q], out + w);
+            j++;
+            continue;
+        }
+        for (size_t q = 0; q < k; q++)
+            w += tok_byte_encode((uint8_t)s[j + q], out + w);
+        j += k;
+    }
+    return w;
+}
+
 int tok_bpe_encode(const struct mc_tokenizer *tok, const char *text, size_t len,
                    struct tok_ids *ids, struct mc_err *err) {
     struct tok_span *spans;
@@ -281,7 +304,7 @@ int tok_bpe_encode(const struct mc_tokenizer *tok, const char *text, size_t len,
     for (size_t i = 0; i < n_spans; i++)
         longest = spans[i].len > longest ? spans[i].len : longest;
     struct bpe_scratch sc = {0};
-    sc.word = mc_malloc(2 * longest + 1);
+    sc.word = mc_malloc(6 * longest + 1);
     sc.key_cap = tok->max_merge_len + 1;
     sc.key = mc_malloc(sc.key_cap);
     if (!sc.word || !sc.key) {
@@ -290,9 +313,7 @@ int tok_bpe_encode(const struct mc_tokenizer *tok, const char *text, size_t len,
     }
 
     for (size_t i = 0; i < n_spans && rc == MC_OK; i++) {
-        size_t w = 0;
-        for (size_t j = 0; j < spans[i].len; j++)
-            w += tok_byte_encode((uint8_t)text[spans[i].off + j], sc.word + w);
+        size_t w = map_bytes(tok, text + spans[i].off, spans[i].len, sc.word);
         rc = bpe_word(tok, &sc, w, ids, err);
     }
 

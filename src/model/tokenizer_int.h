@@ -75,6 +75,9 @@ int tok_pre_split(const struct tok_pre *p, const char *text, size_t len, struct 
 /* Length of the UTF-8 sequence a lead byte announces (1 for continuation bytes), as
  * the reference computes it: by the high four bits only. */
 size_t tok_utf8_len(uint8_t lead);
+/* Length of the character at s[0..n): the valid UTF-8 sequence there, else 1 (one
+ * invalid byte). Equal to tok_utf8_len for valid UTF-8. */
+size_t tok_utf8_char_len(const char *s, size_t n);
 /* GPT-2's printable stand-in for byte b, as UTF-8 in out (1 or 2 bytes); returns its
  * length. */
 size_t tok_byte_encode(uint8_t b, char out[2]);
@@ -120,6 +123,8 @@ struct mc_tokenizer {
     int32_t n_special;
 
     uint8_t *is_eog;      /* (n_vocab) */
+    /* BPE: byte b's stand-in is a normal token that decodes back to b. */
+    uint8_t byte_ok[256];
 
     int32_t bos, eos, eot, eom, unk, sep, pad, mask;
     int32_t fim_pre, fim_suf, fim_mid, fim_pad, fim_rep, fim_sep;

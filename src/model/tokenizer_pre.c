@@ -261,6 +261,11 @@ static size_t utf8_valid_len(const uint8_t *s, size_t n) {
     return need;
 }
 
+size_t tok_utf8_char_len(const char *s, size_t n) {
+    size_t k = utf8_valid_len((const uint8_t *)s, n);
+    return k ? k : 1;
+}
+
 /* ---- Compiling ------------------------------------------------------------------ */
 
 struct tok_pre {

@@ -79,9 +79,10 @@ struct mc_gen {
     bool finished;
 
     /* Tokens sampled but not yet handed over in a TEXT event. */
-    int32_t *pend_tokens;             /* (max_tokens) */
-    struct mc_engine_logprob *pend_lp; /* (max_tokens) when logprobs, else NULL */
+    int32_t *pend_tokens;             /* (pend_cap) */
+    struct mc_engine_logprob *pend_lp; /* (pend_cap) when logprobs, else NULL */
     int32_t n_pend;
+    int32_t pend_cap;                 /* grows: text is usually held back a token or two */
 
     /* This step's output, delivered after the step's bookkeeping. */
     enum out_kind out;
@@ -254,12 +255,9 @@ static int gen_build(struct mc_engine *e, const struct mc_engine_params *p, stru
     g->stp.ignore_eos = p->ignore_eos;
 
     g->tokens = mc_malloc((size_t)g->n_ctx_seq * sizeof(*g->tokens));
-    g->pend_tokens = mc_malloc((size_t)g->max_tokens * sizeof(*g->pend_tokens));
-    if (p->logprobs)
-        g->pend_lp = mc_malloc((size_t)g->max_tokens * sizeof(*g->pend_lp));
     if (p->n_stop)
         g->stop = mc_calloc((size_t)p->n_stop, sizeof(*g->stop));
-    if (!g->tokens || !g->pend_tokens || (p->logprobs && !g->pend_lp) || (p->n_stop && !g->stop))
+    if (!g->tokens || (p->n_stop && !g->stop))
         goto out_nomem;
     for (int32_t i = 0; i < p->n_stop; i++) {
         g->stop[i] = mc_strdup(p->stop[i]);
@@ -278,9 +276,10 @@ static int gen_build(struct mc_engine *e, const struct mc_engine_params *p, stru
     *out = g;
     return MC_OK;
 
-out_nomem:
+out_nomem:;
+    int32_t n = g->n_ctx_seq;
     gen_free_memory(g);
-    return mc_err_set(err, MC_ENOMEM, "out of memory for a request of %d tokens", g->n_ctx_seq);
+    return mc_err_set(err, MC_ENOMEM, "out of memory for a request of %d tokens", n);
 }
 
 int mc_engine_submit(struct mc_engine *e, const struct mc_engine_params *p,
@@ -428,11 +427,35 @@ static void admit_locked(struct mc_engine *e, struct mc_gen **outbox) {
     }
 }
 
-/* Samples g's next token from its logits row and feeds it to the text stream. */
+/* Makes room for one more pending token. */
+static int pend_reserve(struct mc_gen *g) {
+    if (g->n_pend < g->pend_cap)
+        return MC_OK;
+    int32_t cap = g->pend_cap ? 2 * g->pend_cap : 8;
+    int32_t *t = mc_realloc(g->pend_tokens, (size_t)cap * sizeof(*t));
+    if (!t)
+        return MC_ENOMEM;
+    g->pend_tokens = t;
+    if (g->logprobs) {
+        struct mc_engine_logprob *l = mc_realloc(g->pend_lp, (size_t)cap * sizeof(*l));
+        if (!l)
+            return MC_ENOMEM;
+        g->pend_lp = l;
+    }
+    g->pend_cap = cap;
+    return MC_OK;
+}
+
+/* Samples g's next token from its logits row and feeds it to the text stream. Runs on
+ * the loop thread without the lock: it touches only g's own generation state. */
 static void gen_take_token(struct mc_engine *e, struct mc_gen *g, const float *logits,
                            int64_t t) {
     struct mc_logprob top[MC_ENGINE_MAX_TOP_LOGPROBS];
     float lp = 0;
+    if (pend_reserve(g) != MC_OK) {
+        set_error(g, MC_ENOMEM, "out of memory for pending tokens");
+        return;
+    }
     int32_t tok = mc_sampler_sample(g->sampler, logits, g->logprobs ? &lp : NULL, top,
                                     g->top_logprobs);
     mc_sampler_accept(g->sampler, tok);
@@ -512,6 +535,8 @@ static void deliver(struct mc_engine *e, struct mc_gen *outbox) {
         g->out = OUT_NONE;
         g->out_len = 0;
         if (g->finished) {
+            MC_LOG_DEBUG("engine", "request_done", "tenant=%s prompt=%d completion=%d code=%d",
+                         g->tenant, g->n_prompt, g->n_gen, g->out_code);
             gen_free_engine_side(e, g);
             g->e = NULL;
             gen_unref(g);
@@ -537,34 +562,37 @@ static void run_batch(struct mc_engine *e, int32_t n_work, int32_t n_rows, struc
     int rc = e->be.forward(e->be.impl, e->rows, n_rows, e->logits, &err);
     int64_t t = now_ns();
 
-    pthread_mutex_lock(&e->mu);
-    e->stats.n_steps++;
+    /* Sampling and text happen outside the lock: only this thread touches a running
+     * sequence's tokens, sampler and stream. */
     int32_t n_logits = 0;
-    for (int32_t i = 0; i < n_work; i++) {
+    uint64_t n_prompt = 0;
+    for (int32_t i = 0; i < n_work && rc == MC_OK; i++) {
         struct sched_work *w = &e->work[i];
         struct mc_gen *g = w->seq->owner;
-        if (rc != MC_OK) {
-            set_error(g, rc, err.msg);
-            finish_locked(e, g, outbox);
-            continue;
-        }
         w->seq->n_kv += w->count;
         bool decode = w->want_logits && w->count == 1 && g->n_gen > 0;
         if (!decode)
-            e->stats.n_prompt_tokens += (uint64_t)w->count;
-        if (!w->want_logits)
-            continue;
-        gen_take_token(e, g, e->logits + (size_t)n_logits * e->be.n_vocab, t);
-        n_logits++;
-        e->stats.n_gen_tokens++;
-        if (g->out == OUT_DONE)
+            n_prompt += (uint64_t)w->count;
+        if (w->want_logits)
+            gen_take_token(e, g, e->logits + (size_t)n_logits++ * e->be.n_vocab, t);
+    }
+
+    pthread_mutex_lock(&e->mu);
+    e->stats.n_steps++;
+    e->stats.n_prompt_tokens += n_prompt;
+    e->stats.n_gen_tokens += (uint64_t)n_logits;
+    for (int32_t i = 0; i < n_work; i++) {
+        struct mc_gen *g = e->work[i].seq->owner;
+        if (rc != MC_OK)
+            set_error(g, rc, err.msg);
+        if (g->out == OUT_DONE || g->out == OUT_ERROR)
             finish_locked(e, g, outbox);
         else if (g->out == OUT_TEXT)
             outbox_add(outbox, g);
     }
+    pthread_mutex_unlock(&e->mu);
     if (rc != MC_OK)
         MC_LOG_ERROR("engine", "forward_failed", "rows=%d code=%d", n_rows, rc);
-    pthread_mutex_unlock(&e->mu);
 }
 
 static void deadline_after(struct timespec *ts, int64_t ms) {
@@ -759,5 +787,12 @@ void mc_engine_tenant_load(struct mc_engine *e, const char *tenant, int32_t *n_q
     const struct sched_tenant *t = tenant ? sched_tenant_find(&e->sched, tenant) : NULL;
     *n_queued = t ? t->n_queued : 0;
     *n_active = t ? t->n_active : 0;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mc_engine_tenant_loads(struct mc_engine *e, mc_engine_tenant_fn fn, void *user) {
+    pthread_mutex_lock(&e->mu);
+    for (const struct sched_tenant *t = e->sched.tenants; t; t = t->next)
+        fn(user, t->name, t->n_queued, t->n_active);
     pthread_mutex_unlock(&e->mu);
 }

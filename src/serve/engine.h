@@ -16,8 +16,9 @@
  *
  * Threading: every function here may be called from any thread. Event callbacks run on the
  * engine thread, one at a time, never with an engine lock held; they must not block (copy
- * the event into your own queue) and may call mc_engine_cancel and mc_gen_release, but
- * not mc_engine_submit, mc_engine_drain or mc_engine_free.
+ * the event into your own queue) and may call mc_engine_cancel, mc_gen_release,
+ * mc_engine_stats and mc_engine_tenant_load, but not mc_engine_submit, mc_engine_drain or
+ * mc_engine_free.
  *
  * Choices n > 1: the engine runs one sequence per request; the HTTP layer submits n
  * requests (with seeds seed, seed + 1, ...) and merges their events by choice index. */
@@ -55,7 +56,8 @@ struct mc_engine_config {
     /* Optional observer for latency metrics, called on the engine thread for every
      * sampled token: first is true for a request's first token, and seconds is then the
      * time from submit to that token (time to first token); otherwise it is the time
-     * since the request's previous token (inter-token latency). Must not block. */
+     * since the request's previous token (inter-token latency). Must not block or call
+     * into the engine. */
     void (*on_token)(void *user, const char *tenant, bool first, double seconds);
     void *on_token_user;
 };
@@ -108,7 +110,8 @@ struct mc_engine_top_logprob {
 
 struct mc_engine_logprob {
     int32_t token;   /* the sampled token */
-    float logprob;   /* its natural log-probability under the unmodified model distribution */
+    float logprob;   /* its natural log-probability after penalties and temperature (1 when
+                      * greedy), before top-k/top-p/min-p truncation */
     int32_t n_top;   /* entries in top, most likely first */
     struct mc_engine_top_logprob top[MC_ENGINE_MAX_TOP_LOGPROBS];
 };
@@ -210,5 +213,12 @@ void mc_engine_stats(struct mc_engine *e, struct mc_engine_stats *out);
  * request of). */
 void mc_engine_tenant_load(struct mc_engine *e, const char *tenant, int32_t *n_queued,
                            int32_t *n_active);
+
+/* Calls fn once for every tenant that has a queued or running request (for per-tenant
+ * queue-depth gauges). fn runs under the engine's lock: it must be quick and must not
+ * call back into the engine. */
+typedef void (*mc_engine_tenant_fn)(void *user, const char *tenant, int32_t n_queued,
+                                    int32_t n_active);
+void mc_engine_tenant_loads(struct mc_engine *e, mc_engine_tenant_fn fn, void *user);
 
 #endif
