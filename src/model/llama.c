@@ -596,6 +596,10 @@ int mc_ctx_n_threads(const struct mc_ctx *c) {
     return mc_pool_n_threads(c->pool);
 }
 
+struct mc_pool *mc_ctx_pool(struct mc_ctx *c) {
+    return c->pool;
+}
+
 const struct mc_model *mc_ctx_model(const struct mc_ctx *c) {
     return c->m;
 }
@@ -709,6 +713,44 @@ static void kv_store(struct mc_ctx *c) {
     }
 }
 
+/* Dot product and axpy on GCC vector types: 8 floats per operation (two SSE registers
+ * on a baseline x86-64 build, one with AVX), two independent accumulators. Head sizes
+ * are usually multiples of 16; the tail is scalar. */
+typedef float v8f __attribute__((vector_size(32)));
+
+static float dot_f32(const float *a, const float *b, int32_t n) {
+    v8f acc0 = {0}, acc1 = {0}, x0, y0, x1, y1;
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        memcpy(&x0, a + i, sizeof(x0));
+        memcpy(&y0, b + i, sizeof(y0));
+        memcpy(&x1, a + i + 8, sizeof(x1));
+        memcpy(&y1, b + i + 8, sizeof(y1));
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    acc0 += acc1;
+    float s =
+        ((acc0[0] + acc0[4]) + (acc0[1] + acc0[5])) + ((acc0[2] + acc0[6]) + (acc0[3] + acc0[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* y += a * x */
+static void axpy_f32(float *y, float a, const float *x, int32_t n) {
+    v8f va = {a, a, a, a, a, a, a, a}, vx, vy;
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&vx, x + i, sizeof(vx));
+        memcpy(&vy, y + i, sizeof(vy));
+        vy += va * vx;
+        memcpy(y + i, &vy, sizeof(vy));
+    }
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
 /* One (row, head): softmax(q·Kᵀ / sqrt(hd)) · V over the row's positions 0..pos. */
 static void attend_one(struct mc_ctx *c, int32_t r, int32_t h, float *s) {
     const struct mc_hparams *hp = &c->m->hp;
@@ -721,23 +763,14 @@ static void attend_one(struct mc_ctx *c, int32_t r, int32_t h, float *s) {
     const float *vb = kv->v + (size_t)c->layer * kv->n_ctx * dkv + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
 
-    for (int32_t t = 0; t < n; t++) {
-        const float *k = kb + (size_t)t * dkv;
-        float dot = 0.0f;
-        for (int32_t i = 0; i < hd; i++)
-            dot += q[i] * k[i];
-        s[t] = dot * scale;
-    }
+    for (int32_t t = 0; t < n; t++)
+        s[t] = dot_f32(q, kb + (size_t)t * dkv, hd) * scale;
     mc_softmax(s, n);
 
     float *o = c->att + ((size_t)r * hp->n_head + h) * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int32_t t = 0; t < n; t++) {
-        const float *v = vb + (size_t)t * dkv;
-        float p = s[t];
-        for (int32_t i = 0; i < hd; i++)
-            o[i] += p * v[i];
-    }
+    for (int32_t t = 0; t < n; t++)
+        axpy_f32(o, s[t], vb + (size_t)t * dkv, hd);
 }
 
 static void attend_part(void *arg, int ith, int nth) {

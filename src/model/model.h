@@ -8,6 +8,7 @@
 #define MC_MODEL_H
 
 #include "base/err.h"
+#include "base/pool.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
@@ -80,6 +81,9 @@ int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, str
 void mc_ctx_free(struct mc_ctx *ctx);
 int mc_ctx_n_threads(const struct mc_ctx *ctx);
 const struct mc_model *mc_ctx_model(const struct mc_ctx *ctx);
+/* The context's thread pool, for work the caller wants to run on the same threads
+ * between forward calls (benchmarks). Valid until mc_ctx_free. */
+struct mc_pool *mc_ctx_pool(struct mc_ctx *ctx);
 int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
 
 /* Runs the batch. Errors: MC_EINVAL for a bad row (token out of range, kv of another
