@@ -2,9 +2,10 @@
  *
  * One thread per connection (MHD_USE_THREAD_PER_CONNECTION): a handler may block while
  * the engine works, and a stream reader blocks until the next tokens arrive. The body is
- * read into a buffer capped at max_body_bytes while it arrives: a Content-Length above
- * the cap is answered 413 before any of the body is read, and a chunked body that passes
- * the cap is discarded as it comes and answered 413 at its end. Each request gets an id
+ * read into a buffer capped at max_body_bytes while it arrives: a body that passes the
+ * cap (declared by Content-Length or found while reading a chunked one) is never stored;
+ * the rest of it is read and discarded and the request answered 413 with an OpenAI error
+ * body (bodies above 64 MiB are refused at once). Each request gets an id
  * (x-request-id) and, when it ends, one access-log line and one metrics sample through
  * on_done.
  *
@@ -31,7 +32,11 @@ struct mc_http {
     struct MHD_Daemon *daemon;
     struct mc_http_config cfg;
     int port;
+    atomic_int n_open; /* requests between their first header and on_completed */
 };
+
+/* Largest oversized body read (and discarded) before answering 413. */
+#define DISCARD_MAX ((unsigned long long)64 << 20)
 
 static atomic_uint_fast64_t req_counter;
 static atomic_llong boot_time;
@@ -56,6 +61,7 @@ static struct mc_http_req *req_new(struct mc_http *h, struct MHD_Connection *con
     r->url = url;
     r->t_start_ns = mc_now_ns();
     r->route = "other";
+    atomic_fetch_add(&h->n_open, 1);
     /* Ids only need to be unique within one server's logs: a start-time prefix keeps
      * them distinct across restarts, the counter within one run. */
     snprintf(r->id, sizeof(r->id), "req_%08llx%08llx",
@@ -237,8 +243,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct mc_http *h = cls;
     struct mc_http_req *r = *con_cls;
 
-    /* First call: only the headers are in. A declared body above the cap is refused
-     * before a byte of it is read; libmicrohttpd then closes the connection. */
+    /* First call: only the headers are in. A declared body above the cap is read and
+     * thrown away, then refused: answering before the client has sent it all would make
+     * the kernel reset the connection and many clients would lose the 413. A body beyond
+     * DISCARD_MAX is not worth reading: it is refused at once and the connection closed. */
     if (!r) {
         r = req_new(h, conn, method, url);
         if (!r)
@@ -246,8 +254,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         *con_cls = r;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > h->cfg.max_body_bytes) {
+        unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+        if (declared > h->cfg.max_body_bytes)
             r->body_too_large = true;
+        if (declared > DISCARD_MAX && declared > h->cfg.max_body_bytes) {
+            r->started = true;
             return too_large(r);
         }
         return MHD_YES;
@@ -295,6 +306,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     mc_free(r->body);
     mc_free(r);
     *con_cls = NULL;
+    atomic_fetch_sub(&h->n_open, 1);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -356,6 +368,17 @@ void mc_http_quiesce(struct mc_http *h) {
         if (s != MHD_INVALID_SOCKET)
             close(s);
     }
+}
+
+bool mc_http_wait_idle(struct mc_http *h, int64_t timeout_ms) {
+    int64_t end = mc_now_ns() + timeout_ms * 1000000;
+    while (atomic_load(&h->n_open) > 0) {
+        if (mc_now_ns() >= end)
+            return false;
+        struct timespec ts = {0, 10 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return true;
 }
 
 void mc_http_stop(struct mc_http *h) {

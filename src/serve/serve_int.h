@@ -61,6 +61,7 @@ struct mc_http_req {
     int64_t t_start_ns;
     /* Filled by handlers, read by the access log and metrics when the request ends. */
     char tenant[80];        /* tenant id once authenticated, "" before */
+    char key_prefix[32];    /* prefix of the API key used, "" for none */
     const char *route;      /* route template ("/v1/chat/completions"), static string */
     int status;
     const char *reject;     /* rejection reason for metrics, static string or NULL */
@@ -87,7 +88,10 @@ int mc_http_start(const struct mc_http_config *cfg, struct mc_http **out, struct
 int mc_http_port(const struct mc_http *h);
 /* Stops accepting new connections; open connections go on. */
 void mc_http_quiesce(struct mc_http *h);
-/* Waits for every connection thread and frees h (accepts NULL). */
+/* Waits until no request is in progress (responses sent, streams ended), at most
+ * timeout_ms; false on timeout. */
+bool mc_http_wait_idle(struct mc_http *h, int64_t timeout_ms);
+/* Closes every connection, waits for their threads and frees h (accepts NULL). */
 void mc_http_stop(struct mc_http *h);
 
 int64_t mc_now_ns(void);

@@ -39,6 +39,7 @@ enum {
     DEFAULT_DRAIN_MS = 10000,
     RETRY_AFTER_DRAINING_S = 5,
     RETRY_AFTER_LOADING_S = 2,
+    SHUTDOWN_FLUSH_MS = 5000,
 };
 
 static int64_t now_ms(void) {
@@ -83,6 +84,19 @@ static void on_request_done(struct mc_http_req *r, void *user) {
     mc_metrics_request(s->metrics, r->tenant, r->route, r->status);
     if (r->reject)
         mc_metrics_rejection(s->metrics, r->tenant, r->reject);
+
+    /* Key use goes to the audit log: metadata only, never content. */
+    if (r->key_prefix[0]) {
+        char actor[48], details[256];
+        struct mc_err err = {0};
+        snprintf(actor, sizeof(actor), "key:%s", r->key_prefix);
+        snprintf(details, sizeof(details), "{\"request\":\"%s\",\"route\":\"%s\",\"status\":%d,"
+                 "\"prompt_tokens\":%lld,\"completion_tokens\":%lld}", r->id, r->route, r->status,
+                 (long long)r->n_prompt, (long long)r->n_completion);
+        if (mc_audit_append(s->audit, now_ms(), actor, "key.use", r->tenant, details, &err) != MC_OK)
+            MC_LOG_WARN("serve", "audit_failed", "tenant=%s id=%s err=\"%s\"", r->tenant, r->id,
+                        err.msg);
+    }
 }
 
 /* ---- Authentication --------------------------------------------------------------- */
@@ -130,6 +144,13 @@ static void engine_gauges(struct mc_buf *o, void *user) {
                   st.n_active);
     mc_buf_printf(o, "# TYPE mcai_engine_steps_total counter\nmcai_engine_steps_total %llu\n",
                   (unsigned long long)st.n_steps);
+    mc_buf_printf(o, "# TYPE mcai_engine_requests_done_total counter\n"
+                  "mcai_engine_requests_done_total %llu\n", (unsigned long long)st.n_requests_done);
+    mc_buf_printf(o, "# HELP mcai_engine_requests_failed_total Generations that ended in error or "
+                  "were cancelled (client gone, shutdown).\n"
+                  "# TYPE mcai_engine_requests_failed_total counter\n"
+                  "mcai_engine_requests_failed_total %llu\n",
+                  (unsigned long long)st.n_requests_failed);
     mc_buf_printf(o, "# TYPE mcai_engine_preemptions_total counter\n"
                   "mcai_engine_preemptions_total %llu\n", (unsigned long long)st.n_preemptions);
     mc_buf_printf(o, "# TYPE mcai_kv_bytes_used gauge\nmcai_kv_bytes_used %zu\n",
@@ -184,6 +205,7 @@ static enum MHD_Result route_tenant(struct mc_server *s, struct mc_http_req *r, 
                                    "key lookup failed (request %s)", r->id);
     }
     snprintf(r->tenant, sizeof(r->tenant), "%s", a.tenant);
+    snprintf(r->key_prefix, sizeof(r->key_prefix), "%s", a.key_prefix);
 
     if (strcmp(p, "/v1/usage") == 0) {
         r->route = "/v1/usage";
@@ -369,7 +391,14 @@ int mc_server_load(struct mc_server *s, struct mc_err *err) {
         n_ctx = 2048;
     s->n_ctx = n_ctx;
     s->n_embd = hp->n_embd;
-    snprintf(s->model_id, sizeof(s->model_id), "%s", hp->name);
+    /* Clients name the model by its file's base name ("stories260K"): general.name is
+     * often just the architecture ("llama") and would not tell two models apart. */
+    const char *base = strrchr(s->model_path, '/');
+    base = base ? base + 1 : s->model_path;
+    size_t blen = strlen(base);
+    if (blen > 5 && strcmp(base + blen - 5, ".gguf") == 0)
+        blen -= 5;
+    snprintf(s->model_id, sizeof(s->model_id), "%.*s", (int)blen, base);
     struct stat st;
     s->model_created = stat(s->model_path, &st) == 0 ? (int64_t)st.st_mtime : 0;
 
@@ -398,7 +427,10 @@ void mc_server_shutdown(struct mc_server *s) {
     int n_cancelled = 0;
     if (s->engine)
         n_cancelled = mc_engine_drain(s->engine, s->drain_timeout_ms);
-    /* Joins every connection thread: each stream has seen its last event by now. */
+    /* Every generation has ended; let the connections send what they hold (final
+     * chunks, error events) before libmicrohttpd closes them. */
+    if (!mc_http_wait_idle(s->http, SHUTDOWN_FLUSH_MS))
+        MC_LOG_WARN("serve", "shutdown_flush_timeout", "ms=%d", SHUTDOWN_FLUSH_MS);
     mc_http_stop(s->http);
     s->http = NULL;
     if (s->audit) {
