@@ -746,7 +746,8 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         all = mc_calloc((size_t)(n_hist + g->n_msgs), sizeof(*all));
         if (!all)
             goto fail_500;
-        memcpy(all, hist, (size_t)n_hist * sizeof(*all));
+        if (n_hist)
+            memcpy(all, hist, (size_t)n_hist * sizeof(*all));
         memcpy(all + n_hist, g->msgs, (size_t)g->n_msgs * sizeof(*all));
         rc = chat_tokens(s, &f, a, all, n_hist + g->n_msgs, &ids, &n_ids, &err);
     } else {
