@@ -550,6 +550,14 @@ async function main() {
   await limitChecks(keys, model);
   await disconnectCheck(keys, model);
   await metricsChecks(t);
+
+  // Deleting a tenant: its key stops working at once, its objects are gone.
+  let r = await admin("DELETE", `/tenants/${t.beta.id}`);
+  check("delete tenant", r.status === 200 && r.json.deleted === true, r.text);
+  r = await http("GET", "/v1/models", { key: keys.beta });
+  check("deleted tenant's key is 401", r.status === 401, r.text);
+  r = await admin("GET", `/tenants/${t.beta.id}`);
+  check("deleted tenant is 404", r.status === 404, r.text);
 }
 
 try {

@@ -170,6 +170,13 @@ else
 scripts/install-deps.sh (it runs npm ci in tests/integration)"
 fi
 
+# Conversations and fronts are sealed: their text appears nowhere under the data
+# directory (client.mjs stored "there was a cat." and the front "You are Alpha v2.").
+for secret in "there was a cat." "You are Alpha v2."; do
+    check "sealed at rest: '$secret' is not in any file under the data dir" "" \
+        "$(grep -rlF -- "$secret" "$DIR/data" 2>/dev/null)"
+done
+
 # ---- SIGTERM during a stream ---------------------------------------------------------
 
 $C -N -H "Authorization: Bearer $KEY" -d '{"messages":[{"role":"user","content":"Go"}],
