@@ -427,6 +427,8 @@ static void run_account(struct run *run) {
     if (run->limit_held)
         mc_limit_release(s->limiter, run->tenant, run->est_tokens, run->n_prompt + comp, now);
     struct mc_err err = {0};
+    if (run->n_submitted == 0)
+        return; /* the engine refused it: nothing ran, nothing to count */
     if (mc_usage_record(s->tenants, run->tenant, now, 1, run->n_prompt, comp, &err) != MC_OK)
         MC_LOG_WARN("api", "usage_record_failed", "tenant=%s err=\"%s\"", run->tenant, err.msg);
     mc_metrics_tokens(s->metrics, run->tenant, run->n_prompt, comp);
