@@ -242,6 +242,15 @@ static int read_hparams(struct mc_model *m, struct mc_err *err) {
         return rc;
     if (n_rot % 2 != 0)
         return mc_err_set(err, MC_EFORMAT, "rope.dimension_count %u is odd", n_rot);
+    if ((uint64_t)n_head * head_dim > MAX_DIM * 4u)
+        return mc_err_set(err, MC_EFORMAT, "head_count %u x key_length %u exceeds %u", n_head,
+                          head_dim, MAX_DIM * 4u);
+    uint32_t v_len;
+    if ((rc = get_u32(g, a, "attention.value_length", false, head_dim, &v_len, err)))
+        return rc;
+    if (v_len != head_dim)
+        return mc_err_set(err, MC_ENOTSUP, "attention.value_length %u differs from key_length %u",
+                          v_len, head_dim);
 
     hp->n_ctx_train = (int32_t)n_ctx;
     hp->n_embd = (int32_t)n_embd;

@@ -34,34 +34,34 @@
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_MAX_SEQS 32
-#define DEFAULT_PREFILL_CHUNK 64
-#define DEFAULT_MAX_QUEUE 256
+#define DEFAULT_MAX_SEQS       32
+#define DEFAULT_PREFILL_CHUNK  64
+#define DEFAULT_MAX_QUEUE      256
 #define DEFAULT_PENALTY_LAST_N 64
-#define MAX_WEIGHT 1000
-#define MAX_SEQS_LIMIT 4096
-#define PREFILL_CHUNK_LIMIT 8192
+#define MAX_WEIGHT             1000
+#define MAX_SEQS_LIMIT         4096
+#define PREFILL_CHUNK_LIMIT    8192
 
 enum out_kind {
     OUT_NONE = 0,
-    OUT_TEXT,      /* a TEXT event only */
-    OUT_DONE,      /* a TEXT event (possibly empty) then DONE */
-    OUT_ERROR,     /* an ERROR event */
+    OUT_TEXT,  /* a TEXT event only */
+    OUT_DONE,  /* a TEXT event (possibly empty) then DONE */
+    OUT_ERROR, /* an ERROR event */
 };
 
 struct mc_gen {
     atomic_int refs;
     atomic_bool cancel;
-    struct mc_engine *e;              /* valid until the request's last event */
+    struct mc_engine *e; /* valid until the request's last event */
     mc_engine_event_fn fn;
     void *user;
 
     /* The request, copied at submit. */
     char tenant[MC_ENGINE_TENANT_MAX + 1];
-    int32_t *tokens;                  /* (n_ctx_seq) prompt, then sampled tokens */
+    int32_t *tokens; /* (n_ctx_seq) prompt, then sampled tokens */
     int32_t n_prompt;
-    int32_t max_tokens;               /* effective: n_prompt + max_tokens <= n_ctx */
-    int32_t n_ctx_seq;                /* KV positions of this sequence */
+    int32_t max_tokens; /* effective: n_prompt + max_tokens <= n_ctx */
+    int32_t n_ctx_seq;  /* KV positions of this sequence */
     struct mc_sample_params sp;
     struct engine_stream_params stp;
     char **stop;
@@ -70,8 +70,8 @@ struct mc_gen {
 
     /* Engine-thread state. */
     struct sched_seq seq;
-    void *kv;                         /* NULL while queued */
-    struct mc_sampler *sampler;       /* created at first admission, kept when preempted */
+    void *kv;                   /* NULL while queued */
+    struct mc_sampler *sampler; /* created at first admission, kept when preempted */
     void *stream;
     int32_t n_gen;
     int64_t t_submit_ns;
@@ -79,10 +79,10 @@ struct mc_gen {
     bool finished;
 
     /* Tokens sampled but not yet handed over in a TEXT event. */
-    int32_t *pend_tokens;             /* (pend_cap) */
+    int32_t *pend_tokens;              /* (pend_cap) */
     struct mc_engine_logprob *pend_lp; /* (pend_cap) when logprobs, else NULL */
     int32_t n_pend;
-    int32_t pend_cap;                 /* grows: text is usually held back a token or two */
+    int32_t pend_cap; /* grows: text is usually held back a token or two */
 
     /* This step's output, delivered after the step's bookkeeping. */
     enum out_kind out;
@@ -99,27 +99,27 @@ struct mc_gen {
 
 struct mc_engine {
     struct engine_backend be;
-    struct mc_engine_config cfg;      /* with defaults filled in */
+    struct mc_engine_config cfg; /* with defaults filled in */
     pthread_t thread;
     bool thread_started;
 
     pthread_mutex_t mu;
-    pthread_cond_t work_cv;           /* the loop waits here for requests */
-    pthread_cond_t idle_cv;           /* drain waits here for the live list to empty */
+    pthread_cond_t work_cv; /* the loop waits here for requests */
+    pthread_cond_t idle_cv; /* drain waits here for the live list to empty */
     struct sched sched;
     struct mc_gen *live_head;
     int32_t n_live;
-    bool draining;                    /* submits refused */
-    bool cancel_all;                  /* the loop cancels every live request */
-    bool stopping;                    /* the loop exits once nothing is live */
+    bool draining;   /* submits refused */
+    bool cancel_all; /* the loop cancels every live request */
+    bool stopping;   /* the loop exits once nothing is live */
     int32_t n_drain_cancelled;
     struct mc_engine_stats stats;
 
     /* Loop-thread scratch. */
-    struct engine_row *rows;          /* (max_seqs + prefill_chunk) */
-    float *logits;                    /* (max_seqs, n_vocab) */
-    struct sched_work *work;          /* (max_seqs) */
-    struct sched_seq **pre, **adm;    /* (2 * max_seqs) each */
+    struct engine_row *rows;       /* (max_seqs + prefill_chunk) */
+    float *logits;                 /* (max_seqs, n_vocab) */
+    struct sched_work *work;       /* (max_seqs) */
+    struct sched_seq **pre, **adm; /* (2 * max_seqs) each */
 };
 
 static int64_t now_ns(void) {
@@ -448,16 +448,15 @@ static int pend_reserve(struct mc_gen *g) {
 
 /* Samples g's next token from its logits row and feeds it to the text stream. Runs on
  * the loop thread without the lock: it touches only g's own generation state. */
-static void gen_take_token(struct mc_engine *e, struct mc_gen *g, const float *logits,
-                           int64_t t) {
+static void gen_take_token(struct mc_engine *e, struct mc_gen *g, const float *logits, int64_t t) {
     struct mc_logprob top[MC_ENGINE_MAX_TOP_LOGPROBS];
     float lp = 0;
     if (pend_reserve(g) != MC_OK) {
         set_error(g, MC_ENOMEM, "out of memory for pending tokens");
         return;
     }
-    int32_t tok = mc_sampler_sample(g->sampler, logits, g->logprobs ? &lp : NULL, top,
-                                    g->top_logprobs);
+    int32_t tok =
+        mc_sampler_sample(g->sampler, logits, g->logprobs ? &lp : NULL, top, g->top_logprobs);
     mc_sampler_accept(g->sampler, tok);
     g->tokens[g->seq.n_tokens++] = tok;
     g->n_gen++;
@@ -660,8 +659,8 @@ static int check_config(const struct engine_backend *be, struct mc_engine_config
         return mc_err_set(err, MC_EINVAL, "prefill_chunk %d is outside 1..%d", c->prefill_chunk,
                           PREFILL_CHUNK_LIMIT);
     if (c->n_ctx < 2 || c->n_ctx > be->n_ctx_train)
-        return mc_err_set(err, MC_EINVAL, "n_ctx %d is outside 2..%d (training context)",
-                          c->n_ctx, be->n_ctx_train);
+        return mc_err_set(err, MC_EINVAL, "n_ctx %d is outside 2..%d (training context)", c->n_ctx,
+                          be->n_ctx_train);
     if (c->max_queue < 1)
         return mc_err_set(err, MC_EINVAL, "max_queue %d must be at least 1", c->max_queue);
     if (c->n_threads < 0)

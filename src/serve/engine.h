@@ -35,9 +35,9 @@ struct mc_model;
 struct mc_engine; /* opaque; see engine.c */
 struct mc_gen;    /* one submitted request; opaque, reference-counted */
 
-#define MC_ENGINE_TENANT_MAX 64      /* bytes of a tenant id, NUL excluded */
-#define MC_ENGINE_MAX_STOP 16        /* stop strings per request */
-#define MC_ENGINE_STOP_MAX_BYTES 256 /* bytes of one stop string */
+#define MC_ENGINE_TENANT_MAX       64  /* bytes of a tenant id, NUL excluded */
+#define MC_ENGINE_MAX_STOP         16  /* stop strings per request */
+#define MC_ENGINE_STOP_MAX_BYTES   256 /* bytes of one stop string */
 #define MC_ENGINE_MAX_TOP_LOGPROBS 20
 
 /* ---- Configuration ---------------------------------------------------------------- */
@@ -67,32 +67,32 @@ struct mc_engine_config {
 /* Sampling. temperature <= 0 means greedy (argmax). Zero values disable each filter. */
 struct mc_engine_sampling {
     float temperature;
-    int32_t top_k;            /* keep the k most likely tokens (0: all) */
-    float top_p;              /* nucleus mass (0 or >= 1: off) */
-    float min_p;              /* drop tokens below min_p * p(best) (0: off) */
-    float repeat_penalty;     /* llama.cpp-style multiplicative penalty (0 or 1: off) */
-    float presence_penalty;   /* OpenAI-style, subtracted once per seen token */
-    float frequency_penalty;  /* OpenAI-style, subtracted per occurrence */
-    int32_t penalty_last_n;   /* window of recent tokens the penalties look at (0: 64) */
-    uint64_t seed;            /* with the same seed and prompt the output is reproducible */
+    int32_t top_k;           /* keep the k most likely tokens (0: all) */
+    float top_p;             /* nucleus mass (0 or >= 1: off) */
+    float min_p;             /* drop tokens below min_p * p(best) (0: off) */
+    float repeat_penalty;    /* llama.cpp-style multiplicative penalty (0 or 1: off) */
+    float presence_penalty;  /* OpenAI-style, subtracted once per seen token */
+    float frequency_penalty; /* OpenAI-style, subtracted per occurrence */
+    int32_t penalty_last_n;  /* window of recent tokens the penalties look at (0: 64) */
+    uint64_t seed;           /* with the same seed and prompt the output is reproducible */
 };
 
 /* One request. Everything is copied by mc_engine_submit; the caller may free it right
  * after. (Not struct mc_gen_params: that name belongs to model/generate.h.) */
 struct mc_engine_params {
-    const char *tenant;       /* tenant id, 1..MC_ENGINE_TENANT_MAX bytes */
-    uint32_t weight;          /* tenant's share weight, 1..1000 (0: 1); the latest wins */
-    const int32_t *prompt;    /* prompt token ids, already rendered and tokenized */
-    int32_t n_prompt;         /* >= 1 and < n_ctx */
-    int32_t max_tokens;       /* completion tokens (<= 0, or more than the context leaves:
-                               * until the context is full, finish_reason "length") */
+    const char *tenant;    /* tenant id, 1..MC_ENGINE_TENANT_MAX bytes */
+    uint32_t weight;       /* tenant's share weight, 1..1000 (0: 1); the latest wins */
+    const int32_t *prompt; /* prompt token ids, already rendered and tokenized */
+    int32_t n_prompt;      /* >= 1 and < n_ctx */
+    int32_t max_tokens;    /* completion tokens (<= 0, or more than the context leaves:
+                            * until the context is full, finish_reason "length") */
     struct mc_engine_sampling sampling;
-    const char *const *stop;  /* stop strings (may be split across tokens), or NULL */
-    int32_t n_stop;           /* 0..MC_ENGINE_MAX_STOP */
-    bool logprobs;            /* report each sampled token's log-probability */
-    int32_t top_logprobs;     /* and this many alternatives (0..MC_ENGINE_MAX_TOP_LOGPROBS) */
-    bool ignore_eos;          /* keep going past end-of-generation tokens */
-    const void *adapter;      /* LoRA adapter of this request; must be NULL for now */
+    const char *const *stop; /* stop strings (may be split across tokens), or NULL */
+    int32_t n_stop;          /* 0..MC_ENGINE_MAX_STOP */
+    bool logprobs;           /* report each sampled token's log-probability */
+    int32_t top_logprobs;    /* and this many alternatives (0..MC_ENGINE_MAX_TOP_LOGPROBS) */
+    bool ignore_eos;         /* keep going past end-of-generation tokens */
+    const void *adapter;     /* LoRA adapter of this request; must be NULL for now */
 };
 
 /* ---- Events ----------------------------------------------------------------------- */
@@ -109,10 +109,10 @@ struct mc_engine_top_logprob {
 };
 
 struct mc_engine_logprob {
-    int32_t token;   /* the sampled token */
-    float logprob;   /* its natural log-probability after penalties and temperature (1 when
-                      * greedy), before top-k/top-p/min-p truncation */
-    int32_t n_top;   /* entries in top, most likely first */
+    int32_t token; /* the sampled token */
+    float logprob; /* its natural log-probability after penalties and temperature (1 when
+                    * greedy), before top-k/top-p/min-p truncation */
+    int32_t n_top; /* entries in top, most likely first */
     struct mc_engine_top_logprob top[MC_ENGINE_MAX_TOP_LOGPROBS];
 };
 
@@ -194,16 +194,16 @@ int mc_engine_drain(struct mc_engine *e, int64_t timeout_ms);
 /* ---- Statistics ------------------------------------------------------------------- */
 
 struct mc_engine_stats {
-    uint64_t n_steps;            /* forward batches run */
-    uint64_t n_prompt_tokens;    /* prompt tokens processed (recomputation included) */
-    uint64_t n_gen_tokens;       /* tokens sampled */
-    uint64_t n_requests_done;    /* requests that ended with DONE */
-    uint64_t n_requests_failed;  /* requests that ended with ERROR (cancellations included) */
-    uint64_t n_preemptions;      /* sequences preempted for fairness */
-    int32_t n_active;            /* sequences admitted and running */
-    int32_t n_queued;            /* requests waiting in all tenant queues */
-    size_t kv_bytes_used;        /* KV memory reserved by running sequences */
-    size_t kv_budget_bytes;      /* the configured budget (SIZE_MAX: unlimited) */
+    uint64_t n_steps;           /* forward batches run */
+    uint64_t n_prompt_tokens;   /* prompt tokens processed (recomputation included) */
+    uint64_t n_gen_tokens;      /* tokens sampled */
+    uint64_t n_requests_done;   /* requests that ended with DONE */
+    uint64_t n_requests_failed; /* requests that ended with ERROR (cancellations included) */
+    uint64_t n_preemptions;     /* sequences preempted for fairness */
+    int32_t n_active;           /* sequences admitted and running */
+    int32_t n_queued;           /* requests waiting in all tenant queues */
+    size_t kv_bytes_used;       /* KV memory reserved by running sequences */
+    size_t kv_budget_bytes;     /* the configured budget (SIZE_MAX: unlimited) */
 };
 
 /* A consistent snapshot of the counters (any thread). */

@@ -30,34 +30,34 @@ struct sched_tenant;
  * sched_enqueue and advances n_kv / n_tokens as steps run. */
 struct sched_seq {
     struct sched_tenant *tenant;
-    struct sched_seq *prev, *next;          /* tenant queue, or tenant active list */
-    struct sched_seq *act_prev, *act_next;  /* global active list, admission order */
+    struct sched_seq *prev, *next;         /* tenant queue, or tenant active list */
+    struct sched_seq *act_prev, *act_next; /* global active list, admission order */
     enum sched_state state;
-    int32_t n_tokens;   /* in: tokens known (prompt, then prompt + sampled) */
-    int32_t n_kv;       /* tokens already written to its KV (0 while queued) */
-    size_t kv_bytes;    /* in: KV memory reserved while active */
-    double cost;        /* in: fair-queuing cost (tokens the request may occupy) */
-    uint64_t admit_seq; /* order of the latest admission, 0 while queued */
-    bool preempt_mark;  /* scratch for sched_admit's preemption plan */
-    bool charged;       /* its cost was added to its tenant's finish tag */
+    int32_t n_tokens;    /* in: tokens known (prompt, then prompt + sampled) */
+    int32_t n_kv;        /* tokens already written to its KV (0 while queued) */
+    size_t kv_bytes;     /* in: KV memory reserved while active */
+    double cost;         /* in: fair-queuing cost (tokens the request may occupy) */
+    uint64_t admit_seq;  /* order of the latest admission, 0 while queued */
+    bool preempt_mark;   /* scratch for sched_admit's preemption plan */
+    bool charged;        /* its cost was added to its tenant's finish tag */
     const void *adapter; /* the request's adapter (always NULL for now) */
-    void *owner;        /* the engine's request */
+    void *owner;         /* the engine's request */
 };
 
 struct sched_tenant {
     char name[MC_ENGINE_TENANT_MAX + 1];
     uint32_t weight;
-    uint64_t order;                       /* creation order, breaks ties */
-    struct sched_tenant *prev, *next;     /* list of tenants with any request */
-    struct sched_seq *q_head, *q_tail;    /* queued requests, oldest first */
-    struct sched_seq *a_head, *a_tail;    /* active sequences, oldest admission first */
+    uint64_t order;                    /* creation order, breaks ties */
+    struct sched_tenant *prev, *next;  /* list of tenants with any request */
+    struct sched_seq *q_head, *q_tail; /* queued requests, oldest first */
+    struct sched_seq *a_head, *a_tail; /* active sequences, oldest admission first */
     int32_t n_queued;
     int32_t n_active;
     size_t kv_used;
-    double head_start;                    /* fair-queuing start tag of q_head */
-    double finish;                        /* finish tag of the latest admission */
-    bool skip;                            /* over its share this admission round */
-    int32_t sim_active;                   /* scratch for preemption planning */
+    double head_start;  /* fair-queuing start tag of q_head */
+    double finish;      /* finish tag of the latest admission */
+    bool skip;          /* over its share this admission round */
+    int32_t sim_active; /* scratch for preemption planning */
     size_t sim_kv;
 };
 
@@ -65,13 +65,13 @@ struct sched {
     int32_t max_seqs;
     int32_t prefill_chunk;
     int32_t max_queue;
-    size_t kv_budget;     /* SIZE_MAX: unlimited */
+    size_t kv_budget;             /* SIZE_MAX: unlimited */
     struct sched_tenant *tenants; /* every tenant with a queued or active request */
     struct sched_seq *act_head, *act_tail;
     int32_t n_active;
     int32_t n_queued;
     size_t kv_used;
-    double vtime;         /* system virtual time: start tag of the latest admission */
+    double vtime; /* system virtual time: start tag of the latest admission */
     uint64_t n_admits;
     uint64_t n_tenants_made;
     uint64_t prefill_cursor; /* admit_seq of the last sequence given prefill tokens */

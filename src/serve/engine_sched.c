@@ -148,8 +148,8 @@ int sched_enqueue(struct sched *s, const char *tenant, uint32_t weight, struct s
                   struct mc_err *err) {
     struct sched_tenant *t = sched_tenant_find(s, tenant);
     if (t && t->n_queued >= s->max_queue)
-        return mc_err_set(err, MC_EFULL, "tenant=%s queue holds %d requests (max_queue %d)",
-                          tenant, t->n_queued, s->max_queue);
+        return mc_err_set(err, MC_EFULL, "tenant=%s queue holds %d requests (max_queue %d)", tenant,
+                          t->n_queued, s->max_queue);
 
     if (!t) {
         t = mc_calloc(1, sizeof(*t));
