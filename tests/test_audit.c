@@ -8,7 +8,9 @@
 #include "test_util.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define T0_MS 1796299200000LL /* 2026-12-03T12:00:00Z */
@@ -47,8 +49,7 @@ static void append_n(struct fx *f, int n) {
         char tenant[32], details[64];
         snprintf(tenant, sizeof(tenant), "t_%d", i);
         snprintf(details, sizeof(details), "{\"name\":\"n%d\"}", i);
-        int rc = mc_audit_append(a, T0_MS + i, "cli:test", "tenant.create", tenant, details,
-                                 &err);
+        int rc = mc_audit_append(a, T0_MS + i, "cli:test", "tenant.create", tenant, details, &err);
         if (rc != MC_OK)
             fail_msg("append %d: %s", i, err.msg);
     }
@@ -93,7 +94,8 @@ static void test_audit_lines_have_the_documented_shape(void **state) {
     struct mc_audit *a;
     assert_int_equal(mc_audit_open(f->dir, &a, &err), MC_OK);
     assert_int_equal(mc_audit_append(a, T0_MS + 123, "admin", "key.use", NULL,
-                                     "{\"prefix\":\"mcai_AbCdEfGh\",\"n\":2}", &err), MC_OK);
+                                     "{\"prefix\":\"mcai_AbCdEfGh\",\"n\":2}", &err),
+                     MC_OK);
     assert_int_equal(mc_audit_append(a, T0_MS, "admin", "x", NULL, "[1]", &err), MC_EINVAL);
     assert_string_equal(err.msg, "audit details must be a JSON object");
     assert_int_equal(mc_audit_append(a, T0_MS, "", "x", NULL, NULL, &err), MC_EINVAL);
@@ -180,7 +182,8 @@ static void test_audit_verify_detects_removed_line(void **state) {
     memmove(lines[2], lines[3], sizeof(lines[0]) * (size_t)(n - 3));
     write_lines(f->log, lines, n - 1);
     assert_int_equal(verify_bad_line(f, reason, sizeof(reason)), 3);
-    assert_string_equal(reason, "line 3 has seq 4, expected 3: a line before it was removed or moved");
+    assert_string_equal(reason,
+                        "line 3 has seq 4, expected 3: a line before it was removed or moved");
 }
 
 static void test_audit_verify_detects_reordered_pair(void **state) {
@@ -193,7 +196,8 @@ static void test_audit_verify_detects_reordered_pair(void **state) {
     memcpy(lines[3], tmp, sizeof(tmp));
     write_lines(f->log, lines, n);
     assert_int_equal(verify_bad_line(f, reason, sizeof(reason)), 4);
-    assert_string_equal(reason, "line 4 has seq 5, expected 4: a line before it was removed or moved");
+    assert_string_equal(reason,
+                        "line 4 has seq 5, expected 4: a line before it was removed or moved");
 }
 
 static void test_audit_verify_detects_cut_end_and_missing_head(void **state) {
@@ -269,6 +273,47 @@ static void test_audit_threads_and_two_handles_keep_one_chain(void **state) {
     assert_int_equal(r.n_lines, 200);
 }
 
+/* Runs a shell command, captures its first output line, returns its exit status. */
+static int run_cmd(const char *cmd, char *line, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    line[0] = '\0';
+    if (!fgets(line, (int)cap, p))
+        line[0] = '\0';
+    char drain[256];
+    while (fgets(drain, sizeof(drain), p))
+        ;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_audit_verify_exit_codes(void **state) {
+    struct fx *f = *state;
+    const char *mcai = getenv("MCAI");
+    if (!mcai || access(mcai, X_OK) != 0)
+        skip(); /* run by `make test`, which sets MCAI */
+    char cmd[512], out[512], lines[8][1024];
+    append_n(f, 3);
+    snprintf(cmd, sizeof(cmd), "%s audit verify --data %s 2>&1", mcai, f->dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_memory_equal(out, "OK: 3 lines, last hash ", 23);
+
+    int n = read_lines(f->log, lines, 8);
+    char *p = strstr(lines[1], "cli:test");
+    p[4] = 'X';
+    write_lines(f->log, lines, n);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_string_equal(out, "FAILED at line 2: line 2 was edited: its content does not match "
+                             "its hash\n");
+
+    snprintf(cmd, sizeof(cmd), "%s audit verify 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_string_equal(out, "mcai audit verify: --data DIR is required\n");
+    snprintf(cmd, sizeof(cmd), "%s audit --help", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "usage: mcai audit verify --data DIR\n");
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
@@ -280,6 +325,7 @@ int main(void) {
         T(test_audit_verify_detects_reordered_pair),
         T(test_audit_verify_detects_cut_end_and_missing_head),
         T(test_audit_threads_and_two_handles_keep_one_chain),
+        T(test_cli_audit_verify_exit_codes),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

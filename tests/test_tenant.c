@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <math.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char KEY_HEX[] = "8f3a1c5e7d9b2f4a6c8e0d1b3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f13";
@@ -38,8 +39,8 @@ struct fx {
     int n_events;
 };
 
-static int record_event(void *user, const char *action, const char *tenant_id,
-                        const char *details, struct mc_err *err) {
+static int record_event(void *user, const char *action, const char *tenant_id, const char *details,
+                        struct mc_err *err) {
     (void)err;
     struct fx *f = user;
     if (f->n_events < 32) {
@@ -247,7 +248,8 @@ static void test_key_create_lookup_revoke(void **state) {
     assert_memory_equal(ka.prefix, sa, MC_KEY_PREFIX_LEN);
     assert_int_equal(strlen(ka.prefix), MC_KEY_PREFIX_LEN);
     assert_int_equal(strspn(sa + 5, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                    "0123456789-_"), 43);
+                                    "0123456789-_"),
+                     43);
 
     struct mc_tenant_info t;
     struct mc_key_info k;
@@ -471,7 +473,8 @@ static void test_front_render_template(void **state) {
     const char *values[] = {"What is {{context}}?", "C"};
     char *out;
     assert_int_equal(mc_front_render("Q: {{question}} / {{ context }} {{{{literal}} }}", names,
-                                     values, 2, &out, &err), MC_OK);
+                                     values, 2, &out, &err),
+                     MC_OK);
     /* Values are not rescanned; "{{{{" is a literal "{{"; a lone "}}" is kept. */
     assert_string_equal(out, "Q: What is {{context}}? / C {{literal}} }}");
     mc_free(out);
@@ -569,12 +572,10 @@ static void test_limit_tokens_per_day_until_midnight(void **state) {
     assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 43200);
     assert_string_equal(err.msg, "tokens per day limit 1000 reached; retry after 43200 s");
-    assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS + 43199500, &retry, &err),
-                     MC_ELIMIT);
+    assert_int_equal(mc_limit_acquire(lim, id, &l, 1, NOON_MS + 43199500, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 1);
     /* The next day starts from zero. */
-    assert_int_equal(mc_limit_acquire(lim, id, &l, 1000, NOON_MS + 43200000, &retry, &err),
-                     MC_OK);
+    assert_int_equal(mc_limit_acquire(lim, id, &l, 1000, NOON_MS + 43200000, &retry, &err), MC_OK);
     mc_limiter_free(lim);
 }
 
@@ -667,7 +668,6 @@ static void test_usage_per_tenant_per_day(void **state) {
                      MC_ENOTFOUND);
 }
 
-
 /* ---------------------------------------------------------------------------------------
  * Allocation failures */
 
@@ -715,6 +715,97 @@ static void test_tenant_create_and_lookup_survive_allocation_failures(void **sta
     assert_int_equal(rc, MC_OK);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * The command line (run by `make test`, which sets MCAI to the built binary) */
+
+/* Runs a shell command, captures its first output line (newline removed), returns its
+ * exit status. */
+static int run_cmd(const char *cmd, char *line, size_t cap) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    line[0] = '\0';
+    if (fgets(line, (int)cap, p))
+        line[strcspn(line, "\n")] = '\0';
+    char drain[256];
+    while (fgets(drain, sizeof(drain), p))
+        ;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_tenant_and_key_commands(void **state) {
+    struct fx *f = *state;
+    const char *mcai = getenv("MCAI");
+    if (!mcai || access(mcai, X_OK) != 0)
+        skip();
+    struct mc_err err = {0};
+    char dir[128], cmd[768], out[512], id[64], key[128];
+    snprintf(dir, sizeof(dir), "%s/cli", f->dir);
+    setenv(MC_MASTER_KEY_ENV, KEY_HEX, 1);
+
+    snprintf(cmd, sizeof(cmd),
+             "%s tenant create --data %s --name acme --system-prompt 'Be brief.' --rpm 7 "
+             "--tpd 900 2>&1",
+             mcai, dir);
+    assert_int_equal(run_cmd(cmd, id, sizeof(id)), 0);
+    assert_int_equal(strlen(id), MC_TENANT_ID_LEN);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_string_equal(out, "mcai tenant create: a tenant named 'acme' already exists");
+    snprintf(cmd, sizeof(cmd), "%s key create --data %s --tenant acme 2>/dev/null", mcai, dir);
+    assert_int_equal(run_cmd(cmd, key, sizeof(key)), 0);
+    assert_int_equal(strlen(key), MC_KEY_SECRET_LEN);
+    snprintf(cmd, sizeof(cmd), "%s tenant update --data %s acme --system-prompt 'Be long.' 2>&1",
+             mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "front version 2");
+    snprintf(cmd, sizeof(cmd), "%s tenant create --data %s --name x --rpm -1 2>&1", mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_string_equal(out, "mcai tenant create: --rpm wants a whole number 0..999999999999, "
+                             "got '-1'");
+
+    /* What the CLI wrote, read back through the library with the same master key. */
+    struct mc_master_key *mk;
+    struct mc_store *s;
+    struct mc_tenants *tn;
+    assert_int_equal(mc_master_key_load(NULL, dir, &mk, &err), MC_OK);
+    assert_int_equal(mc_store_open(dir, mk, &s, &err), MC_OK);
+    assert_int_equal(mc_tenants_create(s, &tn, &err), MC_OK);
+    struct mc_tenant_info t;
+    assert_int_equal(mc_key_lookup(tn, key, &t, NULL, &err), MC_OK);
+    assert_string_equal(t.id, id);
+    assert_int_equal(t.limits.rpm, 7);
+    assert_int_equal(t.limits.tpd, 900);
+    struct mc_front fr;
+    assert_int_equal(mc_front_get(tn, id, 1, &fr, NULL, &err), MC_OK);
+    assert_string_equal(fr.system_prompt, "Be brief.");
+    mc_front_deinit(&fr);
+    assert_int_equal(mc_front_get(tn, id, 0, &fr, NULL, &err), MC_OK);
+    assert_string_equal(fr.system_prompt, "Be long.");
+    mc_front_deinit(&fr);
+
+    /* Revoke by prefix from the CLI: the open handle sees it at once. */
+    snprintf(cmd, sizeof(cmd), "%s key revoke --data %s --tenant %s %.13s 2>&1", mcai, dir, id,
+             key);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(mc_key_lookup(tn, key, &t, NULL, &err), MC_EPERM);
+
+    snprintf(cmd, sizeof(cmd), "%s tenant delete --data %s acme 2>&1", mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    snprintf(cmd, sizeof(cmd), "%s tenant delete --data %s acme --yes 2>&1", mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(mc_tenant_get(tn, id, &t, &err), MC_ENOTFOUND);
+    snprintf(cmd, sizeof(cmd), "%s audit verify --data %s 2>&1", mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_memory_equal(out, "OK: 5 lines", 11); /* create, key, front, revoke, delete */
+
+    mc_tenants_free(tn);
+    mc_store_close(s);
+    mc_master_key_free(mk);
+    unsetenv(MC_MASTER_KEY_ENV);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
     const struct CMUnitTest tests[] = {
@@ -736,6 +827,7 @@ int main(void) {
         cmocka_unit_test(test_limiter_holds_many_tenants),
         T(test_usage_per_tenant_per_day),
         T(test_tenant_create_and_lookup_survive_allocation_failures),
+        T(test_cli_tenant_and_key_commands),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -114,9 +114,15 @@ int cmd_key(int argc, char **argv) {
     int c;
     while ((c = getopt_long(argc - 1, argv + 1, "", longs, NULL)) != -1) {
         switch (c) {
-        case 'd': data = optarg; break;
-        case 't': tenant = optarg; break;
-        case 'k': key_file = optarg; break;
+        case 'd':
+            data = optarg;
+            break;
+        case 't':
+            tenant = optarg;
+            break;
+        case 'k':
+            key_file = optarg;
+            break;
         default:
             fprintf(stderr, "mcai key %s: unknown or incomplete option '%s'\n", action,
                     argv[optind]);

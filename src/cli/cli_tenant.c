@@ -5,8 +5,8 @@
  * the audit log with actor "cli:$USER". Also holds the helpers `mcai key` shares
  * (cli_tenant.h). Output: plain text for people; ids alone on a line where a script may
  * want them (create). */
-#include "cli/cli.h"
 #include "cli/cli_tenant.h"
+#include "cli/cli.h"
 
 #include "base/mem.h"
 
@@ -31,8 +31,7 @@ int64_t cli_now_ms(void) {
 static int audit_hook(void *user, const char *action, const char *tenant_id,
                       const char *details_json, struct mc_err *err) {
     struct cli_data *d = user;
-    return mc_audit_append(d->audit, cli_now_ms(), d->actor, action, tenant_id, details_json,
-                           err);
+    return mc_audit_append(d->audit, cli_now_ms(), d->actor, action, tenant_id, details_json, err);
 }
 
 int cli_data_open(const char *dir, const char *key_file, struct cli_data *d) {
@@ -68,8 +67,8 @@ int cli_parse_count(const char *cmd, const char *opt, const char *text, int64_t 
     char *end = NULL;
     long long v = strtoll(text, &end, 10);
     if (!*text || *end || v < 0 || v >= 1000000000000LL) {
-        fprintf(stderr, "mcai %s: --%s wants a whole number 0..999999999999, got '%s'\n", cmd,
-                opt, text);
+        fprintf(stderr, "mcai %s: --%s wants a whole number 0..999999999999, got '%s'\n", cmd, opt,
+                text);
         return CLI_USAGE;
     }
     *out = v;
@@ -143,25 +142,48 @@ static int parse_opts(const char *cmd, int argc, char **argv, struct opts *o) {
     int c, rc = CLI_OK;
     while (rc == CLI_OK && (c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
         switch (c) {
-        case 'd': o->data = optarg; break;
-        case 'k': o->key_file = optarg; break;
-        case 'n': o->name = optarg; break;
-        case 's': o->system_prompt = optarg; break;
-        case 'f': o->front_file = optarg; break;
-        case 'r': rc = cli_parse_count(cmd, "rpm", optarg, &o->limits.rpm), o->set_rpm = 1; break;
-        case 't': rc = cli_parse_count(cmd, "tpm", optarg, &o->limits.tpm), o->set_tpm = 1; break;
-        case 'D': rc = cli_parse_count(cmd, "tpd", optarg, &o->limits.tpd), o->set_tpd = 1; break;
+        case 'd':
+            o->data = optarg;
+            break;
+        case 'k':
+            o->key_file = optarg;
+            break;
+        case 'n':
+            o->name = optarg;
+            break;
+        case 's':
+            o->system_prompt = optarg;
+            break;
+        case 'f':
+            o->front_file = optarg;
+            break;
+        case 'r':
+            rc = cli_parse_count(cmd, "rpm", optarg, &o->limits.rpm), o->set_rpm = 1;
+            break;
+        case 't':
+            rc = cli_parse_count(cmd, "tpm", optarg, &o->limits.tpm), o->set_tpm = 1;
+            break;
+        case 'D':
+            rc = cli_parse_count(cmd, "tpd", optarg, &o->limits.tpd), o->set_tpd = 1;
+            break;
         case 'c':
             rc = cli_parse_count(cmd, "concurrency", optarg, &o->limits.concurrency);
             o->set_conc = 1;
             break;
-        case 'w': rc = cli_parse_count(cmd, "weight", optarg, &o->weight); break;
-        case 'v': rc = cli_parse_count(cmd, "version", optarg, &o->version); break;
-        case 'N': rc = cli_parse_count(cmd, "days", optarg, &o->days); break;
-        case 'y': o->yes = 1; break;
+        case 'w':
+            rc = cli_parse_count(cmd, "weight", optarg, &o->weight);
+            break;
+        case 'v':
+            rc = cli_parse_count(cmd, "version", optarg, &o->version);
+            break;
+        case 'N':
+            rc = cli_parse_count(cmd, "days", optarg, &o->days);
+            break;
+        case 'y':
+            o->yes = 1;
+            break;
         default:
-            fprintf(stderr, "mcai %s: unknown or incomplete option '%s'\n", cmd,
-                    argv[optind - 1]);
+            fprintf(stderr, "mcai %s: unknown or incomplete option '%s'\n", cmd, argv[optind - 1]);
             rc = CLI_USAGE;
         }
     }
@@ -374,8 +396,10 @@ static int do_delete(struct cli_data *d, const struct opts *o) {
     if (rc != CLI_OK)
         return rc;
     if (!o->yes) {
-        fprintf(stderr, "mcai tenant delete: this destroys tenant %s (%s) and all its data for "
-                "good; add --yes to proceed\n", t.id, t.name);
+        fprintf(stderr,
+                "mcai tenant delete: this destroys tenant %s (%s) and all its data for "
+                "good; add --yes to proceed\n",
+                t.id, t.name);
         return CLI_USAGE;
     }
     if (mc_tenant_delete(d->tn, t.id, &err) != MC_OK) {
@@ -443,8 +467,10 @@ int cmd_tenant(int argc, char **argv) {
     }
 
     if (strcmp(action, "create") && access(o.data, F_OK) != 0) {
-        fprintf(stderr, "mcai %s: data directory %s does not exist (`mcai tenant create` "
-                "makes it)\n", cmd, o.data);
+        fprintf(stderr,
+                "mcai %s: data directory %s does not exist (`mcai tenant create` "
+                "makes it)\n",
+                cmd, o.data);
         return CLI_ERR;
     }
     struct cli_data d;

@@ -46,8 +46,7 @@ struct mc_audit {
 /* ---------------------------------------------------------------------------------------
  * Shared helpers */
 
-static int join_path(char *out, size_t cap, const char *dir, const char *name,
-                     struct mc_err *err) {
+static int join_path(char *out, size_t cap, const char *dir, const char *name, struct mc_err *err) {
     int n = snprintf(out, cap, "%s/%s", dir, name);
     if (n < 0 || (size_t)n >= cap)
         return mc_err_set(err, MC_EINVAL, "audit directory path is too long (%zu bytes)",
@@ -133,8 +132,7 @@ void mc_audit_close(struct mc_audit *a) {
 }
 
 /* Reads the seq and hash of the log's last line (seq 0 and zeros for an empty log). */
-static int read_last(struct mc_audit *a, long *seq, char hash[HASH_HEX + 1],
-                     struct mc_err *err) {
+static int read_last(struct mc_audit *a, long *seq, char hash[HASH_HEX + 1], struct mc_err *err) {
     *seq = 0;
     memset(hash, '0', HASH_HEX);
     hash[HASH_HEX] = '\0';
@@ -152,16 +150,20 @@ static int read_last(struct mc_audit *a, long *seq, char hash[HASH_HEX + 1],
     ssize_t got = pread(fd, buf, want, st.st_size - (off_t)want);
     close(fd);
     if (got != (ssize_t)want || buf[want - 1] != '\n')
-        return mc_err_set(err, MC_EFORMAT, "%s does not end with a complete line; run `mcai "
-                          "audit verify` before appending", a->path);
+        return mc_err_set(err, MC_EFORMAT,
+                          "%s does not end with a complete line; run `mcai "
+                          "audit verify` before appending",
+                          a->path);
     buf[want - 1] = '\0';
     char *line = strrchr(buf, '\n');
     line = line ? line + 1 : buf;
     const char *h = NULL;
     size_t n = strlen(line);
     if (!split_line(line, n, &h) || sscanf(line, "{\"seq\":%ld,", seq) != 1)
-        return mc_err_set(err, MC_EFORMAT, "the last line of %s is damaged; run `mcai audit "
-                          "verify`", a->path);
+        return mc_err_set(err, MC_EFORMAT,
+                          "the last line of %s is damaged; run `mcai audit "
+                          "verify`",
+                          a->path);
     memcpy(hash, h, HASH_HEX);
     return MC_OK;
 }
@@ -254,8 +256,8 @@ int mc_audit_append(struct mc_audit *a, int64_t now_ms, const char *actor, const
     char *line = NULL;
     int rc = read_last(a, &seq, prev, err);
     if (rc == MC_OK)
-        rc = build_prefix(seq + 1, now_ms, actor, action, tenant_id, details_json, prev, &line,
-                          err);
+        rc =
+            build_prefix(seq + 1, now_ms, actor, action, tenant_id, details_json, prev, &line, err);
     if (rc != MC_OK)
         goto out_unlock;
 
@@ -344,15 +346,16 @@ static int check_line(struct mc_audit_report *r, long i, const char *line, size_
     int prev_ok = strcmp(json_string_value(prev), prev_hash) == 0;
     json_decref(o);
     if (s > i)
-        return bad(r, i, "line %ld has seq %ld, expected %ld: a line before it was removed or "
-                   "moved", i, s, i);
+        return bad(r, i,
+                   "line %ld has seq %ld, expected %ld: a line before it was removed or "
+                   "moved",
+                   i, s, i);
     if (s < i)
-        return bad(r, i, "line %ld has seq %ld, expected %ld: lines were moved or repeated", i,
-                   s, i);
+        return bad(r, i, "line %ld has seq %ld, expected %ld: lines were moved or repeated", i, s,
+                   i);
     if (!prev_ok)
         return bad(r, i > 1 ? i - 1 : i,
-                   "line %ld does not chain to line %ld: line %ld was rewritten", i, i - 1,
-                   i - 1);
+                   "line %ld does not chain to line %ld: line %ld was rewritten", i, i - 1, i - 1);
     return MC_OK;
 }
 
@@ -369,8 +372,8 @@ int mc_audit_verify(const char *dir, struct mc_audit_report *r, struct mc_err *e
     if (!fp && errno == ENOENT && n_head <= 0)
         return MC_OK; /* no log yet */
     if (!fp)
-        return mc_err_set(err, errno == ENOENT ? MC_ENOTFOUND : MC_EIO, "cannot read %s: %s",
-                          path, strerror(errno));
+        return mc_err_set(err, errno == ENOENT ? MC_ENOTFOUND : MC_EIO, "cannot read %s: %s", path,
+                          strerror(errno));
 
     char prev[HASH_HEX + 1], cur[HASH_HEX + 1], at_head[HASH_HEX + 1] = {0};
     memset(prev, '0', HASH_HEX);
@@ -407,13 +410,17 @@ int mc_audit_verify(const char *dir, struct mc_audit_report *r, struct mc_err *e
         return bad(r, i, "%s is missing, so the end of the log cannot be checked",
                    MC_AUDIT_HEAD_NAME);
     if (i < n_head)
-        return bad(r, i + 1, "the log ends at line %ld but %s records %ld lines: lines were "
-                   "removed from the end", i, MC_AUDIT_HEAD_NAME, n_head);
+        return bad(r, i + 1,
+                   "the log ends at line %ld but %s records %ld lines: lines were "
+                   "removed from the end",
+                   i, MC_AUDIT_HEAD_NAME, n_head);
     if (n_head > 0 && memcmp(at_head, head_hash, HASH_HEX) != 0)
         return bad(r, n_head, "line %ld differs from the hash recorded in %s", n_head,
                    MC_AUDIT_HEAD_NAME);
     if (i > n_head + 1)
-        return bad(r, n_head + 2, "lines from %ld on were not recorded in %s (appended by "
-                   "something other than mcai)", n_head + 2, MC_AUDIT_HEAD_NAME);
+        return bad(r, n_head + 2,
+                   "lines from %ld on were not recorded in %s (appended by "
+                   "something other than mcai)",
+                   n_head + 2, MC_AUDIT_HEAD_NAME);
     return MC_OK;
 }
