@@ -110,8 +110,9 @@ static void test_chat_rejects_wrong_types_naming_the_field(void **state) {
     const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
     char b[256];
     snprintf(b, sizeof(b), "{%s,\"max_tokens\":\"5\"}", m);
-    expect_chat_error(b, "max_tokens", "invalid_type", "'max_tokens' must be an integer, got a "
-                                                       "string");
+    expect_chat_error(b, "max_tokens", "invalid_type",
+                      "'max_tokens' must be an integer, got a "
+                      "string");
     snprintf(b, sizeof(b), "{%s,\"max_tokens\":2.5}", m);
     expect_chat_error(b, "max_tokens", "invalid_type", "must be an integer, got 2.5");
     snprintf(b, sizeof(b), "{%s,\"stream\":1}", m);
@@ -133,8 +134,8 @@ static void test_chat_rejects_wrong_types_naming_the_field(void **state) {
                       "missing_field", "is required");
     expect_chat_error("{\"model\":\"m\"}", "messages", "missing_field", "'messages' is required");
     expect_chat_error("{\"messages\":[]}", "messages", "invalid_value", "has 0 entries");
-    expect_chat_error("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
-                      "messages[0].role", "invalid_value", "'robot'");
+    expect_chat_error("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "messages[0].role",
+                      "invalid_value", "'robot'");
 }
 
 static void test_chat_rejects_absurd_numbers(void **state) {
@@ -174,8 +175,8 @@ static void test_chat_rejects_unsupported_parts_and_features(void **state) {
                       "content part type 'image_url' is not supported");
     expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
                       "messages[0].content[0].text", "missing_field", "is required");
-    expect_chat_error("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}",
-                      "messages[0].role", "unsupported_value", "no tool calling");
+    expect_chat_error("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages[0].role",
+                      "unsupported_value", "no tool calling");
     expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}",
                       "tools", "unsupported_parameter", "not supported");
     expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":"
@@ -221,8 +222,7 @@ static void test_completion_prompt_and_legacy_logprobs(void **state) {
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&e, 0, sizeof(e));
-        assert_int_equal(mc_api_parse_completion(bad[i][0], strlen(bad[i][0]), &g, &e),
-                         MC_EINVAL);
+        assert_int_equal(mc_api_parse_completion(bad[i][0], strlen(bad[i][0]), &g, &e), MC_EINVAL);
         assert_string_equal(e.param, bad[i][1]);
         if (!strstr(e.msg, bad[i][2]))
             fail_msg("message '%s' lacks '%s'", e.msg, bad[i][2]);
@@ -313,7 +313,7 @@ static void test_utf8_checks(void **state) {
     assert_int_equal(mc_utf8_invalid_at("h\xc3\xa9llo \xf0\x9f\x98\x80", 11), -1);
     assert_int_equal(mc_utf8_invalid_at("ab\x80", 3), 2);
     assert_int_equal(mc_utf8_invalid_at("\xf4\x90\x80\x80", 4), 0); /* above U+10FFFF */
-    assert_int_equal(mc_utf8_invalid_at("a\xe2\x82", 3), 1);         /* truncated */
+    assert_int_equal(mc_utf8_invalid_at("a\xe2\x82", 3), 1);        /* truncated */
     assert_int_equal(mc_utf8_complete_len("a\xe2\x82", 3), 1);
     assert_int_equal(mc_utf8_complete_len("a\xe2\x82\xac", 4), 4);
     assert_int_equal(mc_utf8_complete_len("a\xf0\x9f", 3), 1);
@@ -376,8 +376,8 @@ static enum MHD_Result echo_handler(struct mc_http_req *r) {
     if (strcmp(r->url, "/error") == 0)
         return mc_http_reply_error_retry(r, 429, 7, "rate_limit_error", "rate_limit_exceeded",
                                          "slow down (%d)", 1);
-    return mc_http_reply_json(r, 200, json_pack("{s:s,s:I}", "method", r->method, "len",
-                                                (json_int_t)r->body_len));
+    return mc_http_reply_json(
+        r, 200, json_pack("{s:s,s:I}", "method", r->method, "len", (json_int_t)r->body_len));
 }
 
 struct reply {
@@ -437,8 +437,11 @@ static void count_done(struct mc_http_req *r, void *user) {
 
 static void test_listener_caps_body_and_tags_requests(void **state) {
     (void)state;
-    struct mc_http_config cfg = {.host = "127.0.0.1", .port = 0, .max_body_bytes = 1024,
-                                 .handler = echo_handler, .on_done = count_done};
+    struct mc_http_config cfg = {.host = "127.0.0.1",
+                                 .port = 0,
+                                 .max_body_bytes = 1024,
+                                 .handler = echo_handler,
+                                 .on_done = count_done};
     struct mc_http *h;
     struct mc_err err = {0};
     assert_int_equal(mc_http_start(&cfg, &h, &err), MC_OK);
@@ -464,8 +467,7 @@ static void test_listener_caps_body_and_tags_requests(void **state) {
         assert_non_null(o);
         json_t *e = json_object_get(o, "error");
         assert_string_equal(json_string_value(json_object_get(e, "code")), "request_too_large");
-        assert_string_equal(json_string_value(json_object_get(e, "type")),
-                            "invalid_request_error");
+        assert_string_equal(json_string_value(json_object_get(e, "type")), "invalid_request_error");
         assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "1024 bytes"));
         json_decref(o);
         mc_buf_free(&rep.body);

@@ -15,11 +15,11 @@
 #include "store/crypto.h"
 
 #include <ctype.h>
-#include <stdbool.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,11 +54,13 @@ static struct setting settings[N_SETTINGS] = {
     {"max-seqs", NULL, "N", "sequences decoded together (default 16)", NULL, false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
     {"max-connections", NULL, "N", "open connections (default 1024)", NULL, false},
-    {"drain-timeout-ms", NULL, "N", "on SIGTERM, time running requests get (default 10000)",
-     NULL, false},
+    {"drain-timeout-ms", NULL, "N", "on SIGTERM, time running requests get (default 10000)", NULL,
+     false},
     {"log-level", NULL, "LEVEL", "error, warn, info or debug (default info)", NULL, false},
-    {"config", NULL, "FILE", "config file of `key = value` lines (keys as the flags above, '_' "
-     "or '-')", NULL, false},
+    {"config", NULL, "FILE",
+     "config file of `key = value` lines (keys as the flags above, '_' "
+     "or '-')",
+     NULL, false},
 };
 
 static struct setting *find_setting(const char *name) {
@@ -85,14 +87,16 @@ static void usage(FILE *f) {
                "(docs/api.md). Stops gracefully on SIGTERM or SIGINT.\n\noptions:\n");
     for (int i = 0; i < N_SETTINGS; i++) {
         char flag[64];
-        snprintf(flag, sizeof(flag), "%s%s--%s %s", settings[i].short_flag ? settings[i].short_flag : "",
+        snprintf(flag, sizeof(flag), "%s%s--%s %s",
+                 settings[i].short_flag ? settings[i].short_flag : "",
                  settings[i].short_flag ? ", " : "", settings[i].name, settings[i].metavar);
         fprintf(f, "  %-28s %s\n", flag, settings[i].help);
     }
     fprintf(f, "  %-28s %s\n", "-h, --help", "this text");
-    fprintf(f, "\nenvironment: MCAI_MASTER_KEY, MCAI_ADMIN_KEY (the keys themselves).\n"
-               "precedence: flags > environment > config file.\n"
-               "exit codes: 0 clean shutdown, 1 runtime error, 2 usage error or missing/weak key\n");
+    fprintf(f,
+            "\nenvironment: MCAI_MASTER_KEY, MCAI_ADMIN_KEY (the keys themselves).\n"
+            "precedence: flags > environment > config file.\n"
+            "exit codes: 0 clean shutdown, 1 runtime error, 2 usage error or missing/weak key\n");
 }
 
 /* ---- Parsing ---------------------------------------------------------------------- */
@@ -171,8 +175,10 @@ static int read_config(const char *path) {
         char *key = trim(l), *val = trim(eq + 1);
         struct setting *s = find_setting(key);
         if (!s || strcmp(s->name, "config") == 0) {
-            fprintf(stderr, "mcai serve: %s:%d: unknown key '%s' (keys are the long option "
-                    "names, see mcai serve --help)\n", path, lineno, key);
+            fprintf(stderr,
+                    "mcai serve: %s:%d: unknown key '%s' (keys are the long option "
+                    "names, see mcai serve --help)\n",
+                    path, lineno, key);
             rc = CLI_USAGE;
             break;
         }
@@ -194,8 +200,8 @@ static bool int_setting(const char *name, long lo, long hi, long *out) {
     errno = 0;
     long x = strtol(v, &end, 10);
     if (!*v || *end || errno || x < lo || x > hi) {
-        fprintf(stderr, "mcai serve: --%s must be an integer from %ld to %ld, got '%s'\n", name,
-                lo, hi, v);
+        fprintf(stderr, "mcai serve: --%s must be an integer from %ld to %ld, got '%s'\n", name, lo,
+                hi, v);
         return false;
     }
     *out = x;
@@ -212,7 +218,7 @@ static char *load_admin_key(bool flag_file) {
         return strdup(env);
     if (!file) {
         fprintf(stderr, "mcai serve: no admin key: set MCAI_ADMIN_KEY or pass --admin-key-file "
-                "(make one with `openssl rand -hex 32`)\n");
+                        "(make one with `openssl rand -hex 32`)\n");
         return NULL;
     }
     FILE *f = fopen(file, "r");
@@ -258,7 +264,7 @@ static int run(int argc, char **argv) {
     }
     if (!get("model") || !get("data")) {
         fprintf(stderr, "mcai serve: -m MODEL and --data DIR are required (see mcai serve "
-                "--help)\n");
+                        "--help)\n");
         return CLI_USAGE;
     }
     long port = 8080, threads = 0, ctx = 0, seqs = 0, body = 0, conns = 0, drain = 0;
@@ -280,8 +286,10 @@ static int run(int argc, char **argv) {
     if (!master_flag && env && *env)
         mk_file = NULL;
     if (!mk_file && !(env && *env)) {
-        fprintf(stderr, "mcai serve: no master key: set %s or pass --master-key-file (make one "
-                "with `openssl rand -hex 32`)\n", MC_MASTER_KEY_ENV);
+        fprintf(stderr,
+                "mcai serve: no master key: set %s or pass --master-key-file (make one "
+                "with `openssl rand -hex 32`)\n",
+                MC_MASTER_KEY_ENV);
         return CLI_USAGE;
     }
     struct mc_master_key *mk = NULL;

@@ -110,8 +110,10 @@ static bool parse_limits(struct mc_http_req *r, json_t *v, struct mc_limits *l,
     }
     const char *u = unknown_field(v, names);
     if (u) {
-        *ret = bad(r, "limits", "unknown field 'limits.%.40s' (known: rpm, tpm, tpd, "
-                   "concurrency)", u);
+        *ret = bad(r, "limits",
+                   "unknown field 'limits.%.40s' (known: rpm, tpm, tpd, "
+                   "concurrency)",
+                   u);
         return false;
     }
     int64_t *dst[] = {&l->rpm, &l->tpm, &l->tpd, &l->concurrency};
@@ -120,8 +122,7 @@ static bool parse_limits(struct mc_http_req *r, json_t *v, struct mc_limits *l,
         if (!x)
             continue;
         if (!json_is_integer(x) || json_integer_value(x) < 0) {
-            *ret = bad(r, "limits", "'limits.%s' must be an integer >= 0 (0: unlimited)",
-                       names[i]);
+            *ret = bad(r, "limits", "'limits.%s' must be an integer >= 0 (0: unlimited)", names[i]);
             return false;
         }
         *dst[i] = json_integer_value(x);
@@ -269,8 +270,8 @@ static enum MHD_Result tenant_delete(struct mc_server *s, struct mc_http_req *r,
         return reply_rc(r, rc, &err, NULL);
     mc_limit_forget(s->limiter, id);
     MC_LOG_INFO("admin", "tenant_deleted", "tenant=%s id=%s", id, r->id);
-    return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object",
-                                                "tenant.deleted", "deleted", 1));
+    return mc_http_reply_json(
+        r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object", "tenant.deleted", "deleted", 1));
 }
 
 /* ---- Keys ------------------------------------------------------------------------- */
@@ -293,14 +294,15 @@ static enum MHD_Result keys_route(struct mc_server *s, struct mc_http_req *r, co
     bool del = strcmp(r->method, "DELETE") == 0;
     if (prefix) {
         if (!del)
-            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed",
-                                       NULL, "use DELETE to revoke a key");
+            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                                       "use DELETE to revoke a key");
         rc = mc_key_revoke(s->tenants, id, prefix, &err);
         if (rc != MC_OK)
             return reply_rc(r, rc, &err, NULL);
         MC_LOG_INFO("admin", "key_revoked", "tenant=%s prefix=%s id=%s", id, prefix, r->id);
-        return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "object", "api_key.revoked",
-                                                    "prefix", prefix, "revoked", 1));
+        return mc_http_reply_json(r, 200,
+                                  json_pack("{s:s,s:s,s:b}", "object", "api_key.revoked", "prefix",
+                                            prefix, "revoked", 1));
     }
     if (post) {
         char secret[MC_KEY_SECRET_LEN + 1];
@@ -358,8 +360,8 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
         if (get)
             return tenant_list(s, r);
         if (!post)
-            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed",
-                                       NULL, "use GET or POST on /admin/tenants");
+            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                                       "use GET or POST on /admin/tenants");
         if (!body_object(r, &o, &ret))
             return ret;
         ret = tenant_create(s, r, o);
@@ -405,8 +407,8 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
         if (del)
             return tenant_delete(s, r, id);
         if (!patch)
-            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed",
-                                       NULL, "use GET, PATCH or DELETE on a tenant");
+            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                                       "use GET, PATCH or DELETE on a tenant");
         if (!body_object(r, &o, &ret))
             return ret;
         ret = tenant_patch(s, r, id, o);
@@ -420,8 +422,8 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
     if (strcmp(sub, "usage") == 0 && !arg[0]) {
         r->route = "/admin/tenants/{id}/usage";
         if (!get)
-            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed",
-                                       NULL, "use GET on usage");
+            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                                       "use GET on usage");
         struct mc_tenant_info t;
         struct mc_err err = {0};
         int rc = mc_tenant_get(s->tenants, id, &t, &err);

@@ -74,9 +74,10 @@ static int conv_write(struct mc_server *s, const char *tenant, const char *id, j
     if (!text)
         return mc_err_set(err, MC_ENOMEM, "out of memory");
     size_t n = strlen(text);
-    int rc = n > MC_CONV_MAX_BYTES
-                 ? mc_err_set(err, MC_EFULL, "conversation would exceed %d bytes", MC_CONV_MAX_BYTES)
-                 : mc_store_obj_put(s->store, tenant, CONV_KIND, id, text, n, err);
+    int rc =
+        n > MC_CONV_MAX_BYTES
+            ? mc_err_set(err, MC_EFULL, "conversation would exceed %d bytes", MC_CONV_MAX_BYTES)
+            : mc_store_obj_put(s->store, tenant, CONV_KIND, id, text, n, err);
     free(text);
     return rc;
 }
@@ -135,8 +136,8 @@ static enum MHD_Result store_error(struct mc_http_req *r, const struct mc_auth *
     if (rc == MC_EFULL)
         return mc_http_reply_error(r, 400, "invalid_request_error", "conversation_too_long", NULL,
                                    "%s; start a new conversation", err->msg);
-    MC_LOG_ERROR("api", "conversation_store_failed", "tenant=%s id=%s err=\"%s\"", a->tenant,
-                 r->id, err->msg);
+    MC_LOG_ERROR("api", "conversation_store_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id,
+                 err->msg);
     return mc_http_reply_error(r, 500, "server_error", NULL, NULL, "internal error (request %s)",
                                r->id);
 }
@@ -193,7 +194,8 @@ static bool body_messages(struct mc_http_req *r, bool required, struct mc_api_ms
                 mc_api_msgs_free(*msgs, *n);
                 json_decref(o);
                 *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value",
-                                           "metadata", "'metadata' must be an object of at most "
+                                           "metadata",
+                                           "'metadata' must be an object of at most "
                                            "16 string values (keys up to 64 bytes, values up to "
                                            "512)");
                 return false;
@@ -220,9 +222,8 @@ static enum MHD_Result conv_create(struct mc_server *s, struct mc_http_req *r,
     char hex[17], id[CONV_ID_LEN + 1];
     mc_crypto_hex(rnd, sizeof(rnd), hex);
     snprintf(id, sizeof(id), "conv_%s", hex);
-    json_t *conv = json_pack("{s:s,s:I,s:o,s:o}", "id", id, "created_at",
-                             (json_int_t)time(NULL), "metadata", md, "messages",
-                             msgs_json(msgs, n));
+    json_t *conv = json_pack("{s:s,s:I,s:o,s:o}", "id", id, "created_at", (json_int_t)time(NULL),
+                             "metadata", md, "messages", msgs_json(msgs, n));
     mc_api_msgs_free(msgs, n);
     struct mc_err err = {0};
     int rc = conv_write(s, a->tenant, id, conv, &err);
@@ -289,8 +290,9 @@ enum MHD_Result mc_api_conversations(struct mc_server *s, struct mc_http_req *r,
                                : MC_ENOTFOUND;
         if (rc != MC_OK)
             return store_error(r, a, rc, &err);
-        return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object",
-                                                    "conversation.deleted", "deleted", 1));
+        return mc_http_reply_json(
+            r, 200,
+            json_pack("{s:s,s:s,s:b}", "id", id, "object", "conversation.deleted", "deleted", 1));
     }
     if (get) {
         rc = conv_read(s, a->tenant, id, &conv, &err);

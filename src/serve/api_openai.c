@@ -40,9 +40,9 @@
 #include <time.h>
 
 enum {
-    WAIT_SLICE_MS = 200,   /* how often a waiting thread looks for a client hang-up */
-    EMBED_CHUNK = 64,      /* rows per forward call when embedding */
-    PIECE_MAX = 256,       /* bytes of one token's text in logprobs */
+    WAIT_SLICE_MS = 200, /* how often a waiting thread looks for a client hang-up */
+    EMBED_CHUNK = 64,    /* rows per forward call when embedding */
+    PIECE_MAX = 256,     /* bytes of one token's text in logprobs */
 };
 
 static int64_t wall_ms(void) {
@@ -79,12 +79,12 @@ static void ev_free(struct ev *e) {
 
 struct choice {
     struct mc_gen *gen;
-    bool terminal;        /* its DONE or ERROR was taken off the queue */
-    bool role_sent;       /* streaming: the first chunk with the role went out */
+    bool terminal;  /* its DONE or ERROR was taken off the queue */
+    bool role_sent; /* streaming: the first chunk with the role went out */
     char finish_reason[16];
     int32_t completion_tokens;
-    struct mc_buf text;   /* non-streaming (and choice 0 when a conversation is kept) */
-    json_t *lp;           /* logprobs being gathered (non-streaming) */
+    struct mc_buf text; /* non-streaming (and choice 0 when a conversation is kept) */
+    json_t *lp;         /* logprobs being gathered (non-streaming) */
 };
 
 struct cb_ctx {
@@ -96,8 +96,8 @@ struct run {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct ev *head, *tail;
-    int n_terminal_queued;  /* terminal events handed over by the engine */
-    bool oom;               /* an event could not be copied */
+    int n_terminal_queued; /* terminal events handed over by the engine */
+    bool oom;              /* an event could not be copied */
 
     struct mc_server *s;
     const struct mc_tokenizer *tok;
@@ -114,7 +114,7 @@ struct run {
     char tenant[80];
     int32_t n_prompt;
 
-    int n_terminal;         /* terminal events processed */
+    int n_terminal; /* terminal events processed */
     bool failed;
     int fail_code;
     char fail_msg[200];
@@ -249,16 +249,15 @@ static void chat_logprobs_add(struct run *run, const struct ev *e, json_t *arr) 
             json_array_append_new(tops, json_pack("{s:o,s:f,s:o}", "token", ts, "logprob",
                                                   (double)lp->top[k].logprob, "bytes", tb));
         }
-        json_array_append_new(arr, json_pack("{s:o,s:f,s:o,s:o}", "token", s, "logprob",
-                                             (double)lp->logprob, "bytes", b, "top_logprobs",
-                                             tops));
+        json_array_append_new(arr,
+                              json_pack("{s:o,s:f,s:o,s:o}", "token", s, "logprob",
+                                        (double)lp->logprob, "bytes", b, "top_logprobs", tops));
     }
 }
 
 /* Legacy completions logprobs: {"tokens","token_logprobs","top_logprobs","text_offset"};
  * offset is the byte offset of the event's text within the choice's completion. */
-static void legacy_logprobs_add(struct run *run, const struct ev *e, json_t *obj,
-                                size_t offset) {
+static void legacy_logprobs_add(struct run *run, const struct ev *e, json_t *obj, size_t offset) {
     json_t *toks = json_object_get(obj, "tokens");
     json_t *lps = json_object_get(obj, "token_logprobs");
     json_t *tops = json_object_get(obj, "top_logprobs");
@@ -528,8 +527,8 @@ static void stream_done(void *ctx) {
 
 /* ---- Building the prompt ---------------------------------------------------------- */
 
-static char *render_template(const struct mc_front *f, const struct mc_auth *a,
-                             const char *input, struct mc_err *err) {
+static char *render_template(const struct mc_front *f, const struct mc_auth *a, const char *input,
+                             struct mc_err *err) {
     char date[11];
     mc_usage_day_string(mc_usage_day(wall_ms()), date);
     const char *names[] = {"input", "tenant", "date"};
@@ -594,16 +593,19 @@ out:
 static void fill_sampling(struct mc_engine_sampling *es, const struct mc_api_sampling *rq,
                           const struct mc_front *f) {
     memset(es, 0, sizeof(*es));
-    es->temperature = rq->has_temperature ? (float)rq->temperature
-                      : f->temperature >= 0 ? (float)f->temperature : 1.0f;
+    es->temperature = rq->has_temperature   ? (float)rq->temperature
+                      : f->temperature >= 0 ? (float)f->temperature
+                                            : 1.0f;
     es->top_p = rq->has_top_p ? (float)rq->top_p : f->top_p >= 0 ? (float)f->top_p : 1.0f;
     es->top_k = rq->has_top_k ? rq->top_k : f->top_k >= 0 ? f->top_k : 0;
     es->min_p = f->min_p >= 0 ? (float)f->min_p : 0.0f;
     es->repeat_penalty = f->repeat_penalty >= 0 ? (float)f->repeat_penalty : 0.0f;
-    es->presence_penalty = rq->has_presence_penalty ? (float)rq->presence_penalty
-                           : !isnan(f->presence_penalty) ? (float)f->presence_penalty : 0.0f;
-    es->frequency_penalty = rq->has_frequency_penalty ? (float)rq->frequency_penalty
-                            : !isnan(f->frequency_penalty) ? (float)f->frequency_penalty : 0.0f;
+    es->presence_penalty = rq->has_presence_penalty      ? (float)rq->presence_penalty
+                           : !isnan(f->presence_penalty) ? (float)f->presence_penalty
+                                                         : 0.0f;
+    es->frequency_penalty = rq->has_frequency_penalty      ? (float)rq->frequency_penalty
+                            : !isnan(f->frequency_penalty) ? (float)f->frequency_penalty
+                                                           : 0.0f;
     if (rq->has_seed)
         es->seed = rq->seed;
     else if (f->seed >= 0)
@@ -694,8 +696,8 @@ static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
         json_t *ch;
         if (run->is_chat)
             ch = json_pack("{s:i,s:{s:s,s:o,s:n},s:o,s:s}", "index", i, "message", "role",
-                           "assistant", "content", text, "refusal", "logprobs", lp,
-                           "finish_reason", c->finish_reason);
+                           "assistant", "content", text, "refusal", "logprobs", lp, "finish_reason",
+                           c->finish_reason);
         else
             ch = json_pack("{s:i,s:o,s:o,s:s}", "index", i, "text", text, "logprobs", lp,
                            "finish_reason", c->finish_reason);
@@ -737,9 +739,9 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         if (g->conversation) {
             rc = mc_conv_load(s, a->tenant, g->conversation, &hist, &n_hist, &err);
             if (rc == MC_ENOTFOUND) {
-                ret = mc_http_reply_error(r, 404, "invalid_request_error", "conversation_not_found",
-                                          "conversation", "no conversation '%.80s'",
-                                          g->conversation);
+                ret =
+                    mc_http_reply_error(r, 404, "invalid_request_error", "conversation_not_found",
+                                        "conversation", "no conversation '%.80s'", g->conversation);
                 goto out;
             }
             if (rc != MC_OK)
@@ -782,7 +784,8 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
                                   g->is_chat ? "messages" : "prompt",
                                   "this model's maximum context length is %d tokens; the prompt "
                                   "has %zu tokens and leaves no room for a completion; shorten "
-                                  "the %s", ctx, n_ids, g->is_chat ? "messages" : "prompt");
+                                  "the %s",
+                                  ctx, n_ids, g->is_chat ? "messages" : "prompt");
         goto out;
     }
     int32_t room = ctx - (int32_t)n_ids;
@@ -875,10 +878,9 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     goto out;
 
 fail_500:
-    MC_LOG_ERROR("api", "generate_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id,
-                 err.msg);
-    ret = mc_http_reply_error(r, 500, "server_error", NULL, NULL,
-                              "internal error (request %s)", r->id);
+    MC_LOG_ERROR("api", "generate_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id, err.msg);
+    ret = mc_http_reply_error(r, 500, "server_error", NULL, NULL, "internal error (request %s)",
+                              r->id);
 out_free_run:
     if (run) {
         pthread_mutex_destroy(&run->lock);
@@ -1023,9 +1025,11 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
         goto out;
     }
     if (m.dimensions && m.dimensions != s->n_embd) {
-        ret = mc_http_reply_error(r, 400, "invalid_request_error", "unsupported_value",
-                                  "dimensions", "'dimensions' is %d; this model's embeddings have "
-                                  "%d dimensions and cannot be shortened", m.dimensions, s->n_embd);
+        ret =
+            mc_http_reply_error(r, 400, "invalid_request_error", "unsupported_value", "dimensions",
+                                "'dimensions' is %d; this model's embeddings have "
+                                "%d dimensions and cannot be shortened",
+                                m.dimensions, s->n_embd);
         goto out;
     }
 
@@ -1036,16 +1040,18 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
     if (!ids || !n_ids || !vecs)
         goto fail_500;
     for (int i = 0; i < m.n_inputs; i++) {
-        if (mc_tokenize(mc_model_tokenizer(s->model), m.inputs[i], strlen(m.inputs[i]), true,
-                        false, &ids[i], &n_ids[i], &err) != MC_OK)
+        if (mc_tokenize(mc_model_tokenizer(s->model), m.inputs[i], strlen(m.inputs[i]), true, false,
+                        &ids[i], &n_ids[i], &err) != MC_OK)
             goto fail_500;
         if ((int64_t)n_ids[i] > s->n_ctx) {
             char param[32];
             snprintf(param, sizeof(param), m.n_inputs > 1 ? "input[%d]" : "input", i);
             r->reject = "context_length";
             ret = mc_http_reply_error(r, 400, "invalid_request_error", "context_length_exceeded",
-                                      param, "'%s' has %zu tokens; this model's maximum context "
-                                      "length is %d tokens", param, n_ids[i], s->n_ctx);
+                                      param,
+                                      "'%s' has %zu tokens; this model's maximum context "
+                                      "length is %d tokens",
+                                      param, n_ids[i], s->n_ctx);
             goto out;
         }
         total += (int64_t)n_ids[i];
@@ -1073,10 +1079,10 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
 
     json_t *data = json_array();
     for (int i = 0; i < m.n_inputs; i++)
-        json_array_append_new(data, json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i,
-                                              "embedding",
-                                              embedding_json(vecs + (size_t)i * (size_t)s->n_embd,
-                                                             s->n_embd, m.base64)));
+        json_array_append_new(
+            data,
+            json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i, "embedding",
+                      embedding_json(vecs + (size_t)i * (size_t)s->n_embd, s->n_embd, m.base64)));
     r->n_prompt = total;
     ret = mc_http_reply_json(r, 200,
                              json_pack("{s:s,s:o,s:s,s:{s:I,s:I}}", "object", "list", "data", data,
@@ -1145,11 +1151,11 @@ json_t *mc_api_usage_json(struct mc_server *s, const char *tenant, int days, str
     for (size_t i = 0; i < n; i++) {
         char date[11];
         mc_usage_day_string(rows[i].day, date);
-        json_array_append_new(data, json_pack("{s:s,s:I,s:I,s:I}", "date", date, "requests",
-                                              (json_int_t)rows[i].requests, "prompt_tokens",
-                                              (json_int_t)rows[i].prompt_tokens,
-                                              "completion_tokens",
-                                              (json_int_t)rows[i].completion_tokens));
+        json_array_append_new(data,
+                              json_pack("{s:s,s:I,s:I,s:I}", "date", date, "requests",
+                                        (json_int_t)rows[i].requests, "prompt_tokens",
+                                        (json_int_t)rows[i].prompt_tokens, "completion_tokens",
+                                        (json_int_t)rows[i].completion_tokens));
         req += rows[i].requests;
         pt += rows[i].prompt_tokens;
         ct += rows[i].completion_tokens;

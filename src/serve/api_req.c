@@ -23,11 +23,10 @@
 
 /* ---- Errors ----------------------------------------------------------------------- */
 
-static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt,
-                ...) __attribute__((format(printf, 4, 5)));
+static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt,
-                ...) {
+static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt, ...) {
     e->status = 400;
     snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
     snprintf(e->code, sizeof(e->code), "%s", code ? code : "");
@@ -77,8 +76,10 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
     json_error_t je;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        fail(e, NULL, "invalid_json", "request body is not valid JSON: %s at byte %d (line %d, "
-             "column %d)", je.text, je.position, je.line, je.column);
+        fail(e, NULL, "invalid_json",
+             "request body is not valid JSON: %s at byte %d (line %d, "
+             "column %d)",
+             je.text, je.position, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -128,8 +129,8 @@ static int get_int(json_t *o, const char *key, long long lo, long long hi, long 
     } else if (json_is_integer(v)) {
         long long x = json_integer_value(v);
         if (x < lo || x > hi)
-            return fail(e, key, "invalid_value", "'%s' is %lld, must be between %lld and %lld",
-                        key, x, lo, hi);
+            return fail(e, key, "invalid_value", "'%s' is %lld, must be between %lld and %lld", key,
+                        x, lo, hi);
         *out = x;
     } else {
         return wrong_type(e, key, "an integer", v);
@@ -198,8 +199,8 @@ static int parse_stop(json_t *o, struct mc_api_gen *g, struct mc_api_error *e) {
     if (json_is_array(v)) {
         n = json_array_size(v);
         if (n > MC_API_MAX_STOP)
-            return fail(e, "stop", "invalid_value", "'stop' has %zu strings, at most %d allowed",
-                        n, MC_API_MAX_STOP);
+            return fail(e, "stop", "invalid_value", "'stop' has %zu strings, at most %d allowed", n,
+                        MC_API_MAX_STOP);
         items = NULL;
     } else if (!json_is_string(v)) {
         return wrong_type(e, "stop", "a string or an array of strings", v);
@@ -272,8 +273,8 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
         return rc;
     s->seed = (uint64_t)x;
 
-    if ((rc = get_num(o, "presence_penalty", -2, 2, &s->presence_penalty,
-                      &s->has_presence_penalty, e)) != MC_OK)
+    if ((rc = get_num(o, "presence_penalty", -2, 2, &s->presence_penalty, &s->has_presence_penalty,
+                      e)) != MC_OK)
         return rc;
     if ((rc = get_num(o, "frequency_penalty", -2, 2, &s->frequency_penalty,
                       &s->has_frequency_penalty, e)) != MC_OK)
@@ -291,8 +292,7 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
 
 /* content: a string, null (an assistant turn with no text), or an array of
  * {"type":"text","text":...} parts, which are joined without a separator. */
-static int parse_content(json_t *c, const char *arr, int i, char **out,
-                         struct mc_api_error *e) {
+static int parse_content(json_t *c, const char *arr, int i, char **out, struct mc_api_error *e) {
     char param[64];
     snprintf(param, sizeof(param), "%.20s[%d].content", arr, i);
     if (!c || json_is_null(c)) {
@@ -320,8 +320,10 @@ static int parse_content(json_t *c, const char *arr, int i, char **out,
             }
             if (strcmp(json_string_value(t), "text") != 0) {
                 mc_buf_free(&b);
-                return fail(e, tp, "unsupported_value", "content part type '%.40s' is not "
-                            "supported; only 'text' parts are", json_string_value(t));
+                return fail(e, tp, "unsupported_value",
+                            "content part type '%.40s' is not "
+                            "supported; only 'text' parts are",
+                            json_string_value(t));
             }
             json_t *txt = json_object_get(part, "text");
             snprintf(tp, sizeof(tp), "%s.text", pp);
@@ -364,16 +366,22 @@ static int parse_message(json_t *m, const char *arr, int i, struct mc_api_msg *o
     else if (strcmp(rs, "assistant") == 0)
         out->role = MC_ROLE_ASSISTANT;
     else if (strcmp(rs, "tool") == 0 || strcmp(rs, "function") == 0)
-        return fail(e, param, "unsupported_value", "role '%s' is not supported: this server "
-                    "has no tool calling", rs);
+        return fail(e, param, "unsupported_value",
+                    "role '%s' is not supported: this server "
+                    "has no tool calling",
+                    rs);
     else
-        return fail(e, param, "invalid_value", "'%s' is '%.40s'; must be 'system', "
-                    "'developer', 'user' or 'assistant'", param, rs);
+        return fail(e, param, "invalid_value",
+                    "'%s' is '%.40s'; must be 'system', "
+                    "'developer', 'user' or 'assistant'",
+                    param, rs);
     json_t *tc = json_object_get(m, "tool_calls");
     if (tc && !json_is_null(tc) && !(json_is_array(tc) && json_array_size(tc) == 0)) {
         snprintf(param, sizeof(param), "%.20s[%d].tool_calls", arr, i);
-        return fail(e, param, "unsupported_parameter", "'%s' is not supported: this server has "
-                    "no tool calling", param);
+        return fail(e, param, "unsupported_parameter",
+                    "'%s' is not supported: this server has "
+                    "no tool calling",
+                    param);
     }
     json_t *c = json_object_get(m, "content");
     if (!c && out->role != MC_ROLE_ASSISTANT) {
@@ -391,8 +399,8 @@ int mc_api_parse_messages(json_t *arr, const char *param, struct mc_api_msg **ou
         return wrong_type(e, param, "an array", arr);
     size_t n = json_array_size(arr);
     if (n == 0 || n > MC_API_MAX_MESSAGES)
-        return fail(e, param, "invalid_value", "'%s' has %zu entries, must have 1 to %d", param,
-                    n, MC_API_MAX_MESSAGES);
+        return fail(e, param, "invalid_value", "'%s' has %zu entries, must have 1 to %d", param, n,
+                    MC_API_MAX_MESSAGES);
     struct mc_api_msg *msgs = mc_calloc(n, sizeof(*msgs));
     if (!msgs)
         return fail(e, param, "", "out of memory");
@@ -458,7 +466,8 @@ int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *g, struct
     if (tc && !json_is_null(tc) &&
         !(json_is_string(tc) && (strcmp(json_string_value(tc), "none") == 0 ||
                                  strcmp(json_string_value(tc), "auto") == 0))) {
-        rc = fail(e, "tool_choice", "unsupported_parameter", "'tool_choice' is not supported "
+        rc = fail(e, "tool_choice", "unsupported_parameter",
+                  "'tool_choice' is not supported "
                   "by this server: tool calling is not implemented");
         goto out;
     }
@@ -466,7 +475,8 @@ int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *g, struct
     if (rf && !json_is_null(rf)) {
         json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
         if (!json_is_string(t) || strcmp(json_string_value(t), "text") != 0) {
-            rc = fail(e, "response_format", "unsupported_parameter", "'response_format' must "
+            rc = fail(e, "response_format", "unsupported_parameter",
+                      "'response_format' must "
                       "be {\"type\":\"text\"}: structured output is not implemented");
             goto out;
         }
@@ -494,7 +504,8 @@ static int parse_prompt(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
         return fail(e, "prompt", "missing_field", "'prompt' is required");
     if (json_is_array(p)) {
         if (json_array_size(p) != 1 || !json_is_string(json_array_get(p, 0)))
-            return fail(e, "prompt", "unsupported_value", "'prompt' as an array must hold "
+            return fail(e, "prompt", "unsupported_value",
+                        "'prompt' as an array must hold "
                         "exactly one string (token arrays and batches are not supported)");
         p = json_array_get(p, 0);
     }
@@ -525,15 +536,18 @@ int mc_api_parse_completion(const char *body, size_t len, struct mc_api_gen *g,
         goto out;
     json_t *sfx = json_object_get(o, "suffix");
     if (sfx && !json_is_null(sfx) && !(json_is_string(sfx) && json_string_length(sfx) == 0)) {
-        rc = fail(e, "suffix", "unsupported_parameter", "'suffix' is not supported by this "
+        rc = fail(e, "suffix", "unsupported_parameter",
+                  "'suffix' is not supported by this "
                   "server: insertion is not implemented");
         goto out;
     }
     if ((rc = get_int(o, "best_of", 1, MC_API_MAX_N, &x, &set, e)) != MC_OK)
         goto out;
     if (set && x != g->n) {
-        rc = fail(e, "best_of", "unsupported_value", "'best_of' must equal 'n' (%d): ranking "
-                  "candidates is not implemented", g->n);
+        rc = fail(e, "best_of", "unsupported_value",
+                  "'best_of' must equal 'n' (%d): ranking "
+                  "candidates is not implemented",
+                  g->n);
         goto out;
     }
     rc = parse_prompt(o, g, e);
@@ -579,8 +593,10 @@ int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *m,
         if (strcmp(fs, "base64") == 0) {
             m->base64 = true;
         } else if (strcmp(fs, "float") != 0) {
-            rc = fail(e, "encoding_format", "invalid_value", "'encoding_format' is '%.40s'; "
-                      "must be 'float' or 'base64'", fs);
+            rc = fail(e, "encoding_format", "invalid_value",
+                      "'encoding_format' is '%.40s'; "
+                      "must be 'float' or 'base64'",
+                      fs);
             goto out;
         }
     }
@@ -616,10 +632,11 @@ int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *m,
         char param[32];
         snprintf(param, sizeof(param), json_is_array(in) ? "input[%zu]" : "input", i);
         if (!json_is_string(s)) {
-            rc = json_is_integer(s) || json_is_array(s)
-                     ? fail(e, param, "unsupported_value", "'%s': token-id input is not "
-                            "supported; send text", param)
-                     : wrong_type(e, param, "a string", s);
+            rc = json_is_integer(s) || json_is_array(s) ? fail(e, param, "unsupported_value",
+                                                               "'%s': token-id input is not "
+                                                               "supported; send text",
+                                                               param)
+                                                        : wrong_type(e, param, "a string", s);
             goto out;
         }
         if (json_string_length(s) == 0) {

@@ -128,11 +128,11 @@ enum MHD_Result mc_http_reply_text(struct mc_http_req *r, unsigned status, const
 enum MHD_Result mc_http_reply_json(struct mc_http_req *r, unsigned status, json_t *obj) {
     char *s = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
     json_decref(obj);
-    if (!s)
-        return mc_http_reply_text(r, 500, "application/json",
-                                  "{\"error\":{\"message\":\"out of memory\",\"type\":"
-                                  "\"server_error\",\"param\":null,\"code\":null}}",
-                                  86);
+    if (!s) {
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":null}}";
+        return mc_http_reply_text(r, 500, "application/json", oom, sizeof(oom) - 1);
+    }
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
     if (!resp)
@@ -205,8 +205,8 @@ enum MHD_Result mc_http_reply_error_retry(struct mc_http_req *r, unsigned status
                                           ...) {
     va_list ap;
     va_start(ap, fmt);
-    enum MHD_Result ret = reply_error_v(r, status, retry_after_s < 1 ? 1 : retry_after_s, type,
-                                        code, NULL, fmt, ap);
+    enum MHD_Result ret =
+        reply_error_v(r, status, retry_after_s < 1 ? 1 : retry_after_s, type, code, NULL, fmt, ap);
     va_end(ap);
     return ret;
 }
@@ -252,8 +252,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (!r)
             return MHD_NO;
         *con_cls = r;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > h->cfg.max_body_bytes)
             r->body_too_large = true;
@@ -345,8 +345,8 @@ int mc_http_start(const struct mc_http_config *cfg, struct mc_http **out, struct
         flags, 0, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
         cfg->max_connections ? cfg->max_connections : 1024u, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20),
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
+        (unsigned)120, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20), MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_log, NULL, MHD_OPTION_END);
     if (!h->daemon) {
         mc_free(h);
         return mc_err_set(err, MC_EIO, "cannot listen on %s:%d (port in use or not permitted)",

@@ -150,8 +150,7 @@ static void observe(struct hist *h, const double *bounds, double v) {
     h->sum += v;
 }
 
-void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route,
-                        int status) {
+void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route, int status) {
     pthread_mutex_lock(&m->lock);
     struct tenant_rec *r = rec_get(m, tenant);
     if (r)
@@ -213,8 +212,7 @@ static void render_hist(struct mc_buf *o, const char *name, const char *tenant,
     mc_buf_printf(o, "%s_bucket{tenant=\"%s\",le=\"+Inf\"} %llu\n", name, tenant,
                   (unsigned long long)h->count);
     mc_buf_printf(o, "%s_sum{tenant=\"%s\"} %.6f\n", name, tenant, h->sum);
-    mc_buf_printf(o, "%s_count{tenant=\"%s\"} %llu\n", name, tenant,
-                  (unsigned long long)h->count);
+    mc_buf_printf(o, "%s_count{tenant=\"%s\"} %llu\n", name, tenant, (unsigned long long)h->count);
 }
 
 /* Process figures from /proc/self: resident memory, CPU time, threads, open files. */
@@ -236,8 +234,10 @@ static void render_process(struct mc_buf *o, time_t start_time) {
         if (fgets(line, sizeof(line), f)) {
             /* Fields after the command name, which may contain spaces, start at ')'. */
             char *p = strrchr(line, ')');
-            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
-                            "%*d %*d %*d %*d %ld", &ut, &st, &threads) != 3)
+            if (p && sscanf(p + 2,
+                            "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
+                            "%*d %*d %*d %*d %ld",
+                            &ut, &st, &threads) != 3)
                 ut = st = 0;
         }
         fclose(f);
@@ -250,32 +250,41 @@ static void render_process(struct mc_buf *o, time_t start_time) {
         closedir(d);
         fds -= 3; /* ".", ".." and the directory's own descriptor */
     }
-    mc_buf_printf(o, "# TYPE mcai_process_resident_memory_bytes gauge\n"
-                  "mcai_process_resident_memory_bytes %llu\n", rss * (unsigned long long)page);
-    mc_buf_printf(o, "# TYPE mcai_process_virtual_memory_bytes gauge\n"
-                  "mcai_process_virtual_memory_bytes %llu\n", size * (unsigned long long)page);
-    mc_buf_printf(o, "# TYPE mcai_process_cpu_seconds_total counter\n"
-                  "mcai_process_cpu_seconds_total %.2f\n", (double)(ut + st) / (double)ticks);
+    mc_buf_printf(o,
+                  "# TYPE mcai_process_resident_memory_bytes gauge\n"
+                  "mcai_process_resident_memory_bytes %llu\n",
+                  rss * (unsigned long long)page);
+    mc_buf_printf(o,
+                  "# TYPE mcai_process_virtual_memory_bytes gauge\n"
+                  "mcai_process_virtual_memory_bytes %llu\n",
+                  size * (unsigned long long)page);
+    mc_buf_printf(o,
+                  "# TYPE mcai_process_cpu_seconds_total counter\n"
+                  "mcai_process_cpu_seconds_total %.2f\n",
+                  (double)(ut + st) / (double)ticks);
     mc_buf_printf(o, "# TYPE mcai_process_threads gauge\nmcai_process_threads %ld\n", threads);
     mc_buf_printf(o, "# TYPE mcai_process_open_fds gauge\nmcai_process_open_fds %ld\n", fds);
-    mc_buf_printf(o, "# TYPE mcai_process_start_time_seconds gauge\n"
-                  "mcai_process_start_time_seconds %lld\n", (long long)start_time);
+    mc_buf_printf(o,
+                  "# TYPE mcai_process_start_time_seconds gauge\n"
+                  "mcai_process_start_time_seconds %lld\n",
+                  (long long)start_time);
 }
 
 int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
                       void (*gauges)(struct mc_buf *out, void *user), void *user) {
     pthread_mutex_lock(&m->lock);
     mc_buf_printf(o, "# HELP mcai_requests_total HTTP requests by tenant, route and status.\n"
-                  "# TYPE mcai_requests_total counter\n");
+                     "# TYPE mcai_requests_total counter\n");
     for (int b = 0; b < N_BUCKETS_TABLE; b++)
         for (struct tenant_rec *r = m->table[b]; r; r = r->next)
             for (struct labelled *l = r->requests; l; l = l->next)
-                mc_buf_printf(o, "mcai_requests_total{tenant=\"%s\",route=\"%s\",status=\"%d\"} "
-                              "%llu\n", r->tenant, l->label, l->status,
-                              (unsigned long long)l->count);
+                mc_buf_printf(o,
+                              "mcai_requests_total{tenant=\"%s\",route=\"%s\",status=\"%d\"} "
+                              "%llu\n",
+                              r->tenant, l->label, l->status, (unsigned long long)l->count);
 
     mc_buf_printf(o, "# HELP mcai_rejections_total Requests refused (limits, bad input, auth).\n"
-                  "# TYPE mcai_rejections_total counter\n");
+                     "# TYPE mcai_rejections_total counter\n");
     for (int b = 0; b < N_BUCKETS_TABLE; b++)
         for (struct tenant_rec *r = m->table[b]; r; r = r->next)
             for (struct labelled *l = r->rejections; l; l = l->next)
@@ -283,14 +292,14 @@ int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
                               r->tenant, l->label, (unsigned long long)l->count);
 
     mc_buf_printf(o, "# HELP mcai_prompt_tokens_total Prompt tokens processed.\n"
-                  "# TYPE mcai_prompt_tokens_total counter\n");
+                     "# TYPE mcai_prompt_tokens_total counter\n");
     for (int b = 0; b < N_BUCKETS_TABLE; b++)
         for (struct tenant_rec *r = m->table[b]; r; r = r->next)
             if (r->tenant[0])
                 mc_buf_printf(o, "mcai_prompt_tokens_total{tenant=\"%s\"} %llu\n", r->tenant,
                               (unsigned long long)r->n_prompt);
     mc_buf_printf(o, "# HELP mcai_completion_tokens_total Completion tokens generated.\n"
-                  "# TYPE mcai_completion_tokens_total counter\n");
+                     "# TYPE mcai_completion_tokens_total counter\n");
     for (int b = 0; b < N_BUCKETS_TABLE; b++)
         for (struct tenant_rec *r = m->table[b]; r; r = r->next)
             if (r->tenant[0])
@@ -309,8 +318,10 @@ int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
                     render_hist(o, hn[k], r->tenant, k == 0 ? &r->ttft : &r->itl,
                                 k == 0 ? ttft_bounds : itl_bounds);
     }
-    mc_buf_printf(o, "# HELP mcai_open_streams Streaming responses in progress.\n"
-                  "# TYPE mcai_open_streams gauge\nmcai_open_streams %d\n", m->open_streams);
+    mc_buf_printf(o,
+                  "# HELP mcai_open_streams Streaming responses in progress.\n"
+                  "# TYPE mcai_open_streams gauge\nmcai_open_streams %d\n",
+                  m->open_streams);
     time_t start = m->start_time;
     pthread_mutex_unlock(&m->lock);
 

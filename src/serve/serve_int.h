@@ -12,19 +12,19 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 /* ---- Growable byte buffer with a cap ---------------------------------------------- */
 
 struct mc_buf {
-    char *data;    /* NUL-terminated when non-NULL */
+    char *data; /* NUL-terminated when non-NULL */
     size_t len;
-    size_t cap;    /* allocated bytes */
-    size_t limit;  /* refuse to grow beyond this many bytes (0: 64 MiB) */
+    size_t cap;   /* allocated bytes */
+    size_t limit; /* refuse to grow beyond this many bytes (0: 64 MiB) */
 };
 
 /* Appends n bytes; MC_ENOMEM when the limit would be passed or allocation fails (the
@@ -50,21 +50,21 @@ struct mc_http;
 struct mc_http_req {
     struct MHD_Connection *conn;
     struct mc_http *http;
-    void *user;             /* the server, for handlers */
-    char id[32];            /* request id, sent back in x-request-id */
-    const char *method;     /* borrowed from libmicrohttpd for the request's life */
+    void *user;         /* the server, for handlers */
+    char id[32];        /* request id, sent back in x-request-id */
+    const char *method; /* borrowed from libmicrohttpd for the request's life */
     const char *url;
-    char *body;             /* request body, NUL-terminated (mc_malloc'd) */
+    char *body; /* request body, NUL-terminated (mc_malloc'd) */
     size_t body_len;
     bool body_too_large;
     bool started;
     int64_t t_start_ns;
     /* Filled by handlers, read by the access log and metrics when the request ends. */
-    char tenant[80];        /* tenant id once authenticated, "" before */
-    char key_prefix[32];    /* prefix of the API key used, "" for none */
-    const char *route;      /* route template ("/v1/chat/completions"), static string */
+    char tenant[80];     /* tenant id once authenticated, "" before */
+    char key_prefix[32]; /* prefix of the API key used, "" for none */
+    const char *route;   /* route template ("/v1/chat/completions"), static string */
     int status;
-    const char *reject;     /* rejection reason for metrics, static string or NULL */
+    const char *reject; /* rejection reason for metrics, static string or NULL */
     int64_t n_prompt;
     int64_t n_completion;
 };
@@ -72,8 +72,8 @@ struct mc_http_req {
 typedef enum MHD_Result (*mc_http_handler_fn)(struct mc_http_req *r);
 
 struct mc_http_config {
-    const char *host;       /* NULL or "" binds every address */
-    int port;               /* 0 picks a free port */
+    const char *host; /* NULL or "" binds every address */
+    int port;         /* 0 picks a free port */
     size_t max_body_bytes;
     unsigned max_connections;
     mc_http_handler_fn handler;
@@ -114,8 +114,8 @@ enum MHD_Result mc_http_reply_error(struct mc_http_req *r, unsigned status, cons
     __attribute__((format(printf, 6, 7)));
 /* The same with a Retry-After header of retry_after_s seconds (429, 503). */
 enum MHD_Result mc_http_reply_error_retry(struct mc_http_req *r, unsigned status, int retry_after_s,
-                                          const char *type, const char *code, const char *fmt,
-                                          ...) __attribute__((format(printf, 6, 7)));
+                                          const char *type, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 /* The error body alone (for tests and mid-stream events); a new reference. */
 json_t *mc_http_error_body(const char *message, const char *type, const char *code,
                            const char *param);
@@ -142,20 +142,20 @@ int mc_sse_done(struct mc_buf *b);
 /* ---- Request parsing and validation (api_req.c) ----------------------------------- */
 
 enum {
-    MC_API_MAX_N = 16,            /* choices per request */
-    MC_API_MAX_STOP = 4,          /* stop strings, as OpenAI */
-    MC_API_MAX_STOP_BYTES = 256,  /* bytes per stop string */
+    MC_API_MAX_N = 16,           /* choices per request */
+    MC_API_MAX_STOP = 4,         /* stop strings, as OpenAI */
+    MC_API_MAX_STOP_BYTES = 256, /* bytes per stop string */
     MC_API_MAX_MESSAGES = 4096,
-    MC_API_MAX_TOKENS = 1 << 20,  /* max_tokens beyond this is absurd on any context */
+    MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
     MC_API_MAX_TOP_LOGPROBS = 20,
-    MC_API_MAX_INPUTS = 2048,     /* embeddings inputs per request */
+    MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
 };
 
 enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };
 
 struct mc_api_msg {
     enum mc_api_role role;
-    char *content;        /* text parts joined, mc_malloc'd */
+    char *content; /* text parts joined, mc_malloc'd */
 };
 
 /* Sampling settings a request may set; has_* says which ones it did. */
@@ -171,17 +171,17 @@ struct mc_api_sampling {
 };
 
 struct mc_api_gen {
-    char *model;              /* NULL if absent */
+    char *model; /* NULL if absent */
     bool stream;
-    bool include_usage;       /* stream_options.include_usage */
-    int max_tokens;           /* -1 when neither max_tokens nor max_completion_tokens */
+    bool include_usage; /* stream_options.include_usage */
+    int max_tokens;     /* -1 when neither max_tokens nor max_completion_tokens */
     int n;
     char *stop[MC_API_MAX_STOP];
     int n_stop;
     bool logprobs;
-    int top_logprobs;         /* 0..MC_API_MAX_TOP_LOGPROBS */
+    int top_logprobs; /* 0..MC_API_MAX_TOP_LOGPROBS */
     struct mc_api_sampling sampling;
-    char *conversation;       /* extension: "conversation" id, NULL if absent */
+    char *conversation; /* extension: "conversation" id, NULL if absent */
     /* chat */
     struct mc_api_msg *msgs;
     int n_msgs;
@@ -194,8 +194,8 @@ struct mc_api_embed {
     char *model;
     char **inputs;
     int n_inputs;
-    bool base64;              /* encoding_format "base64" */
-    int dimensions;           /* 0 when absent; must equal the model's when present */
+    bool base64;    /* encoding_format "base64" */
+    int dimensions; /* 0 when absent; must equal the model's when present */
 };
 
 /* A validation failure: message names the field and the bad value, param is the field's
@@ -209,8 +209,7 @@ struct mc_api_error {
 
 /* Parse a request body. On failure they fill e and return MC_EINVAL; *out is then
  * empty. Strings are copied (mc_malloc); free with the matching _free. */
-int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *out,
-                      struct mc_api_error *e);
+int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *out, struct mc_api_error *e);
 int mc_api_parse_completion(const char *body, size_t len, struct mc_api_gen *out,
                             struct mc_api_error *e);
 int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *out,
@@ -238,8 +237,7 @@ struct mc_metrics;
 int mc_metrics_create(struct mc_metrics **out, struct mc_err *err);
 void mc_metrics_free(struct mc_metrics *m);
 /* One finished request: tenant may be "" (unauthenticated), route a static string. */
-void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route,
-                        int status);
+void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route, int status);
 void mc_metrics_tokens(struct mc_metrics *m, const char *tenant, int64_t n_prompt,
                        int64_t n_completion);
 void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *reason);
@@ -267,7 +265,7 @@ struct mc_server {
     char *model_path;
     char *data_dir;
     char *host;
-    char *admin_key;             /* mc_secret_alloc'd */
+    char *admin_key; /* mc_secret_alloc'd */
     size_t admin_key_len;
     int port;
     int n_threads;
@@ -286,10 +284,10 @@ struct mc_server {
     /* The model, set once by mc_server_load before ready turns true. */
     struct mc_model *model;
     struct mc_engine *engine;
-    char model_id[96];           /* the name clients pass as "model" */
-    int32_t n_ctx;               /* positions per sequence */
+    char model_id[96]; /* the name clients pass as "model" */
+    int32_t n_ctx;     /* positions per sequence */
     int32_t n_embd;
-    int64_t model_created;       /* Unix seconds (file modification time) */
+    int64_t model_created; /* Unix seconds (file modification time) */
 
     /* Embeddings run outside the engine on their own context, one request at a time. */
     pthread_mutex_t embed_lock;
@@ -299,18 +297,18 @@ struct mc_server {
     /* Conversation appends are read-modify-write of one sealed object. */
     pthread_mutex_t conv_lock;
 
-    _Atomic int ready;           /* model loaded, engine running */
-    _Atomic int draining;        /* shutdown started: new work gets 503 */
-    _Atomic int shut;            /* mc_server_shutdown finished */
+    _Atomic int ready;    /* model loaded, engine running */
+    _Atomic int draining; /* shutdown started: new work gets 503 */
+    _Atomic int shut;     /* mc_server_shutdown finished */
 };
 
 /* The identity a tenant request authenticated as. */
 struct mc_auth {
-    char tenant[80];             /* tenant id */
+    char tenant[80]; /* tenant id */
     char tenant_name[80];
     char key_prefix[32];
     int weight;
-    int64_t limits[4];           /* rpm, tpm, tpd, concurrency (0: unlimited) */
+    int64_t limits[4]; /* rpm, tpm, tpd, concurrency (0: unlimited) */
 };
 
 /* Tenant API (api_openai.c). */
@@ -328,8 +326,8 @@ enum MHD_Result mc_api_conversations(struct mc_server *s, struct mc_http_req *r,
                                      const struct mc_auth *a, const char *path);
 /* Loads a conversation's messages (for chat completions); MC_ENOTFOUND when the tenant
  * has no conversation with this id. */
-int mc_conv_load(struct mc_server *s, const char *tenant, const char *id,
-                 struct mc_api_msg **msgs, int *n, struct mc_err *err);
+int mc_conv_load(struct mc_server *s, const char *tenant, const char *id, struct mc_api_msg **msgs,
+                 int *n, struct mc_err *err);
 /* Appends messages to a conversation. */
 int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
                    const struct mc_api_msg *msgs, int n, struct mc_err *err);
@@ -340,7 +338,6 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
 /* Reads ?days=N (1..366, default 30); false after replying 400 for a bad value. */
 bool mc_api_days_param(struct mc_http_req *r, int *days, enum MHD_Result *ret);
 /* Usage rows as the JSON both /v1/usage and the admin API return. */
-json_t *mc_api_usage_json(struct mc_server *s, const char *tenant, int days,
-                          struct mc_err *err);
+json_t *mc_api_usage_json(struct mc_server *s, const char *tenant, int days, struct mc_err *err);
 
 #endif

@@ -50,7 +50,8 @@ static int64_t now_ms(void) {
 
 int mc_server_check_admin_key(const char *key, struct mc_err *err) {
     if (!key || !*key)
-        return mc_err_set(err, MC_EINVAL, "no admin key: set MCAI_ADMIN_KEY or pass "
+        return mc_err_set(err, MC_EINVAL,
+                          "no admin key: set MCAI_ADMIN_KEY or pass "
                           "--admin-key-file (e.g. `openssl rand -hex 32`)");
     size_t n = strlen(key);
     bool seen[128] = {0};
@@ -58,17 +59,21 @@ int mc_server_check_admin_key(const char *key, struct mc_err *err) {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)key[i];
         if (c <= ' ' || c >= 127)
-            return mc_err_set(err, MC_EINVAL, "admin key has a non-printable or space character "
-                              "at byte %zu; use printable ASCII (e.g. `openssl rand -hex 32`)", i);
+            return mc_err_set(err, MC_EINVAL,
+                              "admin key has a non-printable or space character "
+                              "at byte %zu; use printable ASCII (e.g. `openssl rand -hex 32`)",
+                              i);
         if (!seen[c]) {
             seen[c] = true;
             distinct++;
         }
     }
     if (n < MC_SERVER_ADMIN_KEY_MIN || distinct < 10)
-        return mc_err_set(err, MC_EINVAL, "admin key is weak (%zu bytes, %d distinct characters; "
-                          "need at least %d bytes and 10 distinct): use e.g. `openssl rand -hex 32`",
-                          n, distinct, MC_SERVER_ADMIN_KEY_MIN);
+        return mc_err_set(
+            err, MC_EINVAL,
+            "admin key is weak (%zu bytes, %d distinct characters; "
+            "need at least %d bytes and 10 distinct): use e.g. `openssl rand -hex 32`",
+            n, distinct, MC_SERVER_ADMIN_KEY_MIN);
     return MC_OK;
 }
 
@@ -77,10 +82,11 @@ int mc_server_check_admin_key(const char *key, struct mc_err *err) {
 static void on_request_done(struct mc_http_req *r, void *user) {
     struct mc_server *s = user;
     double ms = (double)(mc_now_ns() - r->t_start_ns) / 1e6;
-    MC_LOG_INFO("http", "request_done", "id=%s tenant=%s method=%s route=%s status=%d ms=%.1f "
-                "bytes_in=%zu tok_in=%lld tok_out=%lld", r->id, r->tenant[0] ? r->tenant : "-",
-                r->method, r->route, r->status, ms, r->body_len, (long long)r->n_prompt,
-                (long long)r->n_completion);
+    MC_LOG_INFO("http", "request_done",
+                "id=%s tenant=%s method=%s route=%s status=%d ms=%.1f "
+                "bytes_in=%zu tok_in=%lld tok_out=%lld",
+                r->id, r->tenant[0] ? r->tenant : "-", r->method, r->route, r->status, ms,
+                r->body_len, (long long)r->n_prompt, (long long)r->n_completion);
     mc_metrics_request(s->metrics, r->tenant, r->route, r->status);
     if (r->reject)
         mc_metrics_rejection(s->metrics, r->tenant, r->reject);
@@ -90,10 +96,12 @@ static void on_request_done(struct mc_http_req *r, void *user) {
         char actor[48], details[256];
         struct mc_err err = {0};
         snprintf(actor, sizeof(actor), "key:%s", r->key_prefix);
-        snprintf(details, sizeof(details), "{\"request\":\"%s\",\"route\":\"%s\",\"status\":%d,"
-                 "\"prompt_tokens\":%lld,\"completion_tokens\":%lld}", r->id, r->route, r->status,
-                 (long long)r->n_prompt, (long long)r->n_completion);
-        if (mc_audit_append(s->audit, now_ms(), actor, "key.use", r->tenant, details, &err) != MC_OK)
+        snprintf(details, sizeof(details),
+                 "{\"request\":\"%s\",\"route\":\"%s\",\"status\":%d,"
+                 "\"prompt_tokens\":%lld,\"completion_tokens\":%lld}",
+                 r->id, r->route, r->status, (long long)r->n_prompt, (long long)r->n_completion);
+        if (mc_audit_append(s->audit, now_ms(), actor, "key.use", r->tenant, details, &err) !=
+            MC_OK)
             MC_LOG_WARN("serve", "audit_failed", "tenant=%s id=%s err=\"%s\"", r->tenant, r->id,
                         err.msg);
     }
@@ -138,23 +146,28 @@ static void engine_gauges(struct mc_buf *o, void *user) {
         return;
     struct mc_engine_stats st;
     mc_engine_stats(s->engine, &st);
-    mc_buf_printf(o, "# HELP mcai_queue_depth Requests waiting for admission, all tenants.\n"
-                  "# TYPE mcai_queue_depth gauge\nmcai_queue_depth %d\n", st.n_queued);
-    mc_buf_printf(o, "# TYPE mcai_active_sequences gauge\nmcai_active_sequences %d\n",
-                  st.n_active);
+    mc_buf_printf(o,
+                  "# HELP mcai_queue_depth Requests waiting for admission, all tenants.\n"
+                  "# TYPE mcai_queue_depth gauge\nmcai_queue_depth %d\n",
+                  st.n_queued);
+    mc_buf_printf(o, "# TYPE mcai_active_sequences gauge\nmcai_active_sequences %d\n", st.n_active);
     mc_buf_printf(o, "# TYPE mcai_engine_steps_total counter\nmcai_engine_steps_total %llu\n",
                   (unsigned long long)st.n_steps);
-    mc_buf_printf(o, "# TYPE mcai_engine_requests_done_total counter\n"
-                  "mcai_engine_requests_done_total %llu\n", (unsigned long long)st.n_requests_done);
-    mc_buf_printf(o, "# HELP mcai_engine_requests_failed_total Generations that ended in error or "
+    mc_buf_printf(o,
+                  "# TYPE mcai_engine_requests_done_total counter\n"
+                  "mcai_engine_requests_done_total %llu\n",
+                  (unsigned long long)st.n_requests_done);
+    mc_buf_printf(o,
+                  "# HELP mcai_engine_requests_failed_total Generations that ended in error or "
                   "were cancelled (client gone, shutdown).\n"
                   "# TYPE mcai_engine_requests_failed_total counter\n"
                   "mcai_engine_requests_failed_total %llu\n",
                   (unsigned long long)st.n_requests_failed);
-    mc_buf_printf(o, "# TYPE mcai_engine_preemptions_total counter\n"
-                  "mcai_engine_preemptions_total %llu\n", (unsigned long long)st.n_preemptions);
-    mc_buf_printf(o, "# TYPE mcai_kv_bytes_used gauge\nmcai_kv_bytes_used %zu\n",
-                  st.kv_bytes_used);
+    mc_buf_printf(o,
+                  "# TYPE mcai_engine_preemptions_total counter\n"
+                  "mcai_engine_preemptions_total %llu\n",
+                  (unsigned long long)st.n_preemptions);
+    mc_buf_printf(o, "# TYPE mcai_kv_bytes_used gauge\nmcai_kv_bytes_used %zu\n", st.kv_bytes_used);
 }
 
 static enum MHD_Result route_public(struct mc_server *s, struct mc_http_req *r, const char *p) {
@@ -168,8 +181,8 @@ static enum MHD_Result route_public(struct mc_server *s, struct mc_http_req *r, 
             return mc_http_reply_json(r, 503, json_pack("{s:s}", "status", "draining"));
         if (!atomic_load(&s->ready))
             return mc_http_reply_json(r, 503, json_pack("{s:s}", "status", "loading"));
-        return mc_http_reply_json(r, 200, json_pack("{s:s,s:s}", "status", "ready", "model",
-                                                    s->model_id));
+        return mc_http_reply_json(r, 200,
+                                  json_pack("{s:s,s:s}", "status", "ready", "model", s->model_id));
     }
     r->route = "/metrics";
     struct mc_buf b = {0};
@@ -221,7 +234,8 @@ static enum MHD_Result route_tenant(struct mc_server *s, struct mc_http_req *r, 
     /* Everything below needs the model. */
     if (!atomic_load(&s->ready)) {
         r->reject = "loading";
-        return mc_http_reply_error_retry(r, 503, RETRY_AFTER_LOADING_S, "server_error", "model_loading",
+        return mc_http_reply_error_retry(r, 503, RETRY_AFTER_LOADING_S, "server_error",
+                                         "model_loading",
                                          "the model is still loading; retry shortly");
     }
     if (strcmp(p, "/v1/models") == 0 || strncmp(p, "/v1/models/", 11) == 0) {
@@ -236,13 +250,11 @@ static enum MHD_Result route_tenant(struct mc_server *s, struct mc_http_req *r, 
     }
     if (strcmp(p, "/v1/completions") == 0) {
         r->route = "/v1/completions";
-        return is_method(r, "POST") ? mc_api_completions(s, r, &a)
-                                    : method_not_allowed(r, "POST");
+        return is_method(r, "POST") ? mc_api_completions(s, r, &a) : method_not_allowed(r, "POST");
     }
     if (strcmp(p, "/v1/embeddings") == 0) {
         r->route = "/v1/embeddings";
-        return is_method(r, "POST") ? mc_api_embeddings(s, r, &a)
-                                    : method_not_allowed(r, "POST");
+        return is_method(r, "POST") ? mc_api_embeddings(s, r, &a) : method_not_allowed(r, "POST");
     }
     r->route = "/v1/other";
     return mc_http_reply_error(r, 404, "invalid_request_error", "unknown_url", NULL,
@@ -421,8 +433,7 @@ void mc_server_shutdown(struct mc_server *s) {
     if (!s || atomic_exchange(&s->shut, 1))
         return;
     atomic_store(&s->draining, 1);
-    MC_LOG_INFO("serve", "shutdown_begin", "drain_timeout_ms=%lld",
-                (long long)s->drain_timeout_ms);
+    MC_LOG_INFO("serve", "shutdown_begin", "drain_timeout_ms=%lld", (long long)s->drain_timeout_ms);
     mc_http_quiesce(s->http);
     int n_cancelled = 0;
     if (s->engine)

@@ -19,20 +19,20 @@ struct mc_server;
 
 /* Zero in a numeric field means the default given beside it. */
 struct mc_server_config {
-    const char *model_path;            /* GGUF model (required) */
-    const char *data_dir;              /* store and audit log (required) */
-    const char *host;                  /* listen address (default 127.0.0.1) */
-    int port;                          /* 0 picks a free port; mc_server_port tells which */
+    const char *model_path;                 /* GGUF model (required) */
+    const char *data_dir;                   /* store and audit log (required) */
+    const char *host;                       /* listen address (default 127.0.0.1) */
+    int port;                               /* 0 picks a free port; mc_server_port tells which */
     const struct mc_master_key *master_key; /* borrowed; must outlive the server */
-    const char *admin_key;             /* copied into locked memory */
-    int n_threads;                     /* forward-pass threads (default: all CPUs) */
-    int32_t n_ctx;                     /* context per sequence (default: the model's, at
-                                        * most 4096) */
-    int32_t max_seqs;                  /* sequences decoded together (default 16) */
-    size_t max_body_bytes;             /* request body cap (default 1 MiB) */
-    unsigned max_connections;          /* open connections (default 1024) */
-    int64_t drain_timeout_ms;          /* on shutdown, time running requests get (default
-                                        * 10000) */
+    const char *admin_key;                  /* copied into locked memory */
+    int n_threads;                          /* forward-pass threads (default: all CPUs) */
+    int32_t n_ctx;                          /* context per sequence (default: the model's, at
+                                             * most 4096) */
+    int32_t max_seqs;                       /* sequences decoded together (default 16) */
+    size_t max_body_bytes;                  /* request body cap (default 1 MiB) */
+    unsigned max_connections;               /* open connections (default 1024) */
+    int64_t drain_timeout_ms;               /* on shutdown, time running requests get (default
+                                             * 10000) */
 };
 
 /* Minimum length of an admin key; shorter ones are refused as weak. */
