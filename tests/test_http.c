@@ -338,6 +338,13 @@ static void test_sse_framing(void **state) {
     mc_buf_free(&capped);
 }
 
+/* A gauges callback as the server's: one line per tenant the metrics have seen. */
+static void fake_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n, void *user) {
+    *(size_t *)user = n;
+    for (size_t i = 0; i < n; i++)
+        mc_buf_printf(o, "fake_queue{tenant=\"%s\"} 0\n", tenants[i]);
+}
+
 static void test_metrics_render_counts_per_tenant(void **state) {
     (void)state;
     struct mc_metrics *m;
@@ -350,7 +357,9 @@ static void test_metrics_render_counts_per_tenant(void **state) {
     mc_metrics_ttft(m, "t_a", 0.02);
     mc_metrics_inter_token(m, "t_a", 0.003);
     struct mc_buf b = {0};
-    assert_int_equal(mc_metrics_render(m, &b, NULL, NULL), MC_OK);
+    size_t n_gauged = 0;
+    assert_int_equal(mc_metrics_render(m, &b, fake_gauges, &n_gauged), MC_OK);
+    assert_int_equal(n_gauged, 2);
     const char *want[] = {
         "mcai_requests_total{tenant=\"t_a\",route=\"/v1/chat/completions\",status=\"200\"} 2\n",
         "mcai_requests_total{tenant=\"t_b\",route=\"/v1/chat/completions\",status=\"429\"} 1\n",
@@ -362,6 +371,8 @@ static void test_metrics_render_counts_per_tenant(void **state) {
         "mcai_time_to_first_token_seconds_count{tenant=\"t_a\"} 1\n",
         "mcai_inter_token_seconds_bucket{tenant=\"t_a\",le=\"+Inf\"} 1\n",
         "# TYPE mcai_process_resident_memory_bytes gauge\n",
+        "fake_queue{tenant=\"t_a\"} 0\n",
+        "fake_queue{tenant=\"t_b\"} 0\n",
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         if (!strstr(b.data, want[i]))

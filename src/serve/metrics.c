@@ -11,7 +11,8 @@
  *   mcai_inter_token_seconds{tenant}              histogram
  *   mcai_open_streams                             gauge
  *   mcai_process_*                                process figures from /proc/self
- * plus what the owner's gauges callback appends (queue depth, active sequences).
+ * plus what the owner's gauges callback appends for the server and for each tenant seen
+ * (queue depth, active sequences).
  * Memory grows with the number of distinct (tenant, route, status) triples seen, which
  * the server bounds by using route templates, never raw paths. */
 #include "serve/serve_int.h"
@@ -271,7 +272,9 @@ static void render_process(struct mc_buf *o, time_t start_time) {
 }
 
 int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
-                      void (*gauges)(struct mc_buf *out, void *user), void *user) {
+                      void (*gauges)(struct mc_buf *out, const char (*tenants)[64],
+                                     size_t n_tenants, void *user),
+                      void *user) {
     pthread_mutex_lock(&m->lock);
     mc_buf_printf(o, "# HELP mcai_requests_total HTTP requests by tenant, route and status.\n"
                      "# TYPE mcai_requests_total counter\n");
@@ -323,10 +326,31 @@ int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
                   "# TYPE mcai_open_streams gauge\nmcai_open_streams %d\n",
                   m->open_streams);
     time_t start = m->start_time;
+
+    /* The owner's per-tenant gauges are asked for outside the lock: they may take
+     * locks of their own (the engine's) whose holders record metrics. */
+    size_t n = 0, cap = 0;
+    char(*ids)[64] = NULL;
+    for (int b = 0; gauges && b < N_BUCKETS_TABLE; b++) {
+        for (struct tenant_rec *r = m->table[b]; r; r = r->next) {
+            if (!r->tenant[0])
+                continue;
+            if (n == cap) {
+                size_t nc = cap ? cap * 2 : 64;
+                char(*more)[64] = mc_realloc(ids, nc * sizeof(*ids));
+                if (!more)
+                    break;
+                ids = more;
+                cap = nc;
+            }
+            memcpy(ids[n++], r->tenant, sizeof(r->tenant));
+        }
+    }
     pthread_mutex_unlock(&m->lock);
 
     if (gauges)
-        gauges(o, user);
+        gauges(o, (const char(*)[64])ids, n, user);
+    mc_free(ids);
     render_process(o, start);
     return MC_OK;
 }

@@ -244,10 +244,13 @@ void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *
 void mc_metrics_ttft(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_inter_token(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_streams_add(struct mc_metrics *m, int delta);
-/* Writes the Prometheus text exposition. gauges, if non-NULL, is called to append
- * figures owned by others (queue depth from the engine). */
+/* Writes the Prometheus text exposition. gauges, if non-NULL, is called (without the
+ * metrics lock) to append figures owned by others, such as the engine's queue depth,
+ * with the ids of every tenant the metrics have seen. */
 int mc_metrics_render(struct mc_metrics *m, struct mc_buf *out,
-                      void (*gauges)(struct mc_buf *out, void *user), void *user);
+                      void (*gauges)(struct mc_buf *out, const char (*tenants)[64],
+                                     size_t n_tenants, void *user),
+                      void *user);
 
 /* ---- The server (server.c) and its handlers (api_*.c) ----------------------------- */
 

@@ -140,10 +140,25 @@ static int tenant_auth(struct mc_server *s, struct mc_http_req *r, struct mc_aut
 
 /* ---- Routes without credentials --------------------------------------------------- */
 
-static void engine_gauges(struct mc_buf *o, void *user) {
+static void engine_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n, void *user) {
     struct mc_server *s = user;
     if (!atomic_load(&s->ready))
         return;
+    mc_buf_printf(o, "# HELP mcai_tenant_queue_depth Requests of a tenant waiting for admission.\n"
+                     "# TYPE mcai_tenant_queue_depth gauge\n");
+    int32_t *active = mc_calloc(n ? n : 1, sizeof(*active));
+    for (size_t i = 0; i < n; i++) {
+        int32_t queued = 0;
+        int32_t act = 0;
+        mc_engine_tenant_load(s->engine, tenants[i], &queued, &act);
+        if (active)
+            active[i] = act;
+        mc_buf_printf(o, "mcai_tenant_queue_depth{tenant=\"%s\"} %d\n", tenants[i], queued);
+    }
+    mc_buf_printf(o, "# TYPE mcai_tenant_active_sequences gauge\n");
+    for (size_t i = 0; active && i < n; i++)
+        mc_buf_printf(o, "mcai_tenant_active_sequences{tenant=\"%s\"} %d\n", tenants[i], active[i]);
+    mc_free(active);
     struct mc_engine_stats st;
     mc_engine_stats(s->engine, &st);
     mc_buf_printf(o,

@@ -505,6 +505,8 @@ async function metricsChecks(t) {
     `mcai_time_to_first_token_seconds_count{tenant="${t.alpha.id}"}`,
     `mcai_inter_token_seconds_bucket{tenant="${t.epsilon.id}",le="+Inf"}`,
     "mcai_queue_depth ",
+    `mcai_tenant_queue_depth{tenant="${t.alpha.id}"} 0`,
+    `mcai_tenant_active_sequences{tenant="${t.alpha.id}"} 0`,
     "mcai_process_resident_memory_bytes ",
   ];
   for (const w of want) check(`metrics: ${w.split("{")[0].trim()}`, m.text.includes(w), w);
