@@ -180,7 +180,7 @@ done
 # ---- SIGTERM during a stream ---------------------------------------------------------
 
 $C -N -H "Authorization: Bearer $KEY" -d '{"messages":[{"role":"user","content":"Go"}],
-    "max_tokens":480,"temperature":1,"stream":true}' "$BASE/v1/chat/completions" \
+    "max_tokens":480,"temperature":1,"seed":5,"stream":true}' "$BASE/v1/chat/completions" \
     > "$DIR/term" 2>&1 &
 CURL=$!
 i=0
