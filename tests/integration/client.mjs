@@ -456,6 +456,27 @@ async function badInputWhileStreaming(keys, model) {
   void chunksBefore;
 }
 
+// Many streams of two tenants at once: every one ends with [DONE] and its own full text,
+// and each equals the same request run alone (batching changes nothing).
+async function concurrencyChecks(keys, model) {
+  const N = QUICK ? 6 : 16;
+  const req = (i) => ({ model, max_tokens: 20, temperature: 0.9, seed: 100 + (i % 4),
+    messages: [{ role: "user", content: `Story number ${i % 4}` }] });
+  const key = (i) => (i % 2 ? keys.alpha : keys.epsilon);
+  const textOf = (s) => s.events.filter((e) => e !== "[DONE]")
+    .map((e) => e.choices[0]?.delta?.content || "").join("");
+  const all = await Promise.all(Array.from({ length: N },
+    (_, i) => sse("/v1/chat/completions", key(i), req(i))));
+  check(`concurrency: ${N} streams of two tenants all end with [DONE]`,
+    all.every((s) => s.status === 200 && s.events.at(-1) === "[DONE]"),
+    all.map((s) => s.status).join(","));
+  const alone = [];
+  for (let i = 0; i < 4; i++) alone.push(textOf(await sse("/v1/chat/completions", key(i), req(i))));
+  const bad = all.map((s, i) => textOf(s) === alone[i % 4] ? -1 : i).filter((i) => i >= 0);
+  check("concurrency: each stream equals the same request run alone", bad.length === 0,
+    `streams ${bad.join(",")} differ`);
+}
+
 async function limitChecks(keys, model) {
   const C = keys.gamma;
   const body = { model, messages: [{ role: "user", content: "hi" }], max_tokens: 2 };
@@ -549,6 +570,7 @@ async function main() {
   const conv = await conversationChecks(keys, model);
   await isolationChecks(t, keys, model, conv);
   await badInputWhileStreaming(keys, model);
+  await concurrencyChecks(keys, model);
   await limitChecks(keys, model);
   await disconnectCheck(keys, model);
   await metricsChecks(t);

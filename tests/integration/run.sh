@@ -90,7 +90,8 @@ PID=$!
 PORT=""
 i=0
 while [ $i -lt 600 ] && [ -z "$PORT" ]; do
-    PORT=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' "$DIR/out")
+    PORT=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
+        "$DIR/out" 2> /dev/null)
     [ -z "$PORT" ] && sleep 0.1
     i=$((i + 1))
 done
