@@ -185,7 +185,7 @@ $C -N -H "Authorization: Bearer $KEY" -d '{"messages":[{"role":"user","content":
     > "$DIR/term" 2>&1 &
 CURL=$!
 i=0
-while [ $i -lt 300 ] && ! grep -q '^data: {' "$DIR/term"; do
+while [ $i -lt 300 ] && ! grep -q '^data: {' "$DIR/term" 2> /dev/null; do
     sleep 0.02
     i=$((i + 1))
 done
