@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SETTINGS 14
+#define N_SETTINGS 16
 
 /* One setting: its long flag name (also its config key, with '_' for '-'), short flag,
  * value (borrowed from argv, a config line or the environment) and help. */
@@ -52,6 +52,12 @@ static struct setting settings[N_SETTINGS] = {
     {"ctx", "-c", "N", "context per sequence, prompt + completion (default: model's, <= 4096)",
      NULL, false},
     {"max-seqs", NULL, "N", "sequences decoded together (default 16)", NULL, false},
+    {"max-queue", NULL, "N", "queued requests per tenant before 429 queue_full (default 256)", NULL,
+     false},
+    {"kv-budget-mb", NULL, "N",
+     "KV cache memory of running sequences, MiB (default: no limit "
+     "beyond max-seqs full contexts)",
+     NULL, false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
     {"max-connections", NULL, "N", "open connections (default 1024)", NULL, false},
     {"drain-timeout-ms", NULL, "N", "on SIGTERM, time running requests get (default 10000)", NULL,
@@ -268,8 +274,11 @@ static int run(int argc, char **argv) {
         return CLI_USAGE;
     }
     long port = 8080, threads = 0, ctx = 0, seqs = 0, body = 0, conns = 0, drain = 0;
+    long queue = 0, kv_mb = 0;
     if (!int_setting("port", 0, 65535, &port) || !int_setting("threads", 0, 1024, &threads) ||
         !int_setting("ctx", 0, 1 << 20, &ctx) || !int_setting("max-seqs", 0, 4096, &seqs) ||
+        !int_setting("max-queue", 0, 1 << 20, &queue) ||
+        !int_setting("kv-budget-mb", 0, 1L << 30, &kv_mb) ||
         !int_setting("max-body-bytes", 1024, 1L << 30, &body) ||
         !int_setting("max-connections", 0, 65536, &conns) ||
         !int_setting("drain-timeout-ms", 0, 3600000, &drain))
@@ -325,6 +334,8 @@ static int run(int argc, char **argv) {
         .n_threads = (int)threads,
         .n_ctx = (int32_t)ctx,
         .max_seqs = (int32_t)seqs,
+        .max_queue = (int32_t)queue,
+        .kv_budget_bytes = (size_t)kv_mb << 20,
         .max_body_bytes = (size_t)body,
         .max_connections = (unsigned)conns,
         .drain_timeout_ms = drain,

@@ -274,6 +274,8 @@ struct mc_server {
     int n_threads;
     int32_t n_ctx_cfg;
     int32_t max_seqs;
+    int32_t max_queue;
+    size_t kv_budget_bytes;
     int64_t drain_timeout_ms;
 
     /* Catalog, tenants and audit, open from create to free. */

@@ -358,6 +358,8 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->n_threads = cfg->n_threads;
     s->n_ctx_cfg = cfg->n_ctx;
     s->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : DEFAULT_MAX_SEQS;
+    s->max_queue = cfg->max_queue;
+    s->kv_budget_bytes = cfg->kv_budget_bytes;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;
 
     if ((rc = mc_metrics_create(&s->metrics, err)) != MC_OK)
@@ -431,6 +433,8 @@ int mc_server_load(struct mc_server *s, struct mc_err *err) {
 
     struct mc_engine_config ec = {
         .max_seqs = s->max_seqs,
+        .max_queue = s->max_queue,
+        .kv_budget_bytes = s->kv_budget_bytes,
         .n_ctx = n_ctx,
         .n_threads = s->n_threads,
         .on_token = on_token,

@@ -82,6 +82,8 @@ master_key_file = $DIR/master
 admin-key-file = $DIR/admin-from-config
 max_body_bytes = 1048576
 drain_timeout_ms = 100
+kv_budget_mb = 64
+max-queue = 256
 EOF
 MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/data" --port 0 \
     --config "$DIR/serve.conf" > "$DIR/out" 2> "$DIR/log" &
