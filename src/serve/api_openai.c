@@ -55,6 +55,7 @@ static int64_t wall_ms(void) {
 
 struct ev {
     struct ev *next;
+    bool reserved; /* lives in struct run (a choice's last event); never freed */
     int choice;
     enum mc_engine_event_type type;
     char *text;
@@ -70,7 +71,7 @@ struct ev {
 };
 
 static void ev_free(struct ev *e) {
-    if (!e)
+    if (!e || e->reserved)
         return;
     mc_free(e->text);
     mc_free(e->lps);
@@ -96,8 +97,9 @@ struct run {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct ev *head, *tail;
-    int n_terminal_queued; /* terminal events handed over by the engine */
-    bool oom;              /* an event could not be copied */
+    int n_terminal_queued;        /* terminal events handed over by the engine */
+    bool oom;                     /* an event could not be copied (under lock) */
+    struct ev term[MC_API_MAX_N]; /* each choice's last event */
 
     struct mc_server *s;
     const struct mc_tokenizer *tok;
@@ -133,11 +135,35 @@ struct run {
     int n_conv_new;
 };
 
+/* Copies the text and logprobs of a TEXT event; false when memory runs out. */
+static bool ev_copy_content(struct ev *e, const struct mc_engine_event *ev) {
+    if (ev->text_len) {
+        e->text = mc_strndup(ev->text, ev->text_len);
+        if (!e->text)
+            return false;
+        e->text_len = ev->text_len;
+    }
+    if (ev->logprobs && ev->n_tokens > 0) {
+        e->lps = mc_malloc((size_t)ev->n_tokens * sizeof(*e->lps));
+        if (!e->lps)
+            return false;
+        memcpy(e->lps, ev->logprobs, (size_t)ev->n_tokens * sizeof(*e->lps));
+    }
+    return true;
+}
+
 static void on_event(const struct mc_engine_event *ev, void *user) {
     struct cb_ctx *cb = user;
     struct run *run = cb->run;
-    struct ev *e = mc_calloc(1, sizeof(*e));
+    bool terminal = ev->type != MC_ENGINE_EV_TEXT;
+
+    /* A choice's last event goes into storage reserved in the run: running out of memory
+     * must never lose it, or the connection would wait for it forever. A TEXT event that
+     * cannot be copied is dropped and fails the request when its choice ends. */
+    struct ev *e = terminal ? &run->term[cb->idx] : mc_calloc(1, sizeof(*e));
+    bool lost = e == NULL;
     if (e) {
+        e->reserved = terminal;
         e->choice = cb->idx;
         e->type = ev->type;
         e->n_tokens = ev->n_tokens;
@@ -148,21 +174,13 @@ static void on_event(const struct mc_engine_event *ev, void *user) {
         snprintf(e->finish_reason, sizeof(e->finish_reason), "%s",
                  ev->finish_reason ? ev->finish_reason : "stop");
         snprintf(e->message, sizeof(e->message), "%s", ev->message ? ev->message : "");
-        if (ev->text_len) {
-            e->text = mc_strndup(ev->text, ev->text_len);
-            e->text_len = e->text ? ev->text_len : 0;
-        }
-        if (ev->logprobs && ev->n_tokens > 0) {
-            e->lps = mc_malloc((size_t)ev->n_tokens * sizeof(*e->lps));
-            if (e->lps)
-                memcpy(e->lps, ev->logprobs, (size_t)ev->n_tokens * sizeof(*e->lps));
-        }
-        if ((ev->text_len && !e->text) || (ev->logprobs && ev->n_tokens > 0 && !e->lps)) {
-            /* Keep the terminal structure intact; only the content is lost. */
-            run->oom = true;
+        if (!terminal && !ev_copy_content(e, ev)) {
+            ev_free(e);
+            e = NULL;
+            lost = true;
         }
     }
-    bool terminal = ev->type != MC_ENGINE_EV_TEXT;
+
     pthread_mutex_lock(&run->lock);
     if (e) {
         if (run->tail)
@@ -170,9 +188,9 @@ static void on_event(const struct mc_engine_event *ev, void *user) {
         else
             run->head = e;
         run->tail = e;
-    } else {
-        run->oom = true;
     }
+    if (lost)
+        run->oom = true;
     if (terminal)
         run->n_terminal_queued++;
     pthread_cond_broadcast(&run->cond);
@@ -378,7 +396,10 @@ static void run_apply(struct run *run, struct ev *e) {
     c->completion_tokens = e->completion_tokens;
     if (e->prompt_tokens > 0)
         run->n_prompt = e->prompt_tokens;
-    if (e->type == MC_ENGINE_EV_DONE) {
+    if (e->type == MC_ENGINE_EV_DONE && run->oom) {
+        e->code = MC_ENOMEM;
+        snprintf(e->message, sizeof(e->message), "out of memory for the answer's text");
+    } else if (e->type == MC_ENGINE_EV_DONE) {
         snprintf(c->finish_reason, sizeof(c->finish_reason), "%s", e->finish_reason);
         if (run->stream && !run->failed) {
             if (run->is_chat && !c->role_sent)
