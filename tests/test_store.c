@@ -460,6 +460,49 @@ static void test_delete_finishes_after_an_interrupted_delete(void **state) {
     sqlite3_close(db);
 }
 
+static void test_rekey_moves_data_to_a_new_master_key(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_b", "beta", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "alpha data", 10, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_b", "doc", "d1", "beta data", 9, &err), MC_OK);
+    uint8_t h_before[32], h_after[32];
+    mc_store_hash_secret(f->s, "mcai_some_secret", h_before);
+
+    struct mc_master_key *other;
+    assert_int_equal(mc_master_key_parse(OTHER_KEY_HEX, &other, &err), MC_OK);
+    size_t n = 0;
+    assert_int_equal(mc_store_rekey(f->s, other, &n, &err), MC_OK);
+    assert_int_equal(n, 2);
+    void *data;
+    size_t len;
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "alpha data", 10);
+    mc_free(data);
+
+    /* The old key no longer opens the directory; the new one does, with the same data and
+     * the same API-key hashes (the pepper moved with the data keys). */
+    mc_store_close(f->s);
+    f->s = NULL;
+    struct mc_store *s2 = NULL;
+    assert_int_equal(mc_store_open(f->dir, f->mk, &s2, &err), MC_EPERM);
+    assert_int_equal(mc_store_open(f->dir, other, &s2, &err), MC_OK);
+    assert_int_equal(mc_store_obj_get(s2, "t_b", "doc", "d1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "beta data", 9);
+    mc_free(data);
+    mc_store_hash_secret(s2, "mcai_some_secret", h_after);
+    assert_memory_equal(h_before, h_after, 32);
+    uint8_t h_new_pepper[32];
+    mc_crypto_hash_keyed(mc_master_key_pepper(other), "mcai_some_secret", 16, h_new_pepper);
+    assert_memory_not_equal(h_after, h_new_pepper, 32);
+
+    /* The teardown closes f->s with f->mk: hand it the new store and key. */
+    mc_master_key_free(f->mk);
+    f->mk = other;
+    f->s = s2;
+}
+
 /* ---------------------------------------------------------------------------------------
  * Catalog */
 
@@ -656,6 +699,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_delete_shreds_data_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_finishes_after_an_interrupted_delete, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_rekey_moves_data_to_a_new_master_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),

@@ -789,6 +789,29 @@ static void test_cli_tenant_and_key_commands(void **state) {
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
     assert_int_equal(mc_key_lookup(tn, key, &t, NULL, &err), MC_EPERM);
 
+    /* Rotate the master key: a process still holding the old key (this handle, standing
+     * for a server that was not stopped) can no longer open the tenant's data. */
+    static const char NEW_KEY[] =
+        "5e8a1f3c7b2d9e4f6a0c8b1d3e5f7a9c2e4b6d8f0a1c3e5b7d9f2a4c6e8b0d1f";
+    char key_file[160];
+    snprintf(key_file, sizeof(key_file), "%s/new.key", f->dir);
+    FILE *kf = fopen(key_file, "w");
+    fputs(NEW_KEY, kf);
+    fclose(kf);
+    snprintf(cmd, sizeof(cmd),
+             "chmod 600 %s && %s key rotate-master --data %s "
+             "--new-master-key-file %s 2>&1",
+             key_file, mcai, dir, key_file);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "re-wrapped 1 tenant data keys; use the new master key from now on");
+    assert_int_equal(mc_front_get(tn, id, 0, &fr, NULL, &err), MC_ECRYPTO);
+    mc_front_deinit(&fr);
+    snprintf(cmd, sizeof(cmd), "%s tenant show --data %s acme 2>&1", mcai, dir);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "master key does not match"));
+    setenv(MC_MASTER_KEY_ENV, NEW_KEY, 1);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+
     snprintf(cmd, sizeof(cmd), "%s tenant delete --data %s acme 2>&1", mcai, dir);
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
     snprintf(cmd, sizeof(cmd), "%s tenant delete --data %s acme --yes 2>&1", mcai, dir);
@@ -796,12 +819,13 @@ static void test_cli_tenant_and_key_commands(void **state) {
     assert_int_equal(mc_tenant_get(tn, id, &t, &err), MC_ENOTFOUND);
     snprintf(cmd, sizeof(cmd), "%s audit verify --data %s 2>&1", mcai, dir);
     assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
-    assert_memory_equal(out, "OK: 5 lines", 11); /* create, key, front, revoke, delete */
+    assert_memory_equal(out, "OK: 6 lines", 11); /* create key front revoke rotate delete */
 
     mc_tenants_free(tn);
     mc_store_close(s);
     mc_master_key_free(mk);
     unsetenv(MC_MASTER_KEY_ENV);
+    unlink(key_file);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
 }

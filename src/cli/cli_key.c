@@ -2,7 +2,8 @@
  *
  * `create` prints the secret once, alone on stdout, so it can be captured by a script;
  * only its hash is stored, so it can never be shown again. `list` shows prefixes only.
- * A revoke takes effect at the next request, also in a running server. */
+ * A revoke takes effect at the next request, also in a running server. `rotate-master`
+ * re-wraps every tenant's data key under a new master key. */
 #include "cli/cli.h"
 #include "cli/cli_tenant.h"
 
@@ -22,6 +23,11 @@ static const char USAGE[] =
     "  list                    the tenant's keys: prefix, created, revoked\n"
     "  revoke PREFIX           revoke a key (the prefix is the first 13 characters,\n"
     "                          mcai_XXXXXXXX); effective at once, also in a running server\n"
+    "  rotate-master --new-master-key-file F\n"
+    "                          re-wrap every tenant's data key (and the API-key pepper)\n"
+    "                          under the master key in F; no --tenant. Stop the server\n"
+    "                          first and restart it with the new key; API keys and data\n"
+    "                          stay valid\n"
     "\n"
     "options:\n"
     "  --data DIR              data directory\n"
@@ -40,6 +46,37 @@ static void format_ms(int64_t ms, char out[32]) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int rotate_master(struct cli_data *d, const char *dir, const char *new_file) {
+    struct mc_err err = {0};
+    struct mc_master_key *mk;
+    if (mc_master_key_load(new_file, dir, &mk, &err) != MC_OK) {
+        fprintf(stderr, "mcai key rotate-master: %s\n", err.msg);
+        return CLI_ERR;
+    }
+    if (!memcmp(mc_master_key_wrap_key(mk), mc_master_key_wrap_key(d->mk), MC_CRYPTO_KEY_BYTES)) {
+        fprintf(stderr, "mcai key rotate-master: the new master key is the current one\n");
+        mc_master_key_free(mk);
+        return CLI_USAGE;
+    }
+    size_t n = 0;
+    int rc = mc_store_rekey(d->store, mk, &n, &err);
+    if (rc != MC_OK) {
+        fprintf(stderr, "mcai key rotate-master: %s (nothing changed)\n", err.msg);
+        mc_master_key_free(mk);
+        return CLI_ERR;
+    }
+    /* The store now uses mk: keep it alive until the store is closed. */
+    mc_master_key_free(d->mk);
+    d->mk = mk;
+    char details[64];
+    snprintf(details, sizeof(details), "{\"tenants\":%zu}", n);
+    if (mc_audit_append(d->audit, cli_now_ms(), d->actor, "master.rotate", NULL, details, &err) !=
+        MC_OK)
+        fprintf(stderr, "mcai key rotate-master: audit: %s\n", err.msg);
+    printf("re-wrapped %zu tenant data keys; use the new master key from now on\n", n);
+    return CLI_OK;
 }
 
 static int run(struct cli_data *d, const char *action, const char *tenant, const char *arg) {
@@ -97,6 +134,7 @@ int cmd_key(int argc, char **argv) {
         {"data", required_argument, NULL, 'd'},
         {"tenant", required_argument, NULL, 't'},
         {"master-key-file", required_argument, NULL, 'k'},
+        {"new-master-key-file", required_argument, NULL, 'n'},
         {NULL, 0, NULL, 0},
     };
     if (argc < 2 || cli_wants_help(argc, argv)) {
@@ -104,11 +142,12 @@ int cmd_key(int argc, char **argv) {
         return argc < 2 ? CLI_USAGE : CLI_OK;
     }
     const char *action = argv[1];
-    if (strcmp(action, "create") && strcmp(action, "list") && strcmp(action, "revoke")) {
+    int rotate = !strcmp(action, "rotate-master");
+    if (strcmp(action, "create") && strcmp(action, "list") && strcmp(action, "revoke") && !rotate) {
         fprintf(stderr, "mcai key: unknown action '%s'\n\n%s", action, USAGE);
         return CLI_USAGE;
     }
-    const char *data = NULL, *tenant = NULL, *key_file = NULL, *arg = NULL;
+    const char *data = NULL, *tenant = NULL, *key_file = NULL, *arg = NULL, *new_key = NULL;
     optind = 1;
     opterr = 0;
     int c;
@@ -123,6 +162,9 @@ int cmd_key(int argc, char **argv) {
         case 'k':
             key_file = optarg;
             break;
+        case 'n':
+            new_key = optarg;
+            break;
         default:
             fprintf(stderr, "mcai key %s: unknown or incomplete option '%s'\n", action,
                     argv[optind]);
@@ -136,7 +178,16 @@ int cmd_key(int argc, char **argv) {
                 arg && strcmp(action, "revoke") ? arg : argv[1 + optind]);
         return CLI_USAGE;
     }
-    if (!data || !tenant) {
+    if (rotate && (!data || !new_key || tenant)) {
+        fprintf(stderr, "mcai key rotate-master: --data DIR and --new-master-key-file F are "
+                        "required, --tenant is not used\n");
+        return CLI_USAGE;
+    }
+    if (!rotate && new_key) {
+        fprintf(stderr, "mcai key %s: --new-master-key-file is for rotate-master\n", action);
+        return CLI_USAGE;
+    }
+    if (!rotate && (!data || !tenant)) {
         fprintf(stderr, "mcai key %s: --data DIR and --tenant ID|NAME are required\n", action);
         return CLI_USAGE;
     }
@@ -148,7 +199,7 @@ int cmd_key(int argc, char **argv) {
     int rc = cli_data_open(data, key_file, &d);
     if (rc != CLI_OK)
         return rc;
-    rc = run(&d, action, tenant, arg);
+    rc = rotate ? rotate_master(&d, data, new_key) : run(&d, action, tenant, arg);
     cli_data_close(&d);
     return rc;
 }

@@ -2,7 +2,9 @@
  *
  *   master key (32 bytes, from MCAI_MASTER_KEY or a key file, never in the data dir)
  *     |- wrap key   = KDF(master, 1, "mcaiwrap")  wraps every tenant's data key
- *     |- pepper     = KDF(master, 2, "mcaipepr")  keys the BLAKE2b hash of API keys
+ *     |- pepper     = KDF(master, 2, "mcaipepr")  keys the BLAKE2b hash of API keys (the
+ *     |                                           store keeps it wrapped, so it survives a
+ *     |                                           master key rotation)
  *     |- check key  = KDF(master, 3, "mcaichck")  proves a data dir belongs to this master key
  *     `- tenant data key (32 random bytes per tenant, stored wrapped)
  *          `- every tenant-private object, sealed with XChaCha20-Poly1305

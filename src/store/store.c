@@ -25,6 +25,8 @@
 #include <string.h>
 
 #define KEYCHECK_NAME "keycheck"
+#define PEPPER_NAME   "pepper"
+static const char PEPPER_AD[] = "mcai-pepper";
 static const char KEYCHECK_AD[] = "mcai-keycheck";
 static const char KEYCHECK_PT[] = "mcai-keycheck-v1";
 
@@ -36,7 +38,8 @@ struct mc_store {
     const struct mc_master_key *mk;
     pthread_mutex_t slot_lock;
     uint64_t slot_used; /* bit i: slot i holds a key */
-    uint8_t *slots;     /* KEY_SLOTS * MC_CRYPTO_KEY_BYTES, sodium_malloc */
+    uint8_t *slots;     /* KEY_SLOTS + 1 keys, sodium_malloc; the last is the pepper */
+    uint8_t *pepper;    /* API-key hash key, stored wrapped (meta "pepper") */
 };
 
 /* ---------------------------------------------------------------------------------------
@@ -167,10 +170,46 @@ static int check_master_key(struct mc_store *s, const char *location, struct mc_
     mc_free(val);
     if (rc != MC_OK)
         return mc_err_set(err, MC_EPERM,
-                          "the master key does not match the one %s was created with; use "
-                          "that key (MCAI_MASTER_KEY or --master-key-file)",
+                          "the master key does not match the one protecting %s; use that "
+                          "key (MCAI_MASTER_KEY or --master-key-file)",
                           location);
     return MC_OK;
+}
+
+/* Seals the check value and the pepper under mk's keys into the meta table. */
+static int put_check_and_pepper(struct mc_store *s, const struct mc_master_key *mk,
+                                struct mc_err *err) {
+    uint8_t check[sizeof(KEYCHECK_PT) + MC_CRYPTO_OVERHEAD];
+    uint8_t pepper[MC_CRYPTO_KEY_BYTES + MC_CRYPTO_OVERHEAD];
+    mc_crypto_seal(mc_master_key_check_key(mk), KEYCHECK_AD, sizeof(KEYCHECK_AD), KEYCHECK_PT,
+                   sizeof(KEYCHECK_PT), check);
+    mc_crypto_seal(mc_master_key_wrap_key(mk), PEPPER_AD, sizeof(PEPPER_AD), s->pepper,
+                   MC_CRYPTO_KEY_BYTES, pepper);
+    int rc = s->ops->meta_put(s->be, KEYCHECK_NAME, check, sizeof(check), err);
+    if (rc == MC_OK)
+        rc = s->ops->meta_put(s->be, PEPPER_NAME, pepper, sizeof(pepper), err);
+    return rc;
+}
+
+/* Loads the pepper. A store made before the pepper was kept wrapped used the value
+ * derived from the master key, so that value is the one to keep. */
+static int load_pepper(struct mc_store *s, struct mc_err *err) {
+    uint8_t *val = NULL;
+    size_t n = 0, n_pt = 0;
+    int rc = s->ops->meta_get(s->be, PEPPER_NAME, &val, &n, err);
+    if (rc == MC_ENOTFOUND) {
+        memcpy(s->pepper, mc_master_key_pepper(s->mk), MC_CRYPTO_KEY_BYTES);
+        return put_check_and_pepper(s, s->mk, err);
+    }
+    if (rc != MC_OK)
+        return rc;
+    if (n != MC_CRYPTO_KEY_BYTES + MC_CRYPTO_OVERHEAD)
+        rc = mc_err_set(err, MC_ECRYPTO, "stored pepper has %zu bytes", n);
+    else
+        rc = mc_crypto_open(mc_master_key_wrap_key(s->mk), PEPPER_AD, sizeof(PEPPER_AD), val, n,
+                            s->pepper, &n_pt, err);
+    mc_free(val);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -192,14 +231,17 @@ int mc_store_open(const char *location, const struct mc_master_key *mk, struct m
         return mc_err_set(err, MC_ENOMEM, "cannot allocate a store");
     s->mk = mk;
     pthread_mutex_init(&s->slot_lock, NULL);
-    s->slots = mc_secret_alloc((size_t)KEY_SLOTS * MC_CRYPTO_KEY_BYTES);
+    s->slots = mc_secret_alloc((size_t)(KEY_SLOTS + 1) * MC_CRYPTO_KEY_BYTES);
     if (!s->slots) {
         mc_store_close(s);
         return mc_err_set(err, MC_ENOMEM, "cannot allocate secure memory for data keys");
     }
+    s->pepper = s->slots + (size_t)KEY_SLOTS * MC_CRYPTO_KEY_BYTES;
     rc = mc_store_sqlite_open(location, &s->ops, &s->be, err);
     if (rc == MC_OK)
         rc = check_master_key(s, location, err);
+    if (rc == MC_OK)
+        rc = load_pepper(s, err);
     if (rc != MC_OK) {
         mc_store_close(s);
         return rc;
@@ -220,6 +262,45 @@ void mc_store_close(struct mc_store *s) {
 
 const char *mc_store_backend(const struct mc_store *s) {
     return s->ops->name;
+}
+
+/* Re-wraps one tenant's data key from the current master key to new_mk. */
+static int rewrap_dk(struct mc_store *s, const char *tenant_id, const struct mc_master_key *new_mk,
+                     struct mc_err *err) {
+    uint8_t *dk;
+    int rc = dk_load(s, tenant_id, &dk, err);
+    if (rc != MC_OK)
+        return rc;
+    uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES];
+    mc_crypto_seal(mc_master_key_wrap_key(new_mk), tenant_id, strlen(tenant_id), dk,
+                   MC_CRYPTO_KEY_BYTES, wrapped);
+    key_buf_put(s, dk);
+    return s->ops->dk_put(s->be, tenant_id, wrapped, err);
+}
+
+int mc_store_rekey(struct mc_store *s, const struct mc_master_key *new_mk, size_t *n_rewrapped,
+                   struct mc_err *err) {
+    struct mc_store_tenant *rows = NULL;
+    size_t n = 0;
+    *n_rewrapped = 0;
+    int rc = s->ops->begin(s->be, err);
+    if (rc != MC_OK)
+        return rc;
+    rc = s->ops->tenant_list(s->be, &rows, &n, err);
+    for (size_t i = 0; rc == MC_OK && i < n; i++)
+        rc = rewrap_dk(s, rows[i].id, new_mk, err);
+    if (rc == MC_OK)
+        rc = put_check_and_pepper(s, new_mk, err);
+    if (rc == MC_OK)
+        rc = s->ops->commit(s->be, err);
+    else
+        s->ops->rollback(s->be);
+    mc_store_tenant_list_free(rows, n);
+    if (rc != MC_OK)
+        return rc;
+    s->mk = new_mk;
+    *n_rewrapped = n;
+    return MC_OK;
 }
 
 int mc_store_begin(struct mc_store *s, struct mc_err *err) {
@@ -334,7 +415,7 @@ void mc_store_tenant_list_free(struct mc_store_tenant *rows, size_t n) {
 
 void mc_store_hash_secret(const struct mc_store *s, const char *secret,
                           uint8_t out[MC_STORE_HASH_BYTES]) {
-    mc_crypto_hash_keyed(mc_master_key_pepper(s->mk), secret, strlen(secret), out);
+    mc_crypto_hash_keyed(s->pepper, secret, strlen(secret), out);
 }
 
 int mc_store_key_insert(struct mc_store *s, const struct mc_store_key *key, struct mc_err *err) {
@@ -353,6 +434,16 @@ int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key
     if (rc != MC_OK)
         return rc;
     return s->ops->key_get(s->be, prefix, out, err);
+}
+
+int mc_store_key_lookup(struct mc_store *s, const char *prefix, struct mc_store_key *key,
+                        struct mc_store_tenant *tenant, struct mc_err *err) {
+    memset(key, 0, sizeof(*key));
+    memset(tenant, 0, sizeof(*tenant));
+    int rc = check_token("key prefix", prefix, MC_STORE_ID_MAX, err);
+    if (rc != MC_OK)
+        return rc;
+    return s->ops->key_lookup(s->be, prefix, key, tenant, err);
 }
 
 int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,

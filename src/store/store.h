@@ -68,7 +68,7 @@ struct mc_store_usage {
 
 /* Opens (creating if needed) the store at location: today a directory for the SQLite
  * backend (created with mode 0700 when missing; files catalog.db, -wal, -shm). The master
- * key is borrowed and must outlive the store. A directory created under another master
+ * key is borrowed and must outlive the store. A directory protected by another master
  * key is refused with MC_EPERM. On failure *out is NULL. */
 int mc_store_open(const char *location, const struct mc_master_key *mk, struct mc_store **out,
                   struct mc_err *err);
@@ -78,6 +78,15 @@ void mc_store_close(struct mc_store *s);
 
 /* The name of the backend ("sqlite"). */
 const char *mc_store_backend(const struct mc_store *s);
+
+/* Master key rotation: re-wraps every tenant's data key, the API-key pepper and the
+ * key check under new_mk, in one transaction, and uses new_mk from then on (borrowed;
+ * it must outlive the store). Sealed objects and API keys stay as they are. Must not run
+ * while other threads use this store; another process that opened the directory with
+ * the old key can no longer open data keys (MC_ECRYPTO) and must be restarted with the
+ * new one, so stop the server first. *n_rewrapped gets the number of tenants. */
+int mc_store_rekey(struct mc_store *s, const struct mc_master_key *new_mk, size_t *n_rewrapped,
+                   struct mc_err *err);
 
 /* Starts a write transaction held by the calling thread; every store call from that
  * thread joins it until mc_store_commit or mc_store_rollback. Other threads wait. Not
@@ -139,6 +148,12 @@ int mc_store_key_insert(struct mc_store *s, const struct mc_store_key *key, stru
 /* Reads the key row with this prefix. MC_ENOTFOUND when there is none. */
 int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key *out,
                      struct mc_err *err);
+
+/* Reads the key row with this prefix and its tenant's row in one read (the
+ * per-request path): clear *tenant with mc_store_tenant_clear. MC_ENOTFOUND when there is
+ * no such key (or, impossibly, no such tenant). */
+int mc_store_key_lookup(struct mc_store *s, const char *prefix, struct mc_store_key *key,
+                        struct mc_store_tenant *tenant, struct mc_err *err);
 
 /* The keys of one tenant, oldest first, into a new array (free with mc_free). */
 int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,

@@ -54,11 +54,17 @@ struct mc_store_ops {
      * durable and gone from every file the backend controls before returning (its own
      * transaction; never inside one). */
     int (*dk_shred)(void *be, const char *tenant_id, struct mc_err *err);
+    /* Replaces the wrapped data key of an existing tenant (master key rotation). */
+    int (*dk_put)(void *be, const char *tenant_id, const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES],
+                  struct mc_err *err);
     /* Deletes everything else of the tenant: objects, keys, usage, the tenant row. */
     int (*tenant_purge)(void *be, const char *tenant_id, struct mc_err *err);
 
     int (*key_insert)(void *be, const struct mc_store_key *key, struct mc_err *err);
     int (*key_get)(void *be, const char *prefix, struct mc_store_key *out, struct mc_err *err);
+    /* The key row and its tenant's row in one read (the per-request path). */
+    int (*key_lookup)(void *be, const char *prefix, struct mc_store_key *key,
+                      struct mc_store_tenant *tenant, struct mc_err *err);
     int (*key_list)(void *be, const char *tenant_id, struct mc_store_key **out, size_t *n,
                     struct mc_err *err);
     int (*key_revoke)(void *be, const char *tenant_id, const char *prefix, int64_t revoked_ms,

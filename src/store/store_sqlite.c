@@ -331,16 +331,22 @@ out_unlock:
     return rc;
 }
 
-static int read_tenant_row(sqlite3_stmt *st, struct mc_store_tenant *out, struct mc_err *err) {
+/* Reads id, name, created_ms and meta from columns c0.. of the current row. */
+static int read_tenant_cols(sqlite3_stmt *st, int c0, struct mc_store_tenant *out,
+                            struct mc_err *err) {
     memset(out, 0, sizeof(*out));
-    copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
-    copy_text(out->name, sizeof(out->name), sqlite3_column_text(st, 1));
-    out->created_ms = sqlite3_column_int64(st, 2);
-    const unsigned char *meta = sqlite3_column_text(st, 3);
+    copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, c0));
+    copy_text(out->name, sizeof(out->name), sqlite3_column_text(st, c0 + 1));
+    out->created_ms = sqlite3_column_int64(st, c0 + 2);
+    const unsigned char *meta = sqlite3_column_text(st, c0 + 3);
     out->meta = mc_strdup(meta ? (const char *)meta : "{}");
     if (!out->meta)
         return mc_err_set(err, MC_ENOMEM, "tenant %s: out of memory", out->id);
     return MC_OK;
+}
+
+static int read_tenant_row(sqlite3_stmt *st, struct mc_store_tenant *out, struct mc_err *err) {
+    return read_tenant_cols(st, 0, out, err);
 }
 
 static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_store_tenant *out,
@@ -447,6 +453,23 @@ static int sq_dk_get(void *be, const char *tenant_id, uint8_t out[MC_STORE_WRAPP
     }
     sq_release(q, st);
 out_unlock:
+    sq_unlock(q);
+    return rc;
+}
+
+static int sq_dk_put(void *be, const char *tenant_id,
+                     const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES], struct mc_err *err) {
+    struct sq *q = be;
+    sqlite3_stmt *st;
+    sq_lock(q);
+    int rc = sq_prepare(q, "UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ?", &st, err);
+    if (rc == MC_OK) {
+        sqlite3_bind_blob(st, 1, wrapped, MC_STORE_WRAPPED_DK_BYTES, SQLITE_STATIC);
+        bind_text(st, 2, tenant_id);
+        rc = sq_done(q, st, "data key put", err);
+    }
+    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+        rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s has no data key", tenant_id);
     sq_unlock(q);
     return rc;
 }
@@ -590,6 +613,35 @@ static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out, st
         rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
     else
         rc = sq_fail(q, src, "key get", err);
+    sq_release(q, st);
+out_unlock:
+    sq_unlock(q);
+    return rc;
+}
+
+static int sq_key_lookup(void *be, const char *prefix, struct mc_store_key *key,
+                         struct mc_store_tenant *tenant, struct mc_err *err) {
+    struct sq *q = be;
+    sqlite3_stmt *st;
+    memset(tenant, 0, sizeof(*tenant));
+    sq_lock(q);
+    int rc = sq_prepare(q,
+                        "SELECT k.prefix, k.tenant_id, k.hash, k.created_ms, k.revoked_ms, t.id, "
+                        "t.name, t.created_ms, t.meta FROM api_keys k JOIN tenants t ON t.id = "
+                        "k.tenant_id WHERE k.prefix = ?",
+                        &st, err);
+    if (rc != MC_OK)
+        goto out_unlock;
+    bind_text(st, 1, prefix);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+        read_key_row(st, key);
+        rc = read_tenant_cols(st, 5, tenant, err);
+    } else if (src == SQLITE_DONE) {
+        rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
+    } else {
+        rc = sq_fail(q, src, "key lookup", err);
+    }
     sq_release(q, st);
 out_unlock:
     sq_unlock(q);
@@ -875,10 +927,12 @@ static const struct mc_store_ops sqlite_ops = {
     .tenant_list = sq_tenant_list,
     .tenant_update = sq_tenant_update,
     .dk_get = sq_dk_get,
+    .dk_put = sq_dk_put,
     .dk_shred = sq_dk_shred,
     .tenant_purge = sq_tenant_purge,
     .key_insert = sq_key_insert,
     .key_get = sq_key_get,
+    .key_lookup = sq_key_lookup,
     .key_list = sq_key_list,
     .key_revoke = sq_key_revoke,
     .usage_add = sq_usage_add,

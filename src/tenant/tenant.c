@@ -437,8 +437,10 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
     char prefix[MC_KEY_PREFIX_LEN + 1];
     memcpy(prefix, secret, MC_KEY_PREFIX_LEN);
     prefix[MC_KEY_PREFIX_LEN] = '\0';
+    /* One read for the key row and its tenant's row. */
     struct mc_store_key row;
-    int rc = mc_store_key_get(tn->store, prefix, &row, err);
+    struct mc_store_tenant trow;
+    int rc = mc_store_key_lookup(tn->store, prefix, &row, &trow, err);
     if (rc != MC_OK && rc != MC_ENOTFOUND)
         return rc; /* the store failed: not the caller's fault, so not MC_EPERM */
 
@@ -446,13 +448,12 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
     uint8_t hash[MC_STORE_HASH_BYTES];
     mc_store_hash_secret(tn->store, secret, hash);
     int match = mc_crypto_equal(hash, row.hash, MC_STORE_HASH_BYTES);
-    if (rc == MC_ENOTFOUND || !match || row.revoked_ms != 0)
-        return mc_err_set(err, MC_EPERM, refused);
-
     struct mc_tenant_info t;
-    rc = mc_tenant_get(tn, row.tenant_id, &t, err);
-    if (rc == MC_ENOTFOUND)
-        return mc_err_set(err, MC_EPERM, refused);
+    if (rc == MC_OK && match && row.revoked_ms == 0)
+        rc = info_from_row(&trow, &t, err);
+    else
+        rc = mc_err_set(err, MC_EPERM, refused);
+    mc_store_tenant_clear(&trow);
     if (rc != MC_OK)
         return rc;
     if (tenant_out)
