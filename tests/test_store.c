@@ -12,6 +12,7 @@
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A strong key (hex) and the same key in base64. */
@@ -685,6 +686,77 @@ static void test_store_is_safe_from_many_threads(void **state) {
     assert_int_equal(mc_store_tenant_get(f->s, "t_x5", &t, &err), MC_ENOTFOUND);
 }
 
+/* Reads from other threads proceed while one thread holds a transaction, and see the
+ * last commit, not the transaction's rows. */
+struct txn_holder {
+    struct mc_store *s;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int in_txn, reader_done, timed_out, rc;
+};
+
+static void *hold_txn(void *arg) {
+    struct txn_holder *h = arg;
+    struct mc_err err;
+    h->rc = mc_store_begin(h->s, &err);
+    if (h->rc == MC_OK)
+        h->rc = mc_store_tenant_insert(h->s, "t_x", "xeno", 1, NULL, &err);
+    pthread_mutex_lock(&h->m);
+    h->in_txn = 1;
+    pthread_cond_broadcast(&h->cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20; /* only a guard against a hang: the reader needs milliseconds */
+    while (!h->reader_done && !h->timed_out)
+        h->timed_out = pthread_cond_timedwait(&h->cv, &h->m, &until) != 0;
+    pthread_mutex_unlock(&h->m);
+    if (h->rc == MC_OK)
+        h->rc = mc_store_commit(h->s, &err);
+    return NULL;
+}
+
+static void test_reads_proceed_beside_a_transaction(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "hello", 5, &err), MC_OK);
+
+    struct txn_holder h = {.s = f->s};
+    pthread_mutex_init(&h.m, NULL);
+    pthread_cond_init(&h.cv, NULL);
+    pthread_t th;
+    pthread_create(&th, NULL, hold_txn, &h);
+    pthread_mutex_lock(&h.m);
+    while (!h.in_txn)
+        pthread_cond_wait(&h.cv, &h.m);
+    pthread_mutex_unlock(&h.m);
+
+    struct mc_store_tenant t;
+    void *data;
+    size_t n;
+    int rc_get = mc_store_tenant_get(f->s, "t_a", &t, &err);
+    mc_store_tenant_clear(&t);
+    int rc_uncommitted = mc_store_tenant_get(f->s, "t_x", &t, &err);
+    int rc_obj = mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err);
+    if (rc_obj == MC_OK)
+        mc_free(data);
+
+    pthread_mutex_lock(&h.m);
+    h.reader_done = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.m);
+    pthread_join(th, NULL);
+    assert_false(h.timed_out);
+    assert_int_equal(h.rc, MC_OK);
+    assert_int_equal(rc_get, MC_OK);
+    assert_int_equal(rc_uncommitted, MC_ENOTFOUND);
+    assert_int_equal(rc_obj, MC_OK);
+    assert_int_equal(mc_store_tenant_get(f->s, "t_x", &t, &err), MC_OK);
+    mc_store_tenant_clear(&t);
+    pthread_cond_destroy(&h.cv);
+    pthread_mutex_destroy(&h.m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_master_key_parse_hex_and_base64_agree),
@@ -704,6 +776,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_is_safe_from_many_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reads_proceed_beside_a_transaction, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -599,9 +599,13 @@ static void test_limit_concurrency_and_longest_wait_wins(void **state) {
     /* Both limits refuse now: the answer is the longer wait (rpm, 20 s). */
     assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 0, t0, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 20);
-    /* Lowering a limit applies at once; unlimited means unlimited. */
+    /* Unlimited means unlimited; setting a limit again starts from a full bucket. */
     struct mc_limits none = {0};
     assert_int_equal(mc_limit_acquire(lim, "t_a", &none, 1000000, t0, &retry, &err), MC_OK);
+    struct mc_limits rpm1 = {.rpm = 1};
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &rpm1, 0, t0 + 1, &retry, &err), MC_OK);
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &rpm1, 0, t0 + 1, &retry, &err), MC_ELIMIT);
+    assert_int_equal(retry, 60);
     mc_limit_forget(lim, "t_a");
     assert_int_equal(mc_limit_active(lim, "t_a"), 0);
     assert_int_equal(mc_limit_acquire(lim, "", &l, 0, t0, &retry, &err), MC_EINVAL);

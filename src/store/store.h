@@ -13,12 +13,14 @@
  * one today is SQLite in WAL mode under a data directory (store_sqlite.c). Sealing, data
  * key handling and argument checks are in store.c, common to every backend.
  *
- * Threading: a store may be used from any number of threads. The SQLite backend holds one
- * connection behind a recursive mutex: each call takes it for its own duration, and
- * mc_store_begin holds it until mc_store_commit/mc_store_rollback in the same thread, so a
- * transaction is never interleaved with another thread's writes. Several processes (the
- * server and `mcai tenant ...`) may open the same directory; SQLite's locking and a busy
- * timeout serialise them. */
+ * Threading: a store may be used from any number of threads. The SQLite backend has one
+ * writer connection behind a recursive mutex and a few reader connections: writes are
+ * serialised, mc_store_begin holds the writer until mc_store_commit/mc_store_rollback in
+ * the same thread (whose reads then see its own uncommitted rows), and reads from other
+ * threads run on the readers, beside writes and open transactions, seeing the last
+ * commit. Still, keep transactions short (compute first, then begin, write, commit):
+ * other writers wait for them. Several processes (the server and `mcai tenant ...`) may
+ * open the same directory; SQLite's locking and a busy timeout serialise their writes. */
 #ifndef MC_STORE_H
 #define MC_STORE_H
 
@@ -89,8 +91,8 @@ int mc_store_rekey(struct mc_store *s, const struct mc_master_key *new_mk, size_
                    struct mc_err *err);
 
 /* Starts a write transaction held by the calling thread; every store call from that
- * thread joins it until mc_store_commit or mc_store_rollback. Other threads wait. Not
- * nestable (MC_EINVAL). */
+ * thread joins it until mc_store_commit or mc_store_rollback. Other threads' writes wait
+ * for it; their reads do not (they see the state before it). Not nestable (MC_EINVAL). */
 int mc_store_begin(struct mc_store *s, struct mc_err *err);
 int mc_store_commit(struct mc_store *s, struct mc_err *err);
 /* Undoes everything since mc_store_begin. Safe to call when no transaction is open. */

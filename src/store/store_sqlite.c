@@ -1,7 +1,7 @@
 /* store_sqlite.c - the embedded store backend: one SQLite database in WAL mode.
  *
  * Files: DIR/catalog.db with DIR/catalog.db-wal and -shm beside it. Tables:
- *   meta(k, v)                       schema version and the master-key check value
+ *   meta(k, v)                       schema version, master-key check value, wrapped pepper
  *   tenants(id, name unique, created_ms, meta)
  *   tenant_keys(tenant_id, wrapped)  wrapped data keys, one per tenant
  *   api_keys(prefix, tenant_id, hash, created_ms, revoked_ms)
@@ -13,11 +13,14 @@
  * or precede its tenant. secure_delete is on: freed cells and pages are zeroed, which is
  * what lets crypto-shredding leave no copy of a wrapped key in catalog.db.
  *
- * Threading: one connection guarded by a recursive mutex. Each op holds it for its own
- * duration; begin holds it until commit/rollback, so a transaction is one thread's. This
- * keeps SQLite in its simplest mode at the cost of serialising readers; the ops are short
- * (indexed reads, single-row writes) except reading or writing big blobs. A reader pool
- * would be the next step if blob traffic ever dominates.
+ * Threading: one writer connection behind a recursive mutex, and READERS reader
+ * connections (query_only) each behind its own mutex. Writes take the writer; begin
+ * holds it until commit/rollback, so a transaction is one thread's. Reads take a free
+ * reader, so they run beside each other and beside a long write or transaction (WAL:
+ * a reader sees the last commit), except in the thread that holds a transaction, whose
+ * reads go to the writer so that they see its own uncommitted rows (a thread-local
+ * marker says which store, if any, the thread has a transaction on). Each connection
+ * keeps its own prepared statements.
  *
  * It does not know about keys or sealing; store.c does. */
 #include "store/store_int.h"
@@ -39,10 +42,12 @@
 #define SCHEMA_VERSION  1
 #define STMT_CACHE      48 /* prepared statements kept: more than the distinct queries below */
 
-struct sq {
+#define READERS 4 /* reader connections */
+
+/* One SQLite connection, its lock and its prepared statements. */
+struct conn {
     sqlite3 *db;
-    pthread_mutex_t lock; /* recursive */
-    int in_txn;           /* a transaction opened by mc_store_begin is running */
+    pthread_mutex_t lock; /* recursive for the writer */
     /* Prepared statements by SQL text pointer (every query is a string literal), reset
      * after each use: preparing costs more than most of the queries themselves. */
     struct {
@@ -51,6 +56,16 @@ struct sq {
     } cache[STMT_CACHE];
     int n_cache;
 };
+
+struct sq {
+    struct conn w;          /* every write, and every call inside a transaction */
+    struct conn r[READERS]; /* reads */
+    int in_txn;             /* under w.lock: a transaction opened by begin is running */
+    unsigned next_reader;   /* which reader to wait for when all are busy */
+};
+
+/* The store on which this thread holds a transaction, if any. */
+static _Thread_local struct sq *txn_store;
 
 static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);"
@@ -73,9 +88,9 @@ static const char SCHEMA[] =
  * Helpers */
 
 /* Maps a SQLite failure to an mc code with the database's message. */
-static int sq_fail(struct sq *q, int src, const char *what, struct mc_err *err) {
-    int ext = sqlite3_extended_errcode(q->db);
-    const char *msg = sqlite3_errmsg(q->db);
+static int sq_fail(struct conn *c, int src, const char *what, struct mc_err *err) {
+    int ext = sqlite3_extended_errcode(c->db);
+    const char *msg = sqlite3_errmsg(c->db);
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
         return mc_err_set(err, MC_EEXIST, "%s: already exists (%s)", what, msg);
     if (ext == SQLITE_CONSTRAINT_FOREIGNKEY)
@@ -87,45 +102,63 @@ static int sq_fail(struct sq *q, int src, const char *what, struct mc_err *err) 
     return mc_err_set(err, MC_EIO, "%s: sqlite: %s", what, msg);
 }
 
-static void sq_lock(struct sq *q) {
-    pthread_mutex_lock(&q->lock);
+/* The writer, locked. */
+static struct conn *wr_lock(struct sq *q) {
+    pthread_mutex_lock(&q->w.lock);
+    return &q->w;
 }
 
-static void sq_unlock(struct sq *q) {
-    pthread_mutex_unlock(&q->lock);
+/* A connection for a read, locked: the writer in a thread that holds a transaction on q,
+ * else the first free reader (the first ones stay warm in a quiet process), else the
+ * next reader in turn once it is free. */
+static struct conn *rd_lock(struct sq *q) {
+    if (txn_store == q)
+        return wr_lock(q);
+    for (unsigned i = 0; i < READERS; i++) {
+        if (pthread_mutex_trylock(&q->r[i].lock) == 0)
+            return &q->r[i];
+    }
+    unsigned next = __atomic_fetch_add(&q->next_reader, 1, __ATOMIC_RELAXED);
+    struct conn *c = &q->r[next % READERS];
+    pthread_mutex_lock(&c->lock);
+    return c;
+}
+
+static void conn_unlock(struct conn *c) {
+    pthread_mutex_unlock(&c->lock);
 }
 
 /* Returns the prepared statement for sql (a string literal), from the cache when it was
  * prepared before; release it with sq_release. On failure sets err. */
-static int sq_prepare(struct sq *q, const char *sql, sqlite3_stmt **st, struct mc_err *err) {
-    for (int i = 0; i < q->n_cache; i++) {
-        if (q->cache[i].sql == sql) {
-            *st = q->cache[i].st;
+static int sq_prepare(struct conn *c, const char *sql, sqlite3_stmt **st, struct mc_err *err) {
+    for (int i = 0; i < c->n_cache; i++) {
+        if (c->cache[i].sql == sql) {
+            *st = c->cache[i].st;
             return MC_OK;
         }
     }
-    int src = sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    int src = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
     if (src != SQLITE_OK)
-        return sq_fail(q, src, "prepare", err);
-    if (q->n_cache < STMT_CACHE) {
-        q->cache[q->n_cache].sql = sql;
-        q->cache[q->n_cache].st = *st;
-        q->n_cache++;
+        return sq_fail(c, src, "prepare", err);
+    if (c->n_cache < STMT_CACHE) {
+        c->cache[c->n_cache].sql = sql;
+        c->cache[c->n_cache].st = *st;
+        c->n_cache++;
     }
     return MC_OK;
 }
 
 /* Ends a use of a statement: resets it (ending its read of the database) and drops its
  * bindings, or finalizes it when the cache had no room for it. */
-static void sq_release(struct sq *q, sqlite3_stmt *st) {
-    for (int i = 0; i < q->n_cache; i++) {
-        if (q->cache[i].st == st) {
+static void sq_release(struct conn *c, sqlite3_stmt *st) {
+    for (int i = 0; i < c->n_cache; i++) {
+        if (c->cache[i].st == st) {
             sqlite3_reset(st);
             sqlite3_clear_bindings(st);
             return;
         }
     }
-    sq_release(q, st);
+    sqlite3_finalize(st);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s) {
@@ -136,16 +169,16 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 }
 
 /* Runs a statement with no result rows to completion; finalizes it. */
-static int sq_done(struct sq *q, sqlite3_stmt *st, const char *what, struct mc_err *err) {
+static int sq_done(struct conn *c, sqlite3_stmt *st, const char *what, struct mc_err *err) {
     int src = sqlite3_step(st);
-    int rc = src == SQLITE_DONE ? MC_OK : sq_fail(q, src, what, err);
-    sq_release(q, st);
+    int rc = src == SQLITE_DONE ? MC_OK : sq_fail(c, src, what, err);
+    sq_release(c, st);
     return rc;
 }
 
-static int sq_exec(struct sq *q, const char *sql, struct mc_err *err) {
+static int sq_exec(struct conn *c, const char *sql, struct mc_err *err) {
     char *msg = NULL;
-    int src = sqlite3_exec(q->db, sql, NULL, NULL, &msg);
+    int src = sqlite3_exec(c->db, sql, NULL, NULL, &msg);
     if (src != SQLITE_OK) {
         int rc = mc_err_set(err, src == SQLITE_NOMEM ? MC_ENOMEM : MC_EIO, "sqlite: %s",
                             msg ? msg : sqlite3_errstr(src));
@@ -156,18 +189,18 @@ static int sq_exec(struct sq *q, const char *sql, struct mc_err *err) {
 }
 
 /* Savepoints make a multi-statement op atomic whether or not a transaction is open. */
-static int sp_begin(struct sq *q, struct mc_err *err) {
-    return sq_exec(q, "SAVEPOINT op", err);
+static int sp_begin(struct conn *c, struct mc_err *err) {
+    return sq_exec(c, "SAVEPOINT op", err);
 }
 
-static int sp_end(struct sq *q, int rc, struct mc_err *err) {
+static int sp_end(struct conn *c, int rc, struct mc_err *err) {
     if (rc == MC_OK) {
-        rc = sq_exec(q, "RELEASE op", err);
+        rc = sq_exec(c, "RELEASE op", err);
         if (rc == MC_OK)
             return MC_OK;
     }
-    sq_exec(q, "ROLLBACK TO op", NULL);
-    sq_exec(q, "RELEASE op", NULL);
+    sq_exec(c, "ROLLBACK TO op", NULL);
+    sq_exec(c, "RELEASE op", NULL);
     return rc;
 }
 
@@ -193,61 +226,74 @@ static int grow(void **arr, size_t *cap, size_t need, size_t sz, struct mc_err *
 /* ---------------------------------------------------------------------------------------
  * Open, close, transactions */
 
+static void conn_close(struct conn *c, int checkpoint) {
+    for (int i = 0; i < c->n_cache; i++)
+        sqlite3_finalize(c->cache[i].st);
+    c->n_cache = 0;
+    if (c->db) {
+        if (checkpoint)
+            sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        sqlite3_close_v2(c->db);
+        c->db = NULL;
+    }
+    pthread_mutex_destroy(&c->lock);
+}
+
 static void sq_close(void *be) {
     struct sq *q = be;
     if (!q)
         return;
-    for (int i = 0; i < q->n_cache; i++)
-        sqlite3_finalize(q->cache[i].st);
-    if (q->db) {
-        sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-        sqlite3_close_v2(q->db);
-    }
-    pthread_mutex_destroy(&q->lock);
+    /* Readers first, so that the writer's last checkpoint can empty the WAL. */
+    for (int i = 0; i < READERS; i++)
+        conn_close(&q->r[i], 0);
+    conn_close(&q->w, 1);
     mc_free(q);
 }
 
 static int sq_begin(void *be, struct mc_err *err) {
     struct sq *q = be;
-    sq_lock(q);
+    struct conn *c = wr_lock(q);
     if (q->in_txn) {
-        sq_unlock(q);
+        conn_unlock(c);
         return mc_err_set(err, MC_EINVAL, "a transaction is already open in this thread");
     }
-    int rc = sq_exec(q, "BEGIN IMMEDIATE", err);
+    int rc = sq_exec(c, "BEGIN IMMEDIATE", err);
     if (rc != MC_OK) {
-        sq_unlock(q);
+        conn_unlock(c);
         return rc;
     }
     q->in_txn = 1;
+    txn_store = q;
     return MC_OK; /* the lock stays held until commit or rollback */
 }
 
 static int sq_commit(void *be, struct mc_err *err) {
     struct sq *q = be;
-    sq_lock(q);
-    if (!q->in_txn) {
-        sq_unlock(q);
+    struct conn *c = wr_lock(q);
+    if (!q->in_txn || txn_store != q) {
+        conn_unlock(c);
         return mc_err_set(err, MC_EINVAL, "commit without a transaction");
     }
-    int rc = sq_exec(q, "COMMIT", err);
+    int rc = sq_exec(c, "COMMIT", err);
     if (rc != MC_OK)
-        sq_exec(q, "ROLLBACK", NULL);
+        sq_exec(c, "ROLLBACK", NULL);
     q->in_txn = 0;
-    sq_unlock(q); /* the commit's own lock */
-    sq_unlock(q); /* the lock begin took */
+    txn_store = NULL;
+    conn_unlock(c); /* the commit's own lock */
+    conn_unlock(c); /* the lock begin took */
     return rc;
 }
 
 static void sq_rollback(void *be) {
     struct sq *q = be;
-    sq_lock(q);
-    if (q->in_txn) {
-        sq_exec(q, "ROLLBACK", NULL);
+    struct conn *c = wr_lock(q);
+    if (q->in_txn && txn_store == q) {
+        sq_exec(c, "ROLLBACK", NULL);
         q->in_txn = 0;
-        sq_unlock(q);
+        txn_store = NULL;
+        conn_unlock(c);
     }
-    sq_unlock(q);
+    conn_unlock(c);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -258,8 +304,8 @@ static int sq_meta_get(void *be, const char *key, uint8_t **val, size_t *n, stru
     sqlite3_stmt *st;
     *val = NULL;
     *n = 0;
-    sq_lock(q);
-    int rc = sq_prepare(q, "SELECT v FROM meta WHERE k = ?", &st, err);
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c, "SELECT v FROM meta WHERE k = ?", &st, err);
     if (rc != MC_OK)
         goto out_unlock;
     bind_text(st, 1, key);
@@ -274,11 +320,11 @@ static int sq_meta_get(void *be, const char *key, uint8_t **val, size_t *n, stru
     } else if (src == SQLITE_DONE) {
         rc = mc_err_set(err, MC_ENOTFOUND, "meta %s not found", key);
     } else {
-        rc = sq_fail(q, src, "meta get", err);
+        rc = sq_fail(c, src, "meta get", err);
     }
-    sq_release(q, st);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -286,14 +332,14 @@ static int sq_meta_put(void *be, const char *key, const uint8_t *val, size_t n,
                        struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)", &st, err);
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c, "INSERT OR REPLACE INTO meta(k, v) VALUES(?, ?)", &st, err);
     if (rc == MC_OK) {
         bind_text(st, 1, key);
         sqlite3_bind_blob(st, 2, val, (int)n, SQLITE_STATIC);
-        rc = sq_done(q, st, "meta put", err);
+        rc = sq_done(c, st, "meta put", err);
     }
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -304,30 +350,30 @@ static int sq_tenant_insert(void *be, const struct mc_store_tenant *t, const uin
                             size_t n_wrapped, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sp_begin(q, err);
+    struct conn *c = wr_lock(q);
+    int rc = sp_begin(c, err);
     if (rc != MC_OK)
         goto out_unlock;
 
-    rc = sq_prepare(q, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)", &st,
+    rc = sq_prepare(c, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)", &st,
                     err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         bind_text(st, 2, t->name);
         sqlite3_bind_int64(st, 3, t->created_ms);
         bind_text(st, 4, t->meta ? t->meta : "{}");
-        rc = sq_done(q, st, "tenant insert", err);
+        rc = sq_done(c, st, "tenant insert", err);
     }
     if (rc == MC_OK)
-        rc = sq_prepare(q, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st, err);
+        rc = sq_prepare(c, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st, err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         sqlite3_bind_blob(st, 2, wrapped, (int)n_wrapped, SQLITE_STATIC);
-        rc = sq_done(q, st, "tenant key insert", err);
+        rc = sq_done(c, st, "tenant key insert", err);
     }
-    rc = sp_end(q, rc, err);
+    rc = sp_end(c, rc, err);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -354,8 +400,8 @@ static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_s
     struct sq *q = be;
     sqlite3_stmt *st;
     memset(out, 0, sizeof(*out));
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         id ? "SELECT id, name, created_ms, meta FROM tenants WHERE id = ?"
                            : "SELECT id, name, created_ms, meta FROM tenants WHERE name = ?",
                         &st, err);
@@ -368,10 +414,10 @@ static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_s
     else if (src == SQLITE_DONE)
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", id ? id : name);
     else
-        rc = sq_fail(q, src, "tenant get", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "tenant get", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -382,9 +428,9 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
     size_t cap = 0, len = 0;
     *out = NULL;
     *n = 0;
-    sq_lock(q);
+    struct conn *c = rd_lock(q);
     int rc =
-        sq_prepare(q, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st, err);
+        sq_prepare(c, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st, err);
     if (rc != MC_OK)
         goto out_unlock;
     int src;
@@ -396,10 +442,10 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
             len++;
     }
     if (rc == MC_OK && src != SQLITE_DONE)
-        rc = sq_fail(q, src, "tenant list", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "tenant list", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     if (rc != MC_OK) {
         mc_store_tenant_list_free(rows, len);
         return rc;
@@ -413,8 +459,8 @@ static int sq_tenant_update(void *be, const char *id, const char *name, const ch
                             struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c,
                         "UPDATE tenants SET name = coalesce(?, name), meta = coalesce(?, meta) "
                         "WHERE id = ?",
                         &st, err);
@@ -422,11 +468,11 @@ static int sq_tenant_update(void *be, const char *id, const char *name, const ch
         bind_text(st, 1, name);
         bind_text(st, 2, meta);
         bind_text(st, 3, id);
-        rc = sq_done(q, st, "tenant update", err);
+        rc = sq_done(c, st, "tenant update", err);
     }
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    if (rc == MC_OK && sqlite3_changes(c->db) == 0)
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", id);
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -434,8 +480,8 @@ static int sq_dk_get(void *be, const char *tenant_id, uint8_t out[MC_STORE_WRAPP
                      struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q, "SELECT wrapped FROM tenant_keys WHERE tenant_id = ?", &st, err);
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c, "SELECT wrapped FROM tenant_keys WHERE tenant_id = ?", &st, err);
     if (rc != MC_OK)
         goto out_unlock;
     bind_text(st, 1, tenant_id);
@@ -449,11 +495,11 @@ static int sq_dk_get(void *be, const char *tenant_id, uint8_t out[MC_STORE_WRAPP
     } else if (src == SQLITE_DONE) {
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", tenant_id);
     } else {
-        rc = sq_fail(q, src, "data key get", err);
+        rc = sq_fail(c, src, "data key get", err);
     }
-    sq_release(q, st);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -461,86 +507,86 @@ static int sq_dk_put(void *be, const char *tenant_id,
                      const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES], struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q, "UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ?", &st, err);
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c, "UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ?", &st, err);
     if (rc == MC_OK) {
         sqlite3_bind_blob(st, 1, wrapped, MC_STORE_WRAPPED_DK_BYTES, SQLITE_STATIC);
         bind_text(st, 2, tenant_id);
-        rc = sq_done(q, st, "data key put", err);
+        rc = sq_done(c, st, "data key put", err);
     }
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    if (rc == MC_OK && sqlite3_changes(c->db) == 0)
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s has no data key", tenant_id);
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
 /* Runs one statement with a single text parameter. */
-static int sq_exec1(struct sq *q, const char *sql, const char *arg, struct mc_err *err) {
+static int sq_exec1(struct conn *c, const char *sql, const char *arg, struct mc_err *err) {
     sqlite3_stmt *st;
-    int rc = sq_prepare(q, sql, &st, err);
+    int rc = sq_prepare(c, sql, &st, err);
     if (rc != MC_OK)
         return rc;
     bind_text(st, 1, arg);
-    return sq_done(q, st, sql, err);
+    return sq_done(c, st, sql, err);
 }
 
 /* True when a tenant row with this id exists (false on any error). */
-static int tenant_exists(struct sq *q, const char *id) {
+static int tenant_exists(struct conn *c, const char *id) {
     sqlite3_stmt *st;
-    if (sq_prepare(q, "SELECT 1 FROM tenants WHERE id = ?", &st, NULL) != MC_OK)
+    if (sq_prepare(c, "SELECT 1 FROM tenants WHERE id = ?", &st, NULL) != MC_OK)
         return 0;
     bind_text(st, 1, id);
     int found = sqlite3_step(st) == SQLITE_ROW;
-    sq_release(q, st);
+    sq_release(c, st);
     return found;
 }
 
 static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
     struct sq *q = be;
-    sq_lock(q);
+    struct conn *c = wr_lock(q);
     if (q->in_txn) {
-        sq_unlock(q);
+        conn_unlock(c);
         return mc_err_set(err, MC_EINVAL, "a tenant cannot be deleted inside a transaction");
     }
     /* FULL syncs the WAL at this commit: the shredding must survive a power loss. */
-    int rc = sq_exec(q, "PRAGMA synchronous=FULL", err);
+    int rc = sq_exec(c, "PRAGMA synchronous=FULL", err);
     if (rc == MC_OK)
-        rc = sq_exec(q, "BEGIN IMMEDIATE", err);
+        rc = sq_exec(c, "BEGIN IMMEDIATE", err);
     if (rc != MC_OK)
         goto out_unlock;
 
     /* Overwrite in place first, then delete: with secure_delete the freed cell is zeroed,
      * and the overwrite means no page image written after this point holds the key. */
-    rc = sq_exec1(q,
+    rc = sq_exec1(c,
                   "UPDATE tenant_keys SET wrapped = randomblob(length(wrapped)) "
                   "WHERE tenant_id = ?",
                   tenant_id, err);
     /* No key but a tenant row: an earlier delete shredded the key and stopped before the
      * purge; let this one finish the job. */
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0 && !tenant_exists(q, tenant_id))
+    if (rc == MC_OK && sqlite3_changes(c->db) == 0 && !tenant_exists(c, tenant_id))
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", tenant_id);
     if (rc == MC_OK)
-        rc = sq_exec1(q, "DELETE FROM tenant_keys WHERE tenant_id = ?", tenant_id, err);
+        rc = sq_exec1(c, "DELETE FROM tenant_keys WHERE tenant_id = ?", tenant_id, err);
     if (rc == MC_OK)
-        rc = sq_exec(q, "COMMIT", err);
+        rc = sq_exec(c, "COMMIT", err);
     if (rc != MC_OK) {
-        sq_exec(q, "ROLLBACK", NULL);
+        sq_exec(c, "ROLLBACK", NULL);
         goto out_unlock;
     }
-    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
+    sq_exec(c, "PRAGMA synchronous=NORMAL", NULL);
 
     /* Older page images (with the key) may still sit in the WAL: copy the WAL into the
      * database and truncate it. Another process reading at this moment can stop the
      * truncation; then the frames are overwritten at a later checkpoint. */
     int n_log = 0, n_ckpt = 0;
-    int src = sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &n_log, &n_ckpt);
+    int src = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &n_log, &n_ckpt);
     if (src != SQLITE_OK)
         MC_LOG_WARN("store", "shred_checkpoint_incomplete",
                     "tenant=%s sqlite=%d wal_frames=%d checkpointed=%d", tenant_id, src, n_log,
                     n_ckpt);
 out_unlock:
-    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
-    sq_unlock(q);
+    sq_exec(c, "PRAGMA synchronous=NORMAL", NULL);
+    conn_unlock(c);
     return rc;
 }
 
@@ -551,14 +597,14 @@ static int sq_tenant_purge(void *be, const char *tenant_id, struct mc_err *err) 
         "DELETE FROM tenants WHERE id = ?",
     };
     struct sq *q = be;
-    sq_lock(q);
-    int rc = sp_begin(q, err);
+    struct conn *c = wr_lock(q);
+    int rc = sp_begin(c, err);
     for (size_t i = 0; rc == MC_OK && i < sizeof(sql) / sizeof(sql[0]); i++)
-        rc = sq_exec1(q, sql[i], tenant_id, err);
-    rc = sp_end(q, rc, err);
+        rc = sq_exec1(c, sql[i], tenant_id, err);
+    rc = sp_end(c, rc, err);
     if (rc == MC_OK && !q->in_txn)
-        sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-    sq_unlock(q);
+        sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    conn_unlock(c);
     return rc;
 }
 
@@ -568,8 +614,8 @@ static int sq_tenant_purge(void *be, const char *tenant_id, struct mc_err *err) 
 static int sq_key_insert(void *be, const struct mc_store_key *key, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c,
                         "INSERT INTO api_keys(prefix, tenant_id, hash, created_ms, revoked_ms) "
                         "VALUES(?, ?, ?, ?, ?)",
                         &st, err);
@@ -579,9 +625,9 @@ static int sq_key_insert(void *be, const struct mc_store_key *key, struct mc_err
         sqlite3_bind_blob(st, 3, key->hash, MC_STORE_HASH_BYTES, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, key->created_ms);
         sqlite3_bind_int64(st, 5, key->revoked_ms);
-        rc = sq_done(q, st, "key insert", err);
+        rc = sq_done(c, st, "key insert", err);
     }
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -598,8 +644,8 @@ static void read_key_row(sqlite3_stmt *st, struct mc_store_key *out) {
 static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT prefix, tenant_id, hash, created_ms, revoked_ms FROM api_keys "
                         "WHERE prefix = ?",
                         &st, err);
@@ -612,10 +658,10 @@ static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out, st
     else if (src == SQLITE_DONE)
         rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
     else
-        rc = sq_fail(q, src, "key get", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "key get", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -624,8 +670,8 @@ static int sq_key_lookup(void *be, const char *prefix, struct mc_store_key *key,
     struct sq *q = be;
     sqlite3_stmt *st;
     memset(tenant, 0, sizeof(*tenant));
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT k.prefix, k.tenant_id, k.hash, k.created_ms, k.revoked_ms, t.id, "
                         "t.name, t.created_ms, t.meta FROM api_keys k JOIN tenants t ON t.id = "
                         "k.tenant_id WHERE k.prefix = ?",
@@ -640,11 +686,11 @@ static int sq_key_lookup(void *be, const char *prefix, struct mc_store_key *key,
     } else if (src == SQLITE_DONE) {
         rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
     } else {
-        rc = sq_fail(q, src, "key lookup", err);
+        rc = sq_fail(c, src, "key lookup", err);
     }
-    sq_release(q, st);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -656,8 +702,8 @@ static int sq_key_list(void *be, const char *tenant_id, struct mc_store_key **ou
     size_t cap = 0, len = 0;
     *out = NULL;
     *n = 0;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT prefix, tenant_id, hash, created_ms, revoked_ms FROM api_keys "
                         "WHERE tenant_id = ? ORDER BY created_ms, prefix",
                         &st, err);
@@ -671,10 +717,10 @@ static int sq_key_list(void *be, const char *tenant_id, struct mc_store_key **ou
             read_key_row(st, &rows[len++]);
     }
     if (rc == MC_OK && src != SQLITE_DONE)
-        rc = sq_fail(q, src, "key list", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "key list", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     if (rc != MC_OK) {
         mc_free(rows);
         return rc;
@@ -688,8 +734,8 @@ static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix, in
                          struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c,
                         "UPDATE api_keys SET revoked_ms = CASE WHEN revoked_ms = 0 THEN ? "
                         "ELSE revoked_ms END WHERE prefix = ? AND tenant_id = ?",
                         &st, err);
@@ -697,11 +743,11 @@ static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix, in
         sqlite3_bind_int64(st, 1, revoked_ms);
         bind_text(st, 2, prefix);
         bind_text(st, 3, tenant_id);
-        rc = sq_done(q, st, "key revoke", err);
+        rc = sq_done(c, st, "key revoke", err);
     }
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    if (rc == MC_OK && sqlite3_changes(c->db) == 0)
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s has no key %s", tenant_id, prefix);
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -711,8 +757,8 @@ static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix, in
 static int sq_usage_add(void *be, const struct mc_store_usage *u, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c,
                         "INSERT INTO usage(tenant_id, day, requests, prompt_tokens, "
                         "completion_tokens) VALUES(?, ?, ?, ?, ?) ON CONFLICT(tenant_id, day) "
                         "DO UPDATE SET requests = requests + excluded.requests, "
@@ -725,9 +771,9 @@ static int sq_usage_add(void *be, const struct mc_store_usage *u, struct mc_err 
         sqlite3_bind_int64(st, 3, u->requests);
         sqlite3_bind_int64(st, 4, u->prompt_tokens);
         sqlite3_bind_int64(st, 5, u->completion_tokens);
-        rc = sq_done(q, st, "usage add", err);
+        rc = sq_done(c, st, "usage add", err);
     }
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -739,8 +785,8 @@ static int sq_usage_list(void *be, const char *tenant_id, int64_t day_from, int6
     size_t cap = 0, len = 0;
     *out = NULL;
     *n = 0;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT tenant_id, day, requests, prompt_tokens, completion_tokens "
                         "FROM usage WHERE (?1 IS NULL OR tenant_id = ?1) AND day BETWEEN ?2 "
                         "AND ?3 ORDER BY tenant_id, day",
@@ -764,10 +810,10 @@ static int sq_usage_list(void *be, const char *tenant_id, int64_t day_from, int6
         u->completion_tokens = sqlite3_column_int64(st, 4);
     }
     if (rc == MC_OK && src != SQLITE_DONE)
-        rc = sq_fail(q, src, "usage list", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "usage list", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     if (rc != MC_OK) {
         mc_free(rows);
         return rc;
@@ -794,8 +840,8 @@ static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const c
     sqlite3_stmt *st;
     if (n > INT_MAX || n_id > INT_MAX)
         return mc_err_set(err, MC_ENOMEM, "object of %zu bytes exceeds the sqlite limit", n);
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c,
                         "INSERT INTO objects(tenant_id, kind, obj_key, sealed_id, sealed) "
                         "VALUES(?, ?, ?, ?, ?) ON CONFLICT(tenant_id, kind, obj_key) DO UPDATE "
                         "SET sealed_id = excluded.sealed_id, sealed = excluded.sealed",
@@ -804,9 +850,9 @@ static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const c
         bind_obj_key(st, tenant_id, kind, key);
         sqlite3_bind_blob(st, 4, sealed_id, (int)n_id, SQLITE_STATIC);
         sqlite3_bind_blob(st, 5, sealed, (int)n, SQLITE_STATIC);
-        rc = sq_done(q, st, "object put", err);
+        rc = sq_done(c, st, "object put", err);
     }
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -816,8 +862,8 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     sqlite3_stmt *st;
     *sealed = NULL;
     *n = 0;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT sealed FROM objects WHERE tenant_id = ? AND kind = ? AND "
                         "obj_key = ?",
                         &st, err);
@@ -838,11 +884,11 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     } else if (src == SQLITE_DONE) {
         rc = mc_err_set(err, MC_ENOTFOUND, "%s object not found", kind);
     } else {
-        rc = sq_fail(q, src, "object get", err);
+        rc = sq_fail(c, src, "object get", err);
     }
-    sq_release(q, st);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -854,8 +900,8 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind,
     size_t cap = 0, len = 0;
     *out = NULL;
     *n = 0;
-    sq_lock(q);
-    int rc = sq_prepare(q,
+    struct conn *c = rd_lock(q);
+    int rc = sq_prepare(c,
                         "SELECT obj_key, sealed_id FROM objects WHERE tenant_id = ? AND "
                         "kind = ? ORDER BY obj_key",
                         &st, err);
@@ -881,10 +927,10 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind,
         len++;
     }
     if (rc == MC_OK && src != SQLITE_DONE)
-        rc = sq_fail(q, src, "object list", err);
-    sq_release(q, st);
+        rc = sq_fail(c, src, "object list", err);
+    sq_release(c, st);
 out_unlock:
-    sq_unlock(q);
+    conn_unlock(c);
     if (rc != MC_OK) {
         mc_store_obj_refs_free(rows, len);
         return rc;
@@ -898,16 +944,16 @@ static int sq_obj_delete(void *be, const char *tenant_id, const char *kind, cons
                          struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    sq_lock(q);
-    int rc = sq_prepare(q, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_key = ?",
+    struct conn *c = wr_lock(q);
+    int rc = sq_prepare(c, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_key = ?",
                         &st, err);
     if (rc == MC_OK) {
         bind_obj_key(st, tenant_id, kind, key);
-        rc = sq_done(q, st, "object delete", err);
+        rc = sq_done(c, st, "object delete", err);
     }
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    if (rc == MC_OK && sqlite3_changes(c->db) == 0)
         rc = mc_err_set(err, MC_ENOTFOUND, "%s object not found", kind);
-    sq_unlock(q);
+    conn_unlock(c);
     return rc;
 }
 
@@ -956,12 +1002,51 @@ static int ensure_dir(const char *dir, struct mc_err *err) {
     return MC_OK;
 }
 
+/* Opens one connection to path with the busy timeout and extended codes. The caller
+ * has initialised c->lock. */
+static int conn_open(struct conn *c, const char *path, struct mc_err *err) {
+    /* NOMUTEX: our own mutex serialises every use of a connection. */
+    int src = sqlite3_open_v2(
+        path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (src != SQLITE_OK)
+        return mc_err_set(err, MC_EIO, "cannot open %s: %s", path,
+                          c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(src));
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    sqlite3_extended_result_codes(c->db, 1);
+    return MC_OK;
+}
+
+/* Creates the schema and settings through the writer. */
+static int init_db(struct conn *w, struct mc_err *err) {
+    /* WAL for concurrent readers; NORMAL sync is durable across process crashes and loses
+     * at most the last transactions on power loss; secure_delete zeroes freed content; a
+     * WAL grown by big objects is cut back to 64 MiB after each checkpoint. */
+    int rc = sq_exec(w,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                     "PRAGMA secure_delete=ON; PRAGMA journal_size_limit=67108864;",
+                     err);
+    if (rc == MC_OK)
+        rc = sq_exec(w, SCHEMA, err);
+    if (rc == MC_OK) {
+        char ver[64];
+        snprintf(ver, sizeof(ver), "INSERT OR IGNORE INTO meta(k, v) VALUES('schema', %d)",
+                 SCHEMA_VERSION);
+        rc = sq_exec(w, ver, err);
+    }
+    return rc;
+}
+
 int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void **be,
                          struct mc_err *err) {
     *be = NULL;
     int rc = ensure_dir(dir, err);
     if (rc != MC_OK)
         return rc;
+    char path[4096];
+    int len = snprintf(path, sizeof(path), "%s/%s", dir, DB_NAME);
+    if (len < 0 || (size_t)len >= sizeof(path))
+        return mc_err_set(err, MC_EINVAL, "data directory path is too long (%zu bytes)",
+                          strlen(dir));
 
     struct sq *q = mc_calloc(1, sizeof(*q));
     if (!q)
@@ -969,43 +1054,21 @@ int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void 
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
     pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&q->lock, &attr);
+    pthread_mutex_init(&q->w.lock, &attr);
     pthread_mutexattr_destroy(&attr);
+    for (int i = 0; i < READERS; i++)
+        pthread_mutex_init(&q->r[i].lock, NULL);
 
-    char path[4096];
-    int len = snprintf(path, sizeof(path), "%s/%s", dir, DB_NAME);
-    if (len < 0 || (size_t)len >= sizeof(path)) {
-        sq_close(q);
-        return mc_err_set(err, MC_EINVAL, "data directory path is too long (%zu bytes)",
-                          strlen(dir));
-    }
-    /* FULLMUTEX is not needed: our own mutex serialises every use of the connection. */
-    int src = sqlite3_open_v2(
-        path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (src != SQLITE_OK) {
-        rc = mc_err_set(err, MC_EIO, "cannot open %s: %s", path,
-                        q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(src));
-        sq_close(q);
-        return rc;
-    }
-    sqlite3_busy_timeout(q->db, BUSY_TIMEOUT_MS);
-    sqlite3_extended_result_codes(q->db, 1);
-    chmod(path, 0600);
-
-    /* WAL for concurrent readers; NORMAL sync is durable across process crashes and loses
-     * at most the last transactions on power loss; secure_delete zeroes freed content; a
-     * WAL grown by big objects is cut back to 64 MiB after each checkpoint. */
-    rc = sq_exec(q,
-                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
-                 "PRAGMA secure_delete=ON; PRAGMA journal_size_limit=67108864;",
-                 err);
-    if (rc == MC_OK)
-        rc = sq_exec(q, SCHEMA, err);
+    rc = conn_open(&q->w, path, err);
     if (rc == MC_OK) {
-        char ver[64];
-        snprintf(ver, sizeof(ver), "INSERT OR IGNORE INTO meta(k, v) VALUES('schema', %d)",
-                 SCHEMA_VERSION);
-        rc = sq_exec(q, ver, err);
+        chmod(path, 0600);
+        rc = init_db(&q->w, err);
+    }
+    /* Readers after the schema exists; query_only makes a stray write through one fail. */
+    for (int i = 0; rc == MC_OK && i < READERS; i++) {
+        rc = conn_open(&q->r[i], path, err);
+        if (rc == MC_OK)
+            rc = sq_exec(&q->r[i], "PRAGMA query_only=ON", err);
     }
     if (rc != MC_OK) {
         mc_err_prefix(err, "%s", path);

@@ -37,6 +37,8 @@ struct lstate {
     int64_t day;       /* UTC day that day_used counts */
     int64_t day_used;  /* tokens charged on day */
     int64_t active;    /* requests running */
+    int64_t rpm_seen;  /* limits at the last call: a bucket whose limit was 0 */
+    int64_t tpm_seen;  /* (unlimited) starts full when a limit is set */
 };
 
 struct mc_limiter {
@@ -111,6 +113,8 @@ static int get_state(struct mc_limiter *lim, const char *id, const struct mc_lim
     st.slot = SLOT_USED;
     st.req_level = l->rpm * UNITS_PER_MIN;
     st.tok_level = l->tpm * UNITS_PER_MIN;
+    st.rpm_seen = l->rpm;
+    st.tpm_seen = l->tpm;
     st.last_ms = now_ms;
     st.day = -1; /* loaded on first use */
     place(lim->tab, lim->cap, &st);
@@ -147,6 +151,16 @@ static int64_t wait_ms(int64_t level, int64_t limit, int64_t cost) {
 static void bring_up_to_date(struct mc_limiter *lim, struct lstate *s, const struct mc_limits *l,
                              int64_t now_ms) {
     int64_t dt = now_ms > s->last_ms ? now_ms - s->last_ms : 0;
+    if (l->rpm != s->rpm_seen) {
+        if (s->rpm_seen == 0)
+            s->req_level = l->rpm * UNITS_PER_MIN;
+        s->rpm_seen = l->rpm;
+    }
+    if (l->tpm != s->tpm_seen) {
+        if (s->tpm_seen == 0)
+            s->tok_level = l->tpm * UNITS_PER_MIN;
+        s->tpm_seen = l->tpm;
+    }
     if (l->rpm)
         s->req_level = refill(s->req_level, l->rpm, dt);
     if (l->tpm)

@@ -16,6 +16,8 @@
  *    until the next UTC midnight. The counter starts from the usage persisted in the
  *    store, so a restart does not reset a tenant's day.
  *  - concurrent requests: a counter; a refusal says Retry-After 1.
+ * A limit that changes applies at the next call: a bucket above a lowered limit is cut
+ * to it, a bucket whose limit was 0 (unlimited) starts full.
  *
  * State: about 100 bytes per tenant that has made a request, in one open-addressing hash
  * table; nothing for idle tenants. Thread-safe (one mutex; every call is O(1)). */
