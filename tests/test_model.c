@@ -353,6 +353,65 @@ static void test_two_sequences_in_one_batch_match_each_alone(void **state) {
     mc_model_free(m);
 }
 
+/* hidden is the final-norm state: logits = hidden · output.weightᵀ (stories260K stores
+ * an F32 output matrix). */
+static void test_hidden_state_times_output_gives_logits(void **state) {
+    (void)state;
+    struct mc_model *m = load("stories260K");
+    const struct mc_gguf_tensor *out = mc_gguf_find_tensor(mc_model_gguf(m), "output.weight");
+    assert_non_null(out);
+    assert_int_equal(out->type, MC_TYPE_F32);
+    struct mc_ctx *ctx;
+    struct mc_kv *kv;
+    struct mc_err err = {0};
+    float logits[2 * 512], hidden[2 * 64];
+    assert_int_equal(mc_ctx_create(m, 8, 1, &ctx, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &kv, &err), MC_OK);
+    struct mc_batch_row rows[4] = {
+        {1, 0, kv, false}, {403, 1, kv, true}, {407, 2, kv, false}, {261, 3, kv, true}};
+    assert_int_equal(mc_forward(ctx, rows, 4, logits, hidden, &err), MC_OK);
+    const float *w = out->data;
+    for (int r = 0; r < 2; r++) {
+        for (int v = 0; v < 512; v++) {
+            double dot = 0;
+            for (int i = 0; i < 64; i++)
+                dot += (double)hidden[r * 64 + i] * w[v * 64 + i];
+            assert_float_near(logits[r * 512 + v], dot, 1e-4);
+        }
+    }
+    mc_kv_free(kv);
+    mc_ctx_free(ctx);
+    mc_model_free(m);
+}
+
+/* Truncating a cache and continuing differently equals a fresh run of the new tokens. */
+static void test_kv_truncate_then_continue_equals_fresh_run(void **state) {
+    (void)state;
+    struct mc_model *m = load("stories260K-Q4_0");
+    struct mc_ctx *ctx;
+    struct mc_kv *a, *b;
+    struct mc_err err = {0};
+    float la[512], lb[512];
+    assert_int_equal(mc_ctx_create(m, 8, 2, &ctx, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &a, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &b, &err), MC_OK);
+    struct mc_batch_row ra[4] = {
+        {1, 0, a, false}, {403, 1, a, false}, {407, 2, a, false}, {261, 3, a, true}};
+    assert_int_equal(mc_forward(ctx, ra, 4, la, NULL, &err), MC_OK);
+    mc_kv_truncate(a, 2);
+    assert_int_equal(mc_kv_n_used(a), 2);
+    struct mc_batch_row next = {300, 2, a, true};
+    assert_int_equal(mc_forward(ctx, &next, 1, la, NULL, &err), MC_OK);
+    struct mc_batch_row rb[3] = {{1, 0, b, false}, {403, 1, b, false}, {300, 2, b, true}};
+    assert_int_equal(mc_forward(ctx, rb, 3, lb, NULL, &err), MC_OK);
+    for (int v = 0; v < 512; v++)
+        assert_float_near(la[v], lb[v], 1e-4);
+    mc_kv_free(a);
+    mc_kv_free(b);
+    mc_ctx_free(ctx);
+    mc_model_free(m);
+}
+
 static void test_forward_rejects_bad_rows_without_advancing(void **state) {
     (void)state;
     struct mc_model *m = load("stories260K");
@@ -714,6 +773,8 @@ int main(void) {
         cmocka_unit_test(test_perplexity_matches_reference),
         cmocka_unit_test(test_batched_prefill_equals_token_by_token),
         cmocka_unit_test(test_two_sequences_in_one_batch_match_each_alone),
+        cmocka_unit_test(test_hidden_state_times_output_gives_logits),
+        cmocka_unit_test(test_kv_truncate_then_continue_equals_fresh_run),
         cmocka_unit_test(test_forward_rejects_bad_rows_without_advancing),
         cmocka_unit_test(test_qwen2_neox_rope_and_biases_match_permuted_llama),
         cmocka_unit_test(test_load_rejects_gpt2_architecture),

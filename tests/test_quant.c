@@ -7,11 +7,14 @@
  * with a 127 in every block, or values exact in fp16/bf16); the only error left is then
  * float accumulation, which is bounded relative to sum |w_i * x_i|. */
 #include "base/pool.h"
+#include "model/gguf.h"
 #include "model/quant.h"
 #include "test_util.h"
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 /* ---- Helpers ------------------------------------------------------------------------ */
 
@@ -34,7 +37,7 @@ static float rng_normal(float scale) {
     return (rng_uniform() + rng_uniform() + rng_uniform() + rng_uniform()) * 0.866f * scale;
 }
 
-static const enum mc_type ALL_TYPES[] = {MC_TYPE_F32, MC_TYPE_F16, MC_TYPE_BF16, MC_TYPE_Q8_0,
+static const enum mc_type ALL_TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16, MC_TYPE_Q8_0,
                                          MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K, MC_TYPE_Q6_K};
 #define N_TYPES (sizeof(ALL_TYPES) / sizeof(ALL_TYPES[0]))
 
@@ -77,8 +80,8 @@ static uint8_t *make_matrix(enum mc_type t, int64_t rows, int64_t cols, float *d
     return w;
 }
 
-static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows,
-                     int64_t cols, const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
+static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows, int64_t cols,
+                     const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
     enum mc_simd saved = mc_simd_get();
     mc_simd_set(level);
     size_t ws = mc_matmul_work_size(t, cols, n_tok);
@@ -127,15 +130,15 @@ static void test_fp16_known_values(void **state) {
     (void)state;
     assert_int_equal(mc_fp32_to_fp16(1.0f), 0x3C00);
     assert_int_equal(mc_fp32_to_fp16(-2.0f), 0xC000);
-    assert_int_equal(mc_fp32_to_fp16(65504.0f), 0x7BFF);       /* largest finite */
-    assert_int_equal(mc_fp32_to_fp16(65519.0f), 0x7BFF);       /* below the rounding midpoint */
-    assert_int_equal(mc_fp32_to_fp16(65520.0f), 0x7C00);       /* midpoint rounds to inf */
+    assert_int_equal(mc_fp32_to_fp16(65504.0f), 0x7BFF); /* largest finite */
+    assert_int_equal(mc_fp32_to_fp16(65519.0f), 0x7BFF); /* below the rounding midpoint */
+    assert_int_equal(mc_fp32_to_fp16(65520.0f), 0x7C00); /* midpoint rounds to inf */
     assert_int_equal(mc_fp32_to_fp16(INFINITY), 0x7C00);
     assert_int_equal(mc_fp32_to_fp16(-INFINITY), 0xFC00);
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-24f), 0x0001);     /* smallest subnormal */
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-25f), 0x0000);     /* tie goes to even (zero) */
-    assert_int_equal(mc_fp32_to_fp16(0x1.8p-24f), 0x0002);     /* tie goes to even (two) */
-    assert_int_equal(mc_fp32_to_fp16(0x1.0p-14f), 0x0400);     /* smallest normal */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-24f), 0x0001);        /* smallest subnormal */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-25f), 0x0000);        /* tie goes to even (zero) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.8p-24f), 0x0002);        /* tie goes to even (two) */
+    assert_int_equal(mc_fp32_to_fp16(0x1.0p-14f), 0x0400);        /* smallest normal */
     assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.0p-11f), 0x3C00); /* tie to even */
     assert_int_equal(mc_fp32_to_fp16(1.0f + 0x1.8p-10f), 0x3C02); /* tie to even, upward */
     assert_int_equal(mc_fp32_to_fp16(-0.0f), 0x8000);
@@ -160,8 +163,8 @@ static void test_fp16_known_values(void **state) {
 static void test_bf16_known_values(void **state) {
     (void)state;
     assert_int_equal(mc_fp32_to_bf16(1.0f), 0x3F80);
-    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.0p-8f), 0x3F80);  /* tie to even */
-    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.8p-7f), 0x3F82);  /* tie to even, upward */
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.0p-8f), 0x3F80); /* tie to even */
+    assert_int_equal(mc_fp32_to_bf16(1.0f + 0x1.8p-7f), 0x3F82); /* tie to even, upward */
     assert_int_equal(mc_fp32_to_bf16(-3.0f), 0xC040);
     assert_int_equal(mc_fp32_to_bf16(INFINITY), 0x7F80);
     assert_true(isnan(mc_bf16_to_fp32(mc_fp32_to_bf16(NAN))));
@@ -239,9 +242,8 @@ static void test_round_trip_error_within_bounds(void **state) {
         enum mc_type t;
         double max_rel_rms;
     } CASES[] = {
-        {MC_TYPE_F32, 0.0},    {MC_TYPE_F16, 0.0003}, {MC_TYPE_BF16, 0.0025},
-        {MC_TYPE_Q8_0, 0.0075}, {MC_TYPE_Q4_0, 0.12},  {MC_TYPE_Q4_K, 0.10},
-        {MC_TYPE_Q5_K, 0.05},  {MC_TYPE_Q6_K, 0.025},
+        {MC_TYPE_F32, 0.0},   {MC_TYPE_F16, 0.0003}, {MC_TYPE_BF16, 0.0025}, {MC_TYPE_Q8_0, 0.0075},
+        {MC_TYPE_Q4_0, 0.12}, {MC_TYPE_Q4_K, 0.10},  {MC_TYPE_Q5_K, 0.05},   {MC_TYPE_Q6_K, 0.025},
     };
     enum { N = 4096 };
     static float x[N], y[N];
@@ -339,8 +341,9 @@ static void check_against_reference(enum mc_type t, int rows, int cols, int ntok
                 double got = y[tk * rows + r];
                 if (!(fabs(got - ref) <= 2e-6 * mag + 1e-7))
                     fail_msg("%s cols=%d simd=%d row %d tok %d: got %.9g, reference %.9g, "
-                             "|diff| %.3g > %.3g", mc_type_name(t), cols, level, r, tk, got, ref,
-                             fabs(got - ref), 2e-6 * mag + 1e-7);
+                             "|diff| %.3g > %.3g",
+                             mc_type_name(t), cols, level, r, tk, got, ref, fabs(got - ref),
+                             2e-6 * mag + 1e-7);
             }
         }
     }
@@ -381,8 +384,8 @@ static void test_matmul_random_activations_close_to_float(void **state) {
         for (int c = 0; c < COLS; c++)
             x[c] = rng_normal(1.0f);
         for (int level = 0; level <= (int)mc_simd_detect(); level++) {
-            assert_int_equal(matmul_at((enum mc_simd)level, TYPES[k], w, ROWS, COLS, x, 1, y,
-                                       NULL), MC_OK);
+            assert_int_equal(matmul_at((enum mc_simd)level, TYPES[k], w, ROWS, COLS, x, 1, y, NULL),
+                             MC_OK);
             for (int r = 0; r < ROWS; r++) {
                 double ref = 0, mag = 0;
                 for (int c = 0; c < COLS; c++) {
@@ -416,8 +419,9 @@ static void test_matmul_batched_equals_single_calls_exactly(void **state) {
             assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x, NTOK, yb, pool),
                              MC_OK);
             for (int tk = 0; tk < NTOK; tk++) {
-                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x + tk * cols,
-                                           1, ys, tk % 2 ? pool : NULL), MC_OK);
+                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x + tk * cols, 1,
+                                           ys, tk % 2 ? pool : NULL),
+                                 MC_OK);
                 if (memcmp(ys, yb + tk * ROWS, sizeof(ys)) != 0)
                     fail_msg("%s simd=%d: token %d of a batch differs from a single call",
                              mc_type_name(t), level, tk);
@@ -502,6 +506,157 @@ static void test_rmsnorm_softmax_silu_known_values(void **state) {
     assert_float_near(g[2], -2.0 / (1.0 + exp(2.0)), 1e-6);
 }
 
+/* ---- mcai quantize ---------------------------------------------------------------------- */
+
+/* Runs `$MCAI quantize ARGS` quietly; returns its exit code, or -1 when MCAI is unset
+ * (the test then skips: the command is only built by `make`). */
+static int run_quantize(const char *args) {
+    const char *mcai = getenv("MCAI");
+    if (!mcai || !*mcai)
+        return -1;
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s quantize %s >/dev/null 2>&1", mcai, args);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/* Every tensor of a equals the same-named tensor of b in type, shape and bytes. */
+static void assert_same_tensors(const char *pa, const char *pb) {
+    struct mc_gguf *a = NULL, *b = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_gguf_open(pa, &a, &err), MC_OK);
+    assert_int_equal(mc_gguf_open(pb, &b, &err), MC_OK);
+    assert_int_equal(mc_gguf_n_tensors(a), mc_gguf_n_tensors(b));
+    for (int64_t i = 0; i < mc_gguf_n_tensors(a); i++) {
+        const struct mc_gguf_tensor *t = mc_gguf_tensor(a, i);
+        const struct mc_gguf_tensor *u = mc_gguf_find_tensor(b, t->name);
+        assert_non_null(u);
+        assert_int_equal(t->type, u->type);
+        assert_int_equal(t->size_bytes, u->size_bytes);
+        if (memcmp(t->data, u->data, t->size_bytes) != 0)
+            fail_msg("%s: bytes differ from the reference file", t->name);
+    }
+    mc_gguf_close(a);
+    mc_gguf_close(b);
+}
+
+/* Known answer: llama.cpp's own Q8_0 and Q4_0 files of stories260K (matrices quantized,
+ * ffn_down kept F32 because 172 is not a multiple of 32) are reproduced byte for byte. */
+static void test_quantize_cli_reproduces_reference_files(void **state) {
+    (void)state;
+    char in[512], ref8[512], ref4[512], out[64], args[1400];
+    test_shared_path(in, sizeof(in), "models/stories260K.gguf");
+    test_shared_path(ref8, sizeof(ref8), "models/stories260K-Q8_0.gguf");
+    test_shared_path(ref4, sizeof(ref4), "models/stories260K-Q4_0.gguf");
+    if (access(in, R_OK) != 0 || !getenv("MCAI"))
+        skip();
+    snprintf(out, sizeof(out), "/tmp/test_quant_%d.gguf", (int)getpid());
+
+    snprintf(args, sizeof(args), "-t 2 %s %s q8_0", in, out);
+    assert_int_equal(run_quantize(args), 0);
+    assert_same_tensors(out, ref8);
+    snprintf(args, sizeof(args), "%s %s Q4_0", in, out);
+    assert_int_equal(run_quantize(args), 0);
+    assert_same_tensors(out, ref4);
+
+    struct mc_gguf *g = NULL;
+    uint32_t ftype = 0;
+    assert_int_equal(mc_gguf_open(out, &g, NULL), MC_OK);
+    assert_int_equal(mc_gguf_get_u32(g, "general.file_type", &ftype, NULL), MC_OK);
+    assert_int_equal(ftype, 2); /* llama.cpp's MOSTLY_Q4_0 */
+    mc_gguf_close(g);
+    unlink(out);
+}
+
+/* Q4_K_M on a 12-layer toy: Q6_K for output.weight and for attn_v/ffn_down in layers
+ * {0, 3, 6, 9, 10, 11} (llama.cpp's use_more_bits), Q4_K for other matrices, norms and a
+ * matrix with 100-wide rows unchanged; values survive within Q4_K's error. */
+static void test_quantize_cli_q4_k_m_mix(void **state) {
+    (void)state;
+    if (!getenv("MCAI"))
+        skip();
+    enum { D = 256, NL = 12 };
+    static float mat[D * D], norm[D], odd[100 * 4];
+    for (int i = 0; i < D * D; i++)
+        mat[i] = rng_normal(0.1f);
+    for (int i = 0; i < D; i++)
+        norm[i] = 1.0f + rng_uniform() * 0.1f;
+    for (int i = 0; i < 400; i++)
+        odd[i] = rng_uniform();
+    struct mc_gguf_writer *w = NULL;
+    assert_int_equal(mc_gguf_writer_create(&w, NULL), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "general.architecture", "llama", 5, NULL), MC_OK);
+    const int64_t ne2[2] = {D, D}, ne1[1] = {D}, ne_odd[2] = {100, 4};
+    char name[64];
+    for (int l = 0; l < NL; l++) {
+        static const char *MATS[] = {"attn_q", "attn_v", "ffn_down"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof(name), "blk.%d.%s.weight", l, MATS[k]);
+            assert_int_equal(mc_gguf_writer_add_tensor(w, name, MC_TYPE_F32, 2, ne2, mat, NULL),
+                             MC_OK);
+        }
+        snprintf(name, sizeof(name), "blk.%d.attn_norm.weight", l);
+        assert_int_equal(mc_gguf_writer_add_tensor(w, name, MC_TYPE_F32, 1, ne1, norm, NULL),
+                         MC_OK);
+    }
+    assert_int_equal(mc_gguf_writer_add_tensor(w, "output.weight", MC_TYPE_F32, 2, ne2, mat, NULL),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_add_tensor(w, "odd.weight", MC_TYPE_F32, 2, ne_odd, odd, NULL),
+                     MC_OK);
+    char in[64], out[64], args[256];
+    snprintf(in, sizeof(in), "/tmp/test_quant_in_%d.gguf", (int)getpid());
+    snprintf(out, sizeof(out), "/tmp/test_quant_out_%d.gguf", (int)getpid());
+    assert_int_equal(mc_gguf_writer_write(w, in, NULL), MC_OK);
+    mc_gguf_writer_free(w);
+
+    snprintf(args, sizeof(args), "%s %s Q4_K_M", in, out);
+    assert_int_equal(run_quantize(args), 0);
+    struct mc_gguf *g = NULL;
+    assert_int_equal(mc_gguf_open(out, &g, NULL), MC_OK);
+    uint32_t ftype = 0;
+    assert_int_equal(mc_gguf_get_u32(g, "general.file_type", &ftype, NULL), MC_OK);
+    assert_int_equal(ftype, 15);
+    const bool more[NL] = {1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 1, 1};
+    for (int l = 0; l < NL; l++) {
+        snprintf(name, sizeof(name), "blk.%d.attn_q.weight", l);
+        assert_int_equal(mc_gguf_find_tensor(g, name)->type, MC_TYPE_Q4_K);
+        snprintf(name, sizeof(name), "blk.%d.attn_v.weight", l);
+        assert_int_equal(mc_gguf_find_tensor(g, name)->type, more[l] ? MC_TYPE_Q6_K : MC_TYPE_Q4_K);
+        snprintf(name, sizeof(name), "blk.%d.ffn_down.weight", l);
+        assert_int_equal(mc_gguf_find_tensor(g, name)->type, more[l] ? MC_TYPE_Q6_K : MC_TYPE_Q4_K);
+        snprintf(name, sizeof(name), "blk.%d.attn_norm.weight", l);
+        assert_int_equal(mc_gguf_find_tensor(g, name)->type, MC_TYPE_F32);
+    }
+    assert_int_equal(mc_gguf_find_tensor(g, "output.weight")->type, MC_TYPE_Q6_K);
+    const struct mc_gguf_tensor *t = mc_gguf_find_tensor(g, "odd.weight");
+    assert_int_equal(t->type, MC_TYPE_F32);
+    assert_memory_equal(t->data, odd, sizeof(odd));
+
+    /* Q4_K values: relative RMS error within the round-trip bound above. */
+    static float back[D * D];
+    t = mc_gguf_find_tensor(g, "blk.1.attn_q.weight");
+    for (int r = 0; r < D; r++)
+        assert_int_equal(mc_dequantize_row(MC_TYPE_Q4_K,
+                                           (const uint8_t *)t->data + r * 144 * (D / 256),
+                                           back + r * D, D, NULL),
+                         MC_OK);
+    double se = 0, sx = 0;
+    for (int i = 0; i < D * D; i++) {
+        se += (double)(back[i] - mat[i]) * (back[i] - mat[i]);
+        sx += (double)mat[i] * mat[i];
+    }
+    assert_true(sqrt(se / sx) < 0.10);
+    mc_gguf_close(g);
+
+    /* Usage errors exit 2, an unreadable input exits 1. */
+    snprintf(args, sizeof(args), "%s %s Q3_K", in, out);
+    assert_int_equal(run_quantize(args), 2);
+    assert_int_equal(run_quantize("only-one-arg"), 2);
+    assert_int_equal(run_quantize("/nonexistent/in.gguf /tmp/never.gguf Q8_0"), 1);
+    unlink(in);
+    unlink(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_type_table_sizes_and_names),
@@ -521,6 +676,8 @@ int main(void) {
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_simd_set_clamps_to_cpu),
         cmocka_unit_test(test_rmsnorm_softmax_silu_known_values),
+        cmocka_unit_test(test_quantize_cli_reproduces_reference_files),
+        cmocka_unit_test(test_quantize_cli_q4_k_m_mix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

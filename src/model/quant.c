@@ -24,7 +24,7 @@
 
 struct type_info {
     const char *name;
-    int64_t block_size;  /* elements per block */
+    int64_t block_size; /* elements per block */
     size_t block_bytes;
     bool supported;
 };
@@ -108,15 +108,24 @@ size_t mc_type_row_size(enum mc_type t, int64_t n) {
 
 static int kind_of(enum mc_type t) {
     switch (t) {
-    case MC_TYPE_F32: return QKIND_F32;
-    case MC_TYPE_F16: return QKIND_F16;
-    case MC_TYPE_BF16: return QKIND_BF16;
-    case MC_TYPE_Q8_0: return QKIND_Q8_0;
-    case MC_TYPE_Q4_0: return QKIND_Q4_0;
-    case MC_TYPE_Q4_K: return QKIND_Q4_K;
-    case MC_TYPE_Q5_K: return QKIND_Q5_K;
-    case MC_TYPE_Q6_K: return QKIND_Q6_K;
-    default: return -1;
+    case MC_TYPE_F32:
+        return QKIND_F32;
+    case MC_TYPE_F16:
+        return QKIND_F16;
+    case MC_TYPE_BF16:
+        return QKIND_BF16;
+    case MC_TYPE_Q8_0:
+        return QKIND_Q8_0;
+    case MC_TYPE_Q4_0:
+        return QKIND_Q4_0;
+    case MC_TYPE_Q4_K:
+        return QKIND_Q4_K;
+    case MC_TYPE_Q5_K:
+        return QKIND_Q5_K;
+    case MC_TYPE_Q6_K:
+        return QKIND_Q6_K;
+    default:
+        return -1;
     }
 }
 
@@ -130,8 +139,8 @@ float mc_fp16_to_fp32(uint16_t h) {
     const uint32_t two_w = w + w;
     const float normalized = quant_f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
     const float denormalized = quant_f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t bits = two_w < (1u << 27) ? quant_f32_bits(denormalized)
-                                             : quant_f32_bits(normalized);
+    const uint32_t bits =
+        two_w < (1u << 27) ? quant_f32_bits(denormalized) : quant_f32_bits(normalized);
     return quant_f32_from_bits(sign | bits);
 }
 
@@ -252,15 +261,15 @@ static void dequant_q6_k(const void *src, float *y, int64_t n) {
     }
 }
 
-int mc_dequantize_row(enum mc_type t, const void *src, float *dst, int64_t n,
-                      struct mc_err *err) {
+int mc_dequantize_row(enum mc_type t, const void *src, float *dst, int64_t n, struct mc_err *err) {
     if (!mc_type_is_supported(t))
         return mc_err_set(err, MC_ENOTSUP, "dequantize: type %s (%d) is not supported",
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
-        return mc_err_set(err, MC_EINVAL, "dequantize: %lld elements is not a multiple of %s's "
-                          "block size %lld", (long long)n, mc_type_name(t),
-                          (long long)mc_type_block_size(t));
+        return mc_err_set(err, MC_EINVAL,
+                          "dequantize: %lld elements is not a multiple of %s's "
+                          "block size %lld",
+                          (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
         memcpy(dst, src, (size_t)n * sizeof(float));
@@ -273,12 +282,23 @@ int mc_dequantize_row(enum mc_type t, const void *src, float *dst, int64_t n,
         for (int64_t i = 0; i < n; i++)
             dst[i] = mc_bf16_to_fp32(((const uint16_t *)src)[i]);
         break;
-    case MC_TYPE_Q8_0: dequant_q8_0(src, dst, n); break;
-    case MC_TYPE_Q4_0: dequant_q4_0(src, dst, n); break;
-    case MC_TYPE_Q4_K: dequant_q4_k(src, dst, n); break;
-    case MC_TYPE_Q5_K: dequant_q5_k(src, dst, n); break;
-    case MC_TYPE_Q6_K: dequant_q6_k(src, dst, n); break;
-    default: return mc_err_set(err, MC_EINTERNAL, "dequantize: no kernel for %s", mc_type_name(t));
+    case MC_TYPE_Q8_0:
+        dequant_q8_0(src, dst, n);
+        break;
+    case MC_TYPE_Q4_0:
+        dequant_q4_0(src, dst, n);
+        break;
+    case MC_TYPE_Q4_K:
+        dequant_q4_k(src, dst, n);
+        break;
+    case MC_TYPE_Q5_K:
+        dequant_q5_k(src, dst, n);
+        break;
+    case MC_TYPE_Q6_K:
+        dequant_q6_k(src, dst, n);
+        break;
+    default:
+        return mc_err_set(err, MC_EINTERNAL, "dequantize: no kernel for %s", mc_type_name(t));
     }
     return MC_OK;
 }
@@ -330,9 +350,8 @@ static inline int clampi(int v, int lo, int hi) {
 /* ggml's make_qkx2_quants: scale and min for n values with levels 0..nmax, chosen by a
  * weighted least-squares search over nstep candidate scales. Returns the scale and
  * stores -min in *the_min. */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights,
-                              uint8_t *L, float *the_min, uint8_t *Laux, float rmin,
-                              float rdelta, int nstep) {
+static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep) {
     float min = x[0], max = x[0];
     float sum_w = weights[0], sum_x = sum_w * x[0];
     for (int i = 1; i < n; i++) {
@@ -586,9 +605,10 @@ int mc_quantize_row(enum mc_type t, const float *src, void *dst, int64_t n, stru
         return mc_err_set(err, MC_ENOTSUP, "quantize: type %s (%d) is not supported",
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
-        return mc_err_set(err, MC_EINVAL, "quantize: %lld elements is not a multiple of %s's "
-                          "block size %lld", (long long)n, mc_type_name(t),
-                          (long long)mc_type_block_size(t));
+        return mc_err_set(err, MC_EINVAL,
+                          "quantize: %lld elements is not a multiple of %s's "
+                          "block size %lld",
+                          (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
         memcpy(dst, src, (size_t)n * sizeof(float));
@@ -601,12 +621,23 @@ int mc_quantize_row(enum mc_type t, const float *src, void *dst, int64_t n, stru
         for (int64_t i = 0; i < n; i++)
             ((uint16_t *)dst)[i] = mc_fp32_to_bf16(src[i]);
         break;
-    case MC_TYPE_Q8_0: quant_q8_0(src, dst, n); break;
-    case MC_TYPE_Q4_0: quant_q4_0(src, dst, n); break;
-    case MC_TYPE_Q4_K: quant_q4_k(src, dst, n); break;
-    case MC_TYPE_Q5_K: quant_q5_k(src, dst, n); break;
-    case MC_TYPE_Q6_K: quant_q6_k(src, dst, n); break;
-    default: return mc_err_set(err, MC_EINTERNAL, "quantize: no kernel for %s", mc_type_name(t));
+    case MC_TYPE_Q8_0:
+        quant_q8_0(src, dst, n);
+        break;
+    case MC_TYPE_Q4_0:
+        quant_q4_0(src, dst, n);
+        break;
+    case MC_TYPE_Q4_K:
+        quant_q4_k(src, dst, n);
+        break;
+    case MC_TYPE_Q5_K:
+        quant_q5_k(src, dst, n);
+        break;
+    case MC_TYPE_Q6_K:
+        quant_q6_k(src, dst, n);
+        break;
+    default:
+        return mc_err_set(err, MC_EINTERNAL, "quantize: no kernel for %s", mc_type_name(t));
     }
     return MC_OK;
 }
@@ -781,7 +812,8 @@ static float dot_q5_k(int64_t n, const void *vw, const void *va) {
         for (int j = 0; j < 4; j++) {
             for (int l = 0; l < 32; l++) {
                 uint8_t h = w[i].qh[l];
-                lv[64 * j + l] = (uint8_t)((w[i].qs[32 * j + l] & 0xF) | (((h >> (2 * j)) & 1) << 4));
+                lv[64 * j + l] =
+                    (uint8_t)((w[i].qs[32 * j + l] & 0xF) | (((h >> (2 * j)) & 1) << 4));
                 lv[64 * j + 32 + l] =
                     (uint8_t)((w[i].qs[32 * j + l] >> 4) | (((h >> (2 * j + 1)) & 1) << 4));
             }
@@ -823,14 +855,14 @@ static void gemm_with(dot_fn dot, int64_t cols, const void *w, size_t w_row, int
                       const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) {
     for (int64_t t = 0; t < n_tok; t++)
         for (int64_t r = 0; r < n_rows; r++)
-            y[t * ldy + r] = dot(cols, (const uint8_t *)w + r * w_row,
-                                 (const uint8_t *)a + t * a_row);
+            y[t * ldy + r] =
+                dot(cols, (const uint8_t *)w + r * w_row, (const uint8_t *)a + t * a_row);
 }
 
 #define PORTABLE_GEMM(name)                                                                        \
-    static void gemm_##name(int64_t cols, const void *w, size_t w_row, int64_t n_rows,           \
-                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) { \
-        gemm_with(dot_##name, cols, w, w_row, n_rows, a, a_row, n_tok, y, ldy);                  \
+    static void gemm_##name(int64_t cols, const void *w, size_t w_row, int64_t n_rows,             \
+                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) {   \
+        gemm_with(dot_##name, cols, w, w_row, n_rows, a, a_row, n_tok, y, ldy);                    \
     }
 PORTABLE_GEMM(f32)
 PORTABLE_GEMM(f16)
@@ -844,8 +876,7 @@ PORTABLE_GEMM(q6_k)
 static const struct quant_kernels PORTABLE = {
     .convert = {conv_f32, conv_f16, conv_bf16, conv_q8_0, conv_q8_0, conv_q8_k, conv_q8_k,
                 conv_q8_k},
-    .gemm = {gemm_f32, gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, gemm_q4_k, gemm_q5_k,
-             gemm_q6_k},
+    .gemm = {gemm_f32, gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, gemm_q4_k, gemm_q5_k, gemm_q6_k},
 };
 
 /* ---- Kernel selection -------------------------------------------------------------- */
@@ -912,17 +943,21 @@ static const struct quant_kernels *kernels(void) {
 /* Bytes of one activation row converted to the vec_dot type of t. */
 static size_t act_row_size(enum mc_type t, int64_t cols) {
     switch (t) {
-    case MC_TYPE_F32: return 0; /* used in place */
+    case MC_TYPE_F32:
+        return 0; /* used in place */
     case MC_TYPE_F16:
-    case MC_TYPE_BF16: return (size_t)cols * 2;
+    case MC_TYPE_BF16:
+        return (size_t)cols * 2;
     case MC_TYPE_Q8_0:
     case MC_TYPE_Q4_0:
         /* Room for the AVX-512 pair layout, the largest of the kernel sets' layouts. */
         return sizeof(struct q8_pair) * (size_t)((cols / QK8_0 + 1) / 2);
     case MC_TYPE_Q4_K:
     case MC_TYPE_Q5_K:
-    case MC_TYPE_Q6_K: return (size_t)(cols / QK_K) * sizeof(struct block_q8_k);
-    default: return 0;
+    case MC_TYPE_Q6_K:
+        return (size_t)(cols / QK_K) * sizeof(struct block_q8_k);
+    default:
+        return 0;
     }
 }
 
@@ -935,14 +970,14 @@ size_t mc_matmul_work_size(enum mc_type t, int64_t cols, int64_t n_tok) {
 struct mm_job {
     quant_convert_fn convert;
     quant_gemm_fn gemm;
-    const uint8_t *w;   /* (rows, w_row bytes) */
+    const uint8_t *w; /* (rows, w_row bytes) */
     size_t w_row;
     int64_t rows, cols, n_tok;
-    const float *x;     /* (n_tok, cols) */
-    const uint8_t *a;   /* (n_tok, a_row bytes): x in the vec_dot type */
+    const float *x;   /* (n_tok, cols) */
+    const uint8_t *a; /* (n_tok, a_row bytes): x in the vec_dot type */
     uint8_t *a_out;
     size_t a_row;
-    float *y;           /* (n_tok, rows) */
+    float *y; /* (n_tok, rows) */
 };
 
 /* Rows are split in multiples of 16 so each thread's share starts on a tile boundary
@@ -965,8 +1000,8 @@ static void mm_gemm_part(void *ctx, int i, int n) {
     int64_t r0, r1;
     mm_rows(j, i, n, &r0, &r1);
     if (r1 > r0)
-        j->gemm(j->cols, j->w + (size_t)r0 * j->w_row, j->w_row, r1 - r0, j->a, j->a_row,
-                j->n_tok, j->y + r0, j->rows);
+        j->gemm(j->cols, j->w + (size_t)r0 * j->w_row, j->w_row, r1 - r0, j->a, j->a_row, j->n_tok,
+                j->y + r0, j->rows);
 }
 
 int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
@@ -976,9 +1011,11 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
         return mc_err_set(err, MC_ENOTSUP, "matmul: weight type %s (%d) is not supported",
                           mc_type_name(t), (int)t);
     if (rows <= 0 || cols <= 0 || n_tok <= 0 || mc_type_row_size(t, cols) == 0)
-        return mc_err_set(err, MC_EINVAL, "matmul: bad shape rows=%lld cols=%lld n_tok=%lld "
-                          "for %s (block size %lld)", (long long)rows, (long long)cols,
-                          (long long)n_tok, mc_type_name(t), (long long)mc_type_block_size(t));
+        return mc_err_set(err, MC_EINVAL,
+                          "matmul: bad shape rows=%lld cols=%lld n_tok=%lld "
+                          "for %s (block size %lld)",
+                          (long long)rows, (long long)cols, (long long)n_tok, mc_type_name(t),
+                          (long long)mc_type_block_size(t));
     if (!work && mc_matmul_work_size(t, cols, n_tok) > 0)
         return mc_err_set(err, MC_EINVAL, "matmul: work buffer missing (%zu bytes needed)",
                           mc_matmul_work_size(t, cols, n_tok));

@@ -92,8 +92,9 @@ static void conv_bf16(const float *x, void *dst, int64_t n) {
     }
     for (; i < n; i++) {
         uint32_t u = quant_f32_bits(x[i]);
-        y[i] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 64)
-                                                : (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+        y[i] = (u & 0x7fffffffu) > 0x7f800000u
+                   ? (uint16_t)((u >> 16) | 64)
+                   : (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
     }
 }
 
@@ -122,9 +123,10 @@ static void conv_q8_0(const float *x, void *dst, int64_t n) {
         y[i].d = _cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT);
         const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
         __m256i q[4];
-        UNROLL for (int k = 0; k < 4; k++)
+        UNROLL for (int k = 0; k < 4; k++) {
             q[k] = _mm256_cvtps_epi32(_mm256_round_ps(
                 _mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
         _mm256_storeu_si256((__m256i *)y[i].qs, pack_32(q[0], q[1], q[2], q[3]));
     }
 }
@@ -159,10 +161,11 @@ static void conv_q8_k(const float *x, void *dst, int64_t n) {
         const __m256 vs = _mm256_set1_ps(iscale);
         for (int k = 0; k < QK_K; k += 32) {
             __m256i q[4];
-            UNROLL for (int j = 0; j < 4; j++)
-                q[j] = _mm256_cvtps_epi32(_mm256_round_ps(
-                    _mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), vs),
-                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            UNROLL for (int j = 0; j < 4; j++) {
+                q[j] = _mm256_cvtps_epi32(
+                    _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), vs),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
             y[i].bsums[k / 16] = (int16_t)hsum_epi32(_mm256_add_epi32(q[0], q[1]));
             y[i].bsums[k / 16 + 1] = (int16_t)hsum_epi32(_mm256_add_epi32(q[2], q[3]));
             _mm256_storeu_si256((__m256i *)(y[i].qs + k), pack_32(q[0], q[1], q[2], q[3]));
@@ -170,7 +173,6 @@ static void conv_q8_k(const float *x, void *dst, int64_t n) {
         y[i].d = 1 / iscale;
     }
 }
-
 
 /* ---- F32, F16, BF16 ------------------------------------------------------------------ */
 
@@ -200,32 +202,36 @@ INLINE float load1_bf16(const void *p, int64_t i) {
 #define DEFINE_FLOAT_TILE(T, ESZ)                                                                  \
     INLINE void tile_##T(int RM, int RN, TILE_ARGS) {                                              \
         __m256 acc0[4][4], acc1[4][4];                                                             \
-        UNROLL for (int i = 0; i < RM; i++)                                                               \
-            UNROLL for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 acc0[i][j] = acc1[i][j] = _mm256_setzero_ps();                                     \
+            }                                                                                      \
+        }                                                                                          \
         int64_t c = 0;                                                                             \
         for (; c + 16 <= cols; c += 16) {                                                          \
             __m256 w0[4], w1[4];                                                                   \
-            UNROLL for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                  \
                 w0[i] = load8_##T(w + i * w_row + c * ESZ);                                        \
                 w1[i] = load8_##T(w + i * w_row + (c + 8) * ESZ);                                  \
             }                                                                                      \
-            UNROLL for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 __m256 x0 = load8_##T(a + j * a_row + c * ESZ);                                    \
                 __m256 x1 = load8_##T(a + j * a_row + (c + 8) * ESZ);                              \
-                UNROLL for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     acc0[i][j] = _mm256_fmadd_ps(w0[i], x0, acc0[i][j]);                           \
                     acc1[i][j] = _mm256_fmadd_ps(w1[i], x1, acc1[i][j]);                           \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
         for (; c + 8 <= cols; c += 8)                                                              \
-            UNROLL for (int j = 0; j < RN; j++)                                                           \
-                UNROLL for (int i = 0; i < RM; i++)                                                       \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     acc0[i][j] = _mm256_fmadd_ps(load8_##T(w + i * w_row + c * ESZ),               \
                                                  load8_##T(a + j * a_row + c * ESZ), acc0[i][j]);  \
-        UNROLL for (int i = 0; i < RM; i++) {                                                             \
-            UNROLL for (int j = 0; j < RN; j++) {                                                         \
+                }                                                                                  \
+            }                                                                                      \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 float s = hsum_ps(_mm256_add_ps(acc0[i][j], acc1[i][j]));                          \
                 for (int64_t k = c; k < cols; k++)                                                 \
                     s += load1_##T(w + i * w_row, k) * load1_##T(a + j * a_row, k);                \
@@ -249,33 +255,37 @@ DEFINE_GEMM(bf16, 4, 2)
 #define DEFINE_Q0_TILE(NAME, BLOCK, LOADW)                                                         \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m256 acc[4][4];                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                               \
-            UNROLL for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 acc[i][j] = _mm256_setzero_ps();                                                   \
+            }                                                                                      \
+        }                                                                                          \
         const int64_t nb = cols / 32;                                                              \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             __m256i aw[4], wq[4];                                                                  \
             float wd[4];                                                                           \
-            UNROLL for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                  \
                 const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;                \
                 wq[i] = LOADW(bw->qs);                                                             \
                 aw[i] = _mm256_sign_epi8(wq[i], wq[i]);                                            \
                 wd[i] = fp16(bw->d);                                                               \
             }                                                                                      \
-            UNROLL for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 const struct block_q8_0 *ba = (const struct block_q8_0 *)(a + j * a_row) + b;      \
                 const __m256i xq = _mm256_loadu_si256((const __m256i *)ba->qs);                    \
                 const float xd = fp16(ba->d);                                                      \
-                UNROLL for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     __m256i p = dot_i8(aw[i], _mm256_sign_epi8(xq, wq[i]));                        \
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(wd[i] * xd),                        \
-                                                _mm256_cvtepi32_ps(p), acc[i][j]);                 \
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(wd[i] * xd), _mm256_cvtepi32_ps(p), \
+                                                acc[i][j]);                                        \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                               \
-            UNROLL for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 y[j * ldy + i] = hsum_ps(acc[i][j]);                                               \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 INLINE __m256i load_q8(const int8_t *qs) {
@@ -297,8 +307,8 @@ DEFINE_GEMM(q4_0, 4, 2)
  * int32 lanes, accumulated with d_w * d_x; the mins times the activation's 32-element
  * sums, accumulated with -dmin_w * d_x in a second (128-bit) accumulator. */
 struct k4_row {
-    __m128i mins;       /* 8 mins as int16 */
-    __m256i scale[8];   /* each scale broadcast to 16 int16 lanes */
+    __m128i mins;     /* 8 mins as int16 */
+    __m256i scale[8]; /* each scale broadcast to 16 int16 lanes */
     float d, dmin;
 };
 
@@ -306,8 +316,9 @@ INLINE void k4_row_load(struct k4_row *r, const uint8_t *packed, uint16_t d, uin
     uint8_t sc[8], mn[8];
     quant_unpack_k4(packed, sc, mn);
     r->mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
-    UNROLL for (int j = 0; j < 8; j++)
+    UNROLL for (int j = 0; j < 8; j++) {
         r->scale[j] = _mm256_set1_epi16(sc[j]);
+    }
     r->d = fp16(d);
     r->dmin = fp16(dmin);
 }
@@ -334,40 +345,41 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
     __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), one);
     __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * k + 1), one);
     *lo = _mm256_or_si256(_mm256_and_si256(bits, m4), _mm256_slli_epi16(h0, 4));
-    *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-                          _mm256_slli_epi16(h1, 4));
+    *hi =
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), _mm256_slli_epi16(h1, 4));
 }
 
 #define DEFINE_K4_TILE(NAME, BLOCK, LEVELS)                                                        \
     INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                           \
         __m256 acc[4][4];                                                                          \
         __m128 accm[4][4];                                                                         \
-        UNROLL for (int i = 0; i < RM; i++)                                                               \
-            UNROLL for (int j = 0; j < RN; j++) {                                                         \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 acc[i][j] = _mm256_setzero_ps();                                                   \
                 accm[i][j] = _mm_setzero_ps();                                                     \
             }                                                                                      \
+        }                                                                                          \
         const int64_t nb = cols / QK_K;                                                            \
         for (int64_t b = 0; b < nb; b++) {                                                         \
             struct k4_row kr[4];                                                                   \
-            UNROLL for (int i = 0; i < RM; i++) {                                                         \
+            UNROLL for (int i = 0; i < RM; i++) {                                                  \
                 const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;                \
                 k4_row_load(&kr[i], bw->scales, bw->d, bw->dmin);                                  \
             }                                                                                      \
-            UNROLL for (int j = 0; j < RN; j++) {                                                         \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 const struct block_q8_k *ba = (const struct block_q8_k *)(a + j * a_row) + b;      \
                 const __m128i s32 = q8k_sums32(ba);                                                \
-                UNROLL for (int i = 0; i < RM; i++) {                                                     \
+                UNROLL for (int i = 0; i < RM; i++) {                                              \
                     const struct BLOCK *bw = (const struct BLOCK *)(w + i * w_row) + b;            \
                     __m256i sumi = _mm256_setzero_si256();                                         \
-                    UNROLL for (int k = 0; k < 4; k++) {                                                  \
+                    UNROLL for (int k = 0; k < 4; k++) {                                           \
                         __m256i lo, hi;                                                            \
                         LEVELS(bw, k, &lo, &hi);                                                   \
                         const __m256i x0 = _mm256_loadu_si256((const __m256i *)(ba->qs + 64 * k)); \
                         const __m256i x1 =                                                         \
                             _mm256_loadu_si256((const __m256i *)(ba->qs + 64 * k + 32));           \
-                        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0),               \
-                                                       kr[i].scale[2 * k]);                        \
+                        __m256i p0 =                                                               \
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), kr[i].scale[2 * k]);   \
                         __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1),               \
                                                        kr[i].scale[2 * k + 1]);                    \
                         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));                   \
@@ -380,9 +392,11 @@ INLINE void q5k_levels(const struct block_q5_k *bw, int k, __m256i *lo, __m256i 
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        UNROLL for (int i = 0; i < RM; i++)                                                               \
-            UNROLL for (int j = 0; j < RN; j++)                                                           \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
                 y[j * ldy + i] = hsum_ps(acc[i][j]) + hsum_ps128(accm[i][j]);                      \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 DEFINE_K4_TILE(q4_k, block_q4_k, q4k_levels)
@@ -400,7 +414,8 @@ INLINE void q6k_levels(const struct block_q6_k *bw, int h, __m256i q[4]) {
     const __m256i l0 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h));
     const __m256i l1 = _mm256_loadu_si256((const __m256i *)(bw->ql + 64 * h + 32));
     const __m256i hb = _mm256_loadu_si256((const __m256i *)(bw->qh + 32 * h));
-    q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+    q[0] =
+        _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
     q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
     q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
@@ -411,13 +426,15 @@ INLINE void q6k_levels(const struct block_q6_k *bw, int h, __m256i q[4]) {
 
 INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
     __m256 acc[4][4];
-    UNROLL for (int i = 0; i < RM; i++)
-        UNROLL for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++) {
+        UNROLL for (int j = 0; j < RN; j++) {
             acc[i][j] = _mm256_setzero_ps();
+        }
+    }
     const int64_t nb = cols / QK_K;
     for (int64_t b = 0; b < nb; b++) {
-        __m256i sc16[4][8];   /* (row, group of 32): scales for the group's two halves */
-        __m256i scales[4];    /* (row): all 16 scales as int16 */
+        __m256i sc16[4][8]; /* (row, group of 32): scales for the group's two halves */
+        __m256i scales[4];  /* (row): all 16 scales as int16 */
         float d[4];
         UNROLL for (int i = 0; i < RM; i++) {
             const struct block_q6_k *bw = (const struct block_q6_k *)(w + i * w_row) + b;
@@ -426,9 +443,9 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
             const __m256i half0 = _mm256_permute2x128_si256(scales[i], scales[i], 0x00);
             const __m256i half1 = _mm256_permute2x128_si256(scales[i], scales[i], 0x11);
             UNROLL for (int g = 0; g < 4; g++) {
-                const __m256i pick = _mm256_set_m128i(
-                    _mm_set1_epi16((short)(0x0100 * (4 * g + 3) + 4 * g + 2)),
-                    _mm_set1_epi16((short)(0x0100 * (4 * g + 1) + 4 * g)));
+                const __m256i pick =
+                    _mm256_set_m128i(_mm_set1_epi16((short)(0x0100 * (4 * g + 3) + 4 * g + 2)),
+                                     _mm_set1_epi16((short)(0x0100 * (4 * g + 1) + 4 * g)));
                 sc16[i][g] = _mm256_shuffle_epi8(half0, pick);
                 sc16[i][4 + g] = _mm256_shuffle_epi8(half1, pick);
             }
@@ -444,8 +461,8 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
                     __m256i q[4];
                     q6k_levels(bw, h, q);
                     UNROLL for (int g = 0; g < 4; g++) {
-                        const __m256i x = _mm256_loadu_si256(
-                            (const __m256i *)(ba->qs + 128 * h + 32 * g));
+                        const __m256i x =
+                            _mm256_loadu_si256((const __m256i *)(ba->qs + 128 * h + 32 * g));
                         __m256i p = _mm256_maddubs_epi16(q[g], x);
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc16[i][4 * h + g]));
                     }
@@ -453,14 +470,16 @@ INLINE void tile_q6_k(int RM, int RN, TILE_ARGS) {
                 /* Subtract 32 * sum_j scale_j * bsum_j for the level offset. */
                 __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(scales[i], bs), 5);
                 sumi = _mm256_sub_epi32(sumi, off);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(d[i] * ba->d),
-                                            _mm256_cvtepi32_ps(sumi), acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(d[i] * ba->d), _mm256_cvtepi32_ps(sumi),
+                                            acc[i][j]);
             }
         }
     }
-    UNROLL for (int i = 0; i < RM; i++)
-        UNROLL for (int j = 0; j < RN; j++)
+    UNROLL for (int i = 0; i < RM; i++) {
+        UNROLL for (int j = 0; j < RN; j++) {
             y[j * ldy + i] = hsum_ps(acc[i][j]);
+        }
+    }
 }
 
 DEFINE_GEMM(q6_k, 4, 2)

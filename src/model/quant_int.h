@@ -10,48 +10,48 @@
 
 /* ---- Block layouts (byte-exact with ggml) ---------------------------------------- */
 
-#define QK4_0 32
-#define QK8_0 32
-#define QK_K 256
+#define QK4_0        32
+#define QK8_0        32
+#define QK_K         256
 #define K_SCALE_SIZE 12
 
 struct block_q4_0 {
-    uint16_t d;             /* fp16 scale */
-    uint8_t qs[QK4_0 / 2];  /* element j in the low nibble of qs[j], j + 16 in the high */
+    uint16_t d;            /* fp16 scale */
+    uint8_t qs[QK4_0 / 2]; /* element j in the low nibble of qs[j], j + 16 in the high */
 };
 
 struct block_q8_0 {
-    uint16_t d;             /* fp16 scale */
+    uint16_t d; /* fp16 scale */
     int8_t qs[QK8_0];
 };
 
 struct block_q4_k {
-    uint16_t d;                    /* fp16 super-block scale of the 6-bit scales */
-    uint16_t dmin;                 /* fp16 super-block scale of the 6-bit mins */
-    uint8_t scales[K_SCALE_SIZE];  /* 8 scales and 8 mins, 6 bits each, packed */
-    uint8_t qs[QK_K / 2];          /* 4-bit quants, 64 elements per 32 bytes */
+    uint16_t d;                   /* fp16 super-block scale of the 6-bit scales */
+    uint16_t dmin;                /* fp16 super-block scale of the 6-bit mins */
+    uint8_t scales[K_SCALE_SIZE]; /* 8 scales and 8 mins, 6 bits each, packed */
+    uint8_t qs[QK_K / 2];         /* 4-bit quants, 64 elements per 32 bytes */
 };
 
 struct block_q5_k {
     uint16_t d;
     uint16_t dmin;
     uint8_t scales[K_SCALE_SIZE];
-    uint8_t qh[QK_K / 8];          /* fifth bits */
-    uint8_t qs[QK_K / 2];          /* low 4 bits */
+    uint8_t qh[QK_K / 8]; /* fifth bits */
+    uint8_t qs[QK_K / 2]; /* low 4 bits */
 };
 
 struct block_q6_k {
-    uint8_t ql[QK_K / 2];          /* low 4 bits */
-    uint8_t qh[QK_K / 4];          /* high 2 bits */
-    int8_t scales[QK_K / 16];      /* one 8-bit scale per 16 elements */
-    uint16_t d;                    /* fp16 super-block scale */
+    uint8_t ql[QK_K / 2];     /* low 4 bits */
+    uint8_t qh[QK_K / 4];     /* high 2 bits */
+    int8_t scales[QK_K / 16]; /* one 8-bit scale per 16 elements */
+    uint16_t d;               /* fp16 super-block scale */
 };
 
 /* The activation side of the K-quant dot products. */
 struct block_q8_k {
     float d;
     int8_t qs[QK_K];
-    int16_t bsums[QK_K / 16];      /* sums of each 16 quants */
+    int16_t bsums[QK_K / 16]; /* sums of each 16 quants */
 };
 
 /* Activations of Q8_0/Q4_0 products as the AVX-512 kernels read them: two Q8_0 blocks
@@ -98,8 +98,7 @@ typedef void (*quant_convert_fn)(const float *x, void *dst, int64_t cols);
  * must be computed by the same sequence of operations whatever n_rows and n_tok are, so
  * that a batched call equals separate calls bit for bit. */
 typedef void (*quant_gemm_fn)(int64_t cols, const void *w, size_t w_row, int64_t n_rows,
-                              const void *a, size_t a_row, int64_t n_tok, float *y,
-                              int64_t ldy);
+                              const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy);
 
 struct quant_kernels {
     quant_convert_fn convert[QKIND_COUNT];
@@ -118,25 +117,25 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
  * stream through the weights is what the hardware prefetchers follow best, and measured
  * 2.5x faster than interleaving four rows. */
 #define DEFINE_GEMM(NAME, TR, TT)                                                                  \
-    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                         \
+    static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                           \
         tile_##NAME(4, 1, TILE_PASS);                                                              \
     }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                         \
+    static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                           \
         tile_##NAME(1, 1, TILE_PASS);                                                              \
     }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                         \
+    static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                           \
         tile_##NAME(TR, TT, TILE_PASS);                                                            \
     }                                                                                              \
-    static __attribute__((noinline)) void tile_##NAME##_1xT(TILE_ARGS) {                         \
+    static __attribute__((noinline)) void tile_##NAME##_1xT(TILE_ARGS) {                           \
         tile_##NAME(1, TT, TILE_PASS);                                                             \
     }                                                                                              \
-    static void gemm_##NAME(int64_t cols, const void *w, size_t w_row, int64_t n_rows,           \
-                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) { \
+    static void gemm_##NAME(int64_t cols, const void *w, size_t w_row, int64_t n_rows,             \
+                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) {   \
         const uint8_t *wb = w, *ab = a;                                                            \
         if (n_tok < TT) {                                                                          \
             for (int64_t t = 0; t < n_tok; t++)                                                    \
                 for (int64_t r = 0; r < n_rows; r++)                                               \
-                    tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,        \
+                    tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,          \
                                       y + t * ldy + r, ldy);                                       \
             return;                                                                                \
         }                                                                                          \
@@ -144,27 +143,27 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
         for (; r + TR <= n_rows; r += TR) {                                                        \
             int64_t t = 0;                                                                         \
             for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                tile_##NAME##_big(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,              \
                                   y + t * ldy + r, ldy);                                           \
             for (; t < n_tok; t++)                                                                 \
-                for (int64_t i = 0; i < TR; i += 4)                                                 \
-                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,  \
+                for (int64_t i = 0; i < TR; i += 4)                                                \
+                    tile_##NAME##_4x1(cols, wb + (r + i) * w_row, w_row, ab + t * a_row, a_row,    \
                                       y + t * ldy + r + i, ldy);                                   \
         }                                                                                          \
         for (; r < n_rows; r++) {                                                                  \
             int64_t t = 0;                                                                         \
             for (; t + TT <= n_tok; t += TT)                                                       \
-                tile_##NAME##_1xT(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                tile_##NAME##_1xT(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,              \
                                   y + t * ldy + r, ldy);                                           \
             for (; t < n_tok; t++)                                                                 \
-                tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,            \
+                tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,              \
                                   y + t * ldy + r, ldy);                                           \
         }                                                                                          \
     }
 
 /* Arguments of every tile function: y[j * ldy + i] = dot(w row i, a row j). */
 #define TILE_ARGS                                                                                  \
-    int64_t cols, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row, float *y,      \
+    int64_t cols, const uint8_t *w, size_t w_row, const uint8_t *a, size_t a_row, float *y,        \
         int64_t ldy
 #define TILE_PASS cols, w, w_row, a, a_row, y, ldy
 
