@@ -69,6 +69,16 @@ static void test_bm25_scores_match_hand_computation(void **state) {
     assert_int_equal(search(bm, "banana cherry", 2, h), 2);
     assert_int_equal(h[1].label, 30);
 
+    /* k1 and b can change without reindexing: k1 0 makes every matching tf count as 1,
+     * so d10 scores idf(apple) = 0.980829 exactly, whatever its length. */
+    struct mc_err err;
+    assert_int_equal(mc_bm25_set_k1_b(bm, 0.0f, 0.75f, &err), MC_OK);
+    assert_int_equal(search(bm, "apple", 5, h), 1);
+    assert_float_near(h[0].score, 0.9808293, 1e-5);
+    assert_int_equal(mc_bm25_set_k1_b(bm, 1.2f, -0.1f, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "b -0.1"));
+    assert_int_equal(mc_bm25_set_k1_b(bm, 1.2f, 0.75f, &err), MC_OK);
+
     /* Unknown terms and empty queries give no hits and no error. */
     assert_int_equal(search(bm, "zebra", 5, h), 0);
     assert_int_equal(search(bm, "", 5, h), 0);

@@ -208,6 +208,39 @@ static void test_hnsw_returns_k_whenever_k_items_live(void **state) {
     free(data);
 }
 
+static void test_hnsw_rebuild_drops_deleted_nodes(void **state) {
+    (void)state;
+    float *data = make_data(N, DIM, 14);
+    float *qs = make_data(NQ, DIM, 15);
+    uint8_t alive[N];
+    struct mc_hnsw *h = build(data, N, MC_HNSW_L2, 8);
+    for (size_t i = 0; i < N; i++) {
+        alive[i] = i % 3 == 0;
+        if (!alive[i])
+            assert_int_equal(mc_hnsw_delete(h, i, NULL), MC_OK);
+    }
+    struct mc_hnsw *r;
+    assert_int_equal(mc_hnsw_rebuild(h, &r, NULL), MC_OK);
+    assert_int_equal(mc_hnsw_n_nodes(r), mc_hnsw_n_live(h));
+    assert_int_equal(mc_hnsw_n_live(r), mc_hnsw_n_live(h));
+    struct mc_hnsw_hit hits[10];
+    size_t n_hits, found = 0;
+    for (int qi = 0; qi < NQ; qi++) {
+        uint64_t truth[10];
+        brute_force(data, N, alive, qs + qi * DIM, 10, truth);
+        assert_int_equal(mc_hnsw_search(r, qs + qi * DIM, 10, 64, hits, &n_hits, NULL), MC_OK);
+        assert_int_equal(n_hits, 10);
+        for (int a = 0; a < 10; a++)
+            for (int b = 0; b < 10; b++)
+                found += hits[a].label == truth[b];
+    }
+    assert_true(found >= 0.95 * NQ * 10);
+    mc_hnsw_free(r);
+    mc_hnsw_free(h);
+    free(data);
+    free(qs);
+}
+
 static void test_hnsw_rejects_bad_arguments(void **state) {
     (void)state;
     struct mc_err err;
@@ -526,6 +559,7 @@ int main(void) {
         cmocka_unit_test(test_hnsw_cosine_finds_the_same_direction),
         cmocka_unit_test(test_hnsw_deleted_ids_are_never_returned),
         cmocka_unit_test(test_hnsw_returns_k_whenever_k_items_live),
+        cmocka_unit_test(test_hnsw_rebuild_drops_deleted_nodes),
         cmocka_unit_test(test_hnsw_rejects_bad_arguments),
         cmocka_unit_test(test_hnsw_serialize_round_trip_is_exact),
         cmocka_unit_test(test_hnsw_deserialize_rejects_corrupt_images),

@@ -35,6 +35,13 @@ struct term {
     uint32_t df; /* live documents containing the term */
     uint32_t n_post, cap_post;
     struct posting *post; /* (n_post) increasing doc */
+    uint32_t mark;        /* analysis generation that last saw the term */
+    uint32_t pos;         /* its index in ids[] during that analysis */
+};
+
+struct term_slot {
+    uint32_t id1;  /* term id + 1, 0 = empty */
+    uint32_t hash; /* low bits of the term's hash, compared before the bytes */
 };
 
 struct mc_bm25 {
@@ -44,7 +51,7 @@ struct mc_bm25 {
     /* Terms. */
     struct term *terms;
     uint32_t n_terms, cap_terms;
-    uint32_t *slots; /* (cap_slots) term id + 1, 0 = empty */
+    struct term_slot *slots; /* (cap_slots) */
     size_t cap_slots;
     char *strs;
     size_t strs_len, strs_cap;
@@ -65,9 +72,11 @@ struct mc_bm25 {
     bool norms_stale;
     double *acc; /* (cap_docs) zero except during a search */
     uint32_t *touched;
-    uint32_t *ids; /* term ids of the text being analysed */
-    uint32_t *cnt; /* after fold_ids: the count of ids[j] */
+    uint32_t *ids; /* distinct term ids of the text being analysed, in order of appearance */
+    uint32_t *cnt; /* (cap_ids) occurrences of ids[j] */
     size_t n_ids, cap_ids;
+    uint64_t n_occ; /* term occurrences in the text being analysed */
+    uint32_t gen;   /* analysis generation, for term.mark */
 };
 
 /* ---------------------------------------------------------------- analyser */
@@ -214,23 +223,27 @@ static uint32_t term_find(const struct mc_bm25 *b, const char *s, size_t n) {
     if (!b->cap_slots)
         return UINT32_MAX;
     size_t mask = b->cap_slots - 1;
-    for (size_t i = hash_bytes(s, n) & mask;; i = (i + 1) & mask) {
-        uint32_t v = b->slots[i];
-        if (!v)
+    uint64_t h = hash_bytes(s, n);
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct term_slot v = b->slots[i];
+        if (!v.id1)
             return UINT32_MAX;
-        const struct term *t = &b->terms[v - 1];
+        if (v.hash != (uint32_t)(h >> 32))
+            continue;
+        const struct term *t = &b->terms[v.id1 - 1];
         if (t->len == n && memcmp(b->strs + t->str_off, s, n) == 0)
-            return v - 1;
+            return v.id1 - 1;
     }
 }
 
 static void slot_put(struct mc_bm25 *b, uint32_t id) {
     const struct term *t = &b->terms[id];
     size_t mask = b->cap_slots - 1;
-    size_t i = hash_bytes(b->strs + t->str_off, t->len) & mask;
-    while (b->slots[i])
+    uint64_t h = hash_bytes(b->strs + t->str_off, t->len);
+    size_t i = h & mask;
+    while (b->slots[i].id1)
         i = (i + 1) & mask;
-    b->slots[i] = id + 1;
+    b->slots[i] = (struct term_slot){id + 1, (uint32_t)(h >> 32)};
 }
 
 /* Interns s as a new term with no postings. MC_ENOMEM leaves the dictionary unchanged. */
@@ -257,7 +270,7 @@ static int term_add(struct mc_bm25 *b, const char *s, size_t n, uint32_t *id) {
     }
     if ((size_t)(b->n_terms + 1) * 2 > b->cap_slots) {
         size_t cap = b->cap_slots ? b->cap_slots * 2 : 2048;
-        uint32_t *slots = mc_calloc(cap, sizeof(*slots));
+        struct term_slot *slots = mc_calloc(cap, sizeof(*slots));
         if (!slots)
             return MC_ENOMEM;
         mc_free(b->slots);
@@ -267,14 +280,34 @@ static int term_add(struct mc_bm25 *b, const char *s, size_t n, uint32_t *id) {
             slot_put(b, i);
     }
     memcpy(b->strs + b->strs_len, s, n);
-    b->terms[b->n_terms] = (struct term){(uint32_t)b->strs_len, (uint32_t)n, 0, 0, 0, NULL};
+    b->terms[b->n_terms] = (struct term){(uint32_t)b->strs_len, (uint32_t)n, 0, 0, 0, NULL, 0, 0};
     b->strs_len += n;
     *id = b->n_terms++;
     slot_put(b, *id);
     return MC_OK;
 }
 
+/* Starts analysing a new text: empties ids[] and moves to a new generation, so that no
+ * term counts as seen. Marks are wiped only when the 32-bit generation wraps. */
+static void begin_analysis(struct mc_bm25 *b) {
+    b->n_ids = 0;
+    b->n_occ = 0;
+    if (++b->gen == 0) {
+        for (uint32_t i = 0; i < b->n_terms; i++)
+            b->terms[i].mark = 0;
+        b->gen = 1;
+    }
+}
+
+/* Counts one occurrence of term id: a term seen before in this text bumps its count,
+ * a new one is appended. This gives (term, tf) pairs without sorting. */
 static int push_id(struct mc_bm25 *b, uint32_t id) {
+    struct term *t = &b->terms[id];
+    b->n_occ++;
+    if (t->mark == b->gen) {
+        b->cnt[t->pos]++;
+        return MC_OK;
+    }
     if (b->n_ids == b->cap_ids) {
         size_t cap = b->cap_ids ? b->cap_ids * 2 : 1024;
         uint32_t *p = mc_realloc(b->ids, cap * sizeof(*p));
@@ -287,7 +320,10 @@ static int push_id(struct mc_bm25 *b, uint32_t id) {
         b->cnt = p;
         b->cap_ids = cap;
     }
-    b->ids[b->n_ids++] = id;
+    t->mark = b->gen;
+    t->pos = (uint32_t)b->n_ids;
+    b->ids[b->n_ids] = id;
+    b->cnt[b->n_ids++] = 1;
     return MC_OK;
 }
 
@@ -306,30 +342,6 @@ static int collect_known(struct mc_bm25 *b, const char *s, size_t n, void *user)
     (void)user;
     uint32_t id = term_find(b, s, n);
     return id == UINT32_MAX ? MC_OK : push_id(b, id);
-}
-
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Sorts b->ids and folds runs of one id: afterwards ids[j] is the j-th distinct term and
- * cnt[j] its count. Returns the number of distinct terms. Writing at j never passes the
- * reader, which is at least at j. */
-static size_t fold_ids(struct mc_bm25 *b) {
-    qsort(b->ids, b->n_ids, sizeof(*b->ids), cmp_u32);
-    size_t n = 0, i = 0;
-    while (i < b->n_ids) {
-        uint32_t id = b->ids[i], c = 0;
-        while (i < b->n_ids && b->ids[i] == id) {
-            i++;
-            c++;
-        }
-        b->ids[n] = id;
-        b->cnt[n] = c;
-        n++;
-    }
-    return n;
 }
 
 /* ---------------------------------------------------------------- create / free */
@@ -467,15 +479,15 @@ int mc_bm25_add(struct mc_bm25 *b, uint64_t label, const char *text, size_t len,
 
     /* Analyse (new terms may be interned; they stay harmlessly empty on failure), then
      * reserve every array, then commit: a failure before the commit changes nothing. */
-    b->n_ids = 0;
+    begin_analysis(b);
     int rc = analyze(b, text, len, collect_interning, NULL);
     if (rc)
         return mc_err_set(err, rc, "bm25: %s while analysing %zu bytes", mc_strerror(rc), len);
-    uint64_t doc_len = b->n_ids;
+    uint64_t doc_len = b->n_occ;
     if (doc_len > UINT32_MAX)
         return mc_err_set(err, MC_EINVAL, "bm25: document of %llu terms is too long",
                           (unsigned long long)doc_len);
-    size_t n_pairs = fold_ids(b);
+    size_t n_pairs = b->n_ids;
     uint32_t slot = b->n_docs;
     rc = reserve_docs(b, slot + 1);
     if (!rc)
@@ -603,7 +615,7 @@ static void sift_down(struct scored *h, size_t n, size_t i) {
 int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
                    struct mc_bm25_hit *hits, size_t *n_hits, struct mc_err *err) {
     *n_hits = 0;
-    b->n_ids = 0;
+    begin_analysis(b);
     int rc = analyze(b, query, len, collect_known, NULL);
     if (rc)
         return mc_err_set(err, rc, "bm25: %s while analysing the query", mc_strerror(rc));
@@ -611,7 +623,7 @@ int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
         return MC_OK;
     if (b->norms_stale)
         refresh_norms(b);
-    size_t n_pairs = fold_ids(b);
+    size_t n_pairs = b->n_ids;
 
     /* Term at a time into the accumulator; a touched document always has a score > 0
      * because idf > 0 and tf >= 1, so acc == 0 means "not seen yet". */
@@ -667,6 +679,18 @@ int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
     }
     mc_free(heap);
     *n_hits = n;
+    return MC_OK;
+}
+
+int mc_bm25_set_k1_b(struct mc_bm25 *b, float k1, float bb, struct mc_err *err) {
+    struct mc_bm25_params p = b->p;
+    p.k1 = k1;
+    p.b = bb;
+    int rc = check_params(&p, MC_EINVAL, err);
+    if (rc)
+        return rc;
+    b->p = p;
+    b->norms_stale = true;
     return MC_OK;
 }
 

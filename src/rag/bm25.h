@@ -64,10 +64,15 @@ int mc_bm25_add(struct mc_bm25 *b, uint64_t label, const char *text, size_t len,
  * MC_ENOTFOUND if it is not live. */
 int mc_bm25_delete(struct mc_bm25 *b, uint64_t label, struct mc_err *err);
 
-/* The k best live documents for query, best first, ties by lower label. Documents that
- * share no term with the query are not returned, so *n_hits may be below k. */
+/* The k best live documents for query, best first, ties by lower label, written to hits
+ * (room for k entries). Documents that share no term with the query are not returned,
+ * so *n_hits may be below k. MC_ENOMEM. */
 int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
                    struct mc_bm25_hit *hits, size_t *n_hits, struct mc_err *err);
+
+/* Changes k1 and b for later searches (the analysis settings are fixed at creation,
+ * since the postings depend on them). MC_EINVAL naming the value out of range. */
+int mc_bm25_set_k1_b(struct mc_bm25 *b, float k1, float bb, struct mc_err *err);
 
 size_t mc_bm25_n_docs(const struct mc_bm25 *b);  /* live documents */
 size_t mc_bm25_n_terms(const struct mc_bm25 *b); /* distinct terms in live documents */

@@ -732,6 +732,28 @@ int mc_hnsw_search(struct mc_hnsw *h, const float *query, size_t k, int ef,
     return mc_hnsw_search_with(h, &h->scratch, query, k, ef, hits, n_hits, err);
 }
 
+int mc_hnsw_rebuild(const struct mc_hnsw *h, struct mc_hnsw **out, struct mc_err *err) {
+    *out = NULL;
+    struct mc_hnsw_params p = {h->dim, h->metric, h->m, h->ef_construction, h->ef_search,
+                               h->seed};
+    struct mc_hnsw *n;
+    int rc = mc_hnsw_create(&p, &n, err);
+    if (!rc)
+        rc = reserve_nodes(n, h->n_live) ? mc_err_set(err, MC_ENOMEM, "hnsw: out of memory")
+                                         : MC_OK;
+    /* Stored vectors are already normalised for cosine; normalising again is a no-op up
+     * to rounding, which the graph does not depend on. */
+    for (uint32_t i = 0; i < h->n_nodes && !rc; i++)
+        if (!h->deleted[i])
+            rc = mc_hnsw_insert(n, h->labels[i], vec_of(h, i), err);
+    if (rc) {
+        mc_hnsw_free(n);
+        return rc;
+    }
+    *out = n;
+    return MC_OK;
+}
+
 int mc_hnsw_set_ef_search(struct mc_hnsw *h, int ef, struct mc_err *err) {
     if (ef < 1 || ef > MC_HNSW_MAX_EF)
         return mc_err_set(err, MC_EINVAL, "hnsw: ef_search %d outside 1..%d", ef, MC_HNSW_MAX_EF);

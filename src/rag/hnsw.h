@@ -77,6 +77,12 @@ int mc_hnsw_search_with(const struct mc_hnsw *h, struct mc_hnsw_scratch *s, cons
                         size_t k, int ef, struct mc_hnsw_hit *hits, size_t *n_hits,
                         struct mc_err *err);
 
+/* Builds a new index holding only the live items of h, inserted in their original order
+ * with h's parameters and seed: the way to reclaim the nodes that deletions leave behind
+ * (worth it once mc_hnsw_n_nodes is well above mc_hnsw_n_live). h is not changed.
+ * MC_ENOMEM. */
+int mc_hnsw_rebuild(const struct mc_hnsw *h, struct mc_hnsw **out, struct mc_err *err);
+
 /* Sets the default ef for searches (1..MC_HNSW_MAX_EF), MC_EINVAL otherwise. */
 int mc_hnsw_set_ef_search(struct mc_hnsw *h, int ef, struct mc_err *err);
 
