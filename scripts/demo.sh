@@ -38,7 +38,8 @@ PID=$!
 i=0
 BASE=""
 while [ $i -lt 300 ]; do
-    BASE=$(sed -n 's/^mcai serve: listening on \(http:.*\)$/\1/p' "$DIR/out")
+    BASE=$(sed -n 's/^mcai serve: listening on \(http:.*\)$/\1/p' "$DIR/out" 2> /dev/null ||
+        true)
     [ -n "$BASE" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz")" = 200 ] &&
         break
     kill -0 "$PID" 2>/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
