@@ -387,6 +387,11 @@ async function isolationChecks(t, keys, model, convA) {
     chat.text);
   const still = await http("GET", `/v1/conversations/${convA}`, { key: keys.alpha });
   check("isolation: the owner still has it", still.status === 200, still.text);
+  const spare = await http("POST", "/v1/conversations", { key: keys.alpha });
+  const del = await http("DELETE", `/v1/conversations/${spare.json.id}`, { key: keys.alpha });
+  const gone = await http("GET", `/v1/conversations/${spare.json.id}`, { key: keys.alpha });
+  check("conversation: the owner deletes it, then it is 404", spare.status === 200 &&
+    del.status === 200 && del.json.deleted === true && gone.status === 404, del.text);
   const listB = await http("GET", "/v1/conversations", { key: B });
   check("isolation: B's list does not show A's", listB.json.data.every((c) => c.id !== convA),
     listB.text);
