@@ -271,14 +271,21 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             r->body_too_large = true;
             mc_free(r->body);
             r->body = NULL;
-            r->body_len = 0;
+            r->body_len = r->body_cap = 0;
             return MHD_YES;
         }
-        char *nb = mc_realloc(r->body, r->body_len + n + 1);
-        if (!nb)
-            return MHD_NO;
-        memcpy(nb + r->body_len, upload, n);
-        r->body = nb;
+        if (r->body_len + n + 1 > r->body_cap) {
+            /* Doubling keeps a body that arrives in many small pieces linear to copy. */
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n + 1)
+                cap *= 2;
+            char *nb = mc_realloc(r->body, cap);
+            if (!nb)
+                return MHD_NO;
+            r->body = nb;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload, n);
         r->body_len += n;
         r->body[r->body_len] = '\0';
         return MHD_YES;

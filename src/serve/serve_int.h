@@ -56,6 +56,7 @@ struct mc_http_req {
     const char *url;
     char *body; /* request body, NUL-terminated (mc_malloc'd) */
     size_t body_len;
+    size_t body_cap; /* bytes allocated for body */
     bool body_too_large;
     bool started;
     int64_t t_start_ns;
