@@ -61,9 +61,11 @@ static int conv_read(struct mc_server *s, const char *tenant, const char *id, js
     *out = json_loadb(data, n, 0, &je);
     mc_free(data);
     if (!*out || !json_is_object(*out)) {
+        bool parsed = *out != NULL;
         json_decref(*out);
         *out = NULL;
-        return mc_err_set(err, MC_EFORMAT, "conversation %s is corrupt: %s", id, je.text);
+        return mc_err_set(err, MC_EFORMAT, "conversation %s is corrupt: %s", id,
+                          parsed ? "not a JSON object" : je.text);
     }
     return MC_OK;
 }
