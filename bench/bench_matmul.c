@@ -253,11 +253,9 @@ int main(int argc, char **argv) {
         bench_memory(TYPES[k], &r, gbs[k]);
     double bw1 = measure_read_gbs(pool);
     double bw = bw0 > bw1 ? bw0 : bw1;
-    printf("threads %d, kernels %s, memory read bandwidth %.1f GB/s (%.1f before, %.1f after "
-           "the sweeps)\n\n",
+    printf("threads %d, kernels %s, read bandwidth %.1f GB/s (%.1f before, %.1f after)\n\n",
            n_threads, SIMD_NAMES[simd], bw, bw0, bw1);
-    printf("matvec from memory, %d threads, wall clock: GB/s of weights (mean of a sweep, "
-           "fastest call)\n",
+    printf("matvec from memory, %d threads, wall clock: GB/s (sweep mean, fastest call)\n",
            n_threads);
     printf("%-5s %-9s %8s %8s %7s\n", "type", "shape", "mean", "fastest", "of bw");
     for (size_t k = 0; k < N_TYPES; k++)

@@ -255,10 +255,7 @@ int cmd_quantize(int argc, char **argv) {
         return CLI_USAGE;
     }
     if (parse_target(pos[2], &tg) != 0) {
-        fprintf(stderr,
-                "mcai quantize: unknown type '%s' (use F32, F16, BF16, Q8_0, Q4_0, Q4_K, "
-                "Q5_K, Q6_K or Q4_K_M)\n",
-                pos[2]);
+        fprintf(stderr, "mcai quantize: unknown type '%s' (see mcai quantize --help)\n", pos[2]);
         return CLI_USAGE;
     }
 

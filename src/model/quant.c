@@ -12,6 +12,10 @@
  * Not here: importance-matrix quantization, the IQ and legacy Q4_1/Q5_x types (known by
  * size only, so files holding them can be listed but not computed with). */
 #include "model/quant.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h> /* __get_cpuid */
+#endif
 #include "model/quant_int.h"
 
 #include <math.h>
@@ -267,8 +271,7 @@ int mc_dequantize_row(enum mc_type t, const void *src, float *dst, int64_t n, st
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
         return mc_err_set(err, MC_EINVAL,
-                          "dequantize: %lld elements is not a multiple of %s's "
-                          "block size %lld",
+                          "dequantize: %lld elements is not a multiple of %s's block size %lld",
                           (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
@@ -606,8 +609,7 @@ int mc_quantize_row(enum mc_type t, const float *src, void *dst, int64_t n, stru
                           mc_type_name(t), (int)t);
     if (n < 0 || n % mc_type_block_size(t) != 0)
         return mc_err_set(err, MC_EINVAL,
-                          "quantize: %lld elements is not a multiple of %s's "
-                          "block size %lld",
+                          "quantize: %lld elements is not a multiple of %s's block size %lld",
                           (long long)n, mc_type_name(t), (long long)mc_type_block_size(t));
     switch (t) {
     case MC_TYPE_F32:
@@ -881,6 +883,19 @@ static const struct quant_kernels PORTABLE = {
 
 /* ---- Kernel selection -------------------------------------------------------------- */
 
+/* F16C is CPUID leaf 1, ECX bit 29. Asked directly because clang's
+ * __builtin_cpu_supports does not know the "f16c" name. */
+static bool cpu_has_f16c(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return false;
+    return (c >> 29) & 1u;
+#else
+    return false;
+#endif
+}
+
 static struct quant_kernels kernel_sets[3];
 static enum mc_simd simd_detected;
 static _Atomic int simd_level = -1; /* -1 until the first use */
@@ -892,8 +907,7 @@ static void simd_init(void) {
     simd_detected = MC_SIMD_PORTABLE;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
         simd_detected = MC_SIMD_AVX2;
     if (simd_detected == MC_SIMD_AVX2 && __builtin_cpu_supports("avx512f") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -1012,8 +1026,7 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
                           mc_type_name(t), (int)t);
     if (rows <= 0 || cols <= 0 || n_tok <= 0 || mc_type_row_size(t, cols) == 0)
         return mc_err_set(err, MC_EINVAL,
-                          "matmul: bad shape rows=%lld cols=%lld n_tok=%lld "
-                          "for %s (block size %lld)",
+                          "matmul: rows=%lld cols=%lld n_tok=%lld bad for %s (block size %lld)",
                           (long long)rows, (long long)cols, (long long)n_tok, mc_type_name(t),
                           (long long)mc_type_block_size(t));
     if (!work && mc_matmul_work_size(t, cols, n_tok) > 0)

@@ -113,15 +113,19 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
 /* ---- Tile drivers (shared by the SIMD files) ------------------------------------- */
 
 /* Declares gemm_NAME from tile_NAME(RM, RN, ...): TR x TT tiles for batches, narrower
- * tiles on the edges. A single token goes row after row (1x1 tiles): one sequential
- * stream through the weights is what the hardware prefetchers follow best, and measured
- * 2.5x faster than interleaving four rows. */
+ * tiles on the edges. Fewer than TT tokens (decoding one or a few sequences) go row after
+ * row, two tokens per tile: one sequential stream through the weights is what the
+ * hardware prefetchers follow best (measured 2.5x faster than interleaving four rows for
+ * one token), and each row is read once per two tokens. */
 #define DEFINE_GEMM(NAME, TR, TT)                                                                  \
     static __attribute__((noinline)) void tile_##NAME##_4x1(TILE_ARGS) {                           \
         tile_##NAME(4, 1, TILE_PASS);                                                              \
     }                                                                                              \
     static __attribute__((noinline)) void tile_##NAME##_1x1(TILE_ARGS) {                           \
         tile_##NAME(1, 1, TILE_PASS);                                                              \
+    }                                                                                              \
+    static __attribute__((noinline)) void tile_##NAME##_1x2(TILE_ARGS) {                           \
+        tile_##NAME(1, 2, TILE_PASS);                                                              \
     }                                                                                              \
     static __attribute__((noinline)) void tile_##NAME##_big(TILE_ARGS) {                           \
         tile_##NAME(TR, TT, TILE_PASS);                                                            \
@@ -133,10 +137,15 @@ void mc_quant_kernels_avx512(struct quant_kernels *k);
                             const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) {   \
         const uint8_t *wb = w, *ab = a;                                                            \
         if (n_tok < TT) {                                                                          \
-            for (int64_t t = 0; t < n_tok; t++)                                                    \
-                for (int64_t r = 0; r < n_rows; r++)                                               \
+            for (int64_t r = 0; r < n_rows; r++) {                                                 \
+                int64_t t = 0;                                                                     \
+                for (; t + 2 <= n_tok; t += 2)                                                     \
+                    tile_##NAME##_1x2(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,          \
+                                      y + t * ldy + r, ldy);                                       \
+                for (; t < n_tok; t++)                                                             \
                     tile_##NAME##_1x1(cols, wb + r * w_row, w_row, ab + t * a_row, a_row,          \
                                       y + t * ldy + r, ldy);                                       \
+            }                                                                                      \
             return;                                                                                \
         }                                                                                          \
         int64_t r = 0;                                                                             \
