@@ -11,6 +11,7 @@
  *   GET    /admin/tenants/{id}/keys            prefixes, times, revoked or not
  *   DELETE /admin/tenants/{id}/keys/{prefix}   revoke
  *   GET    /admin/tenants/{id}/usage?days=N    usage per day
+ *   GET    /admin/tenants/{id}/fronts/{version} an earlier front version
  * Unlike the tenant API, admin bodies are strict: an unknown field is a 400, because a
  * misspelt limit silently ignored would leave a tenant unlimited. Every mutation is
  * written to the audit log by the tenant module's hook (server.c installs it). */
@@ -23,6 +24,7 @@
 #include "tenant/tenant.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- JSON views ------------------------------------------------------------------- */
@@ -274,6 +276,29 @@ static enum MHD_Result tenant_delete(struct mc_server *s, struct mc_http_req *r,
         r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object", "tenant.deleted", "deleted", 1));
 }
 
+/* GET /admin/tenants/{id}/fronts/{version}: an earlier (or the current) front. */
+static enum MHD_Result front_version(struct mc_server *s, struct mc_http_req *r, const char *id,
+                                     const char *arg) {
+    char *end = NULL;
+    long v = strtol(arg, &end, 10);
+    if (*end || v < 1 || v > 1000000)
+        return mc_http_reply_error(r, 404, "invalid_request_error", "not_found", NULL,
+                                   "no front version '%.20s'", arg);
+    struct mc_front f;
+    struct mc_err err = {0};
+    char *text = NULL;
+    int rc = mc_front_get(s->tenants, id, (int)v, &f, NULL, &err);
+    if (rc == MC_OK)
+        rc = mc_front_to_json(&f, &text, &err);
+    mc_front_deinit(&f);
+    if (rc != MC_OK)
+        return reply_rc(r, rc, &err, NULL);
+    json_t *o = json_pack("{s:s,s:s,s:i,s:o}", "object", "front", "tenant", id, "version", (int)v,
+                          "front", json_loads(text, 0, NULL));
+    mc_free(text);
+    return mc_http_reply_json(r, 200, o);
+}
+
 /* ---- Keys ------------------------------------------------------------------------- */
 
 static json_t *key_json(const struct mc_key_info *k) {
@@ -418,6 +443,13 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
     if (strcmp(sub, "keys") == 0) {
         r->route = arg[0] ? "/admin/tenants/{id}/keys/{prefix}" : "/admin/tenants/{id}/keys";
         return keys_route(s, r, id, arg[0] ? arg : NULL);
+    }
+    if (strcmp(sub, "fronts") == 0 && arg[0]) {
+        r->route = "/admin/tenants/{id}/fronts/{version}";
+        if (!get)
+            return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
+                                       "use GET on a front version");
+        return front_version(s, r, id, arg);
     }
     if (strcmp(sub, "usage") == 0 && !arg[0]) {
         r->route = "/admin/tenants/{id}/usage";

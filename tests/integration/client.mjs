@@ -139,6 +139,11 @@ async function adminChecks() {
     { front: { ...fronts.alpha, system_prompt: "You are Alpha v2." }, weight: 3 });
   check("patch front makes version 2", r.status === 200 && r.json.front_version === 2 &&
     r.json.weight === 3 && r.json.front.system_prompt === "You are Alpha v2.", r.text);
+  r = await admin("GET", `/tenants/${t.alpha.id}/fronts/1`);
+  check("the previous front version is kept", r.status === 200 && r.json.version === 1 &&
+    r.json.front.system_prompt === "You are Alpha.", r.text);
+  r = await admin("GET", `/tenants/${t.alpha.id}/fronts/3`);
+  check("a front version that does not exist is 404", r.status === 404, r.text);
   r = await admin("GET", `/tenants/${t.beta.id}`);
   check("get tenant", r.status === 200 && r.json.name === "beta", r.text);
   r = await admin("GET", "/tenants/t_0000000000000000");
