@@ -314,9 +314,6 @@ static void test_utf8_checks(void **state) {
     assert_int_equal(mc_utf8_invalid_at("ab\x80", 3), 2);
     assert_int_equal(mc_utf8_invalid_at("\xf4\x90\x80\x80", 4), 0); /* above U+10FFFF */
     assert_int_equal(mc_utf8_invalid_at("a\xe2\x82", 3), 1);        /* truncated */
-    assert_int_equal(mc_utf8_complete_len("a\xe2\x82", 3), 1);
-    assert_int_equal(mc_utf8_complete_len("a\xe2\x82\xac", 4), 4);
-    assert_int_equal(mc_utf8_complete_len("a\xf0\x9f", 3), 1);
 }
 
 static void test_sse_framing(void **state) {

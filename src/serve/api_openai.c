@@ -67,7 +67,6 @@ struct ev {
     int32_t completion_tokens;
     int code;
     char message[200];
-    int64_t time_ns;
 };
 
 static void ev_free(struct ev *e) {
@@ -97,7 +96,6 @@ struct run {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct ev *head, *tail;
-    int n_terminal_queued;        /* terminal events handed over by the engine */
     bool oom;                     /* an event could not be copied (under lock) */
     struct ev term[MC_API_MAX_N]; /* each choice's last event */
 
@@ -170,7 +168,6 @@ static void on_event(const struct mc_engine_event *ev, void *user) {
         e->prompt_tokens = ev->prompt_tokens;
         e->completion_tokens = ev->completion_tokens;
         e->code = ev->code;
-        e->time_ns = ev->time_ns;
         snprintf(e->finish_reason, sizeof(e->finish_reason), "%s",
                  ev->finish_reason ? ev->finish_reason : "stop");
         snprintf(e->message, sizeof(e->message), "%s", ev->message ? ev->message : "");
@@ -191,8 +188,6 @@ static void on_event(const struct mc_engine_event *ev, void *user) {
     }
     if (lost)
         run->oom = true;
-    if (terminal)
-        run->n_terminal_queued++;
     pthread_cond_broadcast(&run->cond);
     pthread_mutex_unlock(&run->lock); /* the engine's last touch of this run */
 }
@@ -693,6 +688,8 @@ static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
     if (run->failed) {
         bool cancel = run->fail_code == MC_ECANCEL;
         int code = run->fail_code;
+        MC_LOG_WARN("api", "generation_failed", "tenant=%s id=%s code=%d err=\"%s\"", run->tenant,
+                    run->id, code, run->fail_msg);
         run_finish(run);
         if (cancel)
             return mc_http_reply_error_retry(r, 503, 5, "server_error", "cancelled",

@@ -39,9 +39,6 @@ void mc_buf_free(struct mc_buf *b);
 
 /* Byte offset of the first invalid UTF-8 sequence in s[0..n), or -1 if s is valid. */
 ptrdiff_t mc_utf8_invalid_at(const char *s, size_t n);
-/* Length of the longest prefix of s[0..n) that does not end inside a multi-byte
- * character (an incomplete tail is left for the next piece). */
-size_t mc_utf8_complete_len(const char *s, size_t n);
 
 /* ---- HTTP request and responses (http.c) ----------------------------------------- */
 

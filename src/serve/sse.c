@@ -80,9 +80,9 @@ void mc_buf_free(struct mc_buf *b) {
 
 /* ---- UTF-8 ------------------------------------------------------------------------ */
 
-/* Length of the valid sequence starting at s (at most n bytes), 0 when it is invalid,
- * or -1 when it is a valid but incomplete prefix. Overlong forms, surrogates and code
- * points above U+10FFFF are invalid, as RFC 3629 says. */
+/* Length of the valid sequence starting at s (at most n bytes), or 0 when it is invalid
+ * or cut short by the end of the buffer. Overlong forms, surrogates and code points above
+ * U+10FFFF are invalid, as RFC 3629 says. */
 static int utf8_seq(const unsigned char *s, size_t n) {
     unsigned c = s[0];
     int len;
@@ -104,16 +104,10 @@ static int utf8_seq(const unsigned char *s, size_t n) {
     unsigned cp = c & (0x3f >> (len - 1));
     for (int i = 1; i < len; i++) {
         if ((size_t)i >= n)
-            return -1;
+            return 0;
         if ((s[i] & 0xc0) != 0x80)
             return 0;
         cp = (cp << 6) | (s[i] & 0x3f);
-        /* Reject as early as the second byte allows, so a truncated prefix of an
-         * invalid sequence is not reported as "incomplete". */
-        if (i == 1 && len == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f)))
-            return 0;
-        if (i == 1 && len == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f)))
-            return 0;
     }
     if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
         return 0;
@@ -125,23 +119,11 @@ ptrdiff_t mc_utf8_invalid_at(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         int l = utf8_seq(u + i, n - i);
-        if (l <= 0)
+        if (l == 0)
             return (ptrdiff_t)i;
         i += (size_t)l;
     }
     return -1;
-}
-
-size_t mc_utf8_complete_len(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        int l = utf8_seq(u + i, n - i);
-        if (l < 0)
-            return i;
-        i += l == 0 ? 1 : (size_t)l;
-    }
-    return n;
 }
 
 /* ---- SSE -------------------------------------------------------------------------- */
