@@ -252,6 +252,9 @@ static void test_bm25_serialize_round_trip_is_exact(void **state) {
     assert_int_equal(mc_bm25_deserialize(buf, len, &b, &err), MC_OK);
     assert_int_equal(mc_bm25_n_docs(b), 160);
     assert_int_equal(mc_bm25_n_terms(b), mc_bm25_n_terms(a));
+    /* Postings and document tables are counted; growth is bounded by doubling. */
+    assert_true(mc_bm25_memory_bytes(b) > 160 * (8 + 4) + mc_bm25_n_terms(b) * 8);
+    assert_true(mc_bm25_memory_bytes(b) < 1024 * 1024);
 
     const char *qs[] = {"topic3 item5", "running fast", "document 42", "slow topic0 topic0"};
     for (int q = 0; q < 4; q++) {

@@ -304,6 +304,10 @@ static void test_hnsw_serialize_round_trip_is_exact(void **state) {
     struct mc_hnsw *b;
     assert_int_equal(mc_hnsw_deserialize(buf, len, &b, &err), MC_OK);
     assert_int_equal(mc_hnsw_n_live(b), mc_hnsw_n_live(a));
+    /* At least the vectors and level-0 links; not wildly more (capacity doubling). */
+    size_t floor_bytes = 1000 * (DIM * 4 + (1 + 16) * 4);
+    assert_true(mc_hnsw_memory_bytes(a) >= floor_bytes);
+    assert_true(mc_hnsw_memory_bytes(a) < 4 * floor_bytes);
 
     /* Same hits, bit for bit; the re-serialized image is byte-identical. */
     struct mc_hnsw_hit ha[500], hb[500];

@@ -20,7 +20,6 @@
 
 #include <libstemmer.h> /* sb_stemmer_new, sb_stemmer_stem, sb_stemmer_length */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h> /* utf8proc_iterate, utf8proc_category, utf8proc_tolower */
 
@@ -696,6 +695,16 @@ int mc_bm25_set_k1_b(struct mc_bm25 *b, float k1, float bb, struct mc_err *err) 
 
 size_t mc_bm25_n_docs(const struct mc_bm25 *b) {
     return b->n_live;
+}
+
+size_t mc_bm25_memory_bytes(const struct mc_bm25 *b) {
+    size_t n = sizeof(*b) + (size_t)b->cap_terms * sizeof(struct term);
+    for (uint32_t i = 0; i < b->n_terms; i++)
+        n += (size_t)b->terms[i].cap_post * sizeof(struct posting);
+    n += b->cap_slots * sizeof(struct term_slot) + b->strs_cap;
+    n += (size_t)b->cap_docs * (sizeof(uint64_t) + 4 + 1 + 4 + 4 + sizeof(float) + 8 + 4);
+    n += b->fwd_cap * 4 + b->cap_ids * 8 + b->map.cap * (sizeof(uint64_t) + 4);
+    return n;
 }
 
 size_t mc_bm25_n_terms(const struct mc_bm25 *b) {

@@ -76,6 +76,9 @@ int mc_bm25_set_k1_b(struct mc_bm25 *b, float k1, float bb, struct mc_err *err);
 
 size_t mc_bm25_n_docs(const struct mc_bm25 *b);  /* live documents */
 size_t mc_bm25_n_terms(const struct mc_bm25 *b); /* distinct terms in live documents */
+/* Heap bytes the index holds (postings, dictionary, documents, work space), for cache
+ * budgets. The Snowball stemmer's own few kilobytes are not counted. */
+size_t mc_bm25_memory_bytes(const struct mc_bm25 *b);
 
 /* Writes the analysed terms of text into out, separated by single spaces and
  * NUL-terminated (truncated to cap bytes). Returns the number of terms, or MC_EINVAL

@@ -439,6 +439,8 @@ static void search_level(const struct mc_hnsw *h, struct mc_hnsw_scratch *s, con
         if (c.d > worst && (s->res.n >= ef || !filtering))
             break;
         heap_pop_min(&s->cands);
+        if (s->cands.n) /* the likely next node to expand: start loading its links */
+            __builtin_prefetch(links_at(h, s->cands.a[0].id, level));
 
         /* Collect the unseen neighbours first and prefetch their vectors, so the loads
          * of several vectors are in flight while the first distance is computed. */
@@ -734,13 +736,12 @@ int mc_hnsw_search(struct mc_hnsw *h, const float *query, size_t k, int ef,
 
 int mc_hnsw_rebuild(const struct mc_hnsw *h, struct mc_hnsw **out, struct mc_err *err) {
     *out = NULL;
-    struct mc_hnsw_params p = {h->dim, h->metric, h->m, h->ef_construction, h->ef_search,
-                               h->seed};
+    struct mc_hnsw_params p = {h->dim, h->metric, h->m, h->ef_construction, h->ef_search, h->seed};
     struct mc_hnsw *n;
     int rc = mc_hnsw_create(&p, &n, err);
     if (!rc)
-        rc = reserve_nodes(n, h->n_live) ? mc_err_set(err, MC_ENOMEM, "hnsw: out of memory")
-                                         : MC_OK;
+        rc =
+            reserve_nodes(n, h->n_live) ? mc_err_set(err, MC_ENOMEM, "hnsw: out of memory") : MC_OK;
     /* Stored vectors are already normalised for cosine; normalising again is a no-op up
      * to rounding, which the graph does not depend on. */
     for (uint32_t i = 0; i < h->n_nodes && !rc; i++)
@@ -767,6 +768,19 @@ size_t mc_hnsw_n_live(const struct mc_hnsw *h) {
 
 size_t mc_hnsw_n_nodes(const struct mc_hnsw *h) {
     return h->n_nodes;
+}
+
+size_t mc_hnsw_memory_bytes(const struct mc_hnsw *h) {
+    size_t per_node = (size_t)h->dim_pad * sizeof(float) + (size_t)(1 + h->m0) * 4 +
+                      sizeof(uint32_t *) + 2 + sizeof(uint64_t);
+    size_t n = sizeof(*h) + (size_t)h->cap * per_node;
+    for (uint32_t i = 0; i < h->n_nodes; i++)
+        n += (size_t)h->levels[i] * (1 + h->m) * 4;
+    n += h->labels_map.cap * (sizeof(uint64_t) + sizeof(uint32_t));
+    n += (size_t)(h->ef_construction + h->m0 + 1 + h->m0 + 1) * sizeof(struct cand);
+    const struct mc_hnsw_scratch *s = &h->scratch;
+    n += s->visited_cap * 2 + (s->cands.cap + s->res.cap) * sizeof(struct cand) + s->q_cap * 4;
+    return n;
 }
 
 int mc_hnsw_dim(const struct mc_hnsw *h) {

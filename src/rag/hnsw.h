@@ -89,6 +89,8 @@ int mc_hnsw_set_ef_search(struct mc_hnsw *h, int ef, struct mc_err *err);
 size_t mc_hnsw_n_live(const struct mc_hnsw *h);  /* items a search can return */
 size_t mc_hnsw_n_nodes(const struct mc_hnsw *h); /* graph nodes, deleted ones included */
 int mc_hnsw_dim(const struct mc_hnsw *h);
+/* Heap bytes the index holds (vectors, links, label map, scratch), for cache budgets. */
+size_t mc_hnsw_memory_bytes(const struct mc_hnsw *h);
 /* True (1) if label is live, 0 otherwise. */
 int mc_hnsw_contains(const struct mc_hnsw *h, uint64_t label);
 
