@@ -150,7 +150,7 @@ static bool parse_front(struct mc_http_req *r, json_t *v, struct mc_front *f,
     int rc = text ? mc_front_from_json(text, strlen(text), f, &err) : MC_ENOMEM;
     free(text);
     if (rc != MC_OK) {
-        *ret = bad(r, "front", "front: %s", err.msg);
+        *ret = bad(r, "front", "%s", err.msg);
         return false;
     }
     return true;
