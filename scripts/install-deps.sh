@@ -30,3 +30,6 @@ if ! command -v npm >/dev/null 2>&1; then
     $SUDO apt-get install -y -q --no-install-recommends nodejs npm
 fi
 
+# The integration tests' openai client, pinned by tests/integration/package-lock.json.
+[ -f tests/integration/node_modules/openai/package.json ] ||
+    (cd tests/integration && npm ci --no-audit --no-fund)

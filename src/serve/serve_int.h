@@ -1,0 +1,346 @@
+/* serve_int.h - what the files of the serve module share with each other (http.c, sse.c,
+ * api_req.c, api_openai.c, api_admin.c, api_conv.c, metrics.c, server.c). Other modules
+ * use server.h only; tests of this module may include this header.
+ *
+ * Threading: libmicrohttpd runs one thread per connection. A handler runs on its
+ * connection's thread, may block (it waits for the engine), and must queue exactly one
+ * response (or return MHD_NO to drop the connection). */
+#ifndef MC_SERVE_INT_H
+#define MC_SERVE_INT_H
+
+#include "base/err.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ---- Growable byte buffer with a cap ---------------------------------------------- */
+
+struct mc_buf {
+    char *data; /* NUL-terminated when non-NULL */
+    size_t len;
+    size_t cap;   /* allocated bytes */
+    size_t limit; /* refuse to grow beyond this many bytes (0: 64 MiB) */
+};
+
+/* Appends n bytes; MC_ENOMEM when the limit would be passed or allocation fails (the
+ * buffer is unchanged then). */
+int mc_buf_append(struct mc_buf *b, const void *p, size_t n);
+int mc_buf_printf(struct mc_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Drops the first n bytes. */
+void mc_buf_consume(struct mc_buf *b, size_t n);
+void mc_buf_free(struct mc_buf *b);
+
+/* ---- UTF-8 ------------------------------------------------------------------------ */
+
+/* Byte offset of the first invalid UTF-8 sequence in s[0..n), or -1 if s is valid. */
+ptrdiff_t mc_utf8_invalid_at(const char *s, size_t n);
+
+/* ---- HTTP request and responses (http.c) ----------------------------------------- */
+
+struct mc_http;
+
+struct mc_http_req {
+    struct MHD_Connection *conn;
+    struct mc_http *http;
+    void *user;         /* the server, for handlers */
+    char id[32];        /* request id, sent back in x-request-id */
+    const char *method; /* borrowed from libmicrohttpd for the request's life */
+    const char *url;
+    char *body; /* request body, NUL-terminated (mc_malloc'd) */
+    size_t body_len;
+    size_t body_cap; /* bytes allocated for body */
+    bool body_too_large;
+    bool started;
+    int64_t t_start_ns;
+    /* Filled by handlers, read by the access log and metrics when the request ends. */
+    char tenant[80];     /* tenant id once authenticated, "" before */
+    char key_prefix[32]; /* prefix of the API key used, "" for none */
+    const char *route;   /* route template ("/v1/chat/completions"), static string */
+    int status;
+    const char *reject; /* rejection reason for metrics, static string or NULL */
+    int64_t n_prompt;
+    int64_t n_completion;
+};
+
+typedef enum MHD_Result (*mc_http_handler_fn)(struct mc_http_req *r);
+
+struct mc_http_config {
+    const char *host; /* NULL or "" binds every address */
+    int port;         /* 0 picks a free port */
+    size_t max_body_bytes;
+    unsigned max_connections;
+    mc_http_handler_fn handler;
+    /* Called once per finished request (after the response went out or the client left). */
+    void (*on_done)(struct mc_http_req *r, void *user);
+    void *user;
+};
+
+/* Binds and starts the listener threads. MC_EIO with the address on bind failure. */
+int mc_http_start(const struct mc_http_config *cfg, struct mc_http **out, struct mc_err *err);
+/* The port actually bound (useful with port 0). */
+int mc_http_port(const struct mc_http *h);
+/* Stops accepting new connections; open connections go on. */
+void mc_http_quiesce(struct mc_http *h);
+/* Waits until no request is in progress (responses sent, streams ended), at most
+ * timeout_ms; false on timeout. */
+bool mc_http_wait_idle(struct mc_http *h, int64_t timeout_ms);
+/* Closes every connection, waits for their threads and frees h (accepts NULL). */
+void mc_http_stop(struct mc_http *h);
+
+int64_t mc_now_ns(void);
+
+/* The value of a request header, or NULL. */
+const char *mc_http_header(struct mc_http_req *r, const char *name);
+/* The token of "Authorization: Bearer TOKEN", or NULL. */
+const char *mc_http_bearer(struct mc_http_req *r);
+/* True while the client's socket is open (no hang-up seen). Never blocks. */
+bool mc_http_alive(struct mc_http_req *r);
+
+/* Sends obj (takes ownership) as a JSON response. */
+enum MHD_Result mc_http_reply_json(struct mc_http_req *r, unsigned status, json_t *obj);
+enum MHD_Result mc_http_reply_text(struct mc_http_req *r, unsigned status, const char *ctype,
+                                   const char *text, size_t len);
+/* Sends an OpenAI error body {"error":{"message","type","param","code"}}. type and code
+ * may be NULL (code then null; type from the status); param NULL gives null. */
+enum MHD_Result mc_http_reply_error(struct mc_http_req *r, unsigned status, const char *type,
+                                    const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The same with a Retry-After header of retry_after_s seconds (429, 503). */
+enum MHD_Result mc_http_reply_error_retry(struct mc_http_req *r, unsigned status, int retry_after_s,
+                                          const char *type, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The error body alone (for tests and mid-stream events); a new reference. */
+json_t *mc_http_error_body(const char *message, const char *type, const char *code,
+                           const char *param);
+
+/* A streamed (chunked) response: read(ctx, buf, max) blocks until it has bytes, returns
+ * their count, MHD_CONTENT_READER_END_OF_STREAM or MHD_CONTENT_READER_END_WITH_ERROR.
+ * done(ctx) runs once when the response is released, whether or not the stream ended. */
+enum MHD_Result mc_http_reply_stream(struct mc_http_req *r, const char *ctype,
+                                     ssize_t (*read)(void *ctx, uint64_t pos, char *buf,
+                                                     size_t max),
+                                     void (*done)(void *ctx), void *ctx);
+/* The socket of the request's connection (for stream readers that watch for hang-up). */
+int mc_http_fd(struct mc_http_req *r);
+/* True while a peer is connected to fd (no hang-up, no error). */
+bool mc_http_fd_alive(int fd);
+
+/* ---- SSE framing (sse.c) --------------------------------------------------------- */
+
+/* Appends "data: <compact JSON of obj>\n\n". */
+int mc_sse_json(struct mc_buf *b, const json_t *obj);
+/* Appends "data: [DONE]\n\n". */
+int mc_sse_done(struct mc_buf *b);
+
+/* ---- Request parsing and validation (api_req.c) ----------------------------------- */
+
+enum {
+    MC_API_MAX_N = 16,           /* choices per request */
+    MC_API_MAX_STOP = 4,         /* stop strings, as OpenAI */
+    MC_API_MAX_STOP_BYTES = 256, /* bytes per stop string */
+    MC_API_MAX_MESSAGES = 4096,
+    MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
+    MC_API_MAX_TOP_LOGPROBS = 20,
+    MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
+};
+
+enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };
+
+struct mc_api_msg {
+    enum mc_api_role role;
+    char *content; /* text parts joined, mc_malloc'd */
+};
+
+/* Sampling settings a request may set; has_* says which ones it did. */
+struct mc_api_sampling {
+    bool has_temperature, has_top_p, has_seed, has_top_k;
+    bool has_presence_penalty, has_frequency_penalty;
+    double temperature;
+    double top_p;
+    double presence_penalty;
+    double frequency_penalty;
+    int top_k;
+    uint64_t seed;
+};
+
+struct mc_api_gen {
+    char *model; /* NULL if absent */
+    bool stream;
+    bool include_usage; /* stream_options.include_usage */
+    int max_tokens;     /* -1 when neither max_tokens nor max_completion_tokens */
+    int n;
+    char *stop[MC_API_MAX_STOP];
+    int n_stop;
+    bool logprobs;
+    int top_logprobs; /* 0..MC_API_MAX_TOP_LOGPROBS */
+    struct mc_api_sampling sampling;
+    char *conversation; /* extension: "conversation" id, NULL if absent */
+    /* chat */
+    struct mc_api_msg *msgs;
+    int n_msgs;
+    /* completions */
+    char *prompt;
+    bool is_chat;
+};
+
+struct mc_api_embed {
+    char *model;
+    char **inputs;
+    int n_inputs;
+    bool base64;    /* encoding_format "base64" */
+    int dimensions; /* 0 when absent; must equal the model's when present */
+};
+
+/* A validation failure: message names the field and the bad value, param is the field's
+ * path ("messages[2].content"), code an OpenAI-style error code or "". */
+struct mc_api_error {
+    unsigned status;
+    char param[112];
+    char code[48];
+    char msg[256];
+};
+
+/* Parse a request body. On failure they fill e and return MC_EINVAL; *out is then
+ * empty. Strings are copied (mc_malloc); free with the matching _free. */
+int mc_api_parse_chat(const char *body, size_t len, struct mc_api_gen *out, struct mc_api_error *e);
+int mc_api_parse_completion(const char *body, size_t len, struct mc_api_gen *out,
+                            struct mc_api_error *e);
+int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *out,
+                       struct mc_api_error *e);
+void mc_api_gen_free(struct mc_api_gen *g);
+void mc_api_embed_free(struct mc_api_embed *m);
+/* Parses body as a JSON object (any other top-level value is an error); NULL and e
+ * filled on failure, with the byte offset of a syntax error. */
+json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e);
+/* Replies with e as an OpenAI error body. */
+enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e);
+
+/* Parses a JSON array of chat messages (as in a chat request) into a new array *out of
+ * *n messages (free with mc_api_msgs_free); param names the array in errors. */
+int mc_api_parse_messages(json_t *arr, const char *param, struct mc_api_msg **out, int *n,
+                          struct mc_api_error *e);
+void mc_api_msgs_free(struct mc_api_msg *msgs, int n);
+/* "system", "user" or "assistant". */
+const char *mc_api_role_name(enum mc_api_role role);
+
+/* ---- Metrics (metrics.c) --------------------------------------------------------- */
+
+struct mc_metrics;
+
+int mc_metrics_create(struct mc_metrics **out, struct mc_err *err);
+void mc_metrics_free(struct mc_metrics *m);
+/* One finished request: tenant may be "" (unauthenticated), route a static string. */
+void mc_metrics_request(struct mc_metrics *m, const char *tenant, const char *route, int status);
+void mc_metrics_tokens(struct mc_metrics *m, const char *tenant, int64_t n_prompt,
+                       int64_t n_completion);
+void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *reason);
+void mc_metrics_ttft(struct mc_metrics *m, const char *tenant, double seconds);
+void mc_metrics_inter_token(struct mc_metrics *m, const char *tenant, double seconds);
+void mc_metrics_streams_add(struct mc_metrics *m, int delta);
+/* Writes the Prometheus text exposition. gauges, if non-NULL, is called (without the
+ * metrics lock) to append figures owned by others, such as the engine's queue depth,
+ * with the ids of every tenant the metrics have seen. */
+int mc_metrics_render(struct mc_metrics *m, struct mc_buf *out,
+                      void (*gauges)(struct mc_buf *out, const char (*tenants)[64],
+                                     size_t n_tenants, void *user),
+                      void *user);
+
+/* ---- The server (server.c) and its handlers (api_*.c) ----------------------------- */
+
+struct mc_model;
+struct mc_engine;
+struct mc_ctx;
+struct mc_kv;
+struct mc_store;
+struct mc_tenants;
+struct mc_limiter;
+struct mc_audit;
+
+struct mc_server {
+    /* Configuration, copied at create. */
+    char *model_path;
+    char *data_dir;
+    char *host;
+    char *admin_key; /* mc_secret_alloc'd */
+    size_t admin_key_len;
+    int port;
+    int n_threads;
+    int32_t n_ctx_cfg;
+    int32_t max_seqs;
+    int32_t max_queue;
+    size_t kv_budget_bytes;
+    int64_t drain_timeout_ms;
+
+    /* Catalog, tenants and audit, open from create to free. */
+    struct mc_store *store;
+    struct mc_tenants *tenants;
+    struct mc_limiter *limiter;
+    struct mc_audit *audit;
+    struct mc_metrics *metrics;
+    struct mc_http *http;
+
+    /* The model, set once by mc_server_load before ready turns true. */
+    struct mc_model *model;
+    struct mc_engine *engine;
+    char model_id[96]; /* the name clients pass as "model" */
+    int32_t n_ctx;     /* positions per sequence */
+    int32_t n_embd;
+    int64_t model_created; /* Unix seconds (file modification time) */
+
+    /* Embeddings run outside the engine on their own context, one request at a time. */
+    pthread_mutex_t embed_lock;
+    struct mc_ctx *embed_ctx;
+    struct mc_kv *embed_kv;
+
+    /* Conversation appends are read-modify-write of one sealed object. */
+    pthread_mutex_t conv_lock;
+
+    _Atomic int ready;    /* model loaded, engine running */
+    _Atomic int draining; /* shutdown started: new work gets 503 */
+    _Atomic int shut;     /* mc_server_shutdown finished */
+};
+
+/* The identity a tenant request authenticated as. */
+struct mc_auth {
+    char tenant[80]; /* tenant id */
+    char tenant_name[80];
+    char key_prefix[32];
+    int weight;
+    int64_t limits[4]; /* rpm, tpm, tpd, concurrency (0: unlimited) */
+};
+
+/* Tenant API (api_openai.c). */
+enum MHD_Result mc_api_chat(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a);
+enum MHD_Result mc_api_completions(struct mc_server *s, struct mc_http_req *r,
+                                   const struct mc_auth *a);
+enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
+                                  const struct mc_auth *a);
+enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                              const char *model_id);
+enum MHD_Result mc_api_usage(struct mc_server *s, struct mc_http_req *r, const char *tenant);
+
+/* Conversations (api_conv.c): path is what follows "/v1/conversations". */
+enum MHD_Result mc_api_conversations(struct mc_server *s, struct mc_http_req *r,
+                                     const struct mc_auth *a, const char *path);
+/* Loads a conversation's messages (for chat completions); MC_ENOTFOUND when the tenant
+ * has no conversation with this id. */
+int mc_conv_load(struct mc_server *s, const char *tenant, const char *id, struct mc_api_msg **msgs,
+                 int *n, struct mc_err *err);
+/* Appends messages to a conversation. */
+int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
+                   const struct mc_api_msg *msgs, int n, struct mc_err *err);
+
+/* Admin API (api_admin.c): path is what follows "/admin". */
+enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const char *path);
+
+/* Reads ?days=N (1..366, default 30); false after replying 400 for a bad value. */
+bool mc_api_days_param(struct mc_http_req *r, int *days, enum MHD_Result *ret);
+/* Usage rows as the JSON both /v1/usage and the admin API return. */
+json_t *mc_api_usage_json(struct mc_server *s, const char *tenant, int days, struct mc_err *err);
+
+#endif

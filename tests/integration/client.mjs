@@ -1,0 +1,601 @@
+// client.mjs - integration checks against a running `mcai serve`, with the official
+// openai client (5.x) and raw fetch. run.sh starts the server and passes:
+//   MCAI_BASE (http://127.0.0.1:PORT), MCAI_ADMIN_KEY, MCAI_CTX (the server's --ctx),
+//   MCAI_QUICK=1 to shorten generations (the ASan build).
+// Each check prints "ok - name" or "FAIL - name: why"; the exit code is the number of
+// failures. The last line is a summary run.sh and test_integration.c read.
+import OpenAI from "openai";
+
+const BASE = process.env.MCAI_BASE;
+const ADMIN = process.env.MCAI_ADMIN_KEY;
+const CTX = Number(process.env.MCAI_CTX || 512);
+const QUICK = process.env.MCAI_QUICK === "1";
+const LONG = QUICK ? 120 : 400; // tokens of the long streams
+
+let passed = 0;
+let failed = 0;
+function ok(name) {
+  passed++;
+  console.log(`ok - ${name}`);
+}
+function fail(name, why) {
+  failed++;
+  console.log(`FAIL - ${name}: ${why}`);
+}
+function check(name, cond, why) {
+  if (cond) ok(name);
+  else fail(name, why === undefined ? "condition false" : why);
+  return cond;
+}
+function eq(name, got, want) {
+  const g = JSON.stringify(got);
+  const w = JSON.stringify(want);
+  return check(name, g === w, `got ${g?.slice(0, 300)}, want ${w?.slice(0, 300)}`);
+}
+
+// ---- Raw HTTP helpers --------------------------------------------------------------
+
+async function http(method, path, { key, body, raw, headers } = {}) {
+  const h = { ...(headers || {}) };
+  if (key) h.authorization = `Bearer ${key}`;
+  let data;
+  if (raw !== undefined) data = raw;
+  else if (body !== undefined) {
+    data = JSON.stringify(body);
+    h["content-type"] = "application/json";
+  }
+  const res = await fetch(BASE + path, { method, headers: h, body: data });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    /* not JSON (metrics, SSE) */
+  }
+  return { status: res.status, headers: res.headers, text, json };
+}
+
+const admin = (method, path, body) => http(method, "/admin" + path, { key: ADMIN, body });
+
+// Reads an SSE response into its data payloads ("[DONE]" kept as a string).
+async function sse(path, key, body, { onFirst, signal } = {}) {
+  const res = await fetch(BASE + path, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ ...body, stream: true }),
+    signal,
+  });
+  const events = [];
+  if (!res.headers.get("content-type")?.startsWith("text/event-stream")) {
+    return { status: res.status, events, json: await res.json().catch(() => null), raw: "" };
+  }
+  const dec = new TextDecoder();
+  let buf = "";
+  let raw = "";
+  let first = true;
+  for await (const chunk of res.body) {
+    const s = dec.decode(chunk, { stream: true });
+    buf += s;
+    raw += s;
+    let i;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const ev = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      if (!ev.startsWith("data: ")) throw new Error(`bad SSE event: ${ev.slice(0, 80)}`);
+      const d = ev.slice(6);
+      events.push(d === "[DONE]" ? d : JSON.parse(d));
+      if (first && onFirst) {
+        first = false;
+        await onFirst();
+      }
+    }
+  }
+  return { status: res.status, events, raw, rest: buf };
+}
+
+function errorOf(r) {
+  return r.json && r.json.error ? r.json.error : {};
+}
+
+// ---- Checks ------------------------------------------------------------------------
+
+async function adminChecks() {
+  let r = await http("POST", "/admin/tenants", { body: { name: "x" } });
+  check("admin without key is 401", r.status === 401 && errorOf(r).code === "invalid_admin_key",
+    r.text);
+  r = await http("GET", "/admin/tenants", { key: "wrong-admin-key-0123456789abcdef" });
+  check("admin with a wrong key is 401", r.status === 401, r.text);
+
+  const fronts = {
+    alpha: { system_prompt: "You are Alpha.", max_tokens: 64, sampling: { temperature: 0 } },
+    beta: { system_prompt: "You are Beta, a storyteller.", template: "Tell me: {{input}}",
+            max_tokens: 32 },
+  };
+  const t = {};
+  for (const name of ["alpha", "beta"]) {
+    r = await admin("POST", "/tenants", { name, front: fronts[name] });
+    check(`create tenant ${name}`, r.status === 201 && /^t_[0-9a-f]{16}$/.test(r.json?.id), r.text);
+    t[name] = r.json;
+  }
+  eq("tenant front is stored", t.beta.front, fronts.beta);
+  r = await admin("POST", "/tenants", { name: "gamma", limits: { rpm: 1 } });
+  check("create tenant with limits", r.status === 201 && r.json.limits.rpm === 1, r.text);
+  t.gamma = r.json;
+
+  r = await admin("POST", "/tenants", { name: "alpha" });
+  check("duplicate tenant name is 409", r.status === 409, r.text);
+  r = await admin("POST", "/tenants", { name: "delta", limts: { rpm: 1 } });
+  check("unknown admin field is 400 naming it", r.status === 400 &&
+    errorOf(r).message.includes("'limts'"), r.text);
+  r = await admin("POST", "/tenants", { name: "delta", limits: { rpm: -1 } });
+  check("negative limit is 400", r.status === 400 && errorOf(r).param === "limits", r.text);
+  r = await admin("POST", "/tenants", { name: "delta", front: { sampling: { temperature: 99 } } });
+  check("bad front is 400", r.status === 400 && errorOf(r).param === "front", r.text);
+
+  r = await admin("GET", "/tenants");
+  eq("list tenants", r.json.data.map((x) => x.name).filter((n) => n !== "omega"),
+    ["alpha", "beta", "gamma"]);
+  r = await admin("PATCH", `/tenants/${t.alpha.id}`,
+    { front: { ...fronts.alpha, system_prompt: "You are Alpha v2." }, weight: 3 });
+  check("patch front makes version 2", r.status === 200 && r.json.front_version === 2 &&
+    r.json.weight === 3 && r.json.front.system_prompt === "You are Alpha v2.", r.text);
+  r = await admin("GET", `/tenants/${t.alpha.id}/fronts/1`);
+  check("the previous front version is kept", r.status === 200 && r.json.version === 1 &&
+    r.json.front.system_prompt === "You are Alpha.", r.text);
+  r = await admin("GET", `/tenants/${t.alpha.id}/fronts/3`);
+  check("a front version that does not exist is 404", r.status === 404, r.text);
+  r = await admin("GET", `/tenants/${t.beta.id}`);
+  check("get tenant", r.status === 200 && r.json.name === "beta", r.text);
+  r = await admin("GET", "/tenants/t_0000000000000000");
+  check("unknown tenant is 404", r.status === 404, r.text);
+
+  const keys = {};
+  for (const name of ["alpha", "beta", "gamma"]) {
+    r = await admin("POST", `/tenants/${t[name].id}/keys`);
+    check(`create key for ${name}`, r.status === 201 && /^mcai_/.test(r.json.key), r.text);
+    keys[name] = r.json.key;
+  }
+  r = await admin("POST", "/tenants", { name: "epsilon" });
+  t.epsilon = r.json;
+  r = await admin("POST", `/tenants/${t.epsilon.id}/keys`);
+  keys.epsilon = r.json.key;
+  r = await admin("POST", `/tenants/${t.alpha.id}/keys`);
+  keys.alpha2 = r.json.key;
+  keys.alpha2prefix = r.json.prefix;
+  r = await admin("GET", `/tenants/${t.alpha.id}/keys`);
+  check("key list shows prefixes only", r.status === 200 && r.json.data.length === 2 &&
+    !r.text.includes(keys.alpha) && r.json.data.every((k) => k.prefix && !("key" in k)), r.text);
+  return { t, keys };
+}
+
+async function chatChecks(client, model) {
+  const msgs = [{ role: "user", content: "Once upon a time" }];
+  const base = { model, messages: msgs, temperature: 0, max_tokens: 24 };
+
+  const whole = await client.chat.completions.create(base);
+  const c0 = whole.choices[0];
+  check("chat: finish_reason length at the token limit", c0.finish_reason === "length",
+    c0.finish_reason);
+  check("chat: usage adds up", whole.usage.completion_tokens === 24 &&
+    whole.usage.total_tokens === whole.usage.prompt_tokens + 24, JSON.stringify(whole.usage));
+  check("chat: object and role", whole.object === "chat.completion" &&
+    c0.message.role === "assistant" && c0.index === 0, JSON.stringify(whole));
+
+  // Streaming gives the same bytes, one usage chunk with no choices, then [DONE].
+  const stream = await client.chat.completions.create({ ...base, stream: true,
+    stream_options: { include_usage: true } });
+  let text = "";
+  const pieces = [];
+  let usageChunks = 0;
+  let usage = null;
+  let finish = null;
+  let lastHadChoices = true;
+  for await (const ch of stream) {
+    if (ch.choices.length === 0) {
+      usageChunks++;
+      usage = ch.usage;
+      lastHadChoices = false;
+      continue;
+    }
+    lastHadChoices = true;
+    const d = ch.choices[0].delta?.content || "";
+    if (d) pieces.push(d);
+    text += d;
+    if (ch.choices[0].finish_reason) finish = ch.choices[0].finish_reason;
+  }
+  eq("stream: text equals the non-streamed text byte for byte", text, c0.message.content);
+  check("stream: exactly one usage chunk, last", usageChunks === 1 && !lastHadChoices,
+    `${usageChunks} usage chunks`);
+  eq("stream: usage equals the non-streamed usage", usage, whole.usage);
+  eq("stream: finish_reason length", finish, "length");
+
+  // Without include_usage no chunk has empty choices.
+  const s2 = await sse("/v1/chat/completions", client.apiKey, { ...base, stream: true });
+  check("stream: data lines end with [DONE]", s2.events.at(-1) === "[DONE]" &&
+    s2.raw.endsWith("data: [DONE]\n\n"), s2.raw.slice(-80));
+  check("stream: no usage chunk unless asked", s2.events.slice(0, -1)
+    .every((e) => e.choices.length === 1 && !e.usage), "");
+
+  // A stop string made of the end of one piece and the start of the next spans two
+  // tokens; the answer must end right before it and never contain it.
+  let k = pieces.findIndex((p, i) => i > 0 && i < pieces.length - 1 && p.length >= 1 &&
+    pieces[i + 1].length >= 1);
+  const stop = pieces[k].slice(-1) + pieces[k + 1].slice(0, 1);
+  const cut = text.indexOf(stop);
+  for (const streamed of [false, true]) {
+    const req = { ...base, stop: [stop, "zzzz-never"] };
+    let got;
+    let fin;
+    if (streamed) {
+      const st = await client.chat.completions.create({ ...req, stream: true });
+      got = "";
+      for await (const ch of st) {
+        got += ch.choices[0]?.delta?.content || "";
+        fin = ch.choices[0]?.finish_reason || fin;
+      }
+    } else {
+      const w = await client.chat.completions.create(req);
+      got = w.choices[0].message.content;
+      fin = w.choices[0].finish_reason;
+    }
+    const mode = streamed ? "streamed" : "whole";
+    eq(`stop across tokens (${mode}): text ends before the stop`, got, text.slice(0, cut));
+    check(`stop across tokens (${mode}): finish_reason stop, not leaked`,
+      fin === "stop" && !got.includes(stop), `${fin} ${JSON.stringify(got)}`);
+  }
+  const single = await client.chat.completions.create({ ...base, stop: stop });
+  eq("stop as a string", single.choices[0].message.content, text.slice(0, cut));
+
+  const mct = await client.chat.completions.create({ ...base, max_tokens: 10,
+    max_completion_tokens: 3 });
+  eq("max_completion_tokens wins over max_tokens", mct.usage.completion_tokens, 3);
+
+  // n choices with a seed: indexes, finish reasons, and reproducible.
+  const nreq = { model, messages: msgs, n: 3, temperature: 1.0, seed: 1234, max_tokens: 12 };
+  const n1 = await client.chat.completions.create(nreq);
+  const n2 = await client.chat.completions.create(nreq);
+  eq("n=3: indexes", n1.choices.map((c) => c.index), [0, 1, 2]);
+  check("n=3: each choice has a finish_reason", n1.choices.every((c) =>
+    ["stop", "length"].includes(c.finish_reason)), JSON.stringify(n1.choices));
+  eq("seed: same seed, same choices", n2.choices.map((c) => c.message.content),
+    n1.choices.map((c) => c.message.content));
+  check("n=3: usage counts every choice", n1.usage.completion_tokens ===
+    n1.choices.length * 12 || n1.usage.completion_tokens <= 36, JSON.stringify(n1.usage));
+
+  // logprobs: at temperature 0 the sampled token is the most likely one.
+  const lp = await client.chat.completions.create({ ...base, max_tokens: 6, logprobs: true,
+    top_logprobs: 3 });
+  const content = lp.choices[0].logprobs?.content || [];
+  check("logprobs: one entry per token", content.length >= 1 && content.length <= 6,
+    JSON.stringify(lp.choices[0].logprobs).slice(0, 200));
+  check("logprobs: entries are well formed", content.every((e) => typeof e.token === "string" &&
+    e.logprob <= 0 && Array.isArray(e.bytes) && e.top_logprobs.length === 3), "");
+  check("logprobs: greedy token is the top alternative", content.every((e) =>
+    e.top_logprobs[0].token === e.token && Math.abs(e.top_logprobs[0].logprob - e.logprob) <
+    1e-5), JSON.stringify(content[0]));
+  eq("logprobs: token texts join to the content", content.map((e) => e.token).join(""),
+    lp.choices[0].message.content);
+
+  // Content as text parts equals content as a string.
+  const parts = await client.chat.completions.create({ ...base, messages: [{ role: "user",
+    content: [{ type: "text", text: "Once upon " }, { type: "text", text: "a time" }] }] });
+  eq("content as text parts equals the string", parts.choices[0].message.content,
+    c0.message.content);
+  try {
+    await client.chat.completions.create({ ...base, messages: [{ role: "user", content: [
+      { type: "image_url", image_url: { url: "http://x/y.png" } }] }] });
+    fail("image part is 400", "accepted");
+  } catch (e) {
+    check("image part is 400 naming the part", e.status === 400 &&
+      e.param === "messages[0].content[0].type" && /image_url/.test(e.message), e.message);
+  }
+
+  // A system message after the first position is merged into the leading system prompt.
+  const late = await client.chat.completions.create({ ...base, messages: [
+    { role: "user", content: "Once upon a time" }, { role: "system", content: "Be kind." },
+    { role: "user", content: "Go on." }] });
+  const early = await client.chat.completions.create({ ...base, messages: [
+    { role: "system", content: "Be kind." }, { role: "user", content: "Once upon a time" },
+    { role: "user", content: "Go on." }] });
+  eq("late system message is merged first (documented rule)", late.choices[0].message.content,
+    early.choices[0].message.content);
+
+  // A prompt longer than the context: 400 before anything starts, streamed or not.
+  const long = "hello there ".repeat(CTX);
+  for (const stream of [false, true]) {
+    const r = await http("POST", "/v1/chat/completions", { key: client.apiKey,
+      body: { model, messages: [{ role: "user", content: long }], stream } });
+    check(`context_length_exceeded (stream=${stream})`, r.status === 400 &&
+      errorOf(r).code === "context_length_exceeded" &&
+      r.headers.get("content-type").startsWith("application/json"), r.text.slice(0, 200));
+  }
+  return c0.message.content;
+}
+
+async function completionChecks(client, model) {
+  const req = { model, prompt: "Once upon a time", temperature: 0, max_tokens: 16 };
+  const w = await client.completions.create(req);
+  check("completions: text and length", w.object === "text_completion" &&
+    w.choices[0].finish_reason === "length" && w.usage.completion_tokens === 16, JSON.stringify(w));
+  const st = await client.completions.create({ ...req, stream: true });
+  let text = "";
+  for await (const ch of st) text += ch.choices[0]?.text || "";
+  eq("completions: streamed equals whole", text, w.choices[0].text);
+  const lp = await client.completions.create({ ...req, max_tokens: 4, logprobs: 2 });
+  const l = lp.choices[0].logprobs;
+  check("completions: legacy logprobs", l && l.tokens.length === l.token_logprobs.length &&
+    l.top_logprobs.every((o) => Object.keys(o).length >= 1) && l.text_offset[0] === 0,
+    JSON.stringify(l));
+}
+
+async function embeddingChecks(client, model) {
+  const e = await client.embeddings.create({ model, input: ["a cat", "a dog", "a cat"] });
+  const v = e.data.map((d) => d.embedding);
+  const norm = (x) => Math.sqrt(x.reduce((s, y) => s + y * y, 0));
+  check("embeddings: three vectors", v.length === 3 && v[0].length > 0 &&
+    v.every((x) => x.length === v[0].length), JSON.stringify(e).slice(0, 200));
+  check("embeddings: L2-normalised", v.every((x) => Math.abs(norm(x) - 1) < 1e-4),
+    v.map(norm).join(","));
+  check("embeddings: same text, same vector", v[0].every((x, i) => Math.abs(x - v[2][i]) < 1e-6),
+    "");
+  check("embeddings: different texts differ", v[0].some((x, i) => Math.abs(x - v[1][i]) > 1e-4),
+    "");
+  const f = await http("POST", "/v1/embeddings", { key: client.apiKey,
+    body: { model, input: "a cat", encoding_format: "float" } });
+  check("embeddings: float format equals base64", f.status === 200 &&
+    f.json.data[0].embedding.every((x, i) => Math.abs(x - v[0][i]) < 1e-6), f.text.slice(0, 200));
+}
+
+async function conversationChecks(keys, model) {
+  const A = keys.alpha;
+  let r = await http("POST", "/v1/conversations", { key: A, body: {
+    messages: [{ role: "user", content: "Once upon a time" }], metadata: { topic: "test" } } });
+  check("conversation: create", r.status === 200 && /^conv_[0-9a-f]{16}$/.test(r.json.id) &&
+    r.json.n_messages === 1, r.text);
+  const id = r.json.id;
+  r = await http("POST", `/v1/conversations/${id}/messages`, { key: A,
+    body: { messages: [{ role: "assistant", content: "there was a cat." }] } });
+  check("conversation: append", r.status === 200 && r.json.messages.length === 2, r.text);
+  r = await http("POST", "/v1/chat/completions", { key: A, body: { model, conversation: id,
+    messages: [{ role: "user", content: "What next?" }], max_tokens: 8 } });
+  check("conversation: usable from chat completions", r.status === 200, r.text);
+  r = await http("GET", `/v1/conversations/${id}`, { key: A });
+  check("conversation: chat appended user and assistant turns", r.status === 200 &&
+    r.json.messages.length === 4 && r.json.messages[3].role === "assistant", r.text);
+  r = await http("GET", "/v1/conversations", { key: A });
+  check("conversation: list", r.status === 200 && r.json.data.some((c) => c.id === id), r.text);
+  return id;
+}
+
+async function isolationChecks(t, keys, model, convA) {
+  const B = keys.beta;
+  const none = "conv_0123456789abcdef";
+  const routes = [
+    ["GET", (id) => `/v1/conversations/${id}`, undefined],
+    ["GET", (id) => `/v1/conversations/${id}/messages`, undefined],
+    ["POST", (id) => `/v1/conversations/${id}/messages`,
+      { messages: [{ role: "user", content: "hi" }] }],
+    ["DELETE", (id) => `/v1/conversations/${id}`, undefined],
+  ];
+  for (const [m, path, body] of routes) {
+    const theirs = await http(m, path(convA), { key: B, body });
+    const nobody = await http(m, path(none), { key: B, body });
+    check(`isolation: ${m} ${path("{id}")} on another tenant's id is 404 like a missing id`,
+      theirs.status === 404 && theirs.text === nobody.text, `${theirs.status} ${theirs.text}`);
+  }
+  const chat = await http("POST", "/v1/chat/completions", { key: B, body: { model,
+    conversation: convA, messages: [{ role: "user", content: "hi" }] } });
+  const chatNone = await http("POST", "/v1/chat/completions", { key: B, body: { model,
+    conversation: none, messages: [{ role: "user", content: "hi" }] } });
+  check("isolation: chat with another tenant's conversation is 404 like a missing one",
+    chat.status === 404 && chat.text.replace(convA, "ID") === chatNone.text.replace(none, "ID"),
+    chat.text);
+  const still = await http("GET", `/v1/conversations/${convA}`, { key: keys.alpha });
+  check("isolation: the owner still has it", still.status === 200, still.text);
+  const spare = await http("POST", "/v1/conversations", { key: keys.alpha });
+  const del = await http("DELETE", `/v1/conversations/${spare.json.id}`, { key: keys.alpha });
+  const gone = await http("GET", `/v1/conversations/${spare.json.id}`, { key: keys.alpha });
+  check("conversation: the owner deletes it, then it is 404", spare.status === 200 &&
+    del.status === 200 && del.json.deleted === true && gone.status === 404, del.text);
+  const listB = await http("GET", "/v1/conversations", { key: B });
+  check("isolation: B's list does not show A's", listB.json.data.every((c) => c.id !== convA),
+    listB.text);
+
+  const uA = await http("GET", "/v1/usage", { key: keys.alpha });
+  const uB = await http("GET", "/v1/usage", { key: B });
+  check("usage: own figures only", uA.status === 200 && uA.json.tenant === t.alpha.id &&
+    uB.json.tenant === t.beta.id && uA.json.total.requests > uB.json.total.requests &&
+    !uA.text.includes(t.beta.id), `${uA.text} / ${uB.text}`);
+  const ad = await admin("GET", `/tenants/${t.alpha.id}/usage`);
+  eq("usage: operator sees the same totals", ad.json?.total?.requests,
+    uA.json.total.requests + 0);
+
+  // Revocation takes effect on the very next request.
+  let r = await http("GET", "/v1/models", { key: keys.alpha2 });
+  check("second key works", r.status === 200, r.text);
+  r = await admin("DELETE", `/tenants/${t.alpha.id}/keys/${keys.alpha2prefix}`);
+  check("revoke key", r.status === 200, r.text);
+  r = await http("GET", "/v1/models", { key: keys.alpha2 });
+  check("revoked key is 401 at once", r.status === 401 &&
+    errorOf(r).code === "invalid_api_key", r.text);
+  r = await http("GET", "/v1/models", { key: keys.alpha });
+  check("the other key still works", r.status === 200, r.text);
+  r = await admin("DELETE", `/tenants/${t.beta.id}/keys/${keys.alpha2prefix}`);
+  check("revoking another tenant's key by its prefix is 404", r.status === 404, r.text);
+  r = await http("GET", "/v1/models", { key: "mcai_notakey" });
+  check("unknown key is 401", r.status === 401, r.text);
+}
+
+async function badInputWhileStreaming(keys, model) {
+  const A = keys.alpha;
+  const bad = [
+    ["malformed JSON", '{"messages": [', "invalid_json", (e) => /byte \d+/.test(e.message)],
+    ["wrong type", JSON.stringify({ model, messages: [{ role: "user", content: "x" }],
+      max_tokens: "ten" }), "invalid_type", (e) => e.param === "max_tokens"],
+    ["absurd number", JSON.stringify({ model, messages: [{ role: "user", content: "x" }],
+      max_tokens: 1e12 }), "invalid_value", (e) => e.message.includes("1000000000000")],
+    ["invalid UTF-8", Buffer.concat([Buffer.from('{"messages":[{"role":"user","content":"'),
+      Buffer.from([0xc3, 0x28]), Buffer.from('"}]}')]), "invalid_utf8",
+      (e) => e.message.includes("offset 39")],
+    ["10 MB body", "x".repeat(10 << 20), "request_too_large", () => true],
+  ];
+  const results = [];
+  const s = await sse("/v1/chat/completions", keys.epsilon, { model, max_tokens: LONG,
+    temperature: 0.8, seed: 7, messages: [{ role: "user", content: "Tell a long story" }] }, {
+    onFirst: async () => {
+      for (const [name, raw] of bad) {
+        results.push(await http("POST", "/v1/chat/completions", { key: A, raw,
+          headers: { "content-type": "application/json" } }));
+      }
+    },
+  });
+  for (let i = 0; i < bad.length; i++) {
+    const [name, , code, more] = bad[i];
+    const r = results[i];
+    const e = r ? errorOf(r) : {};
+    check(`bad input: ${name} is 4xx with code ${code}`, r && r.status >= 400 && r.status < 500 &&
+      e.code === code && more(e), r ? `${r.status} ${r.text.slice(0, 200)}` : "no reply");
+  }
+  if (results.length === 0) console.log("stream answer:", s.status, JSON.stringify(s.json));
+  const chunks = s.events.filter((e) => e !== "[DONE]");
+  const fin = chunks.at(-1)?.choices?.[0]?.finish_reason;
+  check("bad input: the other tenant's stream was served to the end",
+    s.events.at(-1) === "[DONE]" && ["length", "stop"].includes(fin) && chunks.length > 10,
+    `${s.events.length} events, finish ${fin}`);
+}
+
+// Many streams of two tenants at once: every one ends with [DONE] and its own full text,
+// and each equals the same request run alone (batching changes nothing).
+async function concurrencyChecks(keys, model) {
+  const N = QUICK ? 6 : 16;
+  const req = (i) => ({ model, max_tokens: 20, temperature: 0.9, seed: 100 + (i % 4),
+    messages: [{ role: "user", content: `Story number ${i % 4}` }] });
+  const key = (i) => (i % 2 ? keys.alpha : keys.epsilon);
+  const textOf = (s) => s.events.filter((e) => e !== "[DONE]")
+    .map((e) => e.choices[0]?.delta?.content || "").join("");
+  const all = await Promise.all(Array.from({ length: N },
+    (_, i) => sse("/v1/chat/completions", key(i), req(i))));
+  check(`concurrency: ${N} streams of two tenants all end with [DONE]`,
+    all.every((s) => s.status === 200 && s.events.at(-1) === "[DONE]"),
+    all.map((s) => s.status).join(","));
+  const alone = [];
+  for (let i = 0; i < 4; i++) alone.push(textOf(await sse("/v1/chat/completions", key(i), req(i))));
+  const bad = all.map((s, i) => textOf(s) === alone[i % 4] ? -1 : i).filter((i) => i >= 0);
+  check("concurrency: each stream equals the same request run alone", bad.length === 0,
+    `streams ${bad.join(",")} differ`);
+}
+
+async function limitChecks(keys, model) {
+  const C = keys.gamma;
+  const body = { model, messages: [{ role: "user", content: "hi" }], max_tokens: 2 };
+  const r1 = await http("POST", "/v1/chat/completions", { key: C, body });
+  const r2 = await http("POST", "/v1/chat/completions", { key: C, body });
+  check("limits: first request passes", r1.status === 200, r1.text);
+  check("limits: over rpm is 429 with Retry-After and an OpenAI body", r2.status === 429 &&
+    Number(r2.headers.get("retry-after")) >= 1 && errorOf(r2).code === "rate_limit_exceeded" &&
+    errorOf(r2).type === "rate_limit_error", `${r2.status} ${r2.text}`);
+}
+
+async function metric(name) {
+  const m = await http("GET", "/metrics");
+  const line = m.text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+  return line ? Number(line.split(" ").at(-1)) : NaN;
+}
+
+async function disconnectCheck(keys, model) {
+  const failedBefore = await metric("mcai_engine_requests_failed_total");
+  const ac = new AbortController();
+  try {
+    await sse("/v1/chat/completions", keys.epsilon, { model, max_tokens: 480, temperature: 0.8,
+      seed: 3, messages: [{ role: "user", content: "Tell a long story" }] },
+      { signal: ac.signal, onFirst: async () => ac.abort() });
+  } catch {
+    /* the abort */
+  }
+  let failedAfter = failedBefore;
+  let active = -1;
+  for (let i = 0; i < 50; i++) {
+    failedAfter = await metric("mcai_engine_requests_failed_total");
+    active = await metric("mcai_active_sequences");
+    if (failedAfter === failedBefore + 1 && active === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check("client disconnect cancels its sequence", failedAfter === failedBefore + 1 && active === 0,
+    `failed ${failedBefore} -> ${failedAfter}, active ${active}`);
+}
+
+async function metricsChecks(t) {
+  const m = await http("GET", "/metrics");
+  const want = [
+    `mcai_requests_total{tenant="${t.alpha.id}",route="/v1/chat/completions",status="200"}`,
+    `mcai_rejections_total{tenant="${t.alpha.id}",reason="invalid_request"}`,
+    `mcai_rejections_total{tenant="${t.gamma.id}",reason="rate_limit"}`,
+    `mcai_completion_tokens_total{tenant="${t.alpha.id}"}`,
+    `mcai_time_to_first_token_seconds_count{tenant="${t.alpha.id}"}`,
+    `mcai_inter_token_seconds_bucket{tenant="${t.epsilon.id}",le="+Inf"}`,
+    "mcai_queue_depth ",
+    `mcai_tenant_queue_depth{tenant="${t.alpha.id}"} 0`,
+    `mcai_tenant_active_sequences{tenant="${t.alpha.id}"} 0`,
+    "mcai_process_resident_memory_bytes ",
+  ];
+  for (const w of want) check(`metrics: ${w.split("{")[0].trim()}`, m.text.includes(w), w);
+}
+
+async function main() {
+  const h = await http("GET", "/healthz");
+  eq("healthz", h.json, { status: "ok" });
+  const { t, keys } = await adminChecks();
+
+  const clientA = new OpenAI({ apiKey: keys.alpha, baseURL: BASE + "/v1", maxRetries: 0 });
+  const models = await clientA.models.list();
+  const model = models.data[0]?.id;
+  check("models: list has the base model", models.data.length === 1 && !!model,
+    JSON.stringify(models.data));
+  const one = await clientA.models.retrieve(model);
+  eq("models: retrieve", one.id, model);
+  try {
+    await clientA.chat.completions.create({ model: "no-such-model",
+      messages: [{ role: "user", content: "x" }] });
+    fail("unknown model is 404", "accepted");
+  } catch (e) {
+    check("unknown model is 404 model_not_found", e.status === 404 &&
+      e.code === "model_not_found", e.message);
+  }
+
+  const textA = await chatChecks(clientA, model);
+  const clientB = new OpenAI({ apiKey: keys.beta, baseURL: BASE + "/v1", maxRetries: 0 });
+  const b = await clientB.chat.completions.create({ model, temperature: 0, max_tokens: 24,
+    messages: [{ role: "user", content: "Once upon a time" }] });
+  check("fronts: two tenants, same request, different answers (different fronts)",
+    b.choices[0].message.content !== textA, b.choices[0].message.content);
+  const bl = await clientB.chat.completions.create({ model, messages: [{ role: "user",
+    content: "Once upon a time" }] });
+  check("fronts: B's front caps max_tokens at 32", bl.usage.completion_tokens <= 32,
+    JSON.stringify(bl.usage));
+
+  await completionChecks(clientA, model);
+  await embeddingChecks(clientA, model);
+  const conv = await conversationChecks(keys, model);
+  await isolationChecks(t, keys, model, conv);
+  await badInputWhileStreaming(keys, model);
+  await concurrencyChecks(keys, model);
+  await limitChecks(keys, model);
+  await disconnectCheck(keys, model);
+  await metricsChecks(t);
+
+  // Deleting a tenant: its key stops working at once, its objects are gone.
+  let r = await admin("DELETE", `/tenants/${t.beta.id}`);
+  check("delete tenant", r.status === 200 && r.json.deleted === true, r.text);
+  r = await http("GET", "/v1/models", { key: keys.beta });
+  check("deleted tenant's key is 401", r.status === 401, r.text);
+  r = await admin("GET", `/tenants/${t.beta.id}`);
+  check("deleted tenant is 404", r.status === 404, r.text);
+}
+
+try {
+  await main();
+} catch (e) {
+  fail("unexpected exception", e.stack || String(e));
+}
+console.log(`node checks: ${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
