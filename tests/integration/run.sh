@@ -81,7 +81,7 @@ ctx = $CTX
 master_key_file = $DIR/master
 admin-key-file = $DIR/admin-from-config
 max_body_bytes = 1048576
-drain_timeout_ms = 100
+drain_timeout_ms = 1
 kv_budget_mb = 64
 max-queue = 256
 EOF
