@@ -4,15 +4,19 @@
  * round trip per job (tens of microseconds) would cost more than the work. Workers
  * therefore spin on an atomic generation counter for a while after each job and only
  * then sleep on the condition variable; the caller signals it only when someone sleeps.
+ * Every spin loop yields the CPU now and then: when there are more runnable threads than
+ * cores, a thread spinning on a value that a descheduled thread must write would
+ * otherwise burn its whole time slice.
  * Each worker runs exactly its own index: the split of work is the kernel's choice. */
 #include "base/pool.h"
 #include "base/mem.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
-enum { SPIN_ITERS = 200000 };
+enum { SPIN_ITERS = 200000, YIELD_EVERY = 256 };
 
 struct mc_pool {
     int n_threads;
@@ -33,7 +37,12 @@ struct worker_arg {
     int index;
 };
 
-static inline void cpu_relax(void) {
+/* One spin-loop iteration: a pause hint, and every YIELD_EVERY-th time a yield. */
+static inline void spin_once(int i) {
+    if ((i & (YIELD_EVERY - 1)) == YIELD_EVERY - 1) {
+        sched_yield();
+        return;
+    }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -45,7 +54,7 @@ static unsigned long wait_generation(struct mc_pool *p, unsigned long seen) {
         unsigned long g = atomic_load_explicit(&p->generation, memory_order_acquire);
         if (g != seen || atomic_load(&p->stop))
             return g;
-        cpu_relax();
+        spin_once(i);
     }
     pthread_mutex_lock(&p->lock);
     atomic_fetch_add(&p->n_sleeping, 1);
@@ -150,6 +159,6 @@ void mc_pool_run(struct mc_pool *p, mc_pool_fn fn, void *ctx) {
 
     fn(ctx, 0, p->n_threads);
 
-    while (atomic_load_explicit(&p->n_pending, memory_order_acquire) > 0)
-        cpu_relax();
+    for (int i = 0; atomic_load_explicit(&p->n_pending, memory_order_acquire) > 0; i++)
+        spin_once(i);
 }

@@ -292,9 +292,7 @@ static int parse_header(struct parser *p, uint64_t *n_tensors, uint64_t *n_kv) {
     if ((rc = read_u32(p, &version)))
         return rc;
     if (version == 1)
-        return fail_at(p, 4,
-                       "GGUF version 1 is not supported (only 2 and 3); reconvert the "
-                       "model with a current converter");
+        return fail_at(p, 4, "version 1 is not supported (only 2 and 3): reconvert the model");
     if (version != 2 && version != 3)
         return fail_at(p, 4, "unsupported GGUF version %u (only 2 and 3%s)", version,
                        (version & 0xffff) == 0 ? "; a big-endian file?" : "");
@@ -391,9 +389,7 @@ static int parse_array_value(struct parser *p, struct kv *kv, const char *qkey, 
 
     size_t esz = vtype_size(t);
     if (kv->arr_n > left(p) / esz)
-        return fail_at(p, at,
-                       "%llu elements of %zu bytes run past the end of the file "
-                       "(%zu bytes left)",
+        return fail_at(p, at, "%llu elements of %zu bytes exceed the %zu bytes left",
                        (unsigned long long)kv->arr_n, esz, left(p));
     size_t bytes = (size_t)kv->arr_n * esz;
     kv->val = p->base + p->pos;
@@ -637,8 +633,7 @@ static int check_extents(struct parser *p) {
         if (t->offset > data_size || t->size_bytes > data_size - t->offset) {
             set_tensor_field(p, i, "offset");
             return fail_at(p, tensor_offset_field(p, i),
-                           "data [%llu, +%zu) runs past the end of the data section "
-                           "(%zu bytes at file offset %zu)",
+                           "data [%llu, +%zu) ends past the data section (%zu bytes at %zu)",
                            (unsigned long long)t->offset, t->size_bytes, data_size, g->data_start);
         }
         t->data = p->base + g->data_start + t->offset;
@@ -690,9 +685,7 @@ static int parse_body(struct parser *p) {
 
     set_field(p, "n_tensors");
     if (n_tensors > left(p) / GGUF_MIN_TENSOR_INFO_BYTES)
-        return fail_at(p, 8,
-                       "%llu tensor infos cannot fit in the %zu bytes left after the "
-                       "metadata",
+        return fail_at(p, 8, "%llu tensor infos cannot fit in the %zu bytes after the metadata",
                        (unsigned long long)n_tensors, left(p));
     g->tensors = mc_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof(*g->tensors));
     p->tensor_info_pos = mc_calloc((size_t)(n_tensors ? n_tensors : 1), sizeof(uint64_t));
@@ -1151,8 +1144,7 @@ static int check_alignment_key(const char *key, enum mc_gguf_vtype t, const void
         memcpy(&a, v, 4);
     if (a != GGUF_DEFAULT_ALIGNMENT)
         return mc_err_set(err, MC_EINVAL,
-                          "gguf writer: general.alignment must be u32 %d (the only layout "
-                          "written)",
+                          "gguf writer: general.alignment must be u32 %d (the layout written)",
                           GGUF_DEFAULT_ALIGNMENT);
     return MC_OK;
 }
@@ -1199,8 +1191,7 @@ int mc_gguf_writer_set_str(struct mc_gguf_writer *w, const char *key, const char
                            struct mc_err *err) {
     if (len > GGUF_MAX_STRING_BYTES)
         return mc_err_set(err, MC_EINVAL,
-                          "gguf writer: key '%s': string of %zu bytes exceeds "
-                          "the cap %d",
+                          "gguf writer: key '%s': string of %zu bytes exceeds the cap %d",
                           key ? key : "", len, GGUF_MAX_STRING_BYTES);
     uint8_t *enc = mc_malloc(8 + len);
     if (!enc)
@@ -1216,9 +1207,7 @@ int mc_gguf_writer_set_arr(struct mc_gguf_writer *w, const char *key, enum mc_gg
                            const void *data, uint64_t n, struct mc_err *err) {
     size_t esz = vtype_size((uint32_t)t);
     if (esz == 0)
-        return mc_err_set(err, MC_EINVAL,
-                          "gguf writer: key '%s': element type %d is not "
-                          "numeric (use set_arr_str for strings)",
+        return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': element type %d is not numeric",
                           key ? key : "", (int)t);
     if (n > GGUF_MAX_ARRAY_N || n > (SIZE_MAX - 12) / esz)
         return mc_err_set(err, MC_EINVAL, "gguf writer: key '%s': %llu elements exceed the cap",
@@ -1249,8 +1238,7 @@ int mc_gguf_writer_set_arr_str(struct mc_gguf_writer *w, const char *key, const 
     for (uint64_t j = 0; j < n; j++) {
         if (lens[j] > GGUF_MAX_STRING_BYTES || bytes > SIZE_MAX - 8 - lens[j])
             return mc_err_set(err, MC_EINVAL,
-                              "gguf writer: key '%s': element %llu of %llu "
-                              "bytes exceeds the cap",
+                              "gguf writer: key '%s': element %llu of %llu bytes is too long",
                               key ? key : "", (unsigned long long)j, (unsigned long long)lens[j]);
         bytes += 8 + lens[j];
     }
@@ -1324,22 +1312,19 @@ static int check_writer_tensor(const char *name, enum mc_type type, int n_dims, 
                           (int)type);
     if (n_dims < 1 || n_dims > MC_GGUF_MAX_DIMS)
         return mc_err_set(err, MC_EINVAL,
-                          "gguf writer: tensor '%s': %d dimensions, must be 1 "
-                          "to %d",
-                          name, n_dims, MC_GGUF_MAX_DIMS);
+                          "gguf writer: tensor '%s': %d dimensions, must be 1 to %d", name, n_dims,
+                          MC_GGUF_MAX_DIMS);
     int64_t n_elems = 1;
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] <= 0 || n_elems > INT64_MAX / ne[d])
             return mc_err_set(err, MC_EINVAL,
-                              "gguf writer: tensor '%s': bad dimension ne[%d] "
-                              "= %lld",
-                              name, d, (long long)ne[d]);
+                              "gguf writer: tensor '%s': bad dimension ne[%d] = %lld", name, d,
+                              (long long)ne[d]);
         n_elems *= ne[d];
     }
     if (ne[0] % ti->block != 0)
         return mc_err_set(err, MC_EINVAL,
-                          "gguf writer: tensor '%s': row length %lld is not a "
-                          "multiple of the %s block size %lld",
+                          "gguf writer: tensor '%s': row %lld not a multiple of %s block %lld",
                           name, (long long)ne[0], ti->name, (long long)ti->block);
     uint64_t blocks = (uint64_t)(n_elems / ti->block);
     if (blocks > SIZE_MAX / ti->block_bytes)
