@@ -39,6 +39,8 @@ struct mc_gen_params {
     size_t n_stop;
     bool ignore_eos;    /* keep going after end-of-generation tokens */
     int32_t n_logprobs; /* top entries per token, 0..MC_GEN_MAX_LOGPROBS */
+    const void *adapter; /* every row's mc_batch_row.adapter (NULL: none) */
+    float adapter_scale; /* and its adapter_scale */
 };
 
 /* ---- Stream ---------------------------------------------------------------------- */

@@ -1,0 +1,259 @@
+/* lora_apply.c - applying many LoRA adapters in one batch (the projection hook).
+ *
+ * After the base product y = x·Wᵀ of a projection (one matrix product for the whole
+ * batch, in llama.c), the hook adds for every row r with adapter a and scale s:
+ *   y[r] += (s · factor) · (x[r]·Aᵀ)·Bᵀ
+ * Rows are grouped by adapter (a stable sort of row indices by adapter pointer), so each
+ * group reads its A and B once per projection however many rows it has (the Punica /
+ * S-LoRA shrink-expand scheme, here on the CPU). Two parallel phases over the context's
+ * thread pool: "shrink" t = s·(x·Aᵀ) with work items (group, rank row), then "expand"
+ * y += t·Bᵀ with items (group, output row); each phase splits the flat item range evenly
+ * across threads, and every item writes only its own cells, so no locks are needed.
+ * Small products run on the calling thread (waking the pool costs microseconds).
+ *
+ * A row's result does not depend on which other rows share the batch: each dot product
+ * runs over the same elements in the same order whatever the grouping.
+ *
+ * Threads: a runner belongs to one context and runs on the thread that calls mc_forward.
+ * It holds no references; the caller keeps each row's adapter alive during the call. */
+#include "adapter/lora_int.h"
+
+#include "base/mem.h"
+#include "base/pool.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+struct group {
+    const struct lora_pair *p;
+    int32_t first;  /* into runner.idx */
+    int32_t n;      /* rows in the group */
+    size_t t_off;   /* into runner.t: (n, rank) */
+    int64_t item0;  /* first item of this group in the current phase */
+};
+
+struct mc_lora_runner {
+    struct mc_ctx *ctx;
+    struct mc_pool *pool;
+    struct mc_lora_base base;
+    int32_t *idx;        /* (max_rows) row indices sorted by adapter */
+    float *scale;        /* (max_rows) s · factor per row, by position in idx */
+    struct group *groups; /* (max_rows) */
+    float *t;            /* shrink output; grows */
+    size_t t_cap;
+    /* The call in progress. */
+    const struct mc_batch_row *rows;
+    const float *x;
+    float *y;
+    int64_t n_in;
+    int64_t n_out;
+    int32_t n_groups;
+    int64_t n_items;
+    bool expand;
+};
+
+/* Below this many multiply-adds a projection's low-rank part runs on one thread. */
+enum { POOL_MIN_MACS = 1 << 15 };
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static float dot(const float *a, const float *b, int64_t n) {
+    v8f acc0 = {0}, acc1 = {0}, x0, y0, x1, y1;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        memcpy(&x0, a + i, sizeof(x0));
+        memcpy(&y0, b + i, sizeof(y0));
+        memcpy(&x1, a + i + 8, sizeof(x1));
+        memcpy(&y1, b + i + 8, sizeof(y1));
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    acc0 += acc1;
+    float s =
+        ((acc0[0] + acc0[4]) + (acc0[1] + acc0[5])) + ((acc0[2] + acc0[6]) + (acc0[3] + acc0[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* ---- Runner ---------------------------------------------------------------------- */
+
+static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_batch_row *rows,
+                int32_t n_rows, const float *x, int64_t n_in, float *y, int64_t n_out,
+                struct mc_err *err);
+
+int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struct mc_err *err) {
+    *out = NULL;
+    struct mc_lora_runner *r = mc_calloc(1, sizeof(*r));
+    if (!r)
+        return mc_err_set(err, MC_ENOMEM, "lora runner allocation failed");
+    size_t n = (size_t)mc_ctx_max_rows(ctx);
+    r->ctx = ctx;
+    r->pool = mc_ctx_pool(ctx);
+    mc_lora_base_from_model(mc_ctx_model(ctx), &r->base);
+    r->idx = mc_malloc(n * sizeof(*r->idx));
+    r->scale = mc_malloc(n * sizeof(*r->scale));
+    r->groups = mc_malloc(n * sizeof(*r->groups));
+    if (!r->idx || !r->scale || !r->groups) {
+        mc_lora_runner_free(r);
+        return mc_err_set(err, MC_ENOMEM, "lora runner buffers for %zu rows: allocation failed", n);
+    }
+    mc_ctx_set_proj_hook(ctx, hook, r);
+    *out = r;
+    return MC_OK;
+}
+
+void mc_lora_runner_free(struct mc_lora_runner *r) {
+    if (!r)
+        return;
+    mc_ctx_set_proj_hook(r->ctx, NULL, NULL);
+    mc_free(r->idx);
+    mc_free(r->scale);
+    mc_free(r->groups);
+    mc_free(r->t);
+    mc_free(r);
+}
+
+/* ---- Grouping -------------------------------------------------------------------- */
+
+/* Orders row indices by adapter pointer, then by index. */
+static bool row_before(const struct mc_batch_row *rows, int32_t a, int32_t b) {
+    uintptr_t x = (uintptr_t)rows[a].adapter, y = (uintptr_t)rows[b].adapter;
+    return x != y ? x < y : a < b;
+}
+
+/* Collects the rows that have an adapter into idx, sorted by adapter. Insertion sort:
+ * batches are small and usually already grouped. Returns their number. */
+static int32_t sort_by_adapter(struct mc_lora_runner *r, int32_t n_rows) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_rows; i++)
+        if (r->rows[i].adapter)
+            r->idx[n++] = i;
+    for (int32_t i = 1; i < n; i++) {
+        int32_t v = r->idx[i], j = i;
+        while (j > 0 && row_before(r->rows, v, r->idx[j - 1])) {
+            r->idx[j] = r->idx[j - 1];
+            j--;
+        }
+        r->idx[j] = v;
+    }
+    return n;
+}
+
+/* One group per adapter that has a pair for (layer, proj), with each row's scale. */
+static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj proj,
+                       int32_t n_rows, struct mc_err *err) {
+    int32_t n = sort_by_adapter(r, n_rows);
+    size_t t_need = 0;
+    r->n_groups = 0;
+    for (int32_t i = 0; i < n;) {
+        const struct mc_lora *l = r->rows[r->idx[i]].adapter;
+        int32_t j = i;
+        while (j < n && r->rows[r->idx[j]].adapter == l)
+            j++;
+        if (!mc_lora_fits(l, &r->base))
+            return mc_err_set(err, MC_EINVAL, "row %d: adapter %s was not loaded for this model",
+                              r->idx[i], l->info.name);
+        int32_t s = layer * MC_PROJ_COUNT + (int32_t)proj;
+        const struct lora_pair *p = s < l->n_slots ? l->slot[s] : NULL;
+        if (p) {
+            struct group *g = &r->groups[r->n_groups++];
+            g->p = p;
+            g->first = i;
+            g->n = j - i;
+            g->t_off = t_need;
+            t_need += (size_t)g->n * p->rank;
+            for (int32_t k = i; k < j; k++)
+                r->scale[k] = r->rows[r->idx[k]].adapter_scale * p->factor;
+        }
+        i = j;
+    }
+    if (t_need > r->t_cap) {
+        float *t = mc_realloc(r->t, t_need * sizeof(float));
+        if (!t)
+            return mc_err_set(err, MC_ENOMEM, "lora scratch of %zu floats: allocation failed",
+                              t_need);
+        r->t = t;
+        r->t_cap = t_need;
+    }
+    return MC_OK;
+}
+
+/* ---- Kernels --------------------------------------------------------------------- */
+
+/* Shrink item k of group g: t[i][k] = scale_i · x[row_i]·A[k] for the group's rows. */
+static void shrink_item(struct mc_lora_runner *r, const struct group *g, int64_t k) {
+    const struct lora_pair *p = g->p;
+    const float *a = p->a + k * p->n_in;
+    float *t = r->t + g->t_off;
+    for (int32_t i = 0; i < g->n; i++) {
+        int32_t row = r->idx[g->first + i];
+        t[(size_t)i * p->rank + k] = r->scale[g->first + i] * dot(r->x + row * r->n_in, a, p->n_in);
+    }
+}
+
+/* Expand item j of group g: y[row_i][j] += t[i]·B[j]. */
+static void expand_item(struct mc_lora_runner *r, const struct group *g, int64_t j) {
+    const struct lora_pair *p = g->p;
+    const float *b = p->b + j * p->rank, *t = r->t + g->t_off;
+    for (int32_t i = 0; i < g->n; i++) {
+        int32_t row = r->idx[g->first + i];
+        r->y[row * r->n_out + j] += dot(t + (size_t)i * p->rank, b, p->rank);
+    }
+}
+
+/* Runs items [begin, end) of the current phase; items are numbered group by group. */
+static void phase_part(void *arg, int ith, int nth) {
+    struct mc_lora_runner *r = arg;
+    int64_t begin = r->n_items * ith / nth, end = r->n_items * (ith + 1) / nth;
+    int32_t g = 0;
+    for (int64_t it = begin; it < end; it++) {
+        while (g + 1 < r->n_groups && r->groups[g + 1].item0 <= it)
+            g++;
+        const struct group *gr = &r->groups[g];
+        if (r->expand)
+            expand_item(r, gr, it - gr->item0);
+        else
+            shrink_item(r, gr, it - gr->item0);
+    }
+}
+
+static void run_phase(struct mc_lora_runner *r, bool expand, int64_t macs) {
+    r->expand = expand;
+    r->n_items = 0;
+    for (int32_t g = 0; g < r->n_groups; g++) {
+        r->groups[g].item0 = r->n_items;
+        r->n_items += expand ? r->groups[g].p->n_out : r->groups[g].p->rank;
+    }
+    if (macs < POOL_MIN_MACS || !r->pool)
+        phase_part(r, 0, 1);
+    else
+        mc_pool_run(r->pool, phase_part, r);
+}
+
+static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_batch_row *rows,
+                int32_t n_rows, const float *x, int64_t n_in, float *y, int64_t n_out,
+                struct mc_err *err) {
+    struct mc_lora_runner *r = user;
+    r->rows = rows;
+    int rc = make_groups(r, layer, proj, n_rows, err);
+    if (rc != MC_OK || r->n_groups == 0)
+        return rc;
+    int64_t macs_in = 0, macs_out = 0;
+    for (int32_t g = 0; g < r->n_groups; g++) {
+        const struct lora_pair *p = r->groups[g].p;
+        if (p->n_in != n_in || p->n_out != n_out)
+            return mc_err_set(err, MC_EINTERNAL, "blk.%d.%s: adapter pair shape does not match",
+                              layer, mc_lora_proj_gguf(proj));
+        macs_in += (int64_t)r->groups[g].n * p->rank * n_in;
+        macs_out += (int64_t)r->groups[g].n * p->rank * n_out;
+    }
+    r->x = x;
+    r->y = y;
+    r->n_in = n_in;
+    r->n_out = n_out;
+    run_phase(r, false, macs_in);
+    run_phase(r, true, macs_out);
+    return MC_OK;
+}
