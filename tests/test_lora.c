@@ -270,8 +270,8 @@ static char *read_all(const char *path, size_t *len) {
 
 static int open_peft_with(const char *config, struct mc_lora **out, struct mc_err *err) {
     size_t st_len;
-    char *st = read_all(shared("models/stories260K-lora-r4-peft/adapter_model.safetensors"),
-                        &st_len);
+    char *st =
+        read_all(shared("models/stories260K-lora-r4-peft/adapter_model.safetensors"), &st_len);
     int rc = mc_lora_open_peft_buffers(config, strlen(config), st, st_len, "mem", &base, out, err);
     mc_free(st);
     return rc;
@@ -351,7 +351,7 @@ static void test_scales(void **state) {
     prompt_logits(ctx, g, 0.5f, a + 3 * nv);
     assert_memory_equal(a, a + nv, (size_t)nv * sizeof(float));
     assert_memory_equal(a, a + 2 * nv, (size_t)nv * sizeof(float));
-    assert_float_near(a[432], 16.6201401, REF_TOL); /* the reference's top logit */
+    assert_float_near(a[432], 16.6201401, REF_TOL);          /* the reference's top logit */
     assert_float_near(a[3 * nv + 432], 17.5922813, REF_TOL); /* reference at scale 0.5 */
     mc_free(a);
     mc_lora_runner_free(run);
@@ -437,8 +437,8 @@ static void decode_batch(struct mc_ctx *ctx, struct seq *seqs, int n, int32_t *t
         for (int i = 0; i < n; i++) {
             int32_t t = mc_argmax(seqs[i].logits, nv);
             tokens[i * N_STEPS + step] = t;
-            rows[i] = (struct mc_batch_row){t, mc_kv_n_used(seqs[i].kv), seqs[i].kv, true,
-                                            seqs[i].l, seqs[i].scale};
+            rows[i] = (struct mc_batch_row){
+                t, mc_kv_n_used(seqs[i].kv), seqs[i].kv, true, seqs[i].l, seqs[i].scale};
         }
         forward_ok(ctx, rows, n, logits);
         for (int i = 0; i < n; i++)
@@ -461,9 +461,9 @@ static void test_batch_16_adapters(void **state) {
             ad[i] = mc_lora_retain(ref);
             continue;
         }
-        assert_int_equal(mc_lora_synth(&base, 2 + i % 5, masks[i % 4], 0, 100 + (uint64_t)i,
-                                       "s", &ad[i], &err),
-                         MC_OK);
+        assert_int_equal(
+            mc_lora_synth(&base, 2 + i % 5, masks[i % 4], 0, 100 + (uint64_t)i, "s", &ad[i], &err),
+            MC_OK);
     }
     ad[14] = mc_lora_retain(ad[1]); /* a shared adapter: a group of two rows */
 
@@ -570,10 +570,8 @@ static void test_peft_config_errors(void **state) {
 }
 
 /* A GGUF adapter built from the reference one with one tensor changed by fix(). */
-static int open_modified(void (*fix)(const char *name, int64_t *ne, const void **data,
-                                     bool *skip),
-                         const struct mc_lora_base *b, struct mc_lora **out,
-                         struct mc_err *err) {
+static int open_modified(void (*fix)(const char *name, int64_t *ne, const void **data, bool *skip),
+                         const struct mc_lora_base *b, struct mc_lora **out, struct mc_err *err) {
     struct mc_gguf *g;
     struct mc_gguf_writer *w;
     char path[64];
@@ -769,15 +767,14 @@ static void test_cache_byte_budget(void **state) {
     struct loader_state st = {0};
     struct mc_err err = {0};
     struct mc_lora *probe;
-    assert_int_equal(mc_lora_synth(&base, 2, 1u << MC_PROJ_Q, 0, 1, "probe", &probe, &err),
-                     MC_OK);
+    assert_int_equal(mc_lora_synth(&base, 2, 1u << MC_PROJ_Q, 0, 1, "probe", &probe, &err), MC_OK);
     size_t one = mc_lora_info(probe)->resident_bytes;
     /* q: 5 layers × rank 2 × (64 + 64) floats, plus the object, pair and slot tables. */
     assert_true(one >= 5 * 2 * 128 * sizeof(float) && one < 5 * 2 * 128 * sizeof(float) + 2048);
     mc_lora_release(probe);
     struct mc_lora_cache *c;
-    struct mc_lora_cache_params p = {.budget_bytes = 2 * one + one / 2, .loader = loader,
-                                     .user = &st};
+    struct mc_lora_cache_params p = {
+        .budget_bytes = 2 * one + one / 2, .loader = loader, .user = &st};
     assert_int_equal(mc_lora_cache_create(&p, &c, &err), MC_OK);
     for (int i = 0; i < 10; i++) {
         char id[8];
@@ -795,12 +792,18 @@ static void test_cache_byte_budget(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reference_gguf),     cmocka_unit_test(test_reference_peft),
-        cmocka_unit_test(test_peft_permutation),   cmocka_unit_test(test_convert_roundtrip),
-        cmocka_unit_test(test_scales),             cmocka_unit_test(test_merge_equals_adapter),
-        cmocka_unit_test(test_batch_16_adapters),  cmocka_unit_test(test_no_hook_is_error),
-        cmocka_unit_test(test_peft_config_errors), cmocka_unit_test(test_gguf_errors),
-        cmocka_unit_test(test_cache_lru_pin_inuse), cmocka_unit_test(test_cache_byte_budget),
+        cmocka_unit_test(test_reference_gguf),
+        cmocka_unit_test(test_reference_peft),
+        cmocka_unit_test(test_peft_permutation),
+        cmocka_unit_test(test_convert_roundtrip),
+        cmocka_unit_test(test_scales),
+        cmocka_unit_test(test_merge_equals_adapter),
+        cmocka_unit_test(test_batch_16_adapters),
+        cmocka_unit_test(test_no_hook_is_error),
+        cmocka_unit_test(test_peft_config_errors),
+        cmocka_unit_test(test_gguf_errors),
+        cmocka_unit_test(test_cache_lru_pin_inuse),
+        cmocka_unit_test(test_cache_byte_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -368,7 +368,8 @@ static void test_forward_rejects_bad_rows_without_advancing(void **state) {
     assert_int_equal(mc_forward(ctx, &bad_tok, 1, logits, NULL, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "token id 512 is out of range 0..511"));
 
-    struct mc_batch_row full[3] = {{1, 0, kv, false, NULL, 0}, {403, 1, kv, false, NULL, 0}, {407, 2, kv, true, NULL, 0}};
+    struct mc_batch_row full[3] = {
+        {1, 0, kv, false, NULL, 0}, {403, 1, kv, false, NULL, 0}, {407, 2, kv, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, full, 3, logits, NULL, &err), MC_EFULL);
     assert_non_null(strstr(err.msg, "exceeds kv cache size 2"));
     assert_int_equal(mc_kv_n_used(kv), 0);

@@ -23,8 +23,8 @@
 #include <string.h>
 
 static const char *const proj_short[MC_PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
-static const char *const proj_gguf[MC_PROJ_COUNT] = {
-    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+static const char *const proj_gguf[MC_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                                     "ffn_gate", "ffn_up", "ffn_down"};
 
 const char *mc_lora_proj_short(enum mc_proj p) {
     return (unsigned)p < MC_PROJ_COUNT ? proj_short[p] : "?";
@@ -55,7 +55,8 @@ int mc_lora_parse_targets(const char *s, uint32_t *out, struct mc_err *err) {
     while (*s) {
         size_t len = strcspn(s, ",");
         int p = 0;
-        while (p < MC_PROJ_COUNT && (strlen(proj_short[p]) != len || strncmp(s, proj_short[p], len)))
+        while (p < MC_PROJ_COUNT &&
+               (strlen(proj_short[p]) != len || strncmp(s, proj_short[p], len)))
             p++;
         if (p == MC_PROJ_COUNT)
             return mc_err_set(err, MC_EINVAL,
@@ -69,8 +70,7 @@ int mc_lora_parse_targets(const char *s, uint32_t *out, struct mc_err *err) {
     return MC_OK;
 }
 
-void lora_proj_shape(const struct mc_lora_base *b, enum mc_proj p, int64_t *n_in,
-                     int64_t *n_out) {
+void lora_proj_shape(const struct mc_lora_base *b, enum mc_proj p, int64_t *n_in, int64_t *n_out) {
     int64_t d = b->n_embd, dq = (int64_t)b->n_head * b->head_dim;
     int64_t dkv = (int64_t)b->n_head_kv * b->head_dim;
     int64_t in[MC_PROJ_COUNT] = {d, d, d, dq, d, d, b->n_ff};
@@ -79,8 +79,8 @@ void lora_proj_shape(const struct mc_lora_base *b, enum mc_proj p, int64_t *n_in
     *n_out = outs[p];
 }
 
-int lora_check_pair(const struct mc_lora_base *b, const char *name, int32_t layer,
-                    enum mc_proj p, int64_t n_in, int64_t n_out, struct mc_err *err) {
+int lora_check_pair(const struct mc_lora_base *b, const char *name, int32_t layer, enum mc_proj p,
+                    int64_t n_in, int64_t n_out, struct mc_err *err) {
     if (layer >= b->n_layer)
         return mc_err_set(err, MC_EINVAL, "%s: layer %d does not exist (the model has %d)", name,
                           layer, b->n_layer);
@@ -176,8 +176,8 @@ static float pair_factor(const struct mc_lora_info *info, int32_t rank) {
     return info->rslora ? info->alpha / sqrtf((float)rank) : info->alpha / (float)rank;
 }
 
-static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s,
-                     float *at, struct mc_err *err) {
+static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s, float *at,
+                     struct mc_err *err) {
     char what[64];
     p->layer = s->layer;
     p->proj = s->proj;
@@ -448,8 +448,10 @@ static int save_kv(struct mc_gguf_writer *w, const struct mc_lora *l, struct mc_
 int mc_lora_save_gguf(const struct mc_lora *l, enum mc_type type, const char *path,
                       struct mc_err *err) {
     if (type != MC_TYPE_F32 && type != MC_TYPE_F16 && type != MC_TYPE_BF16)
-        return mc_err_set(err, MC_EINVAL, "adapter tensors can be written as F32, F16 or BF16, "
-                                          "not %s", mc_type_name(type));
+        return mc_err_set(err, MC_EINVAL,
+                          "adapter tensors can be written as F32, F16 or BF16, "
+                          "not %s",
+                          mc_type_name(type));
     if (l->info.hf_row_order && (l->info.targets & ((1u << MC_PROJ_Q) | (1u << MC_PROJ_K))))
         return mc_err_set(err, MC_EINVAL,
                           "%s: q_proj/k_proj need the base model's head counts for the rope row "

@@ -121,8 +121,8 @@ int mc_lora_save_gguf(const struct mc_lora *l, enum mc_type type, const char *pa
  * F32/F16/BF16 matrices are updated in their type; quantized ones are dequantized, updated
  * and quantized again to the same type (which adds that type's rounding error once).
  * l must be bound to m's shape. */
-int mc_lora_merge(const struct mc_model *m, const struct mc_lora *l, float scale,
-                  const char *path, struct mc_err *err);
+int mc_lora_merge(const struct mc_model *m, const struct mc_lora *l, float scale, const char *path,
+                  struct mc_err *err);
 
 /* ---- Applying adapters in a forward pass ------------------------------------------ */
 
@@ -141,8 +141,8 @@ void mc_lora_runner_free(struct mc_lora_runner *r);
 /* Loads adapter (id, version) on a cache miss; returns a new reference in *out. The
  * server's loader reads and decrypts the tenant's sealed blob. Called without the cache
  * lock held, possibly from several threads at once. */
-typedef int (*mc_lora_loader_fn)(void *user, const char *id, uint64_t version,
-                                 struct mc_lora **out, struct mc_err *err);
+typedef int (*mc_lora_loader_fn)(void *user, const char *id, uint64_t version, struct mc_lora **out,
+                                 struct mc_err *err);
 
 struct mc_lora_cache_params {
     size_t budget_bytes; /* sum of resident_bytes allowed; 0 = no byte limit */

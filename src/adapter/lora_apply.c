@@ -27,20 +27,20 @@
 
 struct group {
     const struct lora_pair *p;
-    int32_t first;  /* into runner.idx */
-    int32_t n;      /* rows in the group */
-    size_t t_off;   /* into runner.t: (n, rank) */
-    int64_t item0;  /* first item of this group in the current phase */
+    int32_t first; /* into runner.idx */
+    int32_t n;     /* rows in the group */
+    size_t t_off;  /* into runner.t: (n, rank) */
+    int64_t item0; /* first item of this group in the current phase */
 };
 
 struct mc_lora_runner {
     struct mc_ctx *ctx;
     struct mc_pool *pool;
     struct mc_lora_base base;
-    int32_t *idx;        /* (max_rows) row indices sorted by adapter */
-    float *scale;        /* (max_rows) s · factor per row, by position in idx */
+    int32_t *idx;         /* (max_rows) row indices sorted by adapter */
+    float *scale;         /* (max_rows) s · factor per row, by position in idx */
     struct group *groups; /* (max_rows) */
-    float *t;            /* shrink output; grows */
+    float *t;             /* shrink output; grows */
     size_t t_cap;
     /* The call in progress. */
     const struct mc_batch_row *rows;
@@ -142,8 +142,8 @@ static int32_t sort_by_adapter(struct mc_lora_runner *r, int32_t n_rows) {
 }
 
 /* One group per adapter that has a pair for (layer, proj), with each row's scale. */
-static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj proj,
-                       int32_t n_rows, struct mc_err *err) {
+static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj proj, int32_t n_rows,
+                       struct mc_err *err) {
     int32_t n = sort_by_adapter(r, n_rows);
     size_t t_need = 0;
     r->n_groups = 0;

@@ -215,9 +215,9 @@ int mc_lora_cache_pin(struct mc_lora_cache *c, const char *id, uint64_t version,
     pthread_mutex_unlock(&c->mu);
     if (rc == MC_OK && !e) {
         mc_lora_release(loose);
-        rc = mc_err_set(err, MC_EFULL,
-                        "adapter %.64s: the cache budget is taken by pinned or in-use adapters",
-                        id);
+        rc =
+            mc_err_set(err, MC_EFULL,
+                       "adapter %.64s: the cache budget is taken by pinned or in-use adapters", id);
     }
     return rc;
 }

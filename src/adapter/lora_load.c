@@ -55,8 +55,8 @@ static void set_name(struct mc_lora_info *info, const char *name) {
 
 /* ---- GGUF ------------------------------------------------------------------------ */
 
-static int gguf_str_eq(const struct mc_gguf *g, const char *key, const char *want,
-                       const char *file, struct mc_err *err) {
+static int gguf_str_eq(const struct mc_gguf *g, const char *key, const char *want, const char *file,
+                       struct mc_err *err) {
     const char *s;
     uint64_t len;
     int rc = mc_gguf_get_str(g, key, &s, &len, err);
@@ -86,8 +86,9 @@ static int gguf_meta(const struct mc_gguf *g, const char *file, const struct mc_
         return rc;
     }
     if (base && strcmp(info->arch, base->arch) != 0)
-        return mc_err_set(err, MC_EINVAL, "%s: adapter architecture '%s' does not match the "
-                                          "model's '%s'",
+        return mc_err_set(err, MC_EINVAL,
+                          "%s: adapter architecture '%s' does not match the "
+                          "model's '%s'",
                           file, info->arch, base->arch);
     if (mc_gguf_get_str(g, "general.base_model.0.name", &s, &len, NULL) == MC_OK)
         snprintf(info->base_model, sizeof(info->base_model), "%.*s", (int)(len > 127 ? 127 : len),
@@ -157,8 +158,9 @@ static int gguf_check_pair(const struct mc_gguf *g, struct lora_src *p,
                           p->a ? bn : an);
     int64_t ra = mc_gguf_find_tensor(g, an)->ne[1], rb = mc_gguf_find_tensor(g, bn)->ne[0];
     if (ra != rb)
-        return mc_err_set(err, MC_EFORMAT, "%s: lora_a has rank %lld but lora_b %lld (a must be "
-                                           "[n_in, r], b [r, n_out])",
+        return mc_err_set(err, MC_EFORMAT,
+                          "%s: lora_a has rank %lld but lora_b %lld (a must be "
+                          "[n_in, r], b [r, n_out])",
                           p->name, (long long)ra, (long long)rb);
     if (ra > MC_LORA_MAX_RANK)
         return mc_err_set(err, MC_EFORMAT, "%s: rank %lld exceeds the limit %d", p->name,
@@ -169,8 +171,7 @@ static int gguf_check_pair(const struct mc_gguf *g, struct lora_src *p,
                           "%s: only the layer projections attn_q/k/v/output and ffn_gate/up/down "
                           "can be adapted",
                           p->name);
-    return base ? lora_check_pair(base, p->name, p->layer, p->proj, p->n_in, p->n_out, err)
-                : MC_OK;
+    return base ? lora_check_pair(base, p->name, p->layer, p->proj, p->n_in, p->n_out, err) : MC_OK;
 }
 
 static int gguf_collect(const struct mc_gguf *g, const struct mc_lora_base *base,
@@ -244,10 +245,9 @@ int mc_lora_open_gguf_buffer(const void *buf, size_t size, const char *name,
 
 /* ---- PEFT ------------------------------------------------------------------------ */
 
-static const char *const hf_proj[MC_PROJ_COUNT] = {"self_attn.q_proj", "self_attn.k_proj",
-                                                   "self_attn.v_proj", "self_attn.o_proj",
-                                                   "mlp.gate_proj",    "mlp.up_proj",
-                                                   "mlp.down_proj"};
+static const char *const hf_proj[MC_PROJ_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
 
 static int cfg_error(struct mc_err *err, int code, const char *name, const char *what) {
     return mc_err_set(err, code, "%s/adapter_config.json: %s", name, what);
@@ -272,8 +272,8 @@ static int peft_config(const char *json, size_t len, const char *name, struct mc
                           je.line, je.column, je.position, je.text);
     int rc = MC_OK;
     const json_t *v;
-    const char *unsup[] = {"use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern",
-                           "modules_to_save", "layers_to_transform"};
+    const char *unsup[] = {"use_dora",      "fan_in_fan_out",  "rank_pattern",
+                           "alpha_pattern", "modules_to_save", "layers_to_transform"};
     if (!json_is_object(root)) {
         rc = cfg_error(err, MC_EFORMAT, name, "top level is not a JSON object");
         goto out;
@@ -286,8 +286,9 @@ static int peft_config(const char *json, size_t len, const char *name, struct mc
     v = json_object_get(root, "r");
     if (!json_is_integer(v) || json_integer_value(v) < 1 ||
         json_integer_value(v) > MC_LORA_MAX_RANK) {
-        rc = mc_err_set(err, MC_EFORMAT, "%s/adapter_config.json: \"r\" must be an integer in "
-                                         "1..%d",
+        rc = mc_err_set(err, MC_EFORMAT,
+                        "%s/adapter_config.json: \"r\" must be an integer in "
+                        "1..%d",
                         name, MC_LORA_MAX_RANK);
         goto out;
     }
@@ -364,8 +365,9 @@ static int peft_half(struct lora_src *p, const struct mc_safetensors_tensor *t, 
         return mc_err_set(err, MC_EFORMAT, "%s has %d dimensions, expected 2", t->name, t->n_dims);
     int64_t r = is_a ? t->shape[0] : t->shape[1], other = is_a ? t->shape[1] : t->shape[0];
     if (r != rank)
-        return mc_err_set(err, MC_EFORMAT, "%s has shape [%lld, %lld]: rank %lld, but the config "
-                                           "says r = %d",
+        return mc_err_set(err, MC_EFORMAT,
+                          "%s has shape [%lld, %lld]: rank %lld, but the config "
+                          "says r = %d",
                           t->name, (long long)t->shape[0], (long long)t->shape[1], (long long)r,
                           rank);
     if (other < 1)
@@ -410,8 +412,8 @@ static int peft_collect(const struct mc_safetensors *st, const struct mc_lora_ba
     for (int32_t i = 0; i < *n; i++) {
         struct lora_src *p = &src[i];
         if (!p->a || !p->b)
-            return mc_err_set(err, MC_EFORMAT, "%s: lora_%c of this projection is missing",
-                              p->name, p->a ? 'B' : 'A');
+            return mc_err_set(err, MC_EFORMAT, "%s: lora_%c of this projection is missing", p->name,
+                              p->a ? 'B' : 'A');
         if (!base)
             continue;
         int rc = lora_check_pair(base, p->name, p->layer, p->proj, p->n_in, p->n_out, err);

@@ -65,13 +65,12 @@ static int add_tensor(struct mc_gguf_writer *w, const struct mc_gguf_tensor *t,
     return rc;
 }
 
-int mc_lora_merge(const struct mc_model *m, const struct mc_lora *l, float scale,
-                  const char *path, struct mc_err *err) {
+int mc_lora_merge(const struct mc_model *m, const struct mc_lora *l, float scale, const char *path,
+                  struct mc_err *err) {
     struct mc_lora_base base;
     mc_lora_base_from_model(m, &base);
     if (!mc_lora_fits(l, &base))
-        return mc_err_set(err, MC_EINVAL, "adapter %s was not loaded for this model",
-                          l->info.name);
+        return mc_err_set(err, MC_EINVAL, "adapter %s was not loaded for this model", l->info.name);
     const struct mc_gguf *g = mc_model_gguf(m);
     struct mc_gguf_writer *w;
     int rc = mc_gguf_writer_create(&w, err);

@@ -342,8 +342,12 @@ static int decode(struct loop *L, mc_gen_fn fn, void *user, struct mc_err *err) 
         if (f != MC_FINISH_NONE)
             return (int)f;
 
-        struct mc_batch_row row = {t.id, mc_kv_n_used(L->kv), L->kv, true, L->gp->adapter,
-                                   L->gp->adapter_scale};
+        struct mc_batch_row row = {.token = t.id,
+                                   .pos = mc_kv_n_used(L->kv),
+                                   .kv = L->kv,
+                                   .want_logits = true,
+                                   .adapter = L->gp->adapter,
+                                   .adapter_scale = L->gp->adapter_scale};
         int rc = mc_forward(L->ctx, &row, 1, L->logits, NULL, err);
         if (rc != MC_OK)
             return rc;

@@ -641,8 +641,8 @@ static int proj(struct mc_ctx *c, const struct weight *w, const float *x, float 
 
 /* A layer projection: the base product for all rows, then, when some row carries an
  * adapter, the hook adds the per-row low-rank terms. */
-static int layer_proj(struct mc_ctx *c, enum mc_proj which, const struct weight *w,
-                      const float *x, float *y, int32_t n, struct mc_err *err) {
+static int layer_proj(struct mc_ctx *c, enum mc_proj which, const struct weight *w, const float *x,
+                      float *y, int32_t n, struct mc_err *err) {
     int rc = proj(c, w, x, y, n, err);
     if (rc != MC_OK || !c->any_adapter)
         return rc;

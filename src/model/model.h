@@ -93,13 +93,13 @@ int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
 
 /* The seven layer projections a hook sees, in the order they run. */
 enum mc_proj {
-    MC_PROJ_Q = 0,  /* attn_q: n_embd -> n_head * head_dim */
-    MC_PROJ_K,      /* attn_k: n_embd -> n_head_kv * head_dim */
-    MC_PROJ_V,      /* attn_v: n_embd -> n_head_kv * head_dim */
-    MC_PROJ_O,      /* attn_output: n_head * head_dim -> n_embd */
-    MC_PROJ_GATE,   /* ffn_gate: n_embd -> n_ff */
-    MC_PROJ_UP,     /* ffn_up: n_embd -> n_ff */
-    MC_PROJ_DOWN,   /* ffn_down: n_ff -> n_embd */
+    MC_PROJ_Q = 0, /* attn_q: n_embd -> n_head * head_dim */
+    MC_PROJ_K,     /* attn_k: n_embd -> n_head_kv * head_dim */
+    MC_PROJ_V,     /* attn_v: n_embd -> n_head_kv * head_dim */
+    MC_PROJ_O,     /* attn_output: n_head * head_dim -> n_embd */
+    MC_PROJ_GATE,  /* ffn_gate: n_embd -> n_ff */
+    MC_PROJ_UP,    /* ffn_up: n_embd -> n_ff */
+    MC_PROJ_DOWN,  /* ffn_down: n_ff -> n_embd */
     MC_PROJ_COUNT
 };
 
