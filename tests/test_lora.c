@@ -208,8 +208,9 @@ static void test_peft_permutation(void **state) {
         mc_lora_pair(raw, i, &r);
         assert_string_equal(a.name, b.name);
         assert_memory_equal(a.a, b.a, (size_t)a.rank * a.n_in * sizeof(float));
-        assert_memory_equal(a.b, b.b, (size_t)a.n_out * a.rank * sizeof(float));
-        bool same_raw = !memcmp(a.b, r.b, (size_t)a.n_out * a.rank * sizeof(float));
+        assert_int_equal(a.type, MC_TYPE_F32);
+        assert_memory_equal(a.bt, b.bt, (size_t)a.n_out * a.rank * sizeof(float));
+        bool same_raw = !memcmp(a.bt, r.bt, (size_t)a.n_out * a.rank * sizeof(float));
         assert_int_equal(same_raw, a.proj != MC_PROJ_Q);
     }
     /* Converting needs the head counts when q/k are present. */
@@ -698,7 +699,7 @@ static void test_cache_lru_pin_inuse(void **state) {
 
     /* a1 a2 a3 fill it; touching a1 makes a2 the least recently used. */
     for (int i = 1; i <= 3; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof(id), "a%d", i);
         mc_lora_release(get_ok(c, id, 1));
     }
@@ -777,7 +778,7 @@ static void test_cache_byte_budget(void **state) {
         .budget_bytes = 2 * one + one / 2, .loader = loader, .user = &st};
     assert_int_equal(mc_lora_cache_create(&p, &c, &err), MC_OK);
     for (int i = 0; i < 10; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof(id), "b%d", i);
         mc_lora_release(get_ok(c, id, 1));
         struct mc_lora_cache_stats s;

@@ -131,28 +131,55 @@ static int cmp_src(const void *pa, const void *pb) {
     return (int)a->proj - (int)b->proj;
 }
 
-/* Converts rows rows of n elements of type t into dst. */
-static int convert(enum mc_type t, const void *src, int64_t rows, int64_t n, float *dst,
+static size_t el_size(enum mc_type t) {
+    return t == MC_TYPE_F16 ? 2 : 4;
+}
+
+/* Row r (n elements of type t) of a source tensor as F32, into dst. Safetensors data is
+ * aligned only as the file happens to be, so halves are read with memcpy. */
+static int src_row(enum mc_type t, const void *src, int64_t r, int64_t n, float *dst,
                    const char *what, struct mc_err *err) {
     size_t rb = mc_type_row_size(t, n);
     if (rb == 0)
         return mc_err_set(err, MC_EFORMAT, "%s: row of %lld elements does not fit type %s", what,
                           (long long)n, mc_type_name(t));
+    const uint8_t *p = (const uint8_t *)src + (size_t)r * rb;
     if (t == MC_TYPE_F16 || t == MC_TYPE_BF16) {
-        /* Safetensors data is aligned only as the file happens to be: read halves with
-         * memcpy rather than through a uint16_t pointer. */
-        const uint8_t *p = src;
-        for (int64_t i = 0; i < rows * n; i++) {
+        for (int64_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
             dst[i] = t == MC_TYPE_F16 ? mc_fp16_to_fp32(h) : mc_bf16_to_fp32(h);
         }
         return MC_OK;
     }
-    for (int64_t r = 0; r < rows; r++) {
-        int rc = mc_dequantize_row(t, (const uint8_t *)src + (size_t)r * rb, dst + r * n, n, err);
+    if (mc_dequantize_row(t, p, dst, n, err) != MC_OK)
+        return mc_err_prefix(err, "%s", what);
+    return MC_OK;
+}
+
+/* Stores v as element i of dst (type t). */
+static void put(void *dst, enum mc_type t, size_t i, float v) {
+    if (t == MC_TYPE_F16)
+        ((uint16_t *)dst)[i] = mc_fp32_to_fp16(v);
+    else
+        ((float *)dst)[i] = v;
+}
+
+/* A: rows of the source are rows of the destination. Same type: one copy. */
+static int load_a(const struct lora_src *s, enum mc_type wt, void *dst, float *row,
+                  struct mc_err *err) {
+    char what[64];
+    snprintf(what, sizeof(what), "%s.lora_a", s->name);
+    if (s->a_type == wt) {
+        memcpy(dst, s->a, (size_t)s->rank * s->n_in * el_size(wt));
+        return MC_OK;
+    }
+    for (int64_t k = 0; k < s->rank; k++) {
+        int rc = src_row(s->a_type, s->a, k, s->n_in, row, what, err);
         if (rc != MC_OK)
-            return mc_err_prefix(err, "%s", what);
+            return rc;
+        for (int64_t i = 0; i < s->n_in; i++)
+            put(dst, wt, (size_t)k * s->n_in + i, row[i]);
     }
     return MC_OK;
 }
@@ -160,14 +187,35 @@ static int convert(enum mc_type t, const void *src, int64_t rows, int64_t n, flo
 /* HF orders each head's rows as (2, head_dim/2) (first halves of all rotary pairs, then
  * second halves); GGUF interleaves them as (head_dim/2, 2). Row h·hd + 2i + j of the GGUF
  * layout is row h·hd + j·hd/2 + i of the HF layout. */
-static void permute_rows(const float *hf, float *gguf, int64_t n_out, int32_t n_heads,
-                         int32_t rank) {
-    int64_t hd = n_out / n_heads, half = hd / 2;
-    for (int64_t h = 0; h < n_heads; h++)
-        for (int64_t i = 0; i < half; i++)
-            for (int64_t j = 0; j < 2; j++)
-                memcpy(gguf + (h * hd + 2 * i + j) * rank, hf + (h * hd + j * half + i) * rank,
-                       (size_t)rank * sizeof(float));
+static int64_t hf_row(const struct lora_src *s, int64_t o) {
+    if (!s->permute_b)
+        return o;
+    int64_t hd = s->n_out / s->n_heads, half = hd / 2;
+    int64_t h = o / hd, i = (o % hd) / 2, j = o % 2;
+    return h * hd + j * half + i;
+}
+
+/* Bᵀ: GGUF row o of B (rank values) becomes column o of Bᵀ (rank, n_out). */
+static int load_bt(const struct lora_src *s, enum mc_type wt, void *dst, float *row,
+                   struct mc_err *err) {
+    char what[64];
+    snprintf(what, sizeof(what), "%s.lora_b", s->name);
+    size_t es = el_size(wt);
+    for (int64_t o = 0; o < s->n_out; o++) {
+        int64_t r = hf_row(s, o);
+        if (s->b_type == wt) {
+            const uint8_t *p = (const uint8_t *)s->b + (size_t)r * s->rank * es;
+            for (int64_t k = 0; k < s->rank; k++)
+                memcpy((uint8_t *)dst + ((size_t)k * s->n_out + o) * es, p + k * es, es);
+            continue;
+        }
+        int rc = src_row(s->b_type, s->b, r, s->rank, row, what, err);
+        if (rc != MC_OK)
+            return rc;
+        for (int64_t k = 0; k < s->rank; k++)
+            put(dst, wt, (size_t)k * s->n_out + o, row[k]);
+    }
+    return MC_OK;
 }
 
 static float pair_factor(const struct mc_lora_info *info, int32_t rank) {
@@ -176,9 +224,8 @@ static float pair_factor(const struct mc_lora_info *info, int32_t rank) {
     return info->rslora ? info->alpha / sqrtf((float)rank) : info->alpha / (float)rank;
 }
 
-static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s, float *at,
-                     struct mc_err *err) {
-    char what[64];
+static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s,
+                     uint8_t *at, struct mc_err *err) {
     p->layer = s->layer;
     p->proj = s->proj;
     p->rank = s->rank;
@@ -186,21 +233,15 @@ static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_s
     p->n_out = s->n_out;
     p->factor = pair_factor(&l->info, s->rank);
     p->a = at;
-    p->b = at + (size_t)s->rank * s->n_in;
-    snprintf(what, sizeof(what), "%s.lora_a", s->name);
-    int rc = convert(s->a_type, s->a, s->rank, s->n_in, p->a, what, err);
-    if (rc != MC_OK)
-        return rc;
-    snprintf(what, sizeof(what), "%s.lora_b", s->name);
-    if (!s->permute_b)
-        return convert(s->b_type, s->b, s->n_out, s->rank, p->b, what, err);
-    float *tmp = mc_malloc((size_t)s->n_out * s->rank * sizeof(float));
-    if (!tmp)
-        return mc_err_set(err, MC_ENOMEM, "%s: allocation failed", what);
-    rc = convert(s->b_type, s->b, s->n_out, s->rank, tmp, what, err);
+    p->bt = at + (size_t)s->rank * s->n_in * el_size(l->wtype);
+    int64_t w = s->n_in > s->rank ? s->n_in : s->rank;
+    float *row = mc_malloc((size_t)w * sizeof(float));
+    if (!row)
+        return mc_err_set(err, MC_ENOMEM, "%s: allocation failed", s->name);
+    int rc = load_a(s, l->wtype, p->a, row, err);
     if (rc == MC_OK)
-        permute_rows(tmp, p->b, s->n_out, s->n_heads, s->rank);
-    mc_free(tmp);
+        rc = load_bt(s, l->wtype, p->bt, row, err);
+    mc_free(row);
     return rc;
 }
 
@@ -210,6 +251,15 @@ static int check_duplicates(const struct lora_src *src, int32_t n, struct mc_err
             return mc_err_set(err, MC_EFORMAT, "%s: two adapter pairs for the same matrix",
                               src[i].name);
     return MC_OK;
+}
+
+/* F16 when every source tensor is F16 (kept as is, half the memory and bandwidth of
+ * F32); F32 otherwise, so that F32 adapters compute exactly as written. */
+static enum mc_type pick_type(const struct lora_src *src, int32_t n) {
+    for (int32_t i = 0; i < n; i++)
+        if (src[i].a_type != MC_TYPE_F16 || src[i].b_type != MC_TYPE_F16)
+            return MC_TYPE_F32;
+    return MC_TYPE_F16;
 }
 
 int lora_build(const struct mc_lora_info *info, const struct mc_lora_base *base,
@@ -230,35 +280,37 @@ int lora_build(const struct mc_lora_info *info, const struct mc_lora_base *base,
     l->info.n_pairs = n;
     l->info.rank = 0;
     l->info.targets = 0;
+    l->wtype = pick_type(src, n);
     if (base) {
         l->base = *base;
         l->info.bound = true;
     }
-    size_t floats = 0;
+    size_t elems = 0;
     for (int32_t i = 0; i < n; i++) {
-        floats += (size_t)src[i].rank * (size_t)(src[i].n_in + src[i].n_out);
+        elems += (size_t)src[i].rank * (size_t)(src[i].n_in + src[i].n_out);
         if (src[i].rank > l->info.rank)
             l->info.rank = src[i].rank;
         l->info.targets |= 1u << src[i].proj;
     }
+    size_t bytes = elems * el_size(l->wtype);
     l->n_slots = (src[n - 1].layer + 1) * MC_PROJ_COUNT;
     l->pairs = mc_calloc((size_t)n, sizeof(*l->pairs));
     l->slot = mc_calloc((size_t)l->n_slots, sizeof(*l->slot));
-    l->data = mc_malloc(floats * sizeof(float));
+    l->data = mc_malloc(bytes);
     if (!l->pairs || !l->slot || !l->data) {
         rc = mc_err_set(err, MC_ENOMEM, "adapter %s: allocation of %zu bytes failed", info->name,
-                        floats * sizeof(float));
+                        bytes);
         goto out_free;
     }
-    float *at = l->data;
+    uint8_t *at = l->data;
     for (int32_t i = 0; i < n; i++) {
         if ((rc = fill_pair(l, &l->pairs[i], &src[i], at, err)) != MC_OK)
             goto out_free;
-        at += (size_t)src[i].rank * (size_t)(src[i].n_in + src[i].n_out);
+        at += (size_t)src[i].rank * (size_t)(src[i].n_in + src[i].n_out) * el_size(l->wtype);
         l->slot[src[i].layer * MC_PROJ_COUNT + src[i].proj] = &l->pairs[i];
     }
     l->info.resident_bytes = sizeof(*l) + (size_t)n * sizeof(*l->pairs) +
-                             (size_t)l->n_slots * sizeof(*l->slot) + floats * sizeof(float);
+                             (size_t)l->n_slots * sizeof(*l->slot) + bytes;
     *out = l;
     return MC_OK;
 
@@ -267,7 +319,6 @@ out_free:
     return rc;
 }
 
-/* ---- Object --------------------------------------------------------------------- */
 
 struct mc_lora *mc_lora_retain(struct mc_lora *l) {
     if (l)
@@ -305,8 +356,9 @@ void mc_lora_pair(const struct mc_lora *l, int32_t i, struct mc_lora_pair_info *
     out->n_in = p->n_in;
     out->n_out = p->n_out;
     out->factor = p->factor;
+    out->type = l->wtype;
     out->a = p->a;
-    out->b = p->b;
+    out->bt = p->bt;
 }
 
 float mc_lora_scale(const struct mc_lora *l, int32_t layer, enum mc_proj proj, float user_scale) {
@@ -445,6 +497,33 @@ static int save_kv(struct mc_gguf_writer *w, const struct mc_lora *l, struct mc_
     return mc_gguf_writer_set_f32(w, "adapter.lora.alpha", alpha, err);
 }
 
+/* Writes lora_a (rank, n_in) and lora_b (n_out, rank), converting from storage. */
+static int save_pair(struct mc_gguf_writer *w, const struct mc_lora *l, const struct lora_pair *p,
+                     enum mc_type type, struct mc_err *err) {
+    char name[80];
+    size_t na = (size_t)p->rank * p->n_in, nb = (size_t)p->rank * p->n_out;
+    float *a = mc_malloc(na * sizeof(float)), *b = mc_malloc(nb * sizeof(float));
+    int rc = MC_OK;
+    if (!a || !b) {
+        rc = mc_err_set(err, MC_ENOMEM, "saving adapter: allocation failed");
+        goto out_free;
+    }
+    for (size_t i = 0; i < na; i++)
+        a[i] = lora_get(p->a, l->wtype, i);
+    for (int64_t o = 0; o < p->n_out; o++)
+        for (int64_t k = 0; k < p->rank; k++)
+            b[o * p->rank + k] = lora_get(p->bt, l->wtype, (size_t)k * p->n_out + o);
+    snprintf(name, sizeof(name), "blk.%d.%s.weight.lora_a", p->layer, proj_gguf[p->proj]);
+    rc = add_half(w, name, type, a, p->rank, p->n_in, err);
+    snprintf(name, sizeof(name), "blk.%d.%s.weight.lora_b", p->layer, proj_gguf[p->proj]);
+    if (rc == MC_OK)
+        rc = add_half(w, name, type, b, p->n_out, p->rank, err);
+out_free:
+    mc_free(a);
+    mc_free(b);
+    return rc;
+}
+
 int mc_lora_save_gguf(const struct mc_lora *l, enum mc_type type, const char *path,
                       struct mc_err *err) {
     if (type != MC_TYPE_F32 && type != MC_TYPE_F16 && type != MC_TYPE_BF16)
@@ -462,15 +541,8 @@ int mc_lora_save_gguf(const struct mc_lora *l, enum mc_type type, const char *pa
     if (rc != MC_OK)
         return rc;
     rc = save_kv(w, l, err);
-    char name[80];
-    for (int32_t i = 0; i < l->info.n_pairs && rc == MC_OK; i++) {
-        const struct lora_pair *p = &l->pairs[i];
-        snprintf(name, sizeof(name), "blk.%d.%s.weight.lora_a", p->layer, proj_gguf[p->proj]);
-        rc = add_half(w, name, type, p->a, p->rank, p->n_in, err);
-        snprintf(name, sizeof(name), "blk.%d.%s.weight.lora_b", p->layer, proj_gguf[p->proj]);
-        if (rc == MC_OK)
-            rc = add_half(w, name, type, p->b, p->n_out, p->rank, err);
-    }
+    for (int32_t i = 0; i < l->info.n_pairs && rc == MC_OK; i++)
+        rc = save_pair(w, l, &l->pairs[i], type, err);
     if (rc == MC_OK)
         rc = mc_gguf_writer_write(w, path, err);
     mc_gguf_writer_free(w);

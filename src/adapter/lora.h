@@ -4,9 +4,10 @@
  * An adapter is a set of low-rank pairs (A, B) for some of the seven layer projections
  * q, k, v, o, gate, up, down; the projection y = x·Wᵀ becomes y + s·(x·Aᵀ)·Bᵀ with
  * s = factor · request scale, factor = alpha / r (alpha / √r with rsLoRA; 1 when a GGUF
- * adapter has no alpha, as llama.cpp does). Pairs are kept in F32 in GGUF orientation:
- * A (r, n_in), B (n_out, r), with PEFT's q/k lora_B rows already permuted to GGUF's rope
- * order. An adapter is immutable after load and reference-counted: any number of threads
+ * adapter has no alpha, as llama.cpp does). Pairs are kept as A (r, n_in) and Bᵀ
+ * (r, n_out), with PEFT's q/k lora_B rows already permuted to GGUF's rope order, in F16
+ * when every tensor of the file was F16 and in F32 otherwise (F32 files stay exact,
+ * BF16/Q8_0 are widened). An adapter is immutable after load and reference-counted: any number of threads
  * and sequences may hold it; the last mc_lora_release frees it. */
 #ifndef MC_LORA_H
 #define MC_LORA_H
@@ -59,9 +60,10 @@ struct mc_lora_pair_info {
     int32_t rank;
     int64_t n_in;
     int64_t n_out;
-    float factor;   /* alpha / r, alpha / √r or 1 */
-    const float *a; /* (rank, n_in) */
-    const float *b; /* (n_out, rank) */
+    float factor;      /* alpha / r, alpha / √r or 1 */
+    enum mc_type type; /* of a and bt: F32, or F16 for adapters whose file was all F16 */
+    const void *a;     /* (rank, n_in) */
+    const void *bt;    /* (rank, n_out): B transposed */
 };
 
 struct mc_lora; /* opaque; see lora.c */

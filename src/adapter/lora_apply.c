@@ -31,6 +31,7 @@ struct group {
     int32_t n;     /* rows in the group */
     size_t t_off;  /* into runner.t: (n, rank) */
     int64_t item0; /* first item of this group in the current phase */
+    enum mc_type wt; /* the adapter's storage type */
 };
 
 struct mc_lora_runner {
@@ -51,6 +52,8 @@ struct mc_lora_runner {
     int32_t n_groups;
     int64_t n_items;
     bool expand;
+    float (*dot)(const float *x, const void *w, enum mc_type t, int64_t n);
+    void (*axpy)(float *y, float a, const void *w, enum mc_type t, int64_t n);
 };
 
 /* Below this many multiply-adds a projection's low-rank part runs on one thread. */
@@ -99,6 +102,9 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
         mc_lora_runner_free(r);
         return mc_err_set(err, MC_ENOMEM, "lora runner buffers for %zu rows: allocation failed", n);
     }
+    bool avx2 = mc_simd_get() >= MC_SIMD_AVX2;
+    r->dot = avx2 ? lora_dot_avx2 : lora_dot_portable;
+    r->axpy = avx2 ? lora_axpy_avx2 : lora_axpy_portable;
     mc_ctx_set_proj_hook(ctx, hook, r);
     *out = r;
     return MC_OK;
@@ -160,6 +166,7 @@ static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj pro
         if (p) {
             struct group *g = &r->groups[r->n_groups++];
             g->p = p;
+            g->wt = l->wtype;
             g->first = i;
             g->n = j - i;
             g->t_off = t_need;
@@ -182,40 +189,83 @@ static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj pro
 
 /* ---- Kernels --------------------------------------------------------------------- */
 
-/* Shrink item k of group g: t[i][k] = scale_i · x[row_i]·A[k] for the group's rows. */
-static void shrink_item(struct mc_lora_runner *r, const struct group *g, int64_t k) {
+float lora_dot_portable(const float *x, const void *w, enum mc_type t, int64_t n) {
+    if (t == MC_TYPE_F32)
+        return dot(x, w, n);
+    const uint16_t *h = w;
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += x[i + l] * mc_fp16_to_fp32(h[i + l]);
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += x[i] * mc_fp16_to_fp32(h[i]);
+    return s;
+}
+
+void lora_axpy_portable(float *y, float a, const void *w, enum mc_type t, int64_t n) {
+    if (t == MC_TYPE_F32) {
+        const float *f = w;
+        for (int64_t i = 0; i < n; i++)
+            y[i] += a * f[i];
+        return;
+    }
+    const uint16_t *h = w;
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * mc_fp16_to_fp32(h[i]);
+}
+
+static const void *elem(const void *w, enum mc_type t, size_t i) {
+    return (const uint8_t *)w + i * (t == MC_TYPE_F16 ? 2 : 4);
+}
+
+/* Shrink rows [k0, k1) of A for group g: t[i][k] = scale_i · x[row_i]·A[k]. */
+static void shrink_range(struct mc_lora_runner *r, const struct group *g, int64_t k0,
+                         int64_t k1) {
     const struct lora_pair *p = g->p;
-    const float *a = p->a + k * p->n_in;
     float *t = r->t + g->t_off;
-    for (int32_t i = 0; i < g->n; i++) {
-        int32_t row = r->idx[g->first + i];
-        t[(size_t)i * p->rank + k] = r->scale[g->first + i] * dot(r->x + row * r->n_in, a, p->n_in);
+    for (int64_t k = k0; k < k1; k++) {
+        const void *a = elem(p->a, g->wt, (size_t)k * p->n_in);
+        for (int32_t i = 0; i < g->n; i++) {
+            int32_t row = r->idx[g->first + i];
+            t[(size_t)i * p->rank + k] =
+                r->scale[g->first + i] * r->dot(r->x + row * r->n_in, a, g->wt, p->n_in);
+        }
     }
 }
 
-/* Expand item j of group g: y[row_i][j] += t[i]·B[j]. */
-static void expand_item(struct mc_lora_runner *r, const struct group *g, int64_t j) {
+/* Expand outputs [j0, j1) for group g: y[row_i][j] += Σ_k t[i][k] · Bᵀ[k][j], k in
+ * order, so every output gets the same sequence of operations whatever the split. */
+static void expand_range(struct mc_lora_runner *r, const struct group *g, int64_t j0,
+                         int64_t j1) {
     const struct lora_pair *p = g->p;
-    const float *b = p->b + j * p->rank, *t = r->t + g->t_off;
+    const float *t = r->t + g->t_off;
     for (int32_t i = 0; i < g->n; i++) {
-        int32_t row = r->idx[g->first + i];
-        r->y[row * r->n_out + j] += dot(t + (size_t)i * p->rank, b, p->rank);
+        float *y = r->y + r->idx[g->first + i] * r->n_out + j0;
+        for (int64_t k = 0; k < p->rank; k++)
+            r->axpy(y, t[(size_t)i * p->rank + k], elem(p->bt, g->wt, (size_t)k * p->n_out + j0),
+                    g->wt, j1 - j0);
     }
 }
 
-/* Runs items [begin, end) of the current phase; items are numbered group by group. */
+/* Runs items [begin, end) of the current phase; items are numbered group by group
+ * (rank rows of A when shrinking, output columns when expanding). */
 static void phase_part(void *arg, int ith, int nth) {
     struct mc_lora_runner *r = arg;
     int64_t begin = r->n_items * ith / nth, end = r->n_items * (ith + 1) / nth;
-    int32_t g = 0;
-    for (int64_t it = begin; it < end; it++) {
-        while (g + 1 < r->n_groups && r->groups[g + 1].item0 <= it)
-            g++;
+    for (int32_t g = 0; g < r->n_groups && begin < end; g++) {
         const struct group *gr = &r->groups[g];
+        int64_t n = r->expand ? gr->p->n_out : gr->p->rank;
+        int64_t lo = begin - gr->item0, hi = end - gr->item0;
+        if (hi <= 0 || lo >= n)
+            continue;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi > n ? n : hi;
         if (r->expand)
-            expand_item(r, gr, it - gr->item0);
+            expand_range(r, gr, lo, hi);
         else
-            shrink_item(r, gr, it - gr->item0);
+            shrink_range(r, gr, lo, hi);
     }
 }
 

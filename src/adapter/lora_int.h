@@ -5,6 +5,7 @@
 #define MC_LORA_INT_H
 
 #include "adapter/lora.h"
+#include "model/quant.h"
 
 #include <stdatomic.h>
 
@@ -15,8 +16,8 @@ struct lora_pair {
     int64_t n_in;
     int64_t n_out;
     float factor; /* alpha / r, alpha / √r, or 1 */
-    float *a;     /* (rank, n_in), into mc_lora.data */
-    float *b;     /* (n_out, rank), into mc_lora.data */
+    void *a;      /* (rank, n_in) of mc_lora.wtype, into mc_lora.data */
+    void *bt;     /* (rank, n_out): B transposed, so that the expand step is an axpy */
 };
 
 struct mc_lora {
@@ -26,8 +27,20 @@ struct mc_lora {
     struct lora_pair *pairs;  /* (n_pairs), sorted by (layer, proj) */
     int32_t n_slots;          /* n_layer_max * MC_PROJ_COUNT */
     struct lora_pair **slot;  /* (n_slots): pair of (layer, proj) or NULL */
-    float *data;              /* every A and B, one block */
+    enum mc_type wtype;       /* F32, or F16 when every tensor of the file was F16 */
+    void *data;               /* every A and Bᵀ, one block */
 };
+
+/* Element i of a stored half (F32 or F16). */
+static inline float lora_get(const void *w, enum mc_type t, size_t i) {
+    return t == MC_TYPE_F16 ? mc_fp16_to_fp32(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+/* Kernels of the projection hook (lora_apply.c, lora_avx2.c). w is F32 or F16 (t). */
+float lora_dot_portable(const float *x, const void *w, enum mc_type t, int64_t n);
+void lora_axpy_portable(float *y, float a, const void *w, enum mc_type t, int64_t n);
+float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n);
+void lora_axpy_avx2(float *y, float a, const void *w, enum mc_type t, int64_t n);
 
 /* A pair being collected by a parser before the adapter is built: data pointers are
  * views into the file (any supported type), converted when the adapter is built. */

@@ -16,29 +16,40 @@
 #include <string.h>
 
 /* Rows [0, rows) of W (rows, cols) of type t plus scale · B·A, into dst (same type). */
-static int merge_matrix(const struct mc_gguf_tensor *t, const struct lora_pair *p, float scale,
-                        void *dst, struct mc_err *err) {
+static int merge_matrix(const struct mc_gguf_tensor *t, const struct lora_pair *p,
+                        enum mc_type wt, float scale, void *dst, struct mc_err *err) {
     int64_t cols = t->ne[0], rows = t->ne[1];
     size_t rb = mc_type_row_size(t->type, cols);
+    size_t na = (size_t)p->rank * cols, nb = (size_t)p->rank * rows;
     float *w = mc_malloc((size_t)cols * sizeof(float));
-    if (!w)
-        return mc_err_set(err, MC_ENOMEM, "%s: allocation failed", t->name);
+    float *af = mc_malloc(na * sizeof(float)), *bt = mc_malloc(nb * sizeof(float));
     int rc = MC_OK;
+    if (!w || !af || !bt) {
+        rc = mc_err_set(err, MC_ENOMEM, "%s: allocation failed", t->name);
+        goto out_free;
+    }
+    for (size_t i = 0; i < na; i++)
+        af[i] = lora_get(p->a, wt, i);
+    for (size_t i = 0; i < nb; i++)
+        bt[i] = lora_get(p->bt, wt, i);
     for (int64_t o = 0; o < rows && rc == MC_OK; o++) {
         const uint8_t *src = (const uint8_t *)t->data + (size_t)o * rb;
         if ((rc = mc_dequantize_row(t->type, src, w, cols, err)) != MC_OK)
             break;
         for (int32_t k = 0; k < p->rank; k++) {
-            float bk = scale * p->b[o * p->rank + k];
-            const float *a = p->a + (size_t)k * cols;
+            float bk = scale * bt[(size_t)k * rows + o];
+            const float *a = af + (size_t)k * cols;
             for (int64_t i = 0; i < cols; i++)
                 w[i] += bk * a[i];
         }
         rc = mc_quantize_row(t->type, w, (uint8_t *)dst + (size_t)o * rb, cols, err);
     }
-    mc_free(w);
     if (rc != MC_OK)
         mc_err_prefix(err, "%s", t->name);
+out_free:
+    mc_free(w);
+    mc_free(af);
+    mc_free(bt);
     return rc;
 }
 
@@ -58,7 +69,7 @@ static int add_tensor(struct mc_gguf_writer *w, const struct mc_gguf_tensor *t,
     if (!buf)
         return mc_err_set(err, MC_ENOMEM, "%s: allocation of %zu bytes failed", t->name,
                           t->size_bytes);
-    int rc = merge_matrix(t, p, scale * p->factor, buf, err);
+    int rc = merge_matrix(t, p, l->wtype, scale * p->factor, buf, err);
     if (rc == MC_OK)
         rc = mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, buf, err);
     mc_free(buf);

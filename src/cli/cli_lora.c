@@ -117,21 +117,21 @@ static void print_info(const struct mc_lora *l) {
     printf("format:        %s\n", format_name(in->format));
     printf("architecture:  %s\n", in->arch[0] ? in->arch : "(not stated)");
     printf("base model:    %s\n", in->base_model[0] ? in->base_model : "(not stated)");
+    struct mc_lora_pair_info p;
+    mc_lora_pair(l, 0, &p);
     printf("rank:          %d\n", in->rank);
     if (in->has_alpha)
         printf("alpha:         %g%s\n", in->alpha,
                in->rslora ? " (rsLoRA: scale alpha/sqrt(r))" : "");
     else
         printf("alpha:         absent (scale factor 1, as llama.cpp)\n");
-    struct mc_lora_pair_info p;
-    mc_lora_pair(l, 0, &p);
     printf("scale factor:  %g (times the request scale)\n", p.factor);
     printf("targets:      ");
     for (int t = 0; t < MC_PROJ_COUNT; t++)
         if (in->targets & (1u << t))
             printf(" %s", mc_lora_proj_short((enum mc_proj)t));
     printf("\npairs:         %d\n", in->n_pairs);
-    printf("resident:      %zu bytes (F32)\n", in->resident_bytes);
+    printf("resident:      %zu bytes (%s)\n", in->resident_bytes, mc_type_name(p.type));
     if (in->hf_row_order)
         printf("note:          q/k lora_B rows are in Hugging Face order until bound to a model\n");
     printf("\n%-28s %5s %12s %8s\n", "tensor", "rank", "in -> out", "factor");
