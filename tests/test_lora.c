@@ -13,6 +13,7 @@
 #include "base/mem.h"
 #include "model/gguf.h"
 #include "model/model.h"
+#include "model/quant.h"
 #include "model/sample.h"
 #include "model/tokenizer.h"
 
@@ -458,15 +459,15 @@ static void test_batch_16_adapters(void **state) {
     for (int i = 0; i < N_SEQ; i++) {
         if (i % 4 == 3)
             continue; /* rows 3, 7, 11, 15: no adapter */
-        if (i == 13) {
-            ad[i] = mc_lora_retain(ref);
+        if (i == 13 || i == 14) {
+            /* 13: the reference adapter; 14: shares row 1's adapter (a group of two). */
+            ad[i] = mc_lora_retain(i == 13 ? ref : ad[1]);
             continue;
         }
         assert_int_equal(
             mc_lora_synth(&base, 2 + i % 5, masks[i % 4], 0, 100 + (uint64_t)i, "s", &ad[i], &err),
             MC_OK);
     }
-    ad[14] = mc_lora_retain(ad[1]); /* a shared adapter: a group of two rows */
 
     struct mc_ctx *ctx;
     struct mc_lora_runner *run;
@@ -504,11 +505,9 @@ static void test_batch_16_adapters(void **state) {
     other.n_ff = 64;
     struct mc_lora *bad;
     assert_int_equal(mc_lora_synth(&other, 2, 1u << MC_PROJ_Q, 0, 1, "other", &bad, &err), MC_OK);
-    struct mc_batch_row row = {1, mc_kv_n_used(alone.kv), NULL, true, bad, 1.0f};
     struct seq s2;
     seq_init(&s2, bad, 1.0f);
-    row.kv = s2.kv;
-    row.pos = 0;
+    struct mc_batch_row row = {1, 0, s2.kv, true, bad, 1.0f};
     assert_int_equal(mc_forward(ctx, &row, 1, s2.logits, NULL, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "not loaded for this model"));
     assert_int_equal(mc_kv_n_used(s2.kv), 0);
@@ -540,6 +539,57 @@ static void test_no_hook_is_error(void **state) {
     seq_free(&s);
     mc_ctx_free(ctx);
     mc_lora_release(g);
+}
+
+/* F16 files stay F16 in memory (half the bytes) and compute exactly what the same
+ * values in F32 give; the portable kernels agree with the AVX2 ones. */
+static void test_f16_storage_and_kernels(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    char p16[64], p32[64];
+    snprintf(p16, sizeof(p16), "/tmp/test_lora_f16_%d.gguf", (int)getpid());
+    snprintf(p32, sizeof(p32), "/tmp/test_lora_f32_%d.gguf", (int)getpid());
+    struct mc_lora *s, *h, *f;
+    assert_int_equal(mc_lora_synth(&base, 8, (1u << MC_PROJ_COUNT) - 1, 0, 5, "s", &s, &err),
+                     MC_OK);
+    assert_int_equal(mc_lora_save_gguf(s, MC_TYPE_F16, p16, &err), MC_OK);
+    h = open_ok(p16, &base);
+    assert_int_equal(mc_lora_save_gguf(h, MC_TYPE_F32, p32, &err), MC_OK);
+    f = open_ok(p32, &base);
+    unlink(p16);
+    unlink(p32);
+    struct mc_lora_pair_info ph, pf;
+    mc_lora_pair(h, 3, &ph);
+    mc_lora_pair(f, 3, &pf);
+    assert_int_equal(ph.type, MC_TYPE_F16);
+    assert_int_equal(pf.type, MC_TYPE_F32);
+    size_t bh = mc_lora_info(h)->resident_bytes, bf = mc_lora_info(f)->resident_bytes;
+    assert_true(bh < bf / 2 + 4096 && bh > bf / 2 - 4096);
+
+    struct mc_ctx *ctx;
+    struct mc_lora_runner *run;
+    int32_t nv = mc_model_hparams(model)->n_vocab;
+    float *a = mc_malloc(3 * (size_t)nv * sizeof(float));
+    assert_int_equal(mc_ctx_create(model, 16, 1, &ctx, &err), MC_OK);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    prompt_logits(ctx, h, 0.8f, a);
+    prompt_logits(ctx, f, 0.8f, a + nv);
+    mc_lora_runner_free(run);
+    enum mc_simd was = mc_simd_get();
+    mc_simd_set(MC_SIMD_PORTABLE);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    prompt_logits(ctx, h, 0.8f, a + 2 * nv);
+    mc_simd_set(was);
+    for (int32_t i = 0; i < nv; i++) {
+        assert_float_near(a[i], a[nv + i], 1e-5);
+        assert_float_near(a[i], a[2 * nv + i], 1e-3);
+    }
+    mc_free(a);
+    mc_lora_runner_free(run);
+    mc_ctx_free(ctx);
+    mc_lora_release(s);
+    mc_lora_release(h);
+    mc_lora_release(f);
 }
 
 /* ---- Errors ------------------------------------------------------------------------- */
@@ -800,6 +850,7 @@ int main(void) {
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_merge_equals_adapter),
         cmocka_unit_test(test_batch_16_adapters),
+        cmocka_unit_test(test_f16_storage_and_kernels),
         cmocka_unit_test(test_no_hook_is_error),
         cmocka_unit_test(test_peft_config_errors),
         cmocka_unit_test(test_gguf_errors),
