@@ -5,8 +5,12 @@
  * prompt ids equal; 32 greedy ids equal exactly, feeding the reference's own token back
  * at each step so one miss does not cascade; the top-5 logits at the last prompt
  * position and, where present, the whole logit vector within a tolerance. Tolerances:
- * F32 1e-3 (the issue's bar; we measure ~1e-5), Q8_0/Q4_0 1e-3 (activations are
- * quantized to Q8_0 exactly as the reference does, measured ~1e-6), the F16 toy 1e-4
+ * F32 1e-3 (the issue's bar; we measure ~1e-5). Q8_0/Q4_0 1e-2: activations are
+ * quantized to Q8_0 as the reference does, and with the AVX2 and portable kernels we
+ * measure ~1e-6, but a kernel that sums in another order (the AVX-512 one) can move an
+ * activation across a rounding boundary of that quantization, one step of amax/127,
+ * which shows as up to 5e-3 in a logit (measured); the greedy ids still match, their
+ * margins being >= 1.3e-3 and mostly far larger. The F16 toy 1e-4
  * (its logits are small and its greedy margins go down to 3.6e-4, so a tolerance
  * below the margin is needed for the ids to mean something; measured ~2e-8). */
 #include "base/mem.h"
@@ -29,8 +33,8 @@ struct ref_file {
 
 static const struct ref_file ref_files[] = {
     {"stories260K", 1e-3},
-    {"stories260K-Q8_0", 1e-3},
-    {"stories260K-Q4_0", 1e-3},
+    {"stories260K-Q8_0", 1e-2},
+    {"stories260K-Q4_0", 1e-2},
     {"llama-2-tiny-random", 1e-4},
 };
 
@@ -349,6 +353,70 @@ static void test_two_sequences_in_one_batch_match_each_alone(void **state) {
     mc_model_free(m);
 }
 
+/* hidden is the final-norm state: logits = hidden · output.weightᵀ (stories260K stores
+ * an F32 output matrix). */
+static void test_hidden_state_times_output_gives_logits(void **state) {
+    (void)state;
+    struct mc_model *m = load("stories260K");
+    const struct mc_gguf_tensor *out = mc_gguf_find_tensor(mc_model_gguf(m), "output.weight");
+    assert_non_null(out);
+    assert_int_equal(out->type, MC_TYPE_F32);
+    struct mc_ctx *ctx;
+    struct mc_kv *kv;
+    struct mc_err err = {0};
+    float logits[2 * 512], hidden[2 * 64];
+    assert_int_equal(mc_ctx_create(m, 8, 1, &ctx, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &kv, &err), MC_OK);
+    struct mc_batch_row rows[4] = {{1, 0, kv, false, NULL, 0},
+                                   {403, 1, kv, true, NULL, 0},
+                                   {407, 2, kv, false, NULL, 0},
+                                   {261, 3, kv, true, NULL, 0}};
+    assert_int_equal(mc_forward(ctx, rows, 4, logits, hidden, &err), MC_OK);
+    const float *w = out->data;
+    for (int r = 0; r < 2; r++) {
+        for (int v = 0; v < 512; v++) {
+            double dot = 0;
+            for (int i = 0; i < 64; i++)
+                dot += (double)hidden[r * 64 + i] * w[v * 64 + i];
+            assert_float_near(logits[r * 512 + v], dot, 1e-4);
+        }
+    }
+    mc_kv_free(kv);
+    mc_ctx_free(ctx);
+    mc_model_free(m);
+}
+
+/* Truncating a cache and continuing differently equals a fresh run of the new tokens. */
+static void test_kv_truncate_then_continue_equals_fresh_run(void **state) {
+    (void)state;
+    struct mc_model *m = load("stories260K-Q4_0");
+    struct mc_ctx *ctx;
+    struct mc_kv *a, *b;
+    struct mc_err err = {0};
+    float la[512], lb[512];
+    assert_int_equal(mc_ctx_create(m, 8, 2, &ctx, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &a, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &b, &err), MC_OK);
+    struct mc_batch_row ra[4] = {{1, 0, a, false, NULL, 0},
+                                 {403, 1, a, false, NULL, 0},
+                                 {407, 2, a, false, NULL, 0},
+                                 {261, 3, a, true, NULL, 0}};
+    assert_int_equal(mc_forward(ctx, ra, 4, la, NULL, &err), MC_OK);
+    mc_kv_truncate(a, 2);
+    assert_int_equal(mc_kv_n_used(a), 2);
+    struct mc_batch_row next = {300, 2, a, true, NULL, 0};
+    assert_int_equal(mc_forward(ctx, &next, 1, la, NULL, &err), MC_OK);
+    struct mc_batch_row rb[3] = {
+        {1, 0, b, false, NULL, 0}, {403, 1, b, false, NULL, 0}, {300, 2, b, true, NULL, 0}};
+    assert_int_equal(mc_forward(ctx, rb, 3, lb, NULL, &err), MC_OK);
+    for (int v = 0; v < 512; v++)
+        assert_float_near(la[v], lb[v], 1e-4);
+    mc_kv_free(a);
+    mc_kv_free(b);
+    mc_ctx_free(ctx);
+    mc_model_free(m);
+}
+
 static void test_forward_rejects_bad_rows_without_advancing(void **state) {
     (void)state;
     struct mc_model *m = load("stories260K");
@@ -439,6 +507,149 @@ static void test_load_names_missing_key_and_tensor(void **state) {
     assert_int_equal(mc_model_load(path, &m, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "missing tensor token_embd.weight"));
     unlink(path);
+}
+
+/* ---- qwen2 against llama -------------------------------------------------------- */
+
+/* A tiny random model with stories260K's vocabulary. The converter for llama permutes
+ * the rows of q/k so that rotating adjacent pairs equals rotating halves (NEOX) on the
+ * unpermuted rows; qwen2 files keep the unpermuted rows and rotate halves. So a qwen2
+ * model and a llama model holding the same weights with q/k rows (and biases) permuted
+ * must give the same logits: this checks NEOX rope and the q/k/v biases. */
+enum { T_EMBD = 32, T_HEAD = 4, T_KV = 2, T_HD = 8, T_FF = 64, T_LAYERS = 2, T_VOCAB = 512 };
+
+static bool not_tok_key(const char *key) {
+    return strncmp(key, "tokenizer.", 10) != 0;
+}
+
+/* new[h*hd + 2i + a] = old[h*hd + a*hd/2 + i], rows of `cols` floats. */
+static void permute_rows(const float *src, float *dst, int n_head, int cols) {
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < T_HD / 2; i++)
+            for (int a = 0; a < 2; a++)
+                memcpy(dst + (size_t)(h * T_HD + 2 * i + a) * cols,
+                       src + (size_t)(h * T_HD + a * T_HD / 2 + i) * cols, sizeof(float) * cols);
+}
+
+static void add_f32(struct mc_gguf_writer *w, const char *name, const float *data, int64_t cols,
+                    int64_t rows) {
+    struct mc_err err = {0};
+    int64_t ne[2] = {cols, rows};
+    assert_int_equal(
+        mc_gguf_writer_add_tensor(w, name, MC_TYPE_F32, rows > 1 ? 2 : 1, ne, data, &err), MC_OK);
+}
+
+static void rand_fill(struct mc_rng *r, float *x, size_t n, float a) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(2.0 * mc_rng_uniform(r) - 1.0) * a;
+}
+
+static void write_tiny(const char *path, const char *arch, bool permute) {
+    struct mc_gguf *voc;
+    struct mc_gguf_writer *w;
+    struct mc_err err = {0};
+    char vp[512], key[96];
+    test_shared_path(vp, sizeof(vp), "models/stories260K.gguf");
+    assert_int_equal(mc_gguf_open(vp, &voc, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_copy_kv(w, voc, not_tok_key, &err), MC_OK);
+    mc_gguf_close(voc);
+    assert_int_equal(mc_gguf_writer_set_str(w, "general.architecture", arch, strlen(arch), &err),
+                     MC_OK);
+    const char *names[] = {"embedding_length", "block_count", "attention.head_count",
+                           "attention.head_count_kv", "feed_forward_length"};
+    uint32_t vals[] = {T_EMBD, T_LAYERS, T_HEAD, T_KV, T_FF};
+    for (int i = 0; i < 5; i++) {
+        snprintf(key, sizeof(key), "%s.%s", arch, names[i]);
+        assert_int_equal(mc_gguf_writer_set_u32(w, key, vals[i], &err), MC_OK);
+    }
+    snprintf(key, sizeof(key), "%s.rope.freq_base", arch);
+    assert_int_equal(mc_gguf_writer_set_f32(w, key, 1000.0f, &err), MC_OK);
+
+    struct mc_rng rng;
+    mc_rng_seed(&rng, 5); /* same weights for both files */
+    static float buf[T_VOCAB * T_EMBD], perm[T_VOCAB * T_EMBD], ones[T_FF];
+    for (int i = 0; i < T_FF; i++)
+        ones[i] = 1.0f;
+    rand_fill(&rng, buf, T_VOCAB * T_EMBD, 1.0f);
+    add_f32(w, "token_embd.weight", buf, T_EMBD, T_VOCAB);
+    add_f32(w, "output_norm.weight", ones, T_EMBD, 1);
+    for (int il = 0; il < T_LAYERS; il++) {
+        struct {
+            const char *n;
+            int rows, cols, perm_heads;
+        } t[] = {{"attn_q.weight", T_HEAD * T_HD, T_EMBD, T_HEAD},
+                 {"attn_k.weight", T_KV * T_HD, T_EMBD, T_KV},
+                 {"attn_v.weight", T_KV * T_HD, T_EMBD, 0},
+                 {"attn_q.bias", T_HEAD * T_HD, 1, T_HEAD},
+                 {"attn_k.bias", T_KV * T_HD, 1, T_KV},
+                 {"attn_v.bias", T_KV * T_HD, 1, 0},
+                 {"attn_output.weight", T_EMBD, T_HEAD * T_HD, 0},
+                 {"ffn_gate.weight", T_FF, T_EMBD, 0},
+                 {"ffn_up.weight", T_FF, T_EMBD, 0},
+                 {"ffn_down.weight", T_EMBD, T_FF, 0}};
+        for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+            rand_fill(&rng, buf, (size_t)t[i].rows * t[i].cols, 0.5f);
+            const float *data = buf;
+            if (permute && t[i].perm_heads) {
+                permute_rows(buf, perm, t[i].perm_heads, t[i].cols);
+                data = perm;
+            }
+            snprintf(key, sizeof(key), "blk.%d.%s", il, t[i].n);
+            if (t[i].cols == 1)
+                add_f32(w, key, data, t[i].rows, 1);
+            else
+                add_f32(w, key, data, t[i].cols, t[i].rows);
+        }
+        snprintf(key, sizeof(key), "blk.%d.attn_norm.weight", il);
+        add_f32(w, key, ones, T_EMBD, 1);
+        snprintf(key, sizeof(key), "blk.%d.ffn_norm.weight", il);
+        add_f32(w, key, ones, T_EMBD, 1);
+    }
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    mc_gguf_writer_free(w);
+}
+
+static void tiny_logits(const char *path, float *out) {
+    struct mc_model *m;
+    struct mc_ctx *ctx;
+    struct mc_kv *kv;
+    struct mc_err err = {0};
+    if (mc_model_load(path, &m, &err) != MC_OK)
+        fail_msg("%s: %s", path, err.msg);
+    assert_true(mc_model_hparams(m)->tied_output); /* no output.weight: token_embd */
+    assert_int_equal(mc_ctx_create(m, 8, 1, &ctx, &err), MC_OK);
+    assert_int_equal(mc_kv_create(m, 16, &kv, &err), MC_OK);
+    struct mc_batch_row rows[6];
+    for (int i = 0; i < 6; i++)
+        rows[i] = (struct mc_batch_row){seq_a[i], i, kv, i == 5, NULL, 0};
+    assert_int_equal(mc_forward(ctx, rows, 6, out, NULL, &err), MC_OK);
+    mc_kv_free(kv);
+    mc_ctx_free(ctx);
+    mc_model_free(m);
+}
+
+static void test_qwen2_neox_rope_and_biases_match_permuted_llama(void **state) {
+    (void)state;
+    char qp[64], lp[64];
+    snprintf(qp, sizeof(qp), "/tmp/test_model_%d_qwen2.gguf", (int)getpid());
+    snprintf(lp, sizeof(lp), "/tmp/test_model_%d_llama.gguf", (int)getpid());
+    write_tiny(qp, "qwen2", false);
+    write_tiny(lp, "llama", true);
+    static float lq[T_VOCAB], ll[T_VOCAB], lu[T_VOCAB];
+    tiny_logits(qp, lq);
+    tiny_logits(lp, ll);
+    for (int v = 0; v < T_VOCAB; v++)
+        assert_float_near(lq[v], ll[v], 1e-4);
+    /* The same unpermuted weights read as llama (adjacent pairs) must differ. */
+    write_tiny(lp, "llama", false);
+    tiny_logits(lp, lu);
+    double diff = 0;
+    for (int v = 0; v < T_VOCAB; v++)
+        diff += fabs(lq[v] - lu[v]);
+    assert_true(diff / T_VOCAB > 1e-3);
+    unlink(qp);
+    unlink(lp);
 }
 
 /* ---- Generation stream ---------------------------------------------------------- */
@@ -568,7 +779,10 @@ int main(void) {
         cmocka_unit_test(test_perplexity_matches_reference),
         cmocka_unit_test(test_batched_prefill_equals_token_by_token),
         cmocka_unit_test(test_two_sequences_in_one_batch_match_each_alone),
+        cmocka_unit_test(test_hidden_state_times_output_gives_logits),
+        cmocka_unit_test(test_kv_truncate_then_continue_equals_fresh_run),
         cmocka_unit_test(test_forward_rejects_bad_rows_without_advancing),
+        cmocka_unit_test(test_qwen2_neox_rope_and_biases_match_permuted_llama),
         cmocka_unit_test(test_load_rejects_gpt2_architecture),
         cmocka_unit_test(test_load_names_missing_key_and_tensor),
         cmocka_unit_test(test_generate_stop_string_split_across_tokens),

@@ -316,38 +316,57 @@ static void test_bad_arguments_are_rejected_with_message(void **state) {
 
 /* ---- Matmul against a double reference -------------------------------------------------- */
 
-/* Every kernel set, every type: y equals sum_c deq(W)[r][c] * x[t][c] computed in
- * double, within 2e-6 * sum |w * x| + 1e-7 (float accumulation only; the activations
- * convert exactly, see fill_exact_activations). */
-static void test_matmul_matches_double_reference(void **state) {
-    (void)state;
-    enum { ROWS = 37, COLS = 768, NTOK = 3 };
-    static float deq[ROWS * COLS], x[NTOK * COLS], y[NTOK * ROWS];
-    for (size_t k = 0; k < N_TYPES; k++) {
-        enum mc_type t = ALL_TYPES[k];
-        uint8_t *w = make_matrix(t, ROWS, COLS, deq);
-        fill_exact_activations(t, x, NTOK * COLS);
-        for (int level = 0; level <= (int)mc_simd_detect(); level++) {
-            memset(y, 0, sizeof(y));
-            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x, NTOK, y, NULL),
-                             MC_OK);
-            for (int tk = 0; tk < NTOK; tk++) {
-                for (int r = 0; r < ROWS; r++) {
-                    double ref = 0, mag = 0;
-                    for (int c = 0; c < COLS; c++) {
-                        ref += (double)deq[r * COLS + c] * x[tk * COLS + c];
-                        mag += fabs((double)deq[r * COLS + c] * x[tk * COLS + c]);
-                    }
-                    double got = y[tk * ROWS + r];
-                    if (!(fabs(got - ref) <= 2e-6 * mag + 1e-7))
-                        fail_msg("%s simd=%d row %d tok %d: got %.9g, reference %.9g, "
-                                 "|diff| %.3g > %.3g", mc_type_name(t), level, r, tk, got, ref,
-                                 fabs(got - ref), 2e-6 * mag + 1e-7);
+/* y of every kernel set against sum_c deq(W)[r][c] * x[t][c] computed in double, within
+ * 2e-6 * sum |w * x| + 1e-7 (float accumulation only; the activations convert exactly,
+ * see fill_exact_activations). */
+static void check_against_reference(enum mc_type t, int rows, int cols, int ntok) {
+    float *deq = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
+    float *x = malloc(sizeof(float) * (size_t)ntok * (size_t)cols);
+    float *y = malloc(sizeof(float) * (size_t)ntok * (size_t)rows);
+    assert_true(deq && x && y);
+    uint8_t *w = make_matrix(t, rows, cols, deq);
+    fill_exact_activations(t, x, (int64_t)ntok * cols);
+    for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+        memset(y, 0, sizeof(float) * (size_t)ntok * (size_t)rows);
+        assert_int_equal(matmul_at((enum mc_simd)level, t, w, rows, cols, x, ntok, y, NULL), MC_OK);
+        for (int tk = 0; tk < ntok; tk++) {
+            for (int r = 0; r < rows; r++) {
+                double ref = 0, mag = 0;
+                for (int c = 0; c < cols; c++) {
+                    ref += (double)deq[r * cols + c] * x[tk * cols + c];
+                    mag += fabs((double)deq[r * cols + c] * x[tk * cols + c]);
                 }
+                double got = y[tk * rows + r];
+                if (!(fabs(got - ref) <= 2e-6 * mag + 1e-7))
+                    fail_msg("%s cols=%d simd=%d row %d tok %d: got %.9g, reference %.9g, "
+                             "|diff| %.3g > %.3g", mc_type_name(t), cols, level, r, tk, got, ref,
+                             fabs(got - ref), 2e-6 * mag + 1e-7);
             }
         }
-        free(w);
     }
+    free(w);
+    free(deq);
+    free(x);
+    free(y);
+}
+
+static void test_matmul_matches_double_reference(void **state) {
+    (void)state;
+    for (size_t k = 0; k < N_TYPES; k++)
+        check_against_reference(ALL_TYPES[k], 37, 768, 3);
+}
+
+/* Odd block counts (7 blocks of 32, 3 super-blocks of 256) and 5- and 6-token batches
+ * exercise the tails of the paired and tiled kernels. F32 also gets a row length that is
+ * not a multiple of 8. */
+static void test_matmul_odd_shapes_match_reference(void **state) {
+    (void)state;
+    for (size_t k = 0; k < N_TYPES; k++) {
+        enum mc_type t = ALL_TYPES[k];
+        check_against_reference(t, 9, is_k_quant(t) ? 768 : 224, 5);
+        check_against_reference(t, 6, is_k_quant(t) ? 256 : 32, 6);
+    }
+    check_against_reference(MC_TYPE_F32, 5, 13, 2);
 }
 
 /* Ordinary activations: Q8_0 weights times random x agree with the float product within
@@ -389,14 +408,15 @@ static void test_matmul_batched_equals_single_calls_exactly(void **state) {
     assert_int_equal(mc_pool_create(2, &pool, NULL), MC_OK);
     for (size_t k = 0; k < N_TYPES; k++) {
         enum mc_type t = ALL_TYPES[k];
-        uint8_t *w = make_matrix(t, ROWS, COLS, NULL);
-        for (int i = 0; i < NTOK * COLS; i++)
+        const int cols = is_k_quant(t) ? COLS : COLS - 32; /* 15 blocks: an odd count */
+        uint8_t *w = make_matrix(t, ROWS, cols, NULL);
+        for (int i = 0; i < NTOK * cols; i++)
             x[i] = rng_normal(1.0f);
         for (int level = 0; level <= (int)mc_simd_detect(); level++) {
-            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x, NTOK, yb, pool),
+            assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x, NTOK, yb, pool),
                              MC_OK);
             for (int tk = 0; tk < NTOK; tk++) {
-                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, COLS, x + tk * COLS,
+                assert_int_equal(matmul_at((enum mc_simd)level, t, w, ROWS, cols, x + tk * cols,
                                            1, ys, tk % 2 ? pool : NULL), MC_OK);
                 if (memcmp(ys, yb + tk * ROWS, sizeof(ys)) != 0)
                     fail_msg("%s simd=%d: token %d of a batch differs from a single call",
@@ -495,6 +515,7 @@ int main(void) {
         cmocka_unit_test(test_quantize_zero_row_gives_zeros),
         cmocka_unit_test(test_bad_arguments_are_rejected_with_message),
         cmocka_unit_test(test_matmul_matches_double_reference),
+        cmocka_unit_test(test_matmul_odd_shapes_match_reference),
         cmocka_unit_test(test_matmul_random_activations_close_to_float),
         cmocka_unit_test(test_matmul_batched_equals_single_calls_exactly),
         cmocka_unit_test(test_simd_matches_portable),

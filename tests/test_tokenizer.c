@@ -6,18 +6,21 @@
 #include "base/mem.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "model/tokenizer_int.h" /* tok_pre_create, tok_pre_split: white-box split tests */
 #include "test_util.h"
 
 #include <jansson.h> /* json_load_file, json_object_get, json_array_size */
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define N_VECTORS 46
-#define SEP "\n__ggml_vocab_test__\n"
+#define SEP       "\n__ggml_vocab_test__\n"
 
-static const char *const vocab_sets[] = {"llama-spm", "gpt-2", "mpt", "refact", "falcon",
-                                         "deepseek-coder", "deepseek-llm"};
+static const char *const vocab_sets[] = {"llama-spm", "gpt-2",          "mpt",         "refact",
+                                         "falcon",    "deepseek-coder", "deepseek-llm"};
 #define N_SETS (sizeof(vocab_sets) / sizeof(vocab_sets[0]))
 
 /* ---- Helpers -------------------------------------------------------------------- */
@@ -209,8 +212,7 @@ static void check_reference(const char *file) {
     json_t *root = json_load_file(test_shared_path(path, sizeof(path), rel), 0, &jerr);
     if (!root)
         fail_msg("%s: %s", path, jerr.text);
-    snprintf(rel, sizeof(rel), "models/%s",
-             json_string_value(json_object_get(root, "model_file")));
+    snprintf(rel, sizeof(rel), "models/%s", json_string_value(json_object_get(root, "model_file")));
     struct loaded l;
     load_path(test_shared_path(path, sizeof(path), rel), &l);
 
@@ -474,14 +476,14 @@ static const struct {
     const char *s;
     size_t len;
 } bad_utf8[] = {
-    {"\xE2\x82", 2},                 /* truncated 3-byte sequence */
-    {"abc\xF0\x9F\x98", 6},          /* truncated 4-byte sequence at the end */
-    {"\xFF\xFE\xFF", 3},             /* bytes never valid in UTF-8 */
-    {"\x80\x81 x \xBF", 6},          /* lone continuation bytes */
-    {"\xC0\xAF\xE0\x80\xAF", 5},     /* overlong encodings */
-    {"a\xED\xA0\x80z", 5},           /* UTF-16 surrogate */
-    {"\xF4\x90\x80\x80", 4},         /* above U+10FFFF */
-    {"\xF8\x88\x80\x80\x80 5", 7},   /* 5-byte form */
+    {"\xE2\x82", 2},               /* truncated 3-byte sequence */
+    {"abc\xF0\x9F\x98", 6},        /* truncated 4-byte sequence at the end */
+    {"\xFF\xFE\xFF", 3},           /* bytes never valid in UTF-8 */
+    {"\x80\x81 x \xBF", 6},        /* lone continuation bytes */
+    {"\xC0\xAF\xE0\x80\xAF", 5},   /* overlong encodings */
+    {"a\xED\xA0\x80z", 5},         /* UTF-16 surrogate */
+    {"\xF4\x90\x80\x80", 4},       /* above U+10FFFF */
+    {"\xF8\x88\x80\x80\x80 5", 7}, /* 5-byte form */
     {"Hello \xC3 w\xC3\xB6rld \xE4\xBD", 18},
     {"<|endoftext|\xFF>", 15},
     {"\x00\x01\x02 nul", 7},
@@ -620,10 +622,286 @@ static void test_bad_metadata_is_rejected_with_the_key(void **state) {
     assert_int_equal(load_error(path, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "tokenizer.ggml.merges"));
 
+    /* Per-token arrays must have the right type and at least one entry per token. */
+    struct mc_gguf_writer *w;
+    uint64_t lens[5] = {5, 3, 4, 1, 1};
+    float scores[2] = {0.0f, -1.0f};
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", 5, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, lens, 5, &err),
+                     MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, scores, 2, &err),
+        MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.scores: 2 entries for 5 tokens"));
+
+    float types[5] = {0};
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.scores", MC_GGUF_FLOAT32, types, 5, &err), MC_OK);
+    assert_int_equal(
+        mc_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", MC_GGUF_FLOAT32, types, 5, &err),
+        MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.token_type"));
+
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.tokens", "abc", 3, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    assert_int_equal(load_error(path, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "tokenizer.ggml.tokens: expected an array of strings"));
+    mc_gguf_writer_free(w);
+
     /* A tiny SPM vocabulary without byte tokens: unknown characters become UNK. */
     write_vocab(path, "llama", toks, 5, true);
-    assert_int_equal(load_error(path, &err), MC_OK);
+    struct loaded l;
+    load_path(path, &l);
+    int32_t *ids;
+    size_t n;
+    tokenize_ok(l.tok, "ab", 2, false, false, &ids, &n);
+    /* The three bytes of the prefix space U+2581 have no token: UNK each; then a, b. */
+    const int32_t want[] = {0, 0, 0, 3, 4};
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ids[i], want[i]);
+    mc_free(ids);
+    unload(&l);
     unlink(path);
+}
+
+/* ---- Pre-tokenizer splits and llama-3 whole words ------------------------------ */
+
+static void check_split(const char *pre_name, const char *text, const char *const *want) {
+    struct tok_pre_def def;
+    assert_true(tok_pre_lookup(pre_name, strlen(pre_name), &def));
+    struct tok_pre *p;
+    struct mc_err err = {0};
+    assert_int_equal(tok_pre_create(def.regex_set, &p, &err), MC_OK);
+    struct tok_span *sp;
+    size_t n;
+    assert_int_equal(tok_pre_split(p, text, strlen(text), &sp, &n, &err), MC_OK);
+    size_t k = 0;
+    for (; want[k]; k++) {
+        if (k >= n)
+            fail_msg("%s: %zu pieces, expected more (next '%s')", pre_name, n, want[k]);
+        if (sp[k].len != strlen(want[k]) || memcmp(text + sp[k].off, want[k], sp[k].len) != 0)
+            fail_msg("%s: piece %zu is '%.*s', expected '%s'", pre_name, k, (int)sp[k].len,
+                     text + sp[k].off, want[k]);
+    }
+    assert_int_equal(n, k);
+    mc_free(sp);
+    tok_pre_free(p);
+}
+
+static void test_pre_tokenizer_splits_like_reference(void **state) {
+    (void)state;
+    const char *text = "Hello world's 1234567 ok\n\n  x";
+    const char *llama3[] = {"Hello", " world", "'s",   " ", "123", "456",
+                            "7",     " ok",    "\n\n", " ", " x",  NULL};
+    check_split("llama-bpe", text, llama3);
+    const char *qwen2[] = {"Hello", " world", "'s", " ",   "1",    "2", "3",  "4",
+                           "5",     "6",      "7",  " ok", "\n\n", " ", " x", NULL};
+    check_split("qwen2", text, qwen2);
+    const char *gpt2[] = {"Hello", " world", "'s", " 1234567", " ok", "\n\n ", " x", NULL};
+    check_split("gpt-2", text, gpt2);
+    /* deepseek-llm: letters keep their leading space; the punctuation pass also takes
+     * ASCII letters and the CJK pass covers U+0800-U+4E00 (Ohm sign U+2126 included), so
+     * later passes cut pieces the letter pass made. */
+    const char *ds[] = {" \xC2\xB5\xCE\xA3", "\xE2\x84\xA6", "a", " ", "12", NULL};
+    check_split("deepseek-llm",
+                " \xC2\xB5\xCE\xA3\xE2\x84\xA6"
+                "a 12",
+                ds);
+    /* Invalid bytes split like U+FFFD (a symbol, grouped with punctuation) but keep
+     * their raw bytes. */
+    const char *bad[] = {"a", " \xFF\xFE!", NULL};
+    check_split("gpt-2", "a \xFF\xFE!", bad);
+}
+
+static void test_gpt2_byte_map_is_a_bijection(void **state) {
+    (void)state;
+    int seen[324] = {0};
+    for (int b = 0; b < 256; b++) {
+        char u[2];
+        size_t n = tok_byte_encode((uint8_t)b, u);
+        uint32_t cp = n == 1 ? (uint8_t)u[0] : (((uint32_t)u[0] & 0x1F) << 6) | (u[1] & 0x3F);
+        assert_true(cp < 324);
+        assert_int_equal(seen[cp]++, 0);
+        assert_int_equal(tok_byte_decode(cp), b);
+    }
+    assert_int_equal(tok_byte_decode(' '), -1); /* space travels as U+0120 */
+    assert_int_equal(tok_byte_decode(0x120), ' ');
+    assert_int_equal(tok_byte_decode(324), -1);
+}
+
+/* A byte-level vocabulary in which merges alone split "abc" but the word is a token. */
+static void write_bpe_vocab(const char *path, const char *pre) {
+    struct mc_gguf_writer *w;
+    struct mc_err err = {0};
+    const char *toks[] = {"a", "b", "c", "bc", "abc"};
+    uint64_t tl[] = {1, 1, 1, 2, 3};
+    const char *merges[] = {"b c"};
+    uint64_t ml[] = {3};
+    assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2", 4, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_set_str(w, "tokenizer.ggml.pre", pre, strlen(pre), &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, tl, 5, &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, ml, 1, &err),
+                     MC_OK);
+    assert_int_equal(mc_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0, &err), MC_OK);
+    assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+    mc_gguf_writer_free(w);
+}
+
+static void test_llama3_keeps_whole_vocabulary_words(void **state) {
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mcai-test-tok3-%d.gguf", (int)getpid());
+    struct loaded l;
+    int32_t *ids;
+    size_t n;
+
+    write_bpe_vocab(path, "llama-bpe");
+    load_path(path, &l);
+    tokenize_ok(l.tok, "abc", 3, false, false, &ids, &n);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 4);
+    mc_free(ids);
+    assert_true(mc_tokenizer_add_bos(l.tok)); /* llama-3 default */
+    unload(&l);
+
+    write_bpe_vocab(path, "gpt-2");
+    load_path(path, &l);
+    tokenize_ok(l.tok, "abc", 3, false, false, &ids, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 3);
+    mc_free(ids);
+    assert_false(mc_tokenizer_add_bos(l.tok));
+    unload(&l);
+
+    write_bpe_vocab(path, "no-such-pre");
+    struct mc_err err = {0};
+    assert_int_equal(load_error(path, &err), MC_ENOTSUP);
+    assert_non_null(strstr(err.msg, "no-such-pre"));
+    unlink(path);
+}
+
+/* ---- Sharing one tokenizer between threads ------------------------------------- */
+
+struct thread_job {
+    const struct mc_tokenizer *tok;
+    const struct inputs *in;
+    const int32_t *want[N_VECTORS];
+    const size_t *want_n;
+    int mismatches;
+};
+
+static void *encode_all(void *arg) {
+    struct thread_job *j = arg;
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < j->in->n; i++) {
+            int32_t *ids;
+            size_t n;
+            struct mc_err err = {0};
+            if (mc_tokenize(j->tok, j->in->s[i], j->in->len[i], false, false, &ids, &n, &err)) {
+                j->mismatches++;
+                continue;
+            }
+            if (n != j->want_n[i] || memcmp(ids, j->want[i], n * sizeof(int32_t)) != 0)
+                j->mismatches++;
+            mc_free(ids);
+        }
+    }
+    return NULL;
+}
+
+static void test_one_tokenizer_shared_by_threads(void **state) {
+    (void)state;
+    char path[512];
+    struct inputs in;
+    read_inputs(test_shared_path(path, sizeof(path), "tokenizer-tests/ggml-vocab-gpt-2.gguf.inp"),
+                &in);
+    struct loaded l;
+    load_vocab("deepseek-llm", &l);
+    int32_t *want[N_VECTORS];
+    size_t want_n[N_VECTORS];
+    for (int i = 0; i < in.n; i++)
+        tokenize_ok(l.tok, in.s[i], in.len[i], false, false, &want[i], &want_n[i]);
+
+    struct thread_job jobs[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (struct thread_job){.tok = l.tok, .in = &in, .want_n = want_n};
+        for (int i = 0; i < in.n; i++)
+            jobs[t].want[i] = want[i];
+        assert_int_equal(pthread_create(&th[t], NULL, encode_all, &jobs[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(jobs[t].mismatches, 0);
+    }
+    for (int i = 0; i < in.n; i++)
+        mc_free(want[i]);
+    free(in.buf);
+    unload(&l);
+}
+
+/* ---- mcai tokenize -------------------------------------------------------------- */
+
+/* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
+static int run_cmd(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
+    (void)state;
+    const char *mcai = getenv("MCAI");
+    if (!mcai || !*mcai)
+        mcai = "build/mcai";
+    char vocab[512], cmd[2048], out[4096];
+    test_shared_path(vocab, sizeof(vocab), "tokenizer-tests/ggml-vocab-llama-spm.gguf");
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p 'Hello world' 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "1 15043 3186\n");
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -p 'Hello world' 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "15043 3186\n");
+
+    /* -f takes the whole file, trailing newline included. */
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mcai-test-tok-%d.txt", (int)getpid());
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("Hello world\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -f %s 2>&1", mcai, vocab, path);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, "15043 3186 13\n");
+    unlink(path);
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m /nonexistent/m.gguf -p x 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "/nonexistent/m.gguf"));
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -f /nonexistent/t.txt 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "/nonexistent/t.txt"));
+
+    snprintf(cmd, sizeof(cmd), "%s tokenize -p x 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p x -f y 2>&1", mcai, vocab);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
 }
 
 /* ---- Allocation failures -------------------------------------------------------- */
@@ -683,6 +961,11 @@ int main(void) {
         cmocka_unit_test(test_invalid_utf8_never_crashes_and_round_trips),
         cmocka_unit_test(test_empty_input_gives_only_specials),
         cmocka_unit_test(test_bad_metadata_is_rejected_with_the_key),
+        cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
+        cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
+        cmocka_unit_test(test_gpt2_byte_map_is_a_bijection),
+        cmocka_unit_test(test_one_tokenizer_shared_by_threads),
+        cmocka_unit_test(test_cli_tokenize_prints_ids_and_exit_codes),
         cmocka_unit_test(test_allocation_failures_are_clean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -224,6 +224,7 @@ static int run(const struct opts *o) {
         rc = mc_generate(ctx, kv, mc_model_tokenizer(m), ids, n_ids, &o->sp, &gp, on_token, &st,
                          &res, &err);
         printf("\n");
+        fflush(stdout);
         if (rc == MC_OK)
             fprintf(stderr,
                     "prompt: %d tokens, %.1f ms (%.1f tok/s); generated: %d tokens, %.1f ms "

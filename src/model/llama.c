@@ -7,6 +7,8 @@
  * sequences may share a call. Every projection is one matrix-matrix product over all
  * rows of the batch (mc_matmul with n_tok = n_rows), so the weights are read once per
  * call; attention then runs per (row, head) over that row's own cache positions 0..pos.
+ * A batch of one row (decoding) takes a path with fewer thread-pool jobs per layer (see
+ * "Decode path" below); its results are the same.
  *
  * The layer is written as named steps (attention norm, q/k/v projections, rope, cache
  * write, attention, output projection, residual, ffn norm, gate/up, swiglu, down,
@@ -21,9 +23,9 @@
  * kernels (quant.c), sampling, and rope scaling other than linear (YaRN is refused). */
 #include "model/model.h"
 
-#include "base/log.h"
 #include "base/mem.h"
 #include "base/pool.h"
+#include "model/llama_int.h"
 #include "model/quant.h"
 
 #include <math.h>
@@ -106,6 +108,11 @@ struct mc_ctx {
     size_t work_bytes;
     float *scores; /* (n_threads, scores_cap) attention scores per thread */
     int32_t scores_cap;
+    void *twork; /* (n_threads, twork_bytes) per-thread matmul scratch, decode path */
+    size_t twork_bytes;
+    int *trc;                        /* (n_threads) per-thread result of the decode path */
+    const struct layer *cur;         /* layer being run by a decode-path job */
+    enum mc_simd simd;               /* kernel level for this forward call */
     const struct mc_batch_row *rows; /* the batch being run */
     int32_t n_rows;
     int layer;
@@ -246,6 +253,15 @@ static int read_hparams(struct mc_model *m, struct mc_err *err) {
         return rc;
     if (n_rot % 2 != 0)
         return mc_err_set(err, MC_EFORMAT, "rope.dimension_count %u is odd", n_rot);
+    if ((uint64_t)n_head * head_dim > MAX_DIM * 4u)
+        return mc_err_set(err, MC_EFORMAT, "head_count %u x key_length %u exceeds %u", n_head,
+                          head_dim, MAX_DIM * 4u);
+    uint32_t v_len;
+    if ((rc = get_u32(g, a, "attention.value_length", false, head_dim, &v_len, err)))
+        return rc;
+    if (v_len != head_dim)
+        return mc_err_set(err, MC_ENOTSUP, "attention.value_length %u differs from key_length %u",
+                          v_len, head_dim);
 
     hp->n_ctx_train = (int32_t)n_ctx;
     hp->n_embd = (int32_t)n_embd;
@@ -573,6 +589,10 @@ int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, str
     c->up = mc_malloc(r * hp->n_ff * sizeof(float));
     c->rope = mc_malloc(r * hp->n_rot * sizeof(float));
     c->work_bytes = max_work(m, max_rows);
+    int nt = mc_pool_n_threads(c->pool);
+    c->twork_bytes = (max_work(m, 1) + 63) & ~(size_t)63;
+    c->twork = mc_malloc((size_t)nt * (c->twork_bytes ? c->twork_bytes : 64));
+    c->trc = mc_calloc((size_t)nt, sizeof(int));
     c->work = mc_malloc(c->work_bytes ? c->work_bytes : 1);
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up ||
         !c->rope || !c->work) {
@@ -593,6 +613,8 @@ void mc_ctx_free(struct mc_ctx *c) {
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         mc_free(bufs[i]);
     mc_free(c->work);
+    mc_free(c->twork);
+    mc_free(c->trc);
     mc_free(c);
 }
 
@@ -701,25 +723,29 @@ static void rope_tables(struct mc_ctx *c) {
     }
 }
 
-/* Rotates n_heads heads of head_dim in each row of x (n, n_heads * head_dim). */
-static void rope_apply(struct mc_ctx *c, float *x, int32_t n_heads) {
+/* Rotates heads h0..h1-1 (of n_heads) of row r of x (n, n_heads * head_dim). */
+static void rope_heads(const struct mc_ctx *c, float *x, int32_t n_heads, int32_t r, int32_t h0,
+                       int32_t h1) {
     const struct mc_hparams *hp = &c->m->hp;
     int32_t half = hp->n_rot / 2, hd = hp->head_dim;
-    for (int32_t r = 0; r < c->n_rows; r++) {
-        const float *t = c->rope + (size_t)r * hp->n_rot;
-        for (int32_t h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)r * n_heads + h) * hd;
-            for (int32_t i = 0; i < half; i++) {
-                /* llama: adjacent pairs (GGUF stores q/k permuted for this); qwen2
-                 * (NEOX): element i pairs with element i + n_rot/2. */
-                int32_t a = c->m->rope_neox ? i : 2 * i;
-                int32_t b = c->m->rope_neox ? i + half : 2 * i + 1;
-                float x0 = v[a], x1 = v[b];
-                v[a] = x0 * t[2 * i] - x1 * t[2 * i + 1];
-                v[b] = x0 * t[2 * i + 1] + x1 * t[2 * i];
-            }
+    const float *t = c->rope + (size_t)r * hp->n_rot;
+    for (int32_t h = h0; h < h1; h++) {
+        float *v = x + ((size_t)r * n_heads + h) * hd;
+        for (int32_t i = 0; i < half; i++) {
+            /* llama: adjacent pairs (GGUF stores q/k permuted for this); qwen2
+             * (NEOX): element i pairs with element i + n_rot/2. */
+            int32_t a = c->m->rope_neox ? i : 2 * i;
+            int32_t b = c->m->rope_neox ? i + half : 2 * i + 1;
+            float x0 = v[a], x1 = v[b];
+            v[a] = x0 * t[2 * i] - x1 * t[2 * i + 1];
+            v[b] = x0 * t[2 * i + 1] + x1 * t[2 * i];
         }
     }
+}
+
+static void rope_apply(struct mc_ctx *c, float *x, int32_t n_heads) {
+    for (int32_t r = 0; r < c->n_rows; r++)
+        rope_heads(c, x, n_heads, r, 0, n_heads);
 }
 
 static void kv_store(struct mc_ctx *c) {
@@ -732,9 +758,9 @@ static void kv_store(struct mc_ctx *c) {
     }
 }
 
-/* Dot product and axpy on GCC vector types: 8 floats per operation (two SSE registers
- * on a baseline x86-64 build, one with AVX), two independent accumulators. Head sizes
- * are usually multiples of 16; the tail is scalar. */
+/* Portable dot product and axpy on GCC vector types: 8 floats per operation (two SSE
+ * registers on a baseline x86-64 build), two independent accumulators; llama_avx2.c has
+ * the AVX2/FMA versions. Head sizes are usually multiples of 16; the tail is scalar. */
 typedef float v8f __attribute__((vector_size(32)));
 
 static float dot_f32(const float *a, const float *b, int32_t n) {
@@ -781,15 +807,22 @@ static void attend_one(struct mc_ctx *c, int32_t r, int32_t h, float *s) {
     const float *kb = kv->k + (size_t)c->layer * kv->n_ctx * dkv + (size_t)g * hd;
     const float *vb = kv->v + (size_t)c->layer * kv->n_ctx * dkv + (size_t)g * hd;
     float scale = 1.0f / sqrtf((float)hd);
+    bool avx2 = c->simd >= MC_SIMD_AVX2;
 
-    for (int32_t t = 0; t < n; t++)
-        s[t] = dot_f32(q, kb + (size_t)t * dkv, hd) * scale;
+    for (int32_t t = 0; t < n; t++) {
+        const float *k = kb + (size_t)t * dkv;
+        s[t] = (avx2 ? mc_attn_dot_avx2(q, k, hd) : dot_f32(q, k, hd)) * scale;
+    }
     mc_softmax(s, n);
 
     float *o = c->att + ((size_t)r * hp->n_head + h) * hd;
     memset(o, 0, (size_t)hd * sizeof(float));
-    for (int32_t t = 0; t < n; t++)
-        axpy_f32(o, s[t], vb + (size_t)t * dkv, hd);
+    for (int32_t t = 0; t < n; t++) {
+        if (avx2)
+            mc_attn_axpy_avx2(o, s[t], vb + (size_t)t * dkv, hd);
+        else
+            axpy_f32(o, s[t], vb + (size_t)t * dkv, hd);
+    }
 }
 
 static void attend_part(void *arg, int ith, int nth) {
@@ -813,6 +846,102 @@ static bool attention_is_small(const struct mc_ctx *c) {
     return work < ATTN_POOL_MIN_FLOPS;
 }
 
+/* ---- Decode path (one row) ------------------------------------------------------
+ *
+ * With a single row every projection is a matrix-vector product and the cost of waking
+ * the pool (about one per matmul, ~100 per token) matters, most of all on a machine with
+ * more threads than free cores. So for one row the projections that can run side by
+ * side share one pool job, each thread taking a slice of the rows of each matrix with
+ * its own scratch: q/k/v, rope, the cache write and the attention of a thread's own
+ * key/value groups form one job (a head only needs its own group), gate/up and SwiGLU
+ * another. Four jobs per layer instead of eight. The per-row results are the same as
+ * mc_matmul's over all rows: a row's dot product does not depend on the slicing. */
+
+/* Rows [*r0, *r1) of `rows` for thread ith of nth, in multiples of `align`. */
+static void slice(int64_t rows, int ith, int nth, int64_t align, int64_t *r0, int64_t *r1) {
+    int64_t chunk = ((rows + nth - 1) / nth + align - 1) / align * align;
+    *r0 = (int64_t)ith * chunk < rows ? (int64_t)ith * chunk : rows;
+    *r1 = *r0 + chunk < rows ? *r0 + chunk : rows;
+}
+
+/* y[r0..r1) = rows r0..r1 of W · x, for one row of activations, on the calling thread. */
+static int proj_rows(struct mc_ctx *c, const struct weight *w, const float *x, float *y, int64_t r0,
+                     int64_t r1, int ith) {
+    if (r1 <= r0)
+        return MC_OK;
+    void *work = (uint8_t *)c->twork + (size_t)ith * c->twork_bytes;
+    const uint8_t *data = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
+    return mc_matmul(w->type, data, r1 - r0, w->cols, x, 1, y + r0, work, NULL, NULL);
+}
+
+static void attn_decode_part(void *arg, int ith, int nth) {
+    struct mc_ctx *c = arg;
+    const struct layer *L = c->cur;
+    const struct mc_hparams *hp = &c->m->hp;
+    int32_t hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv;
+    int32_t g0 = (int32_t)((int64_t)ith * hp->n_head_kv / nth);
+    int32_t g1 = (int32_t)((int64_t)(ith + 1) * hp->n_head_kv / nth);
+    int64_t q0 = (int64_t)g0 * gqa * hd, q1 = (int64_t)g1 * gqa * hd;
+    int64_t k0 = (int64_t)g0 * hd, k1 = (int64_t)g1 * hd;
+    int rc;
+    if ((rc = proj_rows(c, &L->wq, c->xn, c->q, q0, q1, ith)) ||
+        (rc = proj_rows(c, &L->wk, c->xn, c->k, k0, k1, ith)) ||
+        (rc = proj_rows(c, &L->wv, c->xn, c->v, k0, k1, ith))) {
+        c->trc[ith] = rc;
+        return;
+    }
+    for (int64_t i = q0; L->bq && i < q1; i++)
+        c->q[i] += L->bq[i];
+    for (int64_t i = k0; L->bk && i < k1; i++)
+        c->k[i] += L->bk[i];
+    for (int64_t i = k0; L->bv && i < k1; i++)
+        c->v[i] += L->bv[i];
+    rope_heads(c, c->q, hp->n_head, 0, g0 * gqa, g1 * gqa);
+    rope_heads(c, c->k, hp->n_head_kv, 0, g0, g1);
+
+    struct mc_kv *kv = c->rows[0].kv;
+    size_t off = ((size_t)c->layer * kv->n_ctx + (size_t)c->rows[0].pos) * kv->kv_dim + k0;
+    memcpy(kv->k + off, c->k + k0, (size_t)(k1 - k0) * sizeof(float));
+    memcpy(kv->v + off, c->v + k0, (size_t)(k1 - k0) * sizeof(float));
+    for (int32_t h = g0 * gqa; h < g1 * gqa; h++)
+        attend_one(c, 0, h, c->scores + (size_t)ith * c->scores_cap);
+    c->trc[ith] = MC_OK;
+}
+
+static void ffn_decode_part(void *arg, int ith, int nth) {
+    struct mc_ctx *c = arg;
+    const struct layer *L = c->cur;
+    int64_t r0, r1;
+    int rc;
+    slice(c->m->hp.n_ff, ith, nth, 32, &r0, &r1);
+    if ((rc = proj_rows(c, &L->w_gate, c->xn, c->gate, r0, r1, ith)) ||
+        (rc = proj_rows(c, &L->w_up, c->xn, c->up, r0, r1, ith))) {
+        c->trc[ith] = rc;
+        return;
+    }
+    if (r1 > r0)
+        mc_silu_mul(c->gate + r0, c->up + r0, r1 - r0);
+    c->trc[ith] = MC_OK;
+}
+
+/* Runs a decode job and returns the first thread's error, with a message. */
+static int run_decode_job(struct mc_ctx *c, mc_pool_fn fn, const struct layer *L,
+                          struct mc_err *err) {
+    c->cur = L;
+    mc_pool_run(c->pool, fn, c);
+    for (int i = 0; i < mc_pool_n_threads(c->pool); i++)
+        if (c->trc[i] != MC_OK)
+            return mc_err_set(err, c->trc[i], "layer %d: matrix product failed (%s)", c->layer,
+                              mc_strerror(c->trc[i]));
+    return MC_OK;
+}
+
+/* The decode path needs one row and at least one key/value group per thread. A row with
+ * an adapter takes the general path, where the projection hook runs. */
+static bool use_decode_path(const struct mc_ctx *c) {
+    return c->n_rows == 1 && c->m->hp.n_head_kv >= mc_pool_n_threads(c->pool) && !c->any_adapter;
+}
+
 static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err) {
     const struct mc_hparams *hp = &c->m->hp;
     int32_t n = c->n_rows, d = hp->n_embd;
@@ -821,6 +950,11 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
 
     rmsnorm_rows(c->xn, c->x, L->attn_norm, n, d, hp->rms_eps);
 
+    if (use_decode_path(c)) {
+        if ((rc = run_decode_job(c, attn_decode_part, L, err)))
+            return rc;
+        goto out_proj;
+    }
     if ((rc = layer_proj(c, MC_PROJ_Q, &L->wq, c->xn, c->q, n, err)) ||
         (rc = layer_proj(c, MC_PROJ_K, &L->wk, c->xn, c->k, n, err)) ||
         (rc = layer_proj(c, MC_PROJ_V, &L->wv, c->xn, c->v, n, err)))
@@ -840,6 +974,7 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
     else
         mc_pool_run(c->pool, attend_part, c);
 
+out_proj:
     if ((rc = layer_proj(c, MC_PROJ_O, &L->wo, c->att, c->proj, n, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n * d; i++)
@@ -854,10 +989,15 @@ static int ffn_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err
 
     rmsnorm_rows(c->xn, c->x, L->ffn_norm, n, d, hp->rms_eps);
 
-    if ((rc = layer_proj(c, MC_PROJ_GATE, &L->w_gate, c->xn, c->gate, n, err)) ||
-        (rc = layer_proj(c, MC_PROJ_UP, &L->w_up, c->xn, c->up, n, err)))
-        return rc;
-    mc_silu_mul(c->gate, c->up, (int64_t)n * hp->n_ff);
+    if (use_decode_path(c)) {
+        if ((rc = run_decode_job(c, ffn_decode_part, L, err)))
+            return rc;
+    } else {
+        if ((rc = layer_proj(c, MC_PROJ_GATE, &L->w_gate, c->xn, c->gate, n, err)) ||
+            (rc = layer_proj(c, MC_PROJ_UP, &L->w_up, c->xn, c->up, n, err)))
+            return rc;
+        mc_silu_mul(c->gate, c->up, (int64_t)n * hp->n_ff);
+    }
 
     if ((rc = layer_proj(c, MC_PROJ_DOWN, &L->w_down, c->gate, c->proj, n, err)))
         return rc;
@@ -932,6 +1072,7 @@ int mc_forward(struct mc_ctx *c, const struct mc_batch_row *rows, int32_t n_rows
         return rc;
     c->rows = rows;
     c->n_rows = n_rows;
+    c->simd = mc_simd_get();
 
     if ((rc = embed(c, err)) != MC_OK)
         return rc;

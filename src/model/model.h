@@ -37,11 +37,16 @@ struct mc_hparams {
 
 struct mc_model; /* opaque; see llama.c */
 
-/* Loads path. Any architecture other than llama/qwen2 gives MC_ENOTSUP with a message
- * listing the supported ones; missing or ill-shaped tensors give MC_EFORMAT naming the
- * tensor. */
+/* Loads path (mapped, not copied) and its tokenizer. Any architecture other than
+ * llama/qwen2 gives MC_ENOTSUP with a message listing the supported ones; missing
+ * metadata keys or missing/ill-shaped tensors give MC_EFORMAT naming the key or tensor
+ * and the file; unsupported tensor types or rope scaling MC_ENOTSUP. On failure *out is
+ * NULL. The model is immutable afterwards and may be shared by any number of threads. */
 int mc_model_load(const char *path, struct mc_model **out, struct mc_err *err);
+/* Frees the model and unmaps the file; every kv and ctx made from it must be freed
+ * first. Accepts NULL. */
 void mc_model_free(struct mc_model *m);
+/* The accessors below return borrowed pointers, valid until mc_model_free. */
 const struct mc_hparams *mc_model_hparams(const struct mc_model *m);
 const struct mc_tokenizer *mc_model_tokenizer(const struct mc_model *m);
 const struct mc_gguf *mc_model_gguf(const struct mc_model *m);
@@ -54,12 +59,16 @@ uint64_t mc_model_bytes_per_token(const struct mc_model *m);
 /* ---- KV cache: one per sequence ------------------------------------------------- */
 
 struct mc_kv;
-/* A cache of n_ctx positions (F32) for every layer. */
+/* A cache of n_ctx positions (F32 keys and values) for every layer of m; m must outlive
+ * it. MC_EINVAL for n_ctx outside 1..2^20, MC_ENOMEM naming the size. */
 int mc_kv_create(const struct mc_model *m, int32_t n_ctx, struct mc_kv **out, struct mc_err *err);
-void mc_kv_free(struct mc_kv *kv);
+void mc_kv_free(struct mc_kv *kv); /* accepts NULL */
 int32_t mc_kv_n_ctx(const struct mc_kv *kv);
-int32_t mc_kv_n_used(const struct mc_kv *kv);     /* positions written so far */
-void mc_kv_truncate(struct mc_kv *kv, int32_t n); /* forget positions >= n */
+int32_t mc_kv_n_used(const struct mc_kv *kv); /* positions written so far */
+/* Forgets positions >= n (n >= n_used does nothing): the next row of this sequence
+ * must then have position n. Used to reuse a common prefix or to roll back. */
+void mc_kv_truncate(struct mc_kv *kv, int32_t n);
+/* Bytes a cache of n_ctx positions takes for m. */
 size_t mc_kv_bytes(const struct mc_model *m, int32_t n_ctx);
 
 /* ---- Forward pass --------------------------------------------------------------- */
@@ -80,10 +89,13 @@ struct mc_batch_row {
 };
 
 struct mc_ctx;
-/* Scratch for batches of up to max_rows rows, using n_threads threads (<= 0: all CPUs). */
+/* Scratch for batches of up to max_rows rows (1..65536), and a pool of n_threads
+ * threads (<= 0: all CPUs). All memory a forward call needs is allocated here, except
+ * attention scores, which grow (rarely) with the longest context seen. m must outlive
+ * the context. MC_EINVAL for max_rows out of range, MC_ENOMEM. */
 int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, struct mc_ctx **out,
                   struct mc_err *err);
-void mc_ctx_free(struct mc_ctx *ctx);
+void mc_ctx_free(struct mc_ctx *ctx); /* accepts NULL; stops the pool's threads */
 int mc_ctx_n_threads(const struct mc_ctx *ctx);
 const struct mc_model *mc_ctx_model(const struct mc_ctx *ctx);
 /* The context's thread pool, for work the caller wants to run on the same threads
@@ -117,11 +129,13 @@ typedef int (*mc_proj_hook_fn)(void *user, int32_t layer, enum mc_proj proj,
  * MC_EINVAL. The model itself knows nothing of adapters. */
 void mc_ctx_set_proj_hook(struct mc_ctx *ctx, mc_proj_hook_fn fn, void *user);
 
-/* Runs the batch. Errors: MC_EINVAL for a bad row (token out of range, kv of another
- * model, position not the next of its sequence), MC_EFULL past the cache size; the
- * message names the row. logits receives n_vocab floats for each row with want_logits, in row
- * order. hidden, if non-NULL, receives the final-norm hidden state (n_embd floats) of each
- * want_logits row, for embeddings. On error no kv is advanced. */
+/* Runs the batch: appends each row's key and value to its cache and advances every
+ * sequence by its rows. logits (may be NULL) receives n_vocab floats for each row with
+ * want_logits, in row order; hidden, if non-NULL, the final-norm hidden state (n_embd
+ * floats) of each such row, for embeddings. Errors: MC_EINVAL for a bad row (token out
+ * of range, kv missing or of another model, position not the next of its sequence),
+ * MC_EFULL past the cache size, MC_ENOMEM growing the attention scratch; the message
+ * names the row. On error no kv is advanced. One call at a time per ctx. */
 int mc_forward(struct mc_ctx *ctx, const struct mc_batch_row *rows, int32_t n_rows, float *logits,
                float *hidden, struct mc_err *err);
 

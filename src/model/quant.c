@@ -916,7 +916,9 @@ static size_t act_row_size(enum mc_type t, int64_t cols) {
     case MC_TYPE_F16:
     case MC_TYPE_BF16: return (size_t)cols * 2;
     case MC_TYPE_Q8_0:
-    case MC_TYPE_Q4_0: return mc_type_row_size(MC_TYPE_Q8_0, cols);
+    case MC_TYPE_Q4_0:
+        /* Room for the AVX-512 pair layout, the largest of the kernel sets' layouts. */
+        return sizeof(struct q8_pair) * (size_t)((cols / QK8_0 + 1) / 2);
     case MC_TYPE_Q4_K:
     case MC_TYPE_Q5_K:
     case MC_TYPE_Q6_K: return (size_t)(cols / QK_K) * sizeof(struct block_q8_k);

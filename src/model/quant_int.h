@@ -54,6 +54,20 @@ struct block_q8_k {
     int16_t bsums[QK_K / 16];      /* sums of each 16 quants */
 };
 
+/* Activations of Q8_0/Q4_0 products as the AVX-512 kernels read them: two Q8_0 blocks
+ * (b0, b1) per entry, laid out so one vpdpbusd with the weights' unsigned bytes gives
+ * the block dots in 16 int32 lanes. Weights enter as unsigned bytes (Q8_0 biased by
+ * +128, Q4_0 as its 0..15 levels), so each lane starts from -K times its block's quant
+ * sum (K = 128 or 8) and the integer result equals the signed dot exactly. Q8_0 keeps
+ * each block's 32 quants together (lanes 0-7 b0, 8-15 b1); Q4_0 interleaves halves
+ * [b0 0-15, b1 0-15, b0 16-31, b1 16-31] to match its nibble unpacking. d holds each
+ * lane's block scale. A missing b1 (odd block count) is all zeros. */
+struct q8_pair {
+    int8_t qs[64];
+    int32_t corr[16];
+    float d[16];
+};
+
 _Static_assert(sizeof(struct block_q4_0) == 18, "block_q4_0 size");
 _Static_assert(sizeof(struct block_q8_0) == 34, "block_q8_0 size");
 _Static_assert(sizeof(struct block_q4_k) == 144, "block_q4_k size");

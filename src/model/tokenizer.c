@@ -15,9 +15,8 @@
  * byte-level BPE where the vocabulary has a token for each such byte (the reference
  * always substitutes U+FFFD, which is still done for bytes it has no token for), and an
  * invalid byte is a symbol of its own in SentencePiece, so decoding gives the input
- * back;
- * a SentencePiece byte with neither a <0xXX> token nor a one-byte token becomes UNK
- * (the reference throws). Tokenizer models other than "llama" and "gpt2" (WordPiece,
+ * back; a SentencePiece byte with neither a <0xXX> token nor a one-byte token becomes
+ * UNK (the reference throws). Tokenizer models other than "llama" and "gpt2" (WordPiece,
  * Unigram, RWKV) are refused with MC_ENOTSUP.
  *
  * A loaded tokenizer is immutable; any number of threads may encode and decode. */
@@ -32,9 +31,9 @@
 #include <stdlib.h> /* qsort */
 #include <string.h>
 
-#define TOK_MAX_VOCAB (1 << 22)      /* tokens; the largest real vocabularies are ~260k */
-#define TOK_MAX_MERGES (1 << 22)
-#define TOK_MAX_TEXT_BYTES (1u << 30) /* all token texts together */
+#define TOK_MAX_VOCAB       (1 << 22) /* tokens; the largest real vocabularies are ~260k */
+#define TOK_MAX_MERGES      (1 << 22)
+#define TOK_MAX_TEXT_BYTES  (1u << 30) /* all token texts together */
 #define TOK_MAX_INPUT_BYTES ((size_t)1 << 28)
 
 /* ---- String hash ---------------------------------------------------------------- */
@@ -125,8 +124,7 @@ static int find_str_array(const struct mc_gguf *g, const char *key, int64_t *idx
 }
 
 /* Reads an optional integer key into *id if present and within the vocabulary. */
-static void read_token_id(const struct mc_gguf *g, const char *key, int32_t n_vocab,
-                          int32_t *id) {
+static void read_token_id(const struct mc_gguf *g, const char *key, int32_t n_vocab, int32_t *id) {
     struct mc_err e;
     uint32_t v;
     if (mc_gguf_get_u32(g, key, &v, &e) != MC_OK)
@@ -206,13 +204,20 @@ static int check_token_array(const struct mc_gguf *g, const char *key, int64_t i
 
 static uint32_t attr_from_type(int32_t type) {
     switch (type) {
-    case 1: return TOK_ATTR_NORMAL;
-    case 2: return TOK_ATTR_UNKNOWN;
-    case 3: return TOK_ATTR_CONTROL;
-    case 4: return TOK_ATTR_USER_DEFINED;
-    case 5: return TOK_ATTR_UNUSED;
-    case 6: return TOK_ATTR_BYTE;
-    default: return 0; /* undefined */
+    case 1:
+        return TOK_ATTR_NORMAL;
+    case 2:
+        return TOK_ATTR_UNKNOWN;
+    case 3:
+        return TOK_ATTR_CONTROL;
+    case 4:
+        return TOK_ATTR_USER_DEFINED;
+    case 5:
+        return TOK_ATTR_UNUSED;
+    case 6:
+        return TOK_ATTR_BYTE;
+    default:
+        return 0; /* undefined */
     }
 }
 
@@ -371,28 +376,50 @@ static bool text_in(const struct mc_tokenizer *tok, int32_t id, const char *cons
     return false;
 }
 
-static const char *const eot_texts[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                        "<|endoftext|>", "<EOT>", "_<EOT>",
-                                        "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence"
+static const char *const eot_texts[] = {"<|eot_id|>",
+                                        "<|im_end|>",
+                                        "<|end|>",
+                                        "<end_of_turn>",
+                                        "<|endoftext|>",
+                                        "<EOT>",
+                                        "_<EOT>",
+                                        "<\xEF\xBD\x9C"
+                                        "end\xE2\x96\x81of\xE2\x96\x81sentence"
                                         "\xEF\xBD\x9C>",
                                         NULL};
 static const char *const eom_texts[] = {"<|eom_id|>", NULL};
-static const char *const fim_pre_texts[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",
-                                            "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "begin\xEF\xBD\x9C>",
-                                            "<PRE>", "\xE2\x96\x81<PRE>", NULL};
-static const char *const fim_suf_texts[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
-                                            "<\xEF\xBD\x9C" "fim\xE2\x96\x81hole\xEF\xBD\x9C>",
-                                            "<SUF>", "\xE2\x96\x81<SUF>", NULL};
-static const char *const fim_mid_texts[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-                                            "<\xEF\xBD\x9C" "fim\xE2\x96\x81" "end\xEF\xBD\x9C>",
-                                            "<MID>", "\xE2\x96\x81<MID>", NULL};
-static const char *const fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>",
+static const char *const fim_pre_texts[] = {"<|fim_prefix|>",
+                                            "<fim-prefix>",
+                                            "<fim_prefix>",
+                                            "<\xEF\xBD\x9C"
+                                            "fim\xE2\x96\x81"
+                                            "begin\xEF\xBD\x9C>",
+                                            "<PRE>",
+                                            "\xE2\x96\x81<PRE>",
                                             NULL};
+static const char *const fim_suf_texts[] = {"<|fim_suffix|>",
+                                            "<fim-suffix>",
+                                            "<fim_suffix>",
+                                            "<\xEF\xBD\x9C"
+                                            "fim\xE2\x96\x81hole\xEF\xBD\x9C>",
+                                            "<SUF>",
+                                            "\xE2\x96\x81<SUF>",
+                                            NULL};
+static const char *const fim_mid_texts[] = {"<|fim_middle|>",
+                                            "<fim-middle>",
+                                            "<fim_middle>",
+                                            "<\xEF\xBD\x9C"
+                                            "fim\xE2\x96\x81"
+                                            "end\xEF\xBD\x9C>",
+                                            "<MID>",
+                                            "\xE2\x96\x81<MID>",
+                                            NULL};
+static const char *const fim_pad_texts[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", NULL};
 static const char *const fim_rep_texts[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
-                                            "<REPO>", "<reponame>", NULL};
+                                            "<REPO>",       "<reponame>",    NULL};
 static const char *const fim_sep_texts[] = {"<|file_sep|>", NULL};
-static const char *const eog_texts[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                                        "<|endoftext|>", "<|eom_id|>", "<EOT>", "_<EOT>",
+static const char *const eog_texts[] = {"<|eot_id|>",      "<|im_end|>", "<|end|>", "<end_of_turn>",
+                                        "<|endoftext|>",   "<|eom_id|>", "<EOT>",   "_<EOT>",
                                         "<|end_of_text|>", NULL};
 
 /* Fills *slot with the first token (by id) whose text is in list, if *slot is unset;
@@ -400,13 +427,13 @@ static const char *const eog_texts[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "
 static void detect_by_text(struct mc_tokenizer *tok, const char *const *list, int32_t *slot) {
     if (*slot >= 0)
         return;
-    for (int32_t i = 0; i < tok->n_vocab; i++) {
-        if (text_in(tok, i, list)) {
-            *slot = i;
-            tok->attr[i] |= TOK_ATTR_CONTROL;
-            return;
-        }
+    for (; *list; list++) {
+        int32_t id = tok_strmap_find(&tok->vocab_map, *list, strlen(*list));
+        if (id >= 0 && (*slot < 0 || id < *slot))
+            *slot = id;
     }
+    if (*slot >= 0)
+        tok->attr[*slot] |= TOK_ATTR_CONTROL;
 }
 
 static void mark_eog(struct mc_tokenizer *tok, int32_t id) {
@@ -416,8 +443,9 @@ static void mark_eog(struct mc_tokenizer *tok, int32_t id) {
 
 static void load_special_ids(const struct mc_gguf *g, struct mc_tokenizer *tok) {
     int32_t n = tok->n_vocab;
-    int32_t *slot[] = {&tok->eot, &tok->eom, &tok->sep, &tok->pad, &tok->mask, &tok->fim_pre,
-                       &tok->fim_suf, &tok->fim_mid, &tok->fim_pad, &tok->fim_rep, &tok->fim_sep};
+    int32_t *slot[] = {&tok->eot,     &tok->eom,     &tok->sep,     &tok->pad,
+                       &tok->mask,    &tok->fim_pre, &tok->fim_suf, &tok->fim_mid,
+                       &tok->fim_pad, &tok->fim_rep, &tok->fim_sep};
     for (size_t i = 0; i < sizeof(slot) / sizeof(slot[0]); i++)
         *slot[i] = -1;
     if (tok->kind == TOK_KIND_SPM) {
@@ -467,10 +495,11 @@ static void load_special_ids(const struct mc_gguf *g, struct mc_tokenizer *tok) 
 
     /* End of generation: EOS, EOT, EOM, the FIM pad/repo/file separators, and every
      * token whose text is one of the usual end-of-turn markers. */
-    for (int32_t i = 0; i < n; i++) {
-        if (text_in(tok, i, eog_texts)) {
-            tok->is_eog[i] = 1;
-            tok->attr[i] |= TOK_ATTR_CONTROL;
+    for (const char *const *t = eog_texts; *t; t++) {
+        int32_t id = tok_strmap_find(&tok->vocab_map, *t, strlen(*t));
+        if (id >= 0) {
+            tok->is_eog[id] = 1;
+            tok->attr[id] |= TOK_ATTR_CONTROL;
         }
     }
     mark_eog(tok, tok->eos);
@@ -588,8 +617,12 @@ static uint8_t byte_token_value(const char *s, uint32_t n) {
  * bytes checked, overlongs accepted; anything else is U+FFFD over one byte. */
 static uint32_t decode_lenient(const uint8_t *s, size_t n, size_t *adv) {
     uint8_t b = s[0];
-    size_t k = b < 0x80 ? 1 : !(b & 0x40) ? 0 : !(b & 0x20) ? 2 : !(b & 0x10) ? 3
-                                                 : !(b & 0x08) ? 4 : 0;
+    size_t k = b < 0x80      ? 1
+               : !(b & 0x40) ? 0
+               : !(b & 0x20) ? 2
+               : !(b & 0x10) ? 3
+               : !(b & 0x08) ? 4
+                             : 0;
     bool ok = k > 0 && k <= n;
     for (size_t i = 1; ok && i < k; i++)
         ok = (s[i] & 0xC0) == 0x80;
@@ -732,8 +765,8 @@ static void build_byte_ok(struct mc_tokenizer *tok) {
         char s[2];
         size_t n = tok_byte_encode((uint8_t)b, s);
         int32_t id = tok_strmap_find(&tok->vocab_map, s, n);
-        tok->byte_ok[b] = id >= 0 && (tok->attr[id] & TOK_ATTR_NORMAL) &&
-                          tok->piece_len[id] == 1 && (uint8_t)tok->piece[tok->piece_off[id]] == b;
+        tok->byte_ok[b] = id >= 0 && (tok->attr[id] & TOK_ATTR_NORMAL) && tok->piece_len[id] == 1 &&
+                          (uint8_t)tok->piece[tok->piece_off[id]] == b;
     }
 }
 
@@ -865,7 +898,7 @@ struct frag {
     int32_t id; /* -1 for raw text */
     size_t off;
     size_t len;
-    int next;   /* index of the next fragment, -1 at the end */
+    int next; /* index of the next fragment, -1 at the end */
 };
 
 struct frags {
@@ -999,8 +1032,8 @@ static int partition(const struct mc_tokenizer *tok, const char *text, size_t le
 
 /* SentencePiece: a space before the first text and after each special token, spaces
  * written as U+2581. */
-static int encode_spm_fragment(const struct mc_tokenizer *tok, const char *s, size_t n,
-                               bool prefix, struct tok_ids *ids, struct mc_err *err) {
+static int encode_spm_fragment(const struct mc_tokenizer *tok, const char *s, size_t n, bool prefix,
+                               struct tok_ids *ids, struct mc_err *err) {
     char *buf = mc_malloc(3 * n + 4);
     if (!buf)
         return mc_err_set(err, MC_ENOMEM, "out of memory encoding %zu bytes", n);
@@ -1121,7 +1154,8 @@ static size_t clean_spaces(char *t, size_t total) {
             char x1 = t[i + 1];
             if (x1 == 's' || x1 == 'm')
                 o--;
-            else if (i + 2 < n3 && ((x1 == 'r' && t[i + 2] == 'e') || (x1 == 'v' && t[i + 2] == 'e')))
+            else if (i + 2 < n3 &&
+                     ((x1 == 'r' && t[i + 2] == 'e') || (x1 == 'v' && t[i + 2] == 'e')))
                 o--;
         }
         t[o++] = x;

@@ -9,9 +9,9 @@
  * SentencePiece: pairs whose concatenation is a vocabulary token, best = highest token
  * score; leftover symbols that are not tokens fall back to <0xXX> byte tokens, or UNK.
  * Byte-level BPE: the pre-tokenizer splits the text into words, each word's bytes are
- * mapped to GPT-2's printable stand-ins (see map_bytes for invalid UTF-8), pairs are ranked by the merges list (lower rank
- * first); a leftover symbol that is not a token is emitted byte by byte where those
- * single bytes are tokens, and dropped otherwise, as the reference does.
+ * mapped to GPT-2's printable stand-ins (see map_bytes for invalid UTF-8), pairs are ranked by the
+ * merges list (lower rank first); a leftover symbol that is not a token is emitted byte by byte
+ * where those single bytes are tokens, and dropped otherwise, as the reference does.
  *
  * All memory is per call; nothing here writes to the tokenizer. */
 #include "model/tokenizer_int.h"
@@ -197,14 +197,13 @@ int tok_spm_encode(const struct mc_tokenizer *tok, const char *text, size_t len,
 
 /* Scratch buffers reused across the words of one call. */
 struct bpe_scratch {
-    char *word;   /* the byte-mapped word */
-    char *key;    /* "left right" for merge lookups */
+    char *word; /* the byte-mapped word */
+    char *key;  /* "left right" for merge lookups */
     size_t key_cap;
 };
 
-static int bpe_try_pair(const struct mc_tokenizer *tok, struct bpe_scratch *sc,
-                        const struct sym *s, int left, int right, struct heap *h,
-                        struct mc_err *err) {
+static int bpe_try_pair(const struct mc_tokenizer *tok, struct bpe_scratch *sc, const struct sym *s,
+                        int left, int right, struct heap *h, struct mc_err *err) {
     if (left < 0 || right < 0)
         return MC_OK;
     size_t nl = s[left].n, nr = s[right].n;

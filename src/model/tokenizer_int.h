@@ -30,14 +30,17 @@ enum tok_kind { TOK_KIND_SPM, TOK_KIND_BPE };
  * index + 1 into the (off, len) arrays of the owner, 0 marks an empty slot. */
 struct tok_strmap {
     uint32_t *slots;
-    uint32_t mask;       /* capacity - 1; capacity is a power of two >= 2 * n */
-    const char *base;    /* key bytes of index i: base + off[i], len[i] bytes */
+    uint32_t mask;    /* capacity - 1; capacity is a power of two >= 2 * n */
+    const char *base; /* key bytes of index i: base + off[i], len[i] bytes */
     const uint32_t *off;
     const uint32_t *len;
 };
 
+/* Sizes an empty map for n_keys keys stored at base/off/len (borrowed; they must
+ * outlive the map). MC_OK or MC_ENOMEM. */
 int tok_strmap_init(struct tok_strmap *m, uint32_t n_keys, const char *base, const uint32_t *off,
                     const uint32_t *len);
+/* Frees the slots; the map may be zeroed or already deinitialised. */
 void tok_strmap_deinit(struct tok_strmap *m);
 /* Inserts index i unless an equal key is present; returns the index already stored for
  * that key, or -1 when i was inserted. */
@@ -58,7 +61,10 @@ struct tok_pre_def {
 
 /* Looks up a tokenizer.ggml.pre name; false if unknown. */
 bool tok_pre_lookup(const char *name, size_t len, struct tok_pre_def *out);
+/* Compiles the regexes of a set from tok_pre_lookup. MC_ENOMEM, or MC_EINTERNAL naming
+ * the pattern if one does not compile (a bug in the table). */
 int tok_pre_create(int regex_set, struct tok_pre **out, struct mc_err *err);
+/* Accepts NULL. */
 void tok_pre_free(struct tok_pre *p);
 
 /* A piece of text produced by the pre-tokenizer: byte offset and length in the input. */
@@ -84,13 +90,15 @@ size_t tok_byte_encode(uint8_t b, char out[2]);
 /* The byte whose stand-in is codepoint cp, or -1. */
 int tok_byte_decode(uint32_t cp);
 
-/* A growable id list with an upper bound on its length. */
+/* A growable id list (the caller frees v with mc_free). */
 struct tok_ids {
     int32_t *v;
     size_t n;
     size_t cap;
 };
 
+/* Appends id, growing v (mc_realloc) as needed. MC_OK or MC_ENOMEM; on failure the list
+ * is unchanged and still owned by the caller. */
 int tok_ids_push(struct tok_ids *ids, int32_t id, struct mc_err *err);
 
 struct mc_tokenizer {
@@ -99,21 +107,21 @@ struct mc_tokenizer {
 
     /* Token texts, one arena: token i is text + tok_off[i], tok_len[i] bytes. */
     char *text;
-    uint32_t *tok_off;    /* (n_vocab) */
-    uint32_t *tok_len;    /* (n_vocab) */
-    float *score;         /* (n_vocab) */
-    uint32_t *attr;       /* (n_vocab) TOK_ATTR_* bits */
+    uint32_t *tok_off; /* (n_vocab) */
+    uint32_t *tok_len; /* (n_vocab) */
+    float *score;      /* (n_vocab) */
+    uint32_t *attr;    /* (n_vocab) TOK_ATTR_* bits */
     struct tok_strmap vocab_map;
 
     /* Decoded pieces as token_to_piece(special = true) renders them. */
     char *piece;
-    uint32_t *piece_off;  /* (n_vocab) */
-    uint32_t *piece_len;  /* (n_vocab) */
+    uint32_t *piece_off; /* (n_vocab) */
+    uint32_t *piece_len; /* (n_vocab) */
 
     /* BPE merges "left right", rank = index. */
     char *merge_text;
-    uint32_t *merge_off;  /* (n_merges) */
-    uint32_t *merge_len;  /* (n_merges) */
+    uint32_t *merge_off; /* (n_merges) */
+    uint32_t *merge_len; /* (n_merges) */
     uint32_t n_merges;
     struct tok_strmap merge_map;
     uint32_t max_merge_len;
@@ -122,7 +130,7 @@ struct mc_tokenizer {
     int32_t *special;
     int32_t n_special;
 
-    uint8_t *is_eog;      /* (n_vocab) */
+    uint8_t *is_eog; /* (n_vocab) */
     /* BPE: byte b's stand-in is a normal token that decodes back to b. */
     uint8_t byte_ok[256];
 
@@ -135,7 +143,7 @@ struct mc_tokenizer {
     bool ignore_merges;
     bool clean_spaces;
 
-    struct tok_pre *pre;  /* BPE only */
+    struct tok_pre *pre; /* BPE only */
     char model_name[32];
     char pre_name[48];
 };

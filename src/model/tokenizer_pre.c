@@ -45,7 +45,7 @@
 #define RE_DEEPSEEK_LLM_LETTERS                                                                    \
     "\\s?[\\x{41}-\\x{5A}\\x{61}-\\x{7A}\\x{B5}\\x{C0}-\\x{D6}\\x{D8}-\\x{F6}\\x{F8}-\\x{1BA}"     \
     "\\x{1BC}-\\x{1BF}\\x{1C4}-\\x{293}\\x{295}-\\x{2AF}\\x{370}-\\x{373}\\x{376}\\x{377}"         \
-    "\\x{37B}-\\x{37D}\\x{37F}\\x{386}\\x{388}-\\x{38A}\\x{38C}\\x{38E}-\\x{3A1}\\x{3A3}-\\x{3F5}"  \
+    "\\x{37B}-\\x{37D}\\x{37F}\\x{386}\\x{388}-\\x{38A}\\x{38C}\\x{38E}-\\x{3A1}\\x{3A3}-\\x{3F5}" \
     "\\x{3F7}-\\x{481}\\x{48A}-\\x{52F}\\x{531}-\\x{556}\\x{10A0}-\\x{10C5}\\x{13A0}-\\x{13F5}"    \
     "\\x{13F8}-\\x{13FD}\\x{1C90}-\\x{1CBA}\\x{1CBD}-\\x{1CBF}\\x{1D00}-\\x{1D2B}"                 \
     "\\x{1D6B}-\\x{1D77}\\x{1D79}-\\x{1D9A}\\x{1E00}-\\x{1F15}\\x{1F18}-\\x{1F1D}"                 \
@@ -70,9 +70,10 @@
     "((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|"       \
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 #define RE_GPT4O                                                                                   \
-    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|" \
-    "'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+"              \
-    "((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|"           \
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+"                         \
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?"            \
+    "((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*"                                               \
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|"                                  \
     "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 enum {
@@ -100,7 +101,8 @@ static const char *const pre_sets[SET_COUNT][PRE_MAX_REGEX] = {
     [SET_DEEPSEEK_LLM] = {"[\r\n]", RE_DEEPSEEK_LLM_LETTERS, RE_DEEPSEEK_LLM_PUNCT, "\\s+$",
                           RE_DEEPSEEK_CJK, "\\p{N}+"},
     [SET_DEEPSEEK_CODER] = {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_DEEPSEEK_CJK, "\\p{N}"},
-    [SET_DEEPSEEK3] = {"\\p{N}{1,3}", "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+",
+    [SET_DEEPSEEK3] = {"\\p{N}{1,3}",
+                       "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+",
                        "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}"
                        "\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|"
                        "\\s+"},
@@ -193,13 +195,15 @@ static bool byte_is_printable(int b) {
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 others, in byte order: 0x00-0x20 (33), 0x7F-0xA0 (34), 0xAD (1). */
 static uint32_t byte_to_cp(uint8_t b) {
     if (byte_is_printable(b))
         return b;
-    uint32_t n = 0;
-    for (int c = 0; c < b; c++)
-        n += !byte_is_printable(c);
-    return 256 + n;
+    if (b <= 0x20)
+        return 256u + b;
+    if (b >= 0x7F && b <= 0xA0)
+        return 256u + 33u + (uint32_t)(b - 0x7F);
+    return 256u + 67u; /* 0xAD */
 }
 
 size_t tok_byte_encode(uint8_t b, char out[2]) {
@@ -216,15 +220,11 @@ size_t tok_byte_encode(uint8_t b, char out[2]) {
 int tok_byte_decode(uint32_t cp) {
     if (cp < 256)
         return byte_is_printable((int)cp) ? (int)cp : -1;
-    uint32_t n = 256;
-    for (int c = 0; c < 256; c++) {
-        if (byte_is_printable(c))
-            continue;
-        if (n == cp)
-            return c;
-        n++;
-    }
-    return -1;
+    if (cp < 256 + 33)
+        return (int)(cp - 256);
+    if (cp < 256 + 67)
+        return (int)(0x7F + cp - 256 - 33);
+    return cp == 256 + 67 ? 0xAD : -1;
 }
 
 /* Length of the valid UTF-8 sequence at s (strict: no overlongs, surrogates or code
@@ -356,8 +356,8 @@ int tok_pre_create(int regex_set, struct tok_pre **out, struct mc_err *err) {
         int ecode;
         PCRE2_SIZE eoff;
         uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_DOLLAR_ENDONLY | PCRE2_NO_UTF_CHECK;
-        pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, opts, &ecode,
-                                       &eoff, cctx);
+        pcre2_code *re =
+            pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, opts, &ecode, &eoff, cctx);
         mc_free(pat);
         if (!re) {
             PCRE2_UCHAR msg[120];
@@ -393,9 +393,9 @@ void tok_pre_free(struct tok_pre *p) {
 /* The text as units (one code point, or one invalid byte) and its sanitised copy. */
 struct units {
     size_t n;
-    size_t *src_off;  /* (n + 1) byte offset of unit i in the input */
-    size_t *san_off;  /* (n + 1) byte offset of unit i in san */
-    char *san;        /* valid UTF-8: invalid input bytes replaced by U+FFFD */
+    size_t *src_off; /* (n + 1) byte offset of unit i in the input */
+    size_t *san_off; /* (n + 1) byte offset of unit i in san */
+    char *san;       /* valid UTF-8: invalid input bytes replaced by U+FFFD */
 };
 
 static void units_free(struct units *u) {
@@ -454,8 +454,8 @@ struct upiece {
 };
 
 /* Runs one regex over piece [a, b) and appends the resulting pieces to out. */
-static int split_piece(const pcre2_code *re, pcre2_match_data *md, const struct units *u,
-                       size_t a, size_t b, struct upiece *out, size_t *n_out) {
+static int split_piece(const pcre2_code *re, pcre2_match_data *md, const struct units *u, size_t a,
+                       size_t b, struct upiece *out, size_t *n_out) {
     PCRE2_SPTR subj = (PCRE2_SPTR)(u->san + u->san_off[a]);
     size_t base = u->san_off[a], slen = u->san_off[b] - base;
     size_t pos = 0, prev_end = 0;
