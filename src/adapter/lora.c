@@ -204,9 +204,12 @@ static int load_bt(const struct lora_src *s, enum mc_type wt, void *dst, float *
     for (int64_t o = 0; o < s->n_out; o++) {
         int64_t r = hf_row(s, o);
         if (s->b_type == wt) {
+            /* Constant-size copies (the source may be unaligned) that compile to moves. */
             const uint8_t *p = (const uint8_t *)s->b + (size_t)r * s->rank * es;
-            for (int64_t k = 0; k < s->rank; k++)
-                memcpy((uint8_t *)dst + ((size_t)k * s->n_out + o) * es, p + k * es, es);
+            for (int64_t k = 0; k < s->rank && es == 2; k++)
+                memcpy((uint16_t *)dst + (size_t)k * s->n_out + o, p + 2 * k, 2);
+            for (int64_t k = 0; k < s->rank && es == 4; k++)
+                memcpy((float *)dst + (size_t)k * s->n_out + o, p + 4 * k, 4);
             continue;
         }
         int rc = src_row(s->b_type, s->b, r, s->rank, row, what, err);
