@@ -1,6 +1,7 @@
 /* bench_lora.c - costs of LoRA adapters in serving.
  *
  *   bench_lora [MODEL] [--threads N] [--steps N] [--rounds N] [--rank R] [--type f16|f32]
+ *              [--resident f32|f16|q8_0]
  *
  * 1. Heterogeneous batching: aggregate decode throughput of 32 sequences in one batch
  *    per step with no adapter, 1, 8 and 32 distinct adapters (rank R on q, k, v, o,
@@ -44,8 +45,22 @@ struct bench {
     int steps;
     int rounds;
     int rank;
-    enum mc_type type; /* adapter tensors as written and loaded: F32 or F16 */
+    enum mc_type type;     /* adapter tensors as written and loaded: F32 or F16 */
+    enum mc_type resident; /* converted to after loading (mc_lora_convert), or = type */
 };
+
+/* Opens an adapter from a GGUF buffer and converts it to b->resident if that differs. */
+static int open_blob(const struct bench *b, const void *buf, size_t len, const char *name,
+                     struct mc_lora **out, struct mc_err *err) {
+    int rc = mc_lora_open_gguf_buffer(buf, len, name, &b->base, out, err);
+    if (rc != MC_OK || b->resident == b->type)
+        return rc;
+    struct mc_lora *c;
+    rc = mc_lora_convert(*out, b->resident, &c, err);
+    mc_lora_release(*out);
+    *out = rc == MC_OK ? c : NULL;
+    return rc;
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -130,8 +145,8 @@ static void bench_batching(struct bench *b, const struct blobs *bl) {
     struct mc_err err = {0};
     struct mc_lora *pool[MAX_ADAPTERS];
     for (int i = 0; i < MAX_ADAPTERS; i++)
-        if (mc_lora_open_gguf_buffer(bl->buf[i % N_FILES], bl->len[i % N_FILES], "bench", &b->base,
-                                     &pool[i], &err) != MC_OK)
+        if (open_blob(b, bl->buf[i % N_FILES], bl->len[i % N_FILES], "bench", &pool[i], &err) !=
+            MC_OK)
             die("open", &err);
     const int distinct[4] = {0, 1, 8, 32};
     double best[4] = {1e30, 1e30, 1e30, 1e30}, best_cpu[4] = {1e30, 1e30, 1e30, 1e30};
@@ -148,9 +163,10 @@ static void bench_batching(struct bench *b, const struct blobs *bl) {
             best_cpu[c] = fmin(best_cpu[c], cpu_s() - c0);
         }
     }
-    printf("decode, batch %d, %d threads, rank-%d %s adapters on q,k,v,o,gate,up,down (best of "
-           "%d rounds of %d steps)\n",
-           BATCH, b->threads, b->rank, mc_type_name(b->type), b->rounds, b->steps);
+    printf("decode, batch %d, %d threads, rank-%d adapters (%s file, %s resident) on "
+           "q,k,v,o,gate,up,down (best of %d rounds of %d steps)\n",
+           BATCH, b->threads, b->rank, mc_type_name(b->type), mc_type_name(b->resident), b->rounds,
+           b->steps);
     double base_tps = BATCH * b->steps / best[0];
     for (int c = 0; c < 4; c++) {
         double tps = BATCH * b->steps / best[c];
@@ -180,13 +196,12 @@ static void bench_cold(struct bench *b, struct blobs *bl, char (*path)[64]) {
             if (mc_lora_open(path[i], &b->base, &l, &err) != MC_OK)
                 die("open", &err);
             double t1 = now_s();
-            resident = mc_lora_info(l)->resident_bytes;
             mc_lora_release(l);
             double t2 = now_s();
-            if (mc_lora_open_gguf_buffer(bl->buf[i], bl->len[i], "blob", &b->base, &l, &err) !=
-                MC_OK)
+            if (open_blob(b, bl->buf[i], bl->len[i], "blob", &l, &err) != MC_OK)
                 die("open buffer", &err);
             double t3 = now_s();
+            resident = mc_lora_info(l)->resident_bytes;
             mc_lora_release(l);
             t_file = fmin(t_file, t1 - t0);
             t_buf = fmin(t_buf, t3 - t2);
@@ -200,8 +215,8 @@ static void bench_cold(struct bench *b, struct blobs *bl, char (*path)[64]) {
            mc_type_name(b->type), n);
     printf("  from file (page cache): mean %.2f ms, best %.2f ms\n", sum_file * 1e3 / n,
            t_file * 1e3);
-    printf("  from memory buffer:     mean %.2f ms, best %.2f ms\n", sum_buf * 1e3 / n,
-           t_buf * 1e3);
+    printf("  from memory buffer%s: mean %.2f ms, best %.2f ms\n",
+           b->resident != b->type ? " + convert" : "", sum_buf * 1e3 / n, t_buf * 1e3);
     printf("  resident: %zu bytes (%.2f MiB) per adapter\n", resident, resident / 1048576.0);
 }
 
@@ -252,7 +267,7 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
     int i = atoi(id + 1) % N_FILES;
     (void)version;
     lc->loads++;
-    return mc_lora_open_gguf_buffer(lc->bl->buf[i], lc->bl->len[i], id, &lc->b->base, out, err);
+    return open_blob(lc->b, lc->bl->buf[i], lc->bl->len[i], id, out, err);
 }
 
 /* A request picks its adapter: get (loading on a miss) into *slot, dropping the old one.
@@ -339,7 +354,7 @@ static void bench_residency(struct bench *b, struct blobs *bl) {
 
 int main(int argc, char **argv) {
     struct bench b = {.threads = 2, .steps = 6, .rounds = 3, .rank = 16, .type = MC_TYPE_F16};
-    const char *path = "/tmp/synth.gguf";
+    const char *path = "/tmp/synth.gguf", *resident = NULL;
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--threads"))
             b.threads = atoi(argv[++i]);
@@ -349,10 +364,17 @@ int main(int argc, char **argv) {
             b.rounds = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--type"))
             b.type = !strcmp(argv[++i], "f32") ? MC_TYPE_F32 : MC_TYPE_F16;
+        else if (i + 1 < argc && !strcmp(argv[i], "--resident"))
+            resident = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--rank"))
             b.rank = atoi(argv[++i]);
         else
             path = argv[i];
+    }
+    b.resident = b.type;
+    if (resident && mc_type_from_name(resident, &b.resident) != MC_OK) {
+        fprintf(stderr, "bench_lora: --resident f32, f16 or q8_0\n");
+        return 2;
     }
     if (b.steps < 1 || b.rounds < 1 || b.rank < 1) {
         fprintf(stderr, "bench_lora: steps, rounds and rank must be positive\n");

@@ -592,6 +592,66 @@ static void test_f16_storage_and_kernels(void **state) {
     mc_lora_release(f);
 }
 
+/* Q8_0 residency: about a quarter of F32's bytes, outputs close to the F32 adapter's,
+ * portable and AVX2 kernels agreeing; widths that are not multiples of 32 are refused. */
+static void test_q8_residency(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_lora *s, *q, *bad = (struct mc_lora *)1;
+    uint32_t attn = (1u << MC_PROJ_Q) | (1u << MC_PROJ_K) | (1u << MC_PROJ_V) | (1u << MC_PROJ_O);
+    assert_int_equal(mc_lora_synth(&base, 8, attn, 0, 9, "s", &s, &err), MC_OK);
+    assert_int_equal(mc_lora_convert(s, MC_TYPE_Q8_0, &q, &err), MC_OK);
+    struct mc_lora_pair_info pq, ps;
+    mc_lora_pair(q, 0, &pq);
+    mc_lora_pair(s, 0, &ps);
+    assert_int_equal(pq.type, MC_TYPE_Q8_0);
+    assert_float_near(mc_lora_scale(q, 2, MC_PROJ_K, 0.5f), mc_lora_scale(s, 2, MC_PROJ_K, 0.5f),
+                      0);
+    size_t bq = mc_lora_info(q)->resident_bytes, bs = mc_lora_info(s)->resident_bytes;
+    assert_true(bq * 10 < bs * 3); /* 34 bytes per 32 values against 128 */
+
+    struct mc_lora *all;
+    assert_int_equal(mc_lora_synth(&base, 4, 1u << MC_PROJ_UP, 0, 1, "up", &all, &err), MC_OK);
+    assert_int_equal(mc_lora_convert(all, MC_TYPE_Q8_0, &bad, &err), MC_ENOTSUP);
+    assert_null(bad);
+    assert_non_null(strstr(err.msg, "blk.0.ffn_up.weight: widths 64 and 172 are not multiples"));
+    mc_lora_release(all);
+
+    struct mc_ctx *ctx;
+    struct mc_lora_runner *run;
+    int32_t nv = mc_model_hparams(model)->n_vocab;
+    float *a = mc_malloc(4 * (size_t)nv * sizeof(float));
+    struct mc_lora *back; /* the Q8_0 values, exactly, in F32 */
+    assert_int_equal(mc_lora_convert(q, MC_TYPE_F32, &back, &err), MC_OK);
+    assert_int_equal(mc_ctx_create(model, 16, 1, &ctx, &err), MC_OK);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    prompt_logits(ctx, s, 1.0f, a);
+    prompt_logits(ctx, q, 1.0f, a + nv);
+    prompt_logits(ctx, back, 1.0f, a + 3 * nv);
+    mc_lora_runner_free(run);
+    enum mc_simd was = mc_simd_get();
+    mc_simd_set(MC_SIMD_PORTABLE);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    prompt_logits(ctx, q, 1.0f, a + 2 * nv);
+    mc_simd_set(was);
+    double max_diff = 0;
+    for (int32_t i = 0; i < nv; i++) {
+        max_diff = fmax(max_diff, fabs(a[i] - a[nv + i]));
+        assert_float_near(a[nv + i], a[2 * nv + i], 1e-3);
+        assert_float_near(a[nv + i], a[3 * nv + i], 1e-4);
+    }
+    /* This adapter moves logits by several units; Q8_0 rounding moves them by < 2 %. */
+    if (!(max_diff < 0.3 && max_diff > 0))
+        fail_msg("Q8_0 vs F32 adapter: max logit difference %g", max_diff);
+    assert_int_equal(mc_argmax(a, nv), mc_argmax(a + nv, nv));
+    mc_free(a);
+    mc_lora_runner_free(run);
+    mc_ctx_free(ctx);
+    mc_lora_release(s);
+    mc_lora_release(q);
+    mc_lora_release(back);
+}
+
 /* ---- Errors ------------------------------------------------------------------------- */
 
 static void expect_peft_error(const char *config, int code, const char *needle) {
@@ -851,6 +911,7 @@ int main(void) {
         cmocka_unit_test(test_merge_equals_adapter),
         cmocka_unit_test(test_batch_16_adapters),
         cmocka_unit_test(test_f16_storage_and_kernels),
+        cmocka_unit_test(test_q8_residency),
         cmocka_unit_test(test_no_hook_is_error),
         cmocka_unit_test(test_peft_config_errors),
         cmocka_unit_test(test_gguf_errors),

@@ -227,8 +227,8 @@ static float pair_factor(const struct mc_lora_info *info, int32_t rank) {
     return info->rslora ? info->alpha / sqrtf((float)rank) : info->alpha / (float)rank;
 }
 
-static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s,
-                     uint8_t *at, struct mc_err *err) {
+static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_src *s, uint8_t *at,
+                     struct mc_err *err) {
     p->layer = s->layer;
     p->proj = s->proj;
     p->rank = s->rank;
@@ -312,8 +312,8 @@ int lora_build(const struct mc_lora_info *info, const struct mc_lora_base *base,
         at += (size_t)src[i].rank * (size_t)(src[i].n_in + src[i].n_out) * el_size(l->wtype);
         l->slot[src[i].layer * MC_PROJ_COUNT + src[i].proj] = &l->pairs[i];
     }
-    l->info.resident_bytes = sizeof(*l) + (size_t)n * sizeof(*l->pairs) +
-                             (size_t)l->n_slots * sizeof(*l->slot) + bytes;
+    l->info.resident_bytes =
+        sizeof(*l) + (size_t)n * sizeof(*l->pairs) + (size_t)l->n_slots * sizeof(*l->slot) + bytes;
     *out = l;
     return MC_OK;
 
@@ -322,6 +322,100 @@ out_free:
     return rc;
 }
 
+/* ---- Converting the storage type ----------------------------------------------- */
+
+static int convert_half(const void *src, enum mc_type st, void *dst, enum mc_type dt, int64_t rows,
+                        int64_t cols, float *row, struct mc_err *err) {
+    size_t rb = mc_type_row_size(dt, cols);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < cols; i++)
+            row[i] = lora_get(src, st, (size_t)(r * cols + i));
+        int rc = mc_quantize_row(dt, row, (uint8_t *)dst + (size_t)r * rb, cols, err);
+        if (rc != MC_OK)
+            return rc;
+    }
+    return MC_OK;
+}
+
+/* Bytes of pair p stored as t, or 0 if its widths do not fit t's blocks. */
+static size_t pair_bytes(const struct lora_pair *p, enum mc_type t) {
+    size_t a = mc_type_row_size(t, p->n_in), b = mc_type_row_size(t, p->n_out);
+    return a && b ? (size_t)p->rank * (a + b) : 0;
+}
+
+static int check_convert(const struct mc_lora *l, enum mc_type t, size_t *bytes, int64_t *widest,
+                         struct mc_err *err) {
+    if (t != MC_TYPE_F32 && t != MC_TYPE_F16 && t != MC_TYPE_Q8_0)
+        return mc_err_set(err, MC_EINVAL, "adapters can be kept as F32, F16 or Q8_0, not %s",
+                          mc_type_name(t));
+    *bytes = 0;
+    *widest = 1;
+    for (int32_t i = 0; i < l->info.n_pairs; i++) {
+        const struct lora_pair *p = &l->pairs[i];
+        if (pair_bytes(p, t) == 0)
+            return mc_err_set(err, MC_ENOTSUP,
+                              "blk.%d.%s.weight: widths %lld and %lld are not multiples of %s's "
+                              "block of %lld",
+                              p->layer, proj_gguf[p->proj], (long long)p->n_in, (long long)p->n_out,
+                              mc_type_name(t), (long long)mc_type_block_size(t));
+        *bytes += pair_bytes(p, t);
+        *widest = p->n_in > *widest ? p->n_in : *widest;
+        *widest = p->n_out > *widest ? p->n_out : *widest;
+    }
+    return MC_OK;
+}
+
+int mc_lora_convert(const struct mc_lora *l, enum mc_type t, struct mc_lora **out,
+                    struct mc_err *err) {
+    *out = NULL;
+    size_t bytes = 0;
+    int64_t widest = 1;
+    int rc = check_convert(l, t, &bytes, &widest, err);
+    if (rc != MC_OK)
+        return rc;
+    struct mc_lora *c = mc_calloc(1, sizeof(*c));
+    float *row = mc_malloc((size_t)widest * sizeof(float));
+    if (c) {
+        atomic_init(&c->refs, 1);
+        c->info = l->info;
+        c->base = l->base;
+        c->wtype = t;
+        c->n_slots = l->n_slots;
+        c->pairs = mc_malloc((size_t)l->info.n_pairs * sizeof(*c->pairs));
+        c->slot = mc_calloc((size_t)c->n_slots, sizeof(*c->slot));
+        c->data = mc_malloc(bytes);
+    }
+    if (!c || !row || !c->pairs || !c->slot || !c->data) {
+        rc = mc_err_set(err, MC_ENOMEM, "adapter %s: allocation of %zu bytes failed", l->info.name,
+                        bytes);
+        goto out_free;
+    }
+    uint8_t *at = c->data;
+    for (int32_t i = 0; i < l->info.n_pairs && rc == MC_OK; i++) {
+        const struct lora_pair *p = &l->pairs[i];
+        struct lora_pair *q = &c->pairs[i];
+        *q = *p;
+        q->a = at;
+        q->bt = at + (size_t)p->rank * mc_type_row_size(t, p->n_in);
+        at += pair_bytes(p, t);
+        c->slot[p->layer * MC_PROJ_COUNT + p->proj] = q;
+        rc = convert_half(p->a, l->wtype, q->a, t, p->rank, p->n_in, row, err);
+        if (rc == MC_OK)
+            rc = convert_half(p->bt, l->wtype, q->bt, t, p->rank, p->n_out, row, err);
+    }
+    c->info.resident_bytes = sizeof(*c) + (size_t)c->info.n_pairs * sizeof(*c->pairs) +
+                             (size_t)c->n_slots * sizeof(*c->slot) + bytes;
+out_free:
+    mc_free(row);
+    if (rc != MC_OK) {
+        mc_lora_release(c);
+        return rc;
+    }
+    *out = c;
+    return MC_OK;
+}
+
+/* ---- Object --------------------------------------------------------------------- */
 
 struct mc_lora *mc_lora_retain(struct mc_lora *l) {
     if (l)

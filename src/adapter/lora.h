@@ -7,8 +7,8 @@
  * adapter has no alpha, as llama.cpp does). Pairs are kept as A (r, n_in) and Bᵀ
  * (r, n_out), with PEFT's q/k lora_B rows already permuted to GGUF's rope order, in F16
  * when every tensor of the file was F16 and in F32 otherwise (F32 files stay exact,
- * BF16/Q8_0 are widened). An adapter is immutable after load and reference-counted: any number of threads
- * and sequences may hold it; the last mc_lora_release frees it. */
+ * BF16/Q8_0 are widened). An adapter is immutable after load and reference-counted: any number of
+ * threads and sequences may hold it; the last mc_lora_release frees it. */
 #ifndef MC_LORA_H
 #define MC_LORA_H
 
@@ -61,7 +61,7 @@ struct mc_lora_pair_info {
     int64_t n_in;
     int64_t n_out;
     float factor;      /* alpha / r, alpha / √r or 1 */
-    enum mc_type type; /* of a and bt: F32, or F16 for adapters whose file was all F16 */
+    enum mc_type type; /* of a and bt: F32, F16 (file all F16) or Q8_0 (converted) */
     const void *a;     /* (rank, n_in) */
     const void *bt;    /* (rank, n_out): B transposed */
 };
@@ -112,6 +112,15 @@ const char *mc_lora_proj_gguf(enum mc_proj p);
 int mc_lora_parse_targets(const char *s, uint32_t *out, struct mc_err *err);
 /* True if l is bound to a base equal to b. */
 bool mc_lora_fits(const struct mc_lora *l, const struct mc_lora_base *b);
+
+/* A copy of l whose pairs are stored as type t: F32, F16 or Q8_0 (blocks of 32 with an
+ * F16 scale: about half the bytes of F16, and half the memory traffic per decode step,
+ * for a relative rounding error of the adapter's weights near 0.4 %). Q8_0 needs every
+ * n_in and n_out to be a multiple of 32 (MC_ENOTSUP naming the tensor otherwise). For a
+ * server that keeps many adapters resident. The copy is a new object (refcount 1); l is
+ * unchanged. */
+int mc_lora_convert(const struct mc_lora *l, enum mc_type t, struct mc_lora **out,
+                    struct mc_err *err);
 
 /* Writes l as a GGUF LoRA file with tensors of type F32, F16 or BF16. rsLoRA adapters are
  * written with alpha·√r as alpha so that alpha/r reproduces the factor. MC_EINVAL for a

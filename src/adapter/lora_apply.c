@@ -27,10 +27,10 @@
 
 struct group {
     const struct lora_pair *p;
-    int32_t first; /* into runner.idx */
-    int32_t n;     /* rows in the group */
-    size_t t_off;  /* into runner.t: (n, rank) */
-    int64_t item0; /* first item of this group in the current phase */
+    int32_t first;   /* into runner.idx */
+    int32_t n;       /* rows in the group */
+    size_t t_off;    /* into runner.t: (n, rank) */
+    int64_t item0;   /* first item of this group in the current phase */
     enum mc_type wt; /* the adapter's storage type */
 };
 
@@ -53,7 +53,8 @@ struct mc_lora_runner {
     int64_t n_items;
     bool expand;
     float (*dot)(const float *x, const void *w, enum mc_type t, int64_t n);
-    void (*axpy)(float *y, float a, const void *w, enum mc_type t, int64_t n);
+    void (*expand_fn)(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
+                      int64_t n_out, int64_t j0, int64_t j1);
 };
 
 /* Below this many multiply-adds a projection's low-rank part runs on one thread. */
@@ -104,7 +105,7 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
     }
     bool avx2 = mc_simd_get() >= MC_SIMD_AVX2;
     r->dot = avx2 ? lora_dot_avx2 : lora_dot_portable;
-    r->axpy = avx2 ? lora_axpy_avx2 : lora_axpy_portable;
+    r->expand_fn = avx2 ? lora_expand_avx2 : lora_expand_portable;
     mc_ctx_set_proj_hook(ctx, hook, r);
     *out = r;
     return MC_OK;
@@ -189,9 +190,26 @@ static int make_groups(struct mc_lora_runner *r, int32_t layer, enum mc_proj pro
 
 /* ---- Kernels --------------------------------------------------------------------- */
 
+/* One Q8_0 block: its scale and its 32 values as floats. */
+static float q8_block(const uint8_t *b, float *v) {
+    uint16_t d;
+    memcpy(&d, b, 2);
+    for (int i = 0; i < LORA_Q8_BLOCK; i++)
+        v[i] = (float)(int8_t)b[2 + i];
+    return mc_fp16_to_fp32(d);
+}
+
 float lora_dot_portable(const float *x, const void *w, enum mc_type t, int64_t n) {
     if (t == MC_TYPE_F32)
         return dot(x, w, n);
+    if (t == MC_TYPE_Q8_0) {
+        float s = 0, v[LORA_Q8_BLOCK];
+        for (int64_t i = 0; i < n; i += LORA_Q8_BLOCK) {
+            float d = q8_block((const uint8_t *)w + lora_offset(t, (size_t)i), v);
+            s += d * dot(x + i, v, LORA_Q8_BLOCK);
+        }
+        return s;
+    }
     const uint16_t *h = w;
     float acc[8] = {0};
     int64_t i = 0;
@@ -204,25 +222,22 @@ float lora_dot_portable(const float *x, const void *w, enum mc_type t, int64_t n
     return s;
 }
 
-void lora_axpy_portable(float *y, float a, const void *w, enum mc_type t, int64_t n) {
-    if (t == MC_TYPE_F32) {
-        const float *f = w;
-        for (int64_t i = 0; i < n; i++)
-            y[i] += a * f[i];
-        return;
+void lora_expand_portable(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
+                          int64_t n_out, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++) {
+        float acc = y[j];
+        for (int32_t k = 0; k < rank; k++)
+            acc += t[k] * lora_get(bt, wt, (size_t)(k * n_out + j));
+        y[j] = acc;
     }
-    const uint16_t *h = w;
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * mc_fp16_to_fp32(h[i]);
 }
 
 static const void *elem(const void *w, enum mc_type t, size_t i) {
-    return (const uint8_t *)w + i * (t == MC_TYPE_F16 ? 2 : 4);
+    return (const uint8_t *)w + lora_offset(t, i);
 }
 
 /* Shrink rows [k0, k1) of A for group g: t[i][k] = scale_i · x[row_i]·A[k]. */
-static void shrink_range(struct mc_lora_runner *r, const struct group *g, int64_t k0,
-                         int64_t k1) {
+static void shrink_range(struct mc_lora_runner *r, const struct group *g, int64_t k0, int64_t k1) {
     const struct lora_pair *p = g->p;
     float *t = r->t + g->t_off;
     for (int64_t k = k0; k < k1; k++) {
@@ -237,16 +252,12 @@ static void shrink_range(struct mc_lora_runner *r, const struct group *g, int64_
 
 /* Expand outputs [j0, j1) for group g: y[row_i][j] += Σ_k t[i][k] · Bᵀ[k][j], k in
  * order, so every output gets the same sequence of operations whatever the split. */
-static void expand_range(struct mc_lora_runner *r, const struct group *g, int64_t j0,
-                         int64_t j1) {
+static void expand_range(struct mc_lora_runner *r, const struct group *g, int64_t j0, int64_t j1) {
     const struct lora_pair *p = g->p;
     const float *t = r->t + g->t_off;
-    for (int32_t i = 0; i < g->n; i++) {
-        float *y = r->y + r->idx[g->first + i] * r->n_out + j0;
-        for (int64_t k = 0; k < p->rank; k++)
-            r->axpy(y, t[(size_t)i * p->rank + k], elem(p->bt, g->wt, (size_t)k * p->n_out + j0),
-                    g->wt, j1 - j0);
-    }
+    for (int32_t i = 0; i < g->n; i++)
+        r->expand_fn(r->y + r->idx[g->first + i] * r->n_out, t + (size_t)i * p->rank, p->bt, g->wt,
+                     p->rank, p->n_out, j0, j1);
 }
 
 /* Runs items [begin, end) of the current phase; items are numbered group by group
@@ -260,8 +271,13 @@ static void phase_part(void *arg, int ith, int nth) {
         int64_t lo = begin - gr->item0, hi = end - gr->item0;
         if (hi <= 0 || lo >= n)
             continue;
-        lo = lo < 0 ? 0 : lo;
-        hi = hi > n ? n : hi;
+        /* Output ranges end on multiples of 32 (Q8_0 blocks, whole vectors); rounding both
+         * ends the same way keeps the threads' ranges a partition. */
+        int64_t mask = r->expand ? ~(int64_t)31 : ~(int64_t)0;
+        lo = lo <= 0 ? 0 : lo & mask;
+        hi = hi >= n ? n : hi & mask;
+        if (hi <= lo)
+            continue;
         if (r->expand)
             expand_range(r, gr, lo, hi);
         else

@@ -16,8 +16,8 @@
 #include <string.h>
 
 /* Rows [0, rows) of W (rows, cols) of type t plus scale · B·A, into dst (same type). */
-static int merge_matrix(const struct mc_gguf_tensor *t, const struct lora_pair *p,
-                        enum mc_type wt, float scale, void *dst, struct mc_err *err) {
+static int merge_matrix(const struct mc_gguf_tensor *t, const struct lora_pair *p, enum mc_type wt,
+                        float scale, void *dst, struct mc_err *err) {
     int64_t cols = t->ne[0], rows = t->ne[1];
     size_t rb = mc_type_row_size(t->type, cols);
     size_t na = (size_t)p->rank * cols, nb = (size_t)p->rank * rows;
