@@ -76,7 +76,7 @@ static void run_prompt(struct mc_ctx *ctx, struct mc_kv *kv, const int32_t *ids,
     struct mc_batch_row *rows = mc_malloc(n * sizeof(*rows));
     assert_non_null(rows);
     for (size_t i = 0; i < n; i++)
-        rows[i] = (struct mc_batch_row){ids[i], (int32_t)i, kv, i == n - 1};
+        rows[i] = (struct mc_batch_row){ids[i], (int32_t)i, kv, i == n - 1, NULL, 0};
     struct mc_err err = {0};
     int rc = mc_forward(ctx, rows, (int32_t)n, logits, NULL, &err);
     if (rc != MC_OK)
@@ -130,7 +130,7 @@ static void check_greedy(json_t *c, struct mc_model *m, struct mc_ctx *ctx, stru
         memcpy(text + text_len, piece, (size_t)len);
         text_len += (size_t)len;
         text[text_len] = '\0';
-        struct mc_batch_row row = {want[s], mc_kv_n_used(kv), kv, true};
+        struct mc_batch_row row = {want[s], mc_kv_n_used(kv), kv, true, NULL, 0};
         struct mc_err err = {0};
         if (mc_forward(ctx, &row, 1, logits, NULL, &err) != MC_OK)
             fail_msg("%s: forward at step %zu: %s", what, s, err.msg);
@@ -252,7 +252,7 @@ static void test_perplexity_matches_reference(void **state) {
     for (size_t chunk = 0; chunk < n / N_CTX; chunk++) {
         mc_kv_truncate(kv, 0);
         for (int i = 0; i < N_CTX; i++)
-            rows[i] = (struct mc_batch_row){i ? ids[chunk * N_CTX + i] : 1, i, kv, true};
+            rows[i] = (struct mc_batch_row){i ? ids[chunk * N_CTX + i] : 1, i, kv, true, NULL, 0};
         assert_int_equal(mc_forward(ctx, rows, N_CTX, logits, NULL, &err), MC_OK);
         for (int j = N_CTX / 2; j < N_CTX - 1; j++) {
             const float *l = logits + (size_t)j * nv;
@@ -331,11 +331,11 @@ static void test_batched_prefill_equals_token_by_token(void **state) {
           *one = mc_malloc(sizeof(float) * nv);
     struct mc_batch_row rows[N_A];
     for (int i = 0; i < N_A; i++)
-        rows[i] = (struct mc_batch_row){seq_a[i], i, kv1, true};
+        rows[i] = (struct mc_batch_row){seq_a[i], i, kv1, true, NULL, 0};
     assert_int_equal(mc_forward(ctx, rows, N_A, batch, NULL, &err), MC_OK);
     assert_int_equal(mc_kv_n_used(kv1), N_A);
     for (int i = 0; i < N_A; i++) {
-        struct mc_batch_row r = {seq_a[i], i, kv2, true};
+        struct mc_batch_row r = {seq_a[i], i, kv2, true, NULL, 0};
         assert_int_equal(mc_forward(ctx, &r, 1, one, NULL, &err), MC_OK);
         for (int32_t v = 0; v < nv; v++)
             assert_float_near(batch[(size_t)i * nv + v], one[v], 1e-4);
@@ -368,12 +368,12 @@ static void test_two_sequences_in_one_batch_match_each_alone(void **state) {
     int n = 0;
     for (int i = 0; i < N_A || i < N_B; i++) {
         if (i < N_A)
-            rows[n++] = (struct mc_batch_row){seq_a[i], i, ka, false};
+            rows[n++] = (struct mc_batch_row){seq_a[i], i, ka, false, NULL, 0};
         if (i < N_B)
-            rows[n++] = (struct mc_batch_row){seq_b[i], i, kb, false};
+            rows[n++] = (struct mc_batch_row){seq_b[i], i, kb, false, NULL, 0};
     }
     assert_int_equal(mc_forward(ctx, rows, n, NULL, NULL, &err), MC_OK);
-    struct mc_batch_row step[2] = {{300, N_A, ka, true}, {301, N_B, kb, true}};
+    struct mc_batch_row step[2] = {{300, N_A, ka, true, NULL, 0}, {301, N_B, kb, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, step, 2, both, NULL, &err), MC_OK);
 
     for (int s = 0; s < 2; s++) {
@@ -382,8 +382,8 @@ static void test_two_sequences_in_one_batch_match_each_alone(void **state) {
         assert_int_equal(mc_kv_create(m, 64, &k1, &err), MC_OK);
         struct mc_batch_row r[N_A + 1];
         for (int i = 0; i < len; i++)
-            r[i] = (struct mc_batch_row){seq[i], i, k1, false};
-        r[len] = (struct mc_batch_row){300 + s, len, k1, true};
+            r[i] = (struct mc_batch_row){seq[i], i, k1, false, NULL, 0};
+        r[len] = (struct mc_batch_row){300 + s, len, k1, true, NULL, 0};
         assert_int_equal(mc_forward(ctx, r, len + 1, alone, NULL, &err), MC_OK);
         for (int32_t v = 0; v < nv; v++)
             assert_float_near(both[(size_t)s * nv + v], alone[v], 1e-4);
@@ -411,8 +411,10 @@ static void test_hidden_state_times_output_gives_logits(void **state) {
     float logits[2 * 512], hidden[2 * 64];
     assert_int_equal(mc_ctx_create(m, 8, 1, &ctx, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 16, &kv, &err), MC_OK);
-    struct mc_batch_row rows[4] = {
-        {1, 0, kv, false}, {403, 1, kv, true}, {407, 2, kv, false}, {261, 3, kv, true}};
+    struct mc_batch_row rows[4] = {{1, 0, kv, false, NULL, 0},
+                                   {403, 1, kv, true, NULL, 0},
+                                   {407, 2, kv, false, NULL, 0},
+                                   {261, 3, kv, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, rows, 4, logits, hidden, &err), MC_OK);
     const float *w = out->data;
     for (int r = 0; r < 2; r++) {
@@ -439,14 +441,17 @@ static void test_kv_truncate_then_continue_equals_fresh_run(void **state) {
     assert_int_equal(mc_ctx_create(m, 8, 2, &ctx, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 16, &a, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 16, &b, &err), MC_OK);
-    struct mc_batch_row ra[4] = {
-        {1, 0, a, false}, {403, 1, a, false}, {407, 2, a, false}, {261, 3, a, true}};
+    struct mc_batch_row ra[4] = {{1, 0, a, false, NULL, 0},
+                                 {403, 1, a, false, NULL, 0},
+                                 {407, 2, a, false, NULL, 0},
+                                 {261, 3, a, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, ra, 4, la, NULL, &err), MC_OK);
     mc_kv_truncate(a, 2);
     assert_int_equal(mc_kv_n_used(a), 2);
-    struct mc_batch_row next = {300, 2, a, true};
+    struct mc_batch_row next = {300, 2, a, true, NULL, 0};
     assert_int_equal(mc_forward(ctx, &next, 1, la, NULL, &err), MC_OK);
-    struct mc_batch_row rb[3] = {{1, 0, b, false}, {403, 1, b, false}, {300, 2, b, true}};
+    struct mc_batch_row rb[3] = {
+        {1, 0, b, false, NULL, 0}, {403, 1, b, false, NULL, 0}, {300, 2, b, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, rb, 3, lb, NULL, &err), MC_OK);
     for (int v = 0; v < 512; v++)
         assert_float_near(la[v], lb[v], 1e-4);
@@ -466,16 +471,17 @@ static void test_forward_rejects_bad_rows_without_advancing(void **state) {
     assert_int_equal(mc_ctx_create(m, 4, 1, &ctx, &err), MC_OK);
     assert_int_equal(mc_kv_create(m, 2, &kv, &err), MC_OK);
 
-    struct mc_batch_row bad_pos[2] = {{1, 0, kv, false}, {403, 2, kv, true}};
+    struct mc_batch_row bad_pos[2] = {{1, 0, kv, false, NULL, 0}, {403, 2, kv, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, bad_pos, 2, logits, NULL, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "row 1: position 2, expected 1"));
     assert_int_equal(mc_kv_n_used(kv), 0);
 
-    struct mc_batch_row bad_tok = {512, 0, kv, true};
+    struct mc_batch_row bad_tok = {512, 0, kv, true, NULL, 0};
     assert_int_equal(mc_forward(ctx, &bad_tok, 1, logits, NULL, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "token id 512 is out of range 0..511"));
 
-    struct mc_batch_row full[3] = {{1, 0, kv, false}, {403, 1, kv, false}, {407, 2, kv, true}};
+    struct mc_batch_row full[3] = {
+        {1, 0, kv, false, NULL, 0}, {403, 1, kv, false, NULL, 0}, {407, 2, kv, true, NULL, 0}};
     assert_int_equal(mc_forward(ctx, full, 3, logits, NULL, &err), MC_EFULL);
     assert_non_null(strstr(err.msg, "exceeds kv cache size 2"));
     assert_int_equal(mc_kv_n_used(kv), 0);
@@ -660,7 +666,7 @@ static void tiny_logits(const char *path, float *out) {
     assert_int_equal(mc_kv_create(m, 16, &kv, &err), MC_OK);
     struct mc_batch_row rows[6];
     for (int i = 0; i < 6; i++)
-        rows[i] = (struct mc_batch_row){seq_a[i], i, kv, i == 5};
+        rows[i] = (struct mc_batch_row){seq_a[i], i, kv, i == 5, NULL, 0};
     assert_int_equal(mc_forward(ctx, rows, 6, out, NULL, &err), MC_OK);
     mc_kv_free(kv);
     mc_ctx_free(ctx);

@@ -178,7 +178,7 @@ static int bench_gen(struct run *r, int n, double *best, struct mc_err *err) {
         rc = mc_forward(r->ctx, r->rows, 8, r->logits, NULL, err);
         double t0 = now_s();
         for (int i = 0; i < n && rc == MC_OK; i++) {
-            struct mc_batch_row row = {mc_argmax(r->logits, n_vocab), 8 + i, r->kv, true};
+            struct mc_batch_row row = {mc_argmax(r->logits, n_vocab), 8 + i, r->kv, true, NULL, 0};
             rc = mc_forward(r->ctx, &row, 1, r->logits, NULL, err);
         }
         double t = now_s() - t0;

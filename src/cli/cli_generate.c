@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "cli/cli_opts.h"
 
+#include "adapter/lora.h"
 #include "base/log.h"
 #include "base/mem.h"
 #include "model/chat.h"
@@ -35,6 +36,7 @@ static void usage(FILE *f) {
         "      --ignore-eos        do not stop at end-of-generation tokens\n"
         "      --ids               print generated token ids instead of text\n"
         "      --chat              wrap the prompt as a user message in the chat template\n"
+        "      --lora FILE[:SCALE] apply a LoRA adapter (GGUF file or PEFT directory), scale 1\n"
         "\n"
         "exit codes: 0 ok, 1 runtime error, 2 usage error\n",
         cli_sample_help);
@@ -53,6 +55,9 @@ struct opts {
     bool ids;
     bool chat;
     bool seed_set;
+    const char *lora; /* adapter path, SCALE suffix removed */
+    char lora_buf[4096];
+    float lora_scale;
 };
 
 /* -n, -c, -t; returns 1 if opt was one of them, -1 on a bad value. */
@@ -71,6 +76,25 @@ static int parse_int_opt(struct opts *o, const char *opt, const char *val) {
         return -1;
     *dst = (int32_t)l;
     return 1;
+}
+
+/* FILE or FILE:SCALE (a suffix that is not a number stays part of the path). */
+static int parse_lora(struct opts *o, const char *v) {
+    const char *colon = strrchr(v, ':');
+    o->lora_scale = 1.0f;
+    o->lora = v;
+    if (!colon || cli_parse_float(colon + 1, &o->lora_scale) != 0) {
+        o->lora_scale = 1.0f;
+        return 0;
+    }
+    if ((size_t)(colon - v) >= sizeof(o->lora_buf)) {
+        fprintf(stderr, "mcai generate: --lora path too long\n");
+        return -1;
+    }
+    memcpy(o->lora_buf, v, (size_t)(colon - v));
+    o->lora_buf[colon - v] = '\0';
+    o->lora = o->lora_buf;
+    return 0;
 }
 
 static int parse_args(int argc, char **argv, struct opts *o) {
@@ -92,6 +116,9 @@ static int parse_args(int argc, char **argv, struct opts *o) {
             o->model = argv[++i];
         } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
             o->prompt = argv[++i];
+        } else if (!strcmp(a, "--lora")) {
+            if (parse_lora(o, argv[++i]) != 0)
+                return -1;
         } else if (!strcmp(a, "--stop")) {
             if (o->n_stop == MC_GEN_MAX_STOP) {
                 fprintf(stderr, "mcai generate: at most %d --stop strings\n", MC_GEN_MAX_STOP);
@@ -153,11 +180,24 @@ static int32_t pick_ctx(const struct opts *o, const struct mc_hparams *hp, size_
     return cap > (int32_t)n_prompt ? cap : (int32_t)n_prompt + 1;
 }
 
+/* Loads the adapter for m and installs the per-row adapter hook on ctx. */
+static int open_lora(const struct mc_model *m, struct mc_ctx *ctx, const char *path,
+                     struct mc_lora **l, struct mc_lora_runner **r, struct mc_err *err) {
+    struct mc_lora_base base;
+    mc_lora_base_from_model(m, &base);
+    int rc = mc_lora_open(path, &base, l, err);
+    if (rc == MC_OK)
+        rc = mc_lora_runner_create(ctx, r, err);
+    return rc;
+}
+
 static int run(const struct opts *o) {
     struct mc_err err = {0};
     struct mc_model *m = NULL;
     struct mc_kv *kv = NULL;
     struct mc_ctx *ctx = NULL;
+    struct mc_lora *lora = NULL;
+    struct mc_lora_runner *runner = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
     int rc = mc_model_load(o->model, &m, &err);
@@ -170,11 +210,15 @@ static int run(const struct opts *o) {
         rc = mc_kv_create(m, pick_ctx(o, mc_model_hparams(m), n_ids), &kv, &err);
     if (rc == MC_OK)
         rc = mc_ctx_create(m, n_ids < 256 ? (int32_t)n_ids : 256, o->n_threads, &ctx, &err);
+    if (rc == MC_OK && o->lora)
+        rc = open_lora(m, ctx, o->lora, &lora, &runner, &err);
     if (rc == MC_OK) {
         struct mc_gen_params gp = {.max_tokens = o->n_predict,
                                    .stop = o->stop,
                                    .n_stop = o->n_stop,
-                                   .ignore_eos = o->ignore_eos};
+                                   .ignore_eos = o->ignore_eos,
+                                   .adapter = lora,
+                                   .adapter_scale = o->lora_scale};
         struct out_state st = {.ids = o->ids};
         struct mc_gen_result res;
         rc = mc_generate(ctx, kv, mc_model_tokenizer(m), ids, n_ids, &o->sp, &gp, on_token, &st,
@@ -192,6 +236,8 @@ static int run(const struct opts *o) {
     if (rc != MC_OK)
         fprintf(stderr, "mcai generate: %s\n", err.msg);
     mc_free(ids);
+    mc_lora_runner_free(runner);
+    mc_lora_release(lora);
     mc_ctx_free(ctx);
     mc_kv_free(kv);
     mc_model_free(m);

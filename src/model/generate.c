@@ -287,7 +287,7 @@ static double now_ms(void) {
 
 /* Feeds tokens into kv in batches of the context's size; logits of the last one. */
 static int prefill(struct mc_ctx *ctx, struct mc_kv *kv, const int32_t *ids, size_t n,
-                   float *logits, struct mc_err *err) {
+                   const struct mc_gen_params *gp, float *logits, struct mc_err *err) {
     int32_t max_rows = mc_ctx_max_rows(ctx);
     struct mc_batch_row *rows = mc_malloc((size_t)max_rows * sizeof(*rows));
     if (!rows)
@@ -301,6 +301,8 @@ static int prefill(struct mc_ctx *ctx, struct mc_kv *kv, const int32_t *ids, siz
             rows[i].pos = pos + i;
             rows[i].kv = kv;
             rows[i].want_logits = done + (size_t)i == n - 1;
+            rows[i].adapter = gp->adapter;
+            rows[i].adapter_scale = gp->adapter_scale;
         }
         rc = mc_forward(ctx, rows, m, logits, NULL, err);
         done += (size_t)m;
@@ -340,7 +342,12 @@ static int decode(struct loop *L, mc_gen_fn fn, void *user, struct mc_err *err) 
         if (f != MC_FINISH_NONE)
             return (int)f;
 
-        struct mc_batch_row row = {t.id, mc_kv_n_used(L->kv), L->kv, true};
+        struct mc_batch_row row = {.token = t.id,
+                                   .pos = mc_kv_n_used(L->kv),
+                                   .kv = L->kv,
+                                   .want_logits = true,
+                                   .adapter = L->gp->adapter,
+                                   .adapter_scale = L->gp->adapter_scale};
         int rc = mc_forward(L->ctx, &row, 1, L->logits, NULL, err);
         if (rc != MC_OK)
             return rc;
@@ -378,7 +385,7 @@ int mc_generate(struct mc_ctx *ctx, struct mc_kv *kv, const struct mc_tokenizer 
         mc_sampler_accept(L.smp, prompt[i]);
 
     double t0 = now_ms();
-    if ((rc = prefill(ctx, kv, prompt, n_prompt, L.logits, err)) != MC_OK)
+    if ((rc = prefill(ctx, kv, prompt, n_prompt, gp, L.logits, err)) != MC_OK)
         goto out_free;
     double t1 = now_ms();
     res->n_prompt = (int32_t)n_prompt;

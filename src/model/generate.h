@@ -37,8 +37,10 @@ struct mc_gen_params {
     int32_t max_tokens;      /* <= 0: until the context is full */
     const char *const *stop; /* stop strings (borrowed), at most MC_GEN_MAX_STOP */
     size_t n_stop;
-    bool ignore_eos;    /* keep going after end-of-generation tokens */
-    int32_t n_logprobs; /* top entries per token, 0..MC_GEN_MAX_LOGPROBS */
+    bool ignore_eos;     /* keep going after end-of-generation tokens */
+    int32_t n_logprobs;  /* top entries per token, 0..MC_GEN_MAX_LOGPROBS */
+    const void *adapter; /* every row's mc_batch_row.adapter (NULL: none) */
+    float adapter_scale; /* and its adapter_scale */
 };
 
 /* ---- Stream ---------------------------------------------------------------------- */

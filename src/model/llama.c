@@ -116,6 +116,10 @@ struct mc_ctx {
     const struct mc_batch_row *rows; /* the batch being run */
     int32_t n_rows;
     int layer;
+    /* Projection hook for per-row adapters (see mc_ctx_set_proj_hook). */
+    mc_proj_hook_fn hook;
+    void *hook_user;
+    bool any_adapter; /* some row of the current batch has an adapter */
 };
 
 /* ---- Loading ------------------------------------------------------------------- */
@@ -657,6 +661,21 @@ static int proj(struct mc_ctx *c, const struct weight *w, const float *x, float 
     return mc_matmul(w->type, w->data, w->rows, w->cols, x, n, y, c->work, c->pool, err);
 }
 
+/* A layer projection: the base product for all rows, then, when some row carries an
+ * adapter, the hook adds the per-row low-rank terms. */
+static int layer_proj(struct mc_ctx *c, enum mc_proj which, const struct weight *w, const float *x,
+                      float *y, int32_t n, struct mc_err *err) {
+    int rc = proj(c, w, x, y, n, err);
+    if (rc != MC_OK || !c->any_adapter)
+        return rc;
+    return c->hook(c->hook_user, c->layer, which, c->rows, n, x, w->cols, y, w->rows, err);
+}
+
+void mc_ctx_set_proj_hook(struct mc_ctx *c, mc_proj_hook_fn fn, void *user) {
+    c->hook = fn;
+    c->hook_user = fn ? user : NULL;
+}
+
 static void add_bias(float *y, const float *b, int32_t n, int64_t width) {
     if (!b)
         return;
@@ -917,9 +936,10 @@ static int run_decode_job(struct mc_ctx *c, mc_pool_fn fn, const struct layer *L
     return MC_OK;
 }
 
-/* The decode path needs one row and at least one key/value group per thread. */
+/* The decode path needs one row and at least one key/value group per thread. A row with
+ * an adapter takes the general path, where the projection hook runs. */
 static bool use_decode_path(const struct mc_ctx *c) {
-    return c->n_rows == 1 && c->m->hp.n_head_kv >= mc_pool_n_threads(c->pool);
+    return c->n_rows == 1 && c->m->hp.n_head_kv >= mc_pool_n_threads(c->pool) && !c->any_adapter;
 }
 
 static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err) {
@@ -935,8 +955,9 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
             return rc;
         goto out_proj;
     }
-    if ((rc = proj(c, &L->wq, c->xn, c->q, n, err)) ||
-        (rc = proj(c, &L->wk, c->xn, c->k, n, err)) || (rc = proj(c, &L->wv, c->xn, c->v, n, err)))
+    if ((rc = layer_proj(c, MC_PROJ_Q, &L->wq, c->xn, c->q, n, err)) ||
+        (rc = layer_proj(c, MC_PROJ_K, &L->wk, c->xn, c->k, n, err)) ||
+        (rc = layer_proj(c, MC_PROJ_V, &L->wv, c->xn, c->v, n, err)))
         return rc;
     add_bias(c->q, L->bq, n, dq);
     add_bias(c->k, L->bk, n, dkv);
@@ -954,7 +975,7 @@ static int attention_block(struct mc_ctx *c, const struct layer *L, struct mc_er
         mc_pool_run(c->pool, attend_part, c);
 
 out_proj:
-    if ((rc = proj(c, &L->wo, c->att, c->proj, n, err)))
+    if ((rc = layer_proj(c, MC_PROJ_O, &L->wo, c->att, c->proj, n, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n * d; i++)
         c->x[i] += c->proj[i];
@@ -972,13 +993,13 @@ static int ffn_block(struct mc_ctx *c, const struct layer *L, struct mc_err *err
         if ((rc = run_decode_job(c, ffn_decode_part, L, err)))
             return rc;
     } else {
-        if ((rc = proj(c, &L->w_gate, c->xn, c->gate, n, err)) ||
-            (rc = proj(c, &L->w_up, c->xn, c->up, n, err)))
+        if ((rc = layer_proj(c, MC_PROJ_GATE, &L->w_gate, c->xn, c->gate, n, err)) ||
+            (rc = layer_proj(c, MC_PROJ_UP, &L->w_up, c->xn, c->up, n, err)))
             return rc;
         mc_silu_mul(c->gate, c->up, (int64_t)n * hp->n_ff);
     }
 
-    if ((rc = proj(c, &L->w_down, c->gate, c->proj, n, err)))
+    if ((rc = layer_proj(c, MC_PROJ_DOWN, &L->w_down, c->gate, c->proj, n, err)))
         return rc;
     for (size_t i = 0; i < (size_t)n * d; i++)
         c->x[i] += c->proj[i];
@@ -1030,6 +1051,11 @@ static int validate_batch(struct mc_ctx *c, const struct mc_batch_row *rows, int
                               rows[r].pos, kv->n_ctx);
         kv->next++;
     }
+    c->any_adapter = false;
+    for (int32_t r = 0; r < n; r++)
+        c->any_adapter |= rows[r].adapter != NULL;
+    if (c->any_adapter && !c->hook)
+        return mc_err_set(err, MC_EINVAL, "a row has an adapter but no projection hook is set");
     return MC_OK;
 }
 

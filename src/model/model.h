@@ -81,6 +81,11 @@ struct mc_batch_row {
     int32_t pos;
     struct mc_kv *kv;
     bool want_logits;
+    /* Per-row low-rank adapter, opaque to the model: it is only handed to the context's
+     * projection hook (see mc_ctx_set_proj_hook). NULL = base model only. adapter_scale is
+     * the per-request scale, used as given (0 cancels the adapter's effect). */
+    const void *adapter;
+    float adapter_scale;
 };
 
 struct mc_ctx;
@@ -97,6 +102,32 @@ const struct mc_model *mc_ctx_model(const struct mc_ctx *ctx);
  * between forward calls (benchmarks). Valid until mc_ctx_free. */
 struct mc_pool *mc_ctx_pool(struct mc_ctx *ctx);
 int32_t mc_ctx_max_rows(const struct mc_ctx *ctx);
+
+/* The seven layer projections a hook sees, in the order they run. */
+enum mc_proj {
+    MC_PROJ_Q = 0, /* attn_q: n_embd -> n_head * head_dim */
+    MC_PROJ_K,     /* attn_k: n_embd -> n_head_kv * head_dim */
+    MC_PROJ_V,     /* attn_v: n_embd -> n_head_kv * head_dim */
+    MC_PROJ_O,     /* attn_output: n_head * head_dim -> n_embd */
+    MC_PROJ_GATE,  /* ffn_gate: n_embd -> n_ff */
+    MC_PROJ_UP,    /* ffn_up: n_embd -> n_ff */
+    MC_PROJ_DOWN,  /* ffn_down: n_ff -> n_embd */
+    MC_PROJ_COUNT
+};
+
+/* Called after the base product y (n_rows, n_out) = x (n_rows, n_in) · Wᵀ of projection
+ * proj of layer `layer` (before any bias or rope), when at least one row of the batch has
+ * an adapter; it adds each row's own low-rank term to y in place. rows are the batch's
+ * rows (for their adapter and adapter_scale). A non-MC_OK return fails mc_forward with
+ * that error (no kv advances). */
+typedef int (*mc_proj_hook_fn)(void *user, int32_t layer, enum mc_proj proj,
+                               const struct mc_batch_row *rows, int32_t n_rows, const float *x,
+                               int64_t n_in, float *y, int64_t n_out, struct mc_err *err);
+
+/* Installs (or with fn NULL removes) the projection hook of ctx; user is passed back to
+ * fn. A batch whose rows carry an adapter while no hook is installed fails with
+ * MC_EINVAL. The model itself knows nothing of adapters. */
+void mc_ctx_set_proj_hook(struct mc_ctx *ctx, mc_proj_hook_fn fn, void *user);
 
 /* Runs the batch: appends each row's key and value to its cache and advances every
  * sequence by its rows. logits (may be NULL) receives n_vocab floats for each row with

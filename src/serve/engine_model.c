@@ -52,8 +52,8 @@ static int mb_forward(void *impl, const struct engine_row *rows, int32_t n_rows,
     struct model_backend *b = impl;
     MC_ASSERT(n_rows <= b->max_rows);
     for (int32_t i = 0; i < n_rows; i++)
-        b->rows[i] =
-            (struct mc_batch_row){rows[i].token, rows[i].pos, rows[i].kv, rows[i].want_logits};
+        b->rows[i] = (struct mc_batch_row){rows[i].token,       rows[i].pos, rows[i].kv,
+                                           rows[i].want_logits, NULL,        0};
     return mc_forward(b->ctx, b->rows, n_rows, logits, NULL, err);
 }
 

@@ -1,0 +1,122 @@
+/* lora_avx2.c - AVX2/FMA/F16C kernels of the LoRA projection hook (see lora_apply.c).
+ *
+ * Compiled with -mavx2 -mfma -mf16c and only called after mc_simd_get() reported AVX2
+ * (which quant.c grants only with FMA and F16C present). Two kernels, for F32, F16 or
+ * Q8_0 adapter storage: a dot product x·w (shrink: one A row against one activation row)
+ * and an expand y[j] += Σ_k t[k]·Bᵀ[k][j] over an output range. Every output of the
+ * expand gets one fused multiply-add per rank row, in order, in the vector body and in
+ * the scalar tail alike (fmaf), so a result does not depend on where a thread's range
+ * starts. */
+#include "adapter/lora_int.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+static float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static __m256 load8(const void *w, enum mc_type t, int64_t i) {
+    if (t == MC_TYPE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    return _mm256_loadu_ps((const float *)w + i);
+}
+
+static float get1(const void *w, enum mc_type t, int64_t i) {
+    if (t == MC_TYPE_F16)
+        return _cvtsh_ss(((const uint16_t *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+/* The 32 values of a Q8_0 block as four vectors of 8 floats (without the scale). */
+static void q8_load(const uint8_t *b, __m256 *v) {
+    for (int i = 0; i < 4; i++) {
+        __m128i q = _mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i));
+        v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    }
+}
+
+static float q8_scale(const uint8_t *b) {
+    uint16_t d;
+    memcpy(&d, b, 2);
+    return _cvtsh_ss(d);
+}
+
+/* Q8_0: n is a multiple of 32 and w starts at a block. */
+static float dot_q8(const float *x, const uint8_t *w, int64_t n) {
+    __m256 acc = _mm256_setzero_ps(), v[4];
+    for (int64_t i = 0; i < n; i += LORA_Q8_BLOCK, w += LORA_Q8_BYTES) {
+        q8_load(w, v);
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(x + i), v[0]);
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), v[1], s);
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), v[2], s);
+        s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), v[3], s);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(q8_scale(w)), s, acc);
+    }
+    return hsum(acc);
+}
+
+/* y[0..n) += a · w[0..n), w being Q8_0 blocks (n a multiple of 32). */
+static void axpy_q8(float *y, float a, const uint8_t *w, int64_t n) {
+    __m256 v[4];
+    for (int64_t i = 0; i < n; i += LORA_Q8_BLOCK, w += LORA_Q8_BYTES) {
+        __m256 ad = _mm256_set1_ps(a * q8_scale(w));
+        q8_load(w, v);
+        for (int j = 0; j < 4; j++)
+            _mm256_storeu_ps(y + i + 8 * j,
+                             _mm256_fmadd_ps(ad, v[j], _mm256_loadu_ps(y + i + 8 * j)));
+    }
+}
+
+/* y[0..n) += a · w[0..n) for F32 or F16 w. */
+static void axpy(float *y, float a, const void *w, enum mc_type t, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 y0 = _mm256_fmadd_ps(va, load8(w, t, i), _mm256_loadu_ps(y + i));
+        __m256 y1 = _mm256_fmadd_ps(va, load8(w, t, i + 8), _mm256_loadu_ps(y + i + 8));
+        _mm256_storeu_ps(y + i, y0);
+        _mm256_storeu_ps(y + i + 8, y1);
+    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8(w, t, i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(a, get1(w, t, i), y[i]);
+}
+
+float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n) {
+    if (t == MC_TYPE_Q8_0)
+        return dot_q8(x, w, n);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(w, t, i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load8(w, t, i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), load8(w, t, i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), load8(w, t, i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(w, t, i), a0);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++)
+        s = fmaf(x[i], get1(w, t, i), s);
+    return s;
+}
+
+/* One axpy per rank row: each Bᵀ row segment is read as one sequential stream, which
+ * matters more than re-reading y from L1 (a group of one row, the common case with many
+ * adapters, is bound by reading the adapter from memory). */
+void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
+                      int64_t n_out, int64_t j0, int64_t j1) {
+    for (int32_t k = 0; k < rank; k++) {
+        const uint8_t *row = (const uint8_t *)bt + lora_offset(wt, (size_t)(k * n_out + j0));
+        if (wt == MC_TYPE_Q8_0)
+            axpy_q8(y + j0, t[k], row, j1 - j0);
+        else
+            axpy(y + j0, t[k], row, wt, j1 - j0);
+    }
+}
