@@ -965,8 +965,9 @@ static int embed_one(struct mc_server *s, const int32_t *ids, size_t n, float *o
     for (size_t i = 0; i < n && rc == MC_OK; i += EMBED_CHUNK) {
         int32_t m = (int32_t)(n - i < EMBED_CHUNK ? n - i : EMBED_CHUNK);
         for (int32_t j = 0; j < m; j++)
-            rows[j] = (struct mc_batch_row){ids[i + (size_t)j], (int32_t)(i + (size_t)j),
-                                            s->embed_kv, true};
+            rows[j] = (struct mc_batch_row){.token = ids[i + (size_t)j],
+                                            .pos = (int32_t)(i + (size_t)j),
+                                            .kv = s->embed_kv, .want_logits = true};
         rc = mc_forward(s->embed_ctx, rows, m, logits, hidden, err);
         for (int32_t j = 0; j < m && rc == MC_OK; j++)
             for (int32_t d = 0; d < hp->n_embd; d++)
