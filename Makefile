@@ -98,7 +98,7 @@ fuzz:
 	  n=$$(basename $$f .c); \
 	  echo "fuzz: building $$n"; \
 	  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -mavx2 -mfma -mf16c -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lm -lpthread || exit 1; \
+	    -mavx2 -mfma -mf16c -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lstemmer -lm -lpthread || exit 1; \
 	  mkdir -p build-fuzz/corpus-$$n; \
 	  ./build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus-$$n fuzz/corpus/$$n || exit 1; \
 	done

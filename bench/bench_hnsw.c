@@ -3,7 +3,9 @@
  * Reads texmex-format files (.fvecs floats, .bvecs bytes, .ivecs ground-truth ids; the
  * base may be several files concatenated in order), builds our index and hnswlib's with
  * the same M and efConstruction, then for each efSearch runs every query single-threaded
- * through both, alternating the two several times and keeping each side's best time.
+ * through both (the query set repeated up to 2,000 searches per timed run), alternating the
+ * two sides for several rounds and keeping each side's best time. Times are the thread's
+ * CPU time, so that time descheduled on a shared machine counts for neither side.
  * Prints one table row per efSearch with recall@k, queries/s and our/hnswlib QPS ratio.
  *
  * Usage: bench_hnsw [--base FILE]... [--query FILE] [--gt FILE] [--m M] [--efc EF]
@@ -38,9 +40,11 @@ struct vecs {
     int32_t *i; /* (n, dim), ground truth only */
 };
 
+/* CPU time of this thread: on a machine shared with other jobs, time spent descheduled
+ * would otherwise land on whichever side happened to be running. */
 static double now_s(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -122,35 +126,39 @@ struct run {
     double qps, recall;
 };
 
+/* Each timed run passes over the query set reps times (so that a run lasts long enough to
+ * time); recall comes from the last pass. */
 static struct run run_ours(struct mc_hnsw *h, const struct vecs *q, const struct vecs *gt, int k,
-                           int ef, uint64_t *labels) {
+                           int ef, int reps, uint64_t *labels) {
     struct mc_hnsw_hit hits[1024];
     size_t n_hits;
     double t0 = now_s(), rec = 0;
-    for (size_t i = 0; i < q->n; i++) {
-        mc_hnsw_search(h, q->f + i * q->dim, (size_t)k, ef, hits, &n_hits, NULL);
-        for (size_t j = 0; j < (size_t)k; j++)
-            labels[i * k + j] = j < n_hits ? hits[j].label : UINT64_MAX;
-    }
+    for (int r = 0; r < reps; r++)
+        for (size_t i = 0; i < q->n; i++) {
+            mc_hnsw_search(h, q->f + i * q->dim, (size_t)k, ef, hits, &n_hits, NULL);
+            for (size_t j = 0; j < (size_t)k; j++)
+                labels[i * k + j] = j < n_hits ? hits[j].label : UINT64_MAX;
+        }
     double t = now_s() - t0;
     for (size_t i = 0; i < q->n; i++)
         rec += recall_at(labels + i * k, gt, i, k);
-    return (struct run){q->n / t, rec / q->n};
+    return (struct run){q->n * reps / t, rec / q->n};
 }
 
 static struct run run_lib(void *lib, const struct vecs *q, const struct vecs *gt, int k, int ef,
-                          uint64_t *labels) {
+                          int reps, uint64_t *labels) {
     bench_hnswlib_set_ef(lib, ef);
     double t0 = now_s(), rec = 0;
-    for (size_t i = 0; i < q->n; i++) {
-        long n = bench_hnswlib_search(lib, q->f + i * q->dim, (size_t)k, labels + i * k);
-        for (long j = n < 0 ? 0 : n; j < k; j++)
-            labels[i * k + j] = UINT64_MAX;
-    }
+    for (int r = 0; r < reps; r++)
+        for (size_t i = 0; i < q->n; i++) {
+            long n = bench_hnswlib_search(lib, q->f + i * q->dim, (size_t)k, labels + i * k);
+            for (long j = n < 0 ? 0 : n; j < k; j++)
+                labels[i * k + j] = UINT64_MAX;
+        }
     double t = now_s() - t0;
     for (size_t i = 0; i < q->n; i++)
         rec += recall_at(labels + i * k, gt, i, k);
-    return (struct run){q->n / t, rec / q->n};
+    return (struct run){q->n * reps / t, rec / q->n};
 }
 
 static int parse_efs(const char *s, int *efs) {
@@ -262,13 +270,14 @@ int main(int argc, char **argv) {
     /* Alternate the two sides round by round and keep each one's best, so that a burst of
      * load from elsewhere on the machine hits both alike and rarely the kept figure. */
     uint64_t *labels = malloc(q.n * k * sizeof(*labels));
+    int reps = q.n >= 2000 ? 1 : (int)(2000 / q.n);
     printf("%8s | %10s %12s | %10s %12s | %9s\n", "efSearch", "recall@k", "ours q/s",
            "recall@k", "hnswlib q/s", "q/s ratio");
     for (int e = 0; e < n_efs; e++) {
         struct run best_o = {0}, best_l = {0};
         for (int r = 0; r < rounds; r++) {
-            struct run o = run_ours(h, &q, &gt, k, efs[e], labels);
-            struct run l = run_lib(lib, &q, &gt, k, efs[e], labels);
+            struct run o = run_ours(h, &q, &gt, k, efs[e], reps, labels);
+            struct run l = run_lib(lib, &q, &gt, k, efs[e], reps, labels);
             if (o.qps > best_o.qps)
                 best_o = o;
             if (l.qps > best_l.qps)

@@ -7,6 +7,7 @@
 #include "rag/hnsw_int.h"
 #include "test_util.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -470,6 +471,58 @@ static void test_hnsw_simd_kernels_match_scalar(void **state) {
     assert_float_near(hnsw_l2_bounded_scalar(a, b, 784, INFINITY), l2s, 0);
 }
 
+struct reader {
+    const struct mc_hnsw *h;
+    const float *qs;
+    struct mc_hnsw_hit hits[NQ * 10];
+    int rc;
+};
+
+static void *read_all(void *arg) {
+    struct reader *r = arg;
+    struct mc_hnsw_scratch *s;
+    r->rc = mc_hnsw_scratch_create(&s, NULL);
+    for (int qi = 0; qi < NQ && !r->rc; qi++) {
+        size_t n;
+        r->rc = mc_hnsw_search_with(r->h, s, r->qs + qi * DIM, 10, 32, r->hits + qi * 10, &n,
+                                    NULL);
+    }
+    mc_hnsw_scratch_free(s);
+    return NULL;
+}
+
+static void test_hnsw_concurrent_readers_get_sequential_results(void **state) {
+    (void)state;
+    float *data = make_data(N, DIM, 12);
+    float *qs = make_data(NQ, DIM, 13);
+    struct mc_hnsw *h = build(data, N, MC_HNSW_L2, 8);
+    for (size_t i = 0; i < N; i += 4)
+        assert_int_equal(mc_hnsw_delete(h, i, NULL), MC_OK);
+    struct mc_hnsw_hit want[NQ * 10];
+    for (int qi = 0; qi < NQ; qi++) {
+        size_t n;
+        assert_int_equal(mc_hnsw_search(h, qs + qi * DIM, 10, 32, want + qi * 10, &n, NULL),
+                         MC_OK);
+    }
+    static struct reader r[4];
+    pthread_t th[4];
+    for (int t = 0; t < 4; t++) {
+        r[t] = (struct reader){.h = h, .qs = qs};
+        assert_int_equal(pthread_create(&th[t], NULL, read_all, &r[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(r[t].rc, MC_OK);
+        for (int i = 0; i < NQ * 10; i++) {
+            assert_int_equal(r[t].hits[i].label, want[i].label);
+            assert_float_near(r[t].hits[i].dist, want[i].dist, 0);
+        }
+    }
+    mc_hnsw_free(h);
+    free(data);
+    free(qs);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hnsw_recall_at_10_beats_095_against_brute_force),
@@ -481,6 +534,7 @@ int main(void) {
         cmocka_unit_test(test_hnsw_deserialize_rejects_corrupt_images),
         cmocka_unit_test(test_hnsw_allocation_failures_leave_index_usable),
         cmocka_unit_test(test_hnsw_simd_kernels_match_scalar),
+        cmocka_unit_test(test_hnsw_concurrent_readers_get_sequential_results),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

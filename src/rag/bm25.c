@@ -712,3 +712,282 @@ int mc_bm25_analyze(struct mc_bm25 *b, const char *text, size_t len, char *out, 
         return mc_err_set(err, rc, "bm25: %s while analysing", mc_strerror(rc));
     return o.n;
 }
+
+/* ---------------------------------------------------------------- serialization
+ *
+ * Little-endian layout, version 1:
+ *   "MCBM25\0\1"  u32 version  f32 k1  f32 b  u32 stemmer  u32 keep_stopwords
+ *   u32 n_docs  u32 n_terms
+ *   n_docs  x (u64 label, u32 length)            live documents, in slot order
+ *   n_terms x (u32 len, len bytes, u32 n_post, n_post x (u32 doc, u32 tf))
+ * Only live documents and terms with live postings are written; doc numbers index the
+ * document table above. Term order is dictionary order, so an image read back and written
+ * again is byte-identical. */
+
+#define BM25_MAGIC "MCBM25\0\1"
+#define BM25_VERSION 1u
+#define BM25_HEADER_BYTES (8 + 4 * 7)
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "bm25 format assumes little-endian");
+
+struct wbuf {
+    uint8_t *p;
+    size_t off;
+};
+
+static void put(struct wbuf *w, const void *src, size_t n) {
+    memcpy(w->p + w->off, src, n);
+    w->off += n;
+}
+
+static void put_u32(struct wbuf *w, uint32_t v) {
+    put(w, &v, 4);
+}
+
+int mc_bm25_serialize(const struct mc_bm25 *b, uint8_t **buf, size_t *len, struct mc_err *err) {
+    *buf = NULL;
+    *len = 0;
+    /* Live slots are renumbered densely; touched is free between searches. */
+    uint32_t *remap = b->touched, next = 0;
+    for (uint32_t i = 0; i < b->n_docs; i++)
+        remap[i] = b->deleted[i] ? UINT32_MAX : next++;
+    size_t total = BM25_HEADER_BYTES + (size_t)b->n_live * 12;
+    uint32_t n_terms = 0;
+    for (uint32_t t = 0; t < b->n_terms; t++) {
+        if (b->terms[t].df == 0)
+            continue;
+        n_terms++;
+        total += 8 + b->terms[t].len + (size_t)b->terms[t].df * 8;
+    }
+    struct wbuf w = {mc_malloc(total), 0};
+    if (!w.p)
+        return mc_err_set(err, MC_ENOMEM, "bm25: out of memory for a %zu-byte image", total);
+
+    float k1 = b->p.k1, bb = b->p.b;
+    put(&w, BM25_MAGIC, 8);
+    put_u32(&w, BM25_VERSION);
+    put(&w, &k1, 4);
+    put(&w, &bb, 4);
+    put_u32(&w, (uint32_t)b->p.stemmer);
+    put_u32(&w, b->p.keep_stopwords ? 1 : 0);
+    put_u32(&w, b->n_live);
+    put_u32(&w, n_terms);
+    for (uint32_t i = 0; i < b->n_docs; i++) {
+        if (b->deleted[i])
+            continue;
+        put(&w, &b->labels[i], 8);
+        put_u32(&w, b->lens[i]);
+    }
+    for (uint32_t t = 0; t < b->n_terms; t++) {
+        const struct term *tm = &b->terms[t];
+        if (tm->df == 0)
+            continue;
+        put_u32(&w, tm->len);
+        put(&w, b->strs + tm->str_off, tm->len);
+        put_u32(&w, tm->df);
+        for (uint32_t j = 0; j < tm->n_post; j++) {
+            if (b->deleted[tm->post[j].doc])
+                continue;
+            put_u32(&w, remap[tm->post[j].doc]);
+            put_u32(&w, tm->post[j].tf);
+        }
+    }
+    MC_ASSERT(w.off == total);
+    *buf = w.p;
+    *len = total;
+    return MC_OK;
+}
+
+struct rbuf {
+    const uint8_t *p;
+    size_t len, off;
+    struct mc_err *err;
+};
+
+static int need(struct rbuf *r, size_t n, const char *what) {
+    if (r->len - r->off < n)
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: %s at offset %zu needs %zu bytes, %zu left", what, r->off,
+                          n, r->len - r->off);
+    return MC_OK;
+}
+
+static int get_u32(struct rbuf *r, uint32_t *v, const char *what) {
+    int rc = need(r, 4, what);
+    if (rc)
+        return rc;
+    memcpy(v, r->p + r->off, 4);
+    r->off += 4;
+    return MC_OK;
+}
+
+static int read_params(struct rbuf *r, struct mc_bm25_params *p) {
+    int rc = need(r, 8, "magic");
+    if (rc)
+        return rc;
+    if (memcmp(r->p, BM25_MAGIC, 8) != 0)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: bad magic at offset 0");
+    if ((rc = need(r, BM25_HEADER_BYTES, "header")))
+        return rc;
+    r->off = 8;
+    uint32_t version, stemmer, keep;
+    get_u32(r, &version, "version");
+    if (version != BM25_VERSION)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: version %u at offset 8, expected %u",
+                          version, BM25_VERSION);
+    memcpy(&p->k1, r->p + 12, 4);
+    memcpy(&p->b, r->p + 16, 4);
+    r->off = 20;
+    get_u32(r, &stemmer, "stemmer");
+    get_u32(r, &keep, "keep_stopwords");
+    if (stemmer > MC_BM25_STEM_ENGLISH)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: stemmer %u at offset 20 is unknown",
+                          stemmer);
+    if (keep > 1)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: keep_stopwords %u at offset 24 is "
+                          "not 0 or 1", keep);
+    p->stemmer = (int)stemmer;
+    p->keep_stopwords = keep;
+    rc = check_params(p, MC_EFORMAT, r->err);
+    return rc ? mc_err_prefix(r->err, "bm25 image at offset 12") : MC_OK;
+}
+
+static int read_docs(struct rbuf *r, struct mc_bm25 *b, uint32_t n_docs) {
+    for (uint32_t i = 0; i < n_docs; i++) {
+        uint64_t label;
+        memcpy(&label, r->p + r->off, 8);
+        memcpy(&b->lens[i], r->p + r->off + 8, 4);
+        if (idmap_find(&b->map, label) != IDMAP_NONE)
+            return mc_err_set(r->err, MC_EFORMAT,
+                              "bm25 image: label %llu at offset %zu appears twice",
+                              (unsigned long long)label, r->off);
+        if (idmap_reserve_one(&b->map))
+            return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for labels");
+        idmap_put(&b->map, label, i);
+        b->labels[i] = label;
+        b->deleted[i] = 0;
+        b->fwd_n[i] = 0;
+        b->total_len += b->lens[i];
+        r->off += 12;
+    }
+    b->n_docs = b->n_live = n_docs;
+    return MC_OK;
+}
+
+/* Reads one term and its postings; adds each tf to sum_tf[doc] for the length check. */
+static int read_term(struct rbuf *r, struct mc_bm25 *b, uint64_t *sum_tf) {
+    uint32_t len, n_post, id;
+    size_t at = r->off;
+    int rc = get_u32(r, &len, "term length");
+    if (rc)
+        return rc;
+    if (len == 0 || len > MC_BM25_MAX_TERM)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: term length %u at offset %zu "
+                          "outside 1..%d", len, at, MC_BM25_MAX_TERM);
+    if ((rc = need(r, len, "term bytes")))
+        return rc;
+    const char *s = (const char *)r->p + r->off;
+    if (term_find(b, s, len) != UINT32_MAX)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: term at offset %zu appears twice",
+                          r->off);
+    r->off += len;
+    at = r->off;
+    if ((rc = get_u32(r, &n_post, "posting count")))
+        return rc;
+    if (n_post == 0 || n_post > b->n_docs || (r->len - r->off) / 8 < n_post)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: posting count %u at offset %zu "
+                          "is 0, above the %u documents or past the end", n_post, at, b->n_docs);
+    if (term_add(b, s, len, &id) || reserve_postings(&b->terms[id], n_post))
+        return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for a term");
+    struct term *t = &b->terms[id];
+    for (uint32_t j = 0; j < n_post; j++) {
+        struct posting p;
+        memcpy(&p, r->p + r->off, 8);
+        if (p.doc >= b->n_docs || (j > 0 && p.doc <= t->post[j - 1].doc))
+            return mc_err_set(r->err, MC_EFORMAT, "bm25 image: posting doc %u at offset %zu "
+                              "is out of order or past the %u documents", p.doc, r->off, b->n_docs);
+        if (p.tf == 0)
+            return mc_err_set(r->err, MC_EFORMAT, "bm25 image: zero tf at offset %zu",
+                              r->off + 4);
+        t->post[j] = p;
+        sum_tf[p.doc] += p.tf;
+        b->fwd_n[p.doc]++;
+        r->off += 8;
+    }
+    t->n_post = t->df = n_post;
+    return MC_OK;
+}
+
+/* Builds the per-document term lists from the postings once every term is read. */
+static int build_forward(struct mc_bm25 *b) {
+    size_t total = 0;
+    for (uint32_t i = 0; i < b->n_docs; i++) {
+        b->fwd_off[i] = (uint32_t)total;
+        total += b->fwd_n[i];
+        b->fwd_n[i] = 0;
+    }
+    if (total > UINT32_MAX || reserve_fwd(b, total))
+        return MC_ENOMEM;
+    for (uint32_t t = 0; t < b->n_terms; t++)
+        for (uint32_t j = 0; j < b->terms[t].n_post; j++) {
+            uint32_t d = b->terms[t].post[j].doc;
+            b->fwd[b->fwd_off[d] + b->fwd_n[d]++] = t;
+        }
+    b->fwd_len = total;
+    return MC_OK;
+}
+
+static int read_body(struct rbuf *r, struct mc_bm25 *b, uint32_t n_docs, uint32_t n_terms) {
+    int rc;
+    if (n_docs > (r->len - r->off) / 12)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: n_docs %u at offset 28 does not fit "
+                          "in %zu bytes", n_docs, r->len);
+    if (n_terms > (r->len - r->off - (size_t)n_docs * 12) / 17)
+        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: n_terms %u at offset 32 does not fit "
+                          "in %zu bytes", n_terms, r->len);
+    if (reserve_docs(b, n_docs))
+        return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for %u docs", n_docs);
+    if ((rc = read_docs(r, b, n_docs)))
+        return rc;
+    uint64_t *sum_tf = mc_calloc(n_docs ? n_docs : 1, sizeof(*sum_tf));
+    if (!sum_tf)
+        return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory");
+    for (uint32_t t = 0; t < n_terms && !rc; t++)
+        rc = read_term(r, b, sum_tf);
+    for (uint32_t i = 0; i < n_docs && !rc; i++)
+        if (sum_tf[i] != b->lens[i])
+            rc = mc_err_set(r->err, MC_EFORMAT, "bm25 image: document %u has length %u but "
+                            "its postings add up to %llu", i, b->lens[i],
+                            (unsigned long long)sum_tf[i]);
+    mc_free(sum_tf);
+    if (!rc && r->off != r->len)
+        rc = mc_err_set(r->err, MC_EFORMAT, "bm25 image: %zu trailing bytes at offset %zu",
+                        r->len - r->off, r->off);
+    if (!rc && build_forward(b))
+        rc = mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for the forward index");
+    return rc;
+}
+
+int mc_bm25_deserialize(const uint8_t *buf, size_t len, struct mc_bm25 **out,
+                        struct mc_err *err) {
+    *out = NULL;
+    struct rbuf r = {buf, len, 0, err};
+    struct mc_bm25_params p = {0};
+    uint32_t n_docs = 0, n_terms = 0;
+    int rc = read_params(&r, &p);
+    if (rc)
+        return rc;
+    get_u32(&r, &n_docs, "n_docs");
+    get_u32(&r, &n_terms, "n_terms");
+    struct mc_bm25 *b;
+    if ((rc = mc_bm25_create(&p, &b, err)))
+        return rc;
+    rc = read_body(&r, b, n_docs, n_terms);
+    if (rc) {
+        mc_bm25_free(b);
+        return rc;
+    }
+    b->norms_stale = true;
+    *out = b;
+    return MC_OK;
+}
