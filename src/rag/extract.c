@@ -336,10 +336,22 @@ static void put_text(struct tbuf *b, const char *s, bool pre) {
 
 static void collect_text(xmlNode *n, struct tbuf *b, int depth) {
     for (; n && depth < HTML_MAX_DEPTH; n = n->next) {
-        if (n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE)
+        if ((n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE) && n->content)
             put_text(b, (const char *)n->content, false);
         else if (n->type == XML_ELEMENT_NODE)
             collect_text(n->children, b, depth + 1);
+    }
+}
+
+/* Takes the text of the first title element under n (inside head, which is dropped). */
+static void find_title(xmlNode *n, struct tbuf *title, int depth) {
+    for (; n && depth < HTML_MAX_DEPTH && title->n == 0; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE || !n->name)
+            continue;
+        if (strcasecmp((const char *)n->name, "title") == 0)
+            collect_text(n->children, title, depth + 1);
+        else
+            find_title(n->children, title, depth + 1);
     }
 }
 
@@ -357,6 +369,10 @@ static void walk(xmlNode *n, struct html_walk *w, int depth) {
         const char *name = (const char *)n->name;
         if (strcasecmp(name, "title") == 0 && w->title.n == 0) {
             collect_text(n->children, &w->title, depth + 1);
+            continue;
+        }
+        if (strcasecmp(name, "head") == 0) {
+            find_title(n->children, &w->title, depth + 1);
             continue;
         }
         if (name_in(n->name, DROPPED))
@@ -433,6 +449,8 @@ static int extract_html(const char *data, size_t len, struct mc_extract_doc *out
         return mc_err_set(err, MC_ENOMEM, "out of memory extracting html text");
     }
     tb_break(&w.out, false);
+    while (w.out.n >= 2 && w.out.p[w.out.n - 1] == '\n' && w.out.p[w.out.n - 2] == '\n')
+        w.out.p[--w.out.n] = 0;
     out->title = trimmed_title(&w.title);
     mc_free(w.title.p);
     out->text = w.out.p ? w.out.p : mc_strdup("");
