@@ -2,7 +2,8 @@
  *
  * Indexes every corpus line (title and text as one field, as Anserini's "flat" runs do),
  * runs the queries named in the qrels file and prints nDCG@10, recall@100, indexing speed
- * (MB of title + text per second), query latency p50/p99 and, with --run, writes a TREC
+ * (MB of title + text per second, wall and thread CPU time), query latency p50/p99 (each
+ * query's best of 5 passes) and, with --run, writes a TREC
  * run file (qid Q0 docid rank score tag) for trec_eval or pytrec_eval.
  *
  * Usage: bench_bm25 [--corpus FILE]... [--queries FILE] [--qrels FILE] [--k1 X] [--b X]
@@ -27,9 +28,17 @@ struct qrel {
     int rel;
 };
 
+#define LATENCY_PASSES 5
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
@@ -72,7 +81,7 @@ struct corpus {
     struct mc_bm25 *bm;
     char **ids;
     size_t n, cap;
-    double bytes, seconds;
+    double bytes, seconds, cpu_seconds;
     int failed;
 };
 
@@ -94,9 +103,10 @@ static void add_doc(json_t *o, void *user) {
         c->ids = realloc(c->ids, c->cap * sizeof(*c->ids));
     }
     struct mc_err err;
-    double t0 = now_s();
+    double t0 = now_s(), c0 = cpu_s();
     int rc = mc_bm25_add(c->bm, c->n, buf, tl + xl + 1, &err);
     c->seconds += now_s() - t0;
+    c->cpu_seconds += cpu_s() - c0;
     c->bytes += tl + xl + 1;
     free(buf);
     if (rc) {
@@ -190,8 +200,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--b"))
             p.b = strtof(v, NULL);
         else if (!strcmp(a, "--stemmer"))
-            p.stemmer = !strcmp(v, "none") ? MC_BM25_STEM_NONE
-                        : !strcmp(v, "english") ? MC_BM25_STEM_ENGLISH : MC_BM25_STEM_PORTER;
+            p.stemmer = !strcmp(v, "none")      ? MC_BM25_STEM_NONE
+                        : !strcmp(v, "english") ? MC_BM25_STEM_ENGLISH
+                                                : MC_BM25_STEM_PORTER;
         else if (!strcmp(a, "--run"))
             runpath = v;
         else if (!strcmp(a, "--depth"))
@@ -245,13 +256,19 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_bm25: query %s of the qrels is not in %s\n", qid, qpath);
             return 1;
         }
+        /* A query's latency is its best of several passes, which filters out the moments
+         * another job on a shared machine held the core. */
         size_t n_hits;
-        double t0 = now_s();
-        if (mc_bm25_search(c.bm, text, strlen(text), (size_t)depth, hits, &n_hits, &err)) {
-            fprintf(stderr, "bench_bm25: query %s: %s\n", qid, err.msg);
-            return 1;
+        lat[n_q] = 1e9;
+        for (int pass = 0; pass < LATENCY_PASSES; pass++) {
+            double t0 = now_s();
+            if (mc_bm25_search(c.bm, text, strlen(text), (size_t)depth, hits, &n_hits, &err)) {
+                fprintf(stderr, "bench_bm25: query %s: %s\n", qid, err.msg);
+                return 1;
+            }
+            double t = now_s() - t0;
+            lat[n_q] = t < lat[n_q] ? t : lat[n_q];
         }
-        lat[n_q] = now_s() - t0;
 
         /* Judgments of this query are consecutive in the qrels file. */
         size_t r_end = r;
@@ -289,14 +306,15 @@ int main(int argc, char **argv) {
     printf("corpus: %zu docs, %.2f MB title+text, %zu terms; k1=%.2f b=%.2f stemmer=%s "
            "stopwords=%s\n",
            c.n, c.bytes / 1e6, mc_bm25_n_terms(c.bm), (double)p.k1, (double)p.b,
-           p.stemmer == MC_BM25_STEM_NONE ? "none"
-           : p.stemmer == MC_BM25_STEM_ENGLISH ? "english" : "porter",
+           p.stemmer == MC_BM25_STEM_NONE      ? "none"
+           : p.stemmer == MC_BM25_STEM_ENGLISH ? "english"
+                                               : "porter",
            p.keep_stopwords ? "kept" : "removed");
-    printf("indexing: %.2f s, %.2f MB/s\n", c.seconds, c.bytes / 1e6 / c.seconds);
-    printf("queries: %zu, nDCG@10 %.4f, recall@100 %.4f\n", n_q, sum_ndcg / n_q,
-           sum_recall / n_q);
-    printf("latency: p50 %.3f ms, p99 %.3f ms (top %d)\n", lat[n_q / 2] * 1e3,
-           lat[(size_t)(n_q * 0.99)] * 1e3, depth);
+    printf("indexing: %.2f s wall, %.2f MB/s wall, %.2f MB/s of thread CPU time\n", c.seconds,
+           c.bytes / 1e6 / c.seconds, c.bytes / 1e6 / c.cpu_seconds);
+    printf("queries: %zu, nDCG@10 %.4f, recall@100 %.4f\n", n_q, sum_ndcg / n_q, sum_recall / n_q);
+    printf("latency: p50 %.3f ms, p99 %.3f ms (top %d, best of %d passes per query)\n",
+           lat[n_q / 2] * 1e3, lat[(size_t)(n_q * 0.99)] * 1e3, depth, LATENCY_PASSES);
     free(hits);
     free(lat);
     mc_bm25_free(c.bm);

@@ -23,20 +23,19 @@
 #include <time.h>
 
 /* hnswlib through bench/bench_hnsw_lib.cpp. */
-void *bench_hnswlib_create(int dim, size_t max_elements, int m, int ef_construction,
-                           uint64_t seed);
+void *bench_hnswlib_create(int dim, size_t max_elements, int m, int ef_construction, uint64_t seed);
 int bench_hnswlib_add(void *p, const float *v, uint64_t label);
 void bench_hnswlib_set_ef(void *p, int ef);
 long bench_hnswlib_search(void *p, const float *q, size_t k, uint64_t *labels);
 void bench_hnswlib_free(void *p);
 
 #define MAX_BASE_FILES 64
-#define MAX_EFS 32
+#define MAX_EFS        32
 
 struct vecs {
     int dim;
     size_t n;
-    float *f; /* (n, dim) */
+    float *f;   /* (n, dim) */
     int32_t *i; /* (n, dim), ground truth only */
 };
 
@@ -74,8 +73,10 @@ static int read_vecs(const char *path, struct vecs *v) {
     }
     size_t rec = 4 + (size_t)dim * esize;
     if ((size_t)size % rec || (v->n && v->dim != dim)) {
-        fprintf(stderr, "bench_hnsw: %s: size %ld is not a whole number of %d-dim records "
-                        "(or dim differs from earlier files)\n", path, size, dim);
+        fprintf(stderr,
+                "bench_hnsw: %s: size %ld is not a whole number of %d-dim records "
+                "(or dim differs from earlier files)\n",
+                path, size, dim);
         fclose(f);
         return -1;
     }
@@ -233,13 +234,14 @@ int main(int argc, char **argv) {
     if (read_vecs(qpath, &q) || read_vecs(gtpath, &gt))
         return 1;
     if (q.dim != b.dim || gt.n < q.n || gt.dim < k) {
-        fprintf(stderr, "bench_hnsw: query dim %d vs base %d, or ground truth too small "
-                        "(%zu rows of %d for %zu queries, k=%d)\n", q.dim, b.dim, gt.n, gt.dim,
-                q.n, k);
+        fprintf(stderr,
+                "bench_hnsw: query dim %d vs base %d, or ground truth too small "
+                "(%zu rows of %d for %zu queries, k=%d)\n",
+                q.dim, b.dim, gt.n, gt.dim, q.n, k);
         return 1;
     }
-    printf("data: %zu base, %zu queries, dim %d; M=%d efConstruction=%d k=%d seed=%llu\n", b.n,
-           q.n, b.dim, m, efc, k, (unsigned long long)seed);
+    printf("data: %zu base, %zu queries, dim %d; M=%d efConstruction=%d k=%d seed=%llu\n", b.n, q.n,
+           b.dim, m, efc, k, (unsigned long long)seed);
 
     /* Build both indexes, single-threaded, same insertion order. */
     struct mc_err err;
@@ -271,8 +273,8 @@ int main(int argc, char **argv) {
      * load from elsewhere on the machine hits both alike and rarely the kept figure. */
     uint64_t *labels = malloc(q.n * k * sizeof(*labels));
     int reps = q.n >= 2000 ? 1 : (int)(2000 / q.n);
-    printf("%8s | %10s %12s | %10s %12s | %9s\n", "efSearch", "recall@k", "ours q/s",
-           "recall@k", "hnswlib q/s", "q/s ratio");
+    printf("%8s | %10s %12s | %10s %12s | %9s\n", "efSearch", "recall@k", "ours q/s", "recall@k",
+           "hnswlib q/s", "q/s ratio");
     for (int e = 0; e < n_efs; e++) {
         struct run best_o = {0}, best_l = {0};
         for (int r = 0; r < rounds; r++) {
@@ -283,8 +285,8 @@ int main(int argc, char **argv) {
             if (l.qps > best_l.qps)
                 best_l = l;
         }
-        printf("%8d | %10.4f %12.0f | %10.4f %12.0f | %8.2fx\n", efs[e], best_o.recall,
-               best_o.qps, best_l.recall, best_l.qps, best_o.qps / best_l.qps);
+        printf("%8d | %10.4f %12.0f | %10.4f %12.0f | %8.2fx\n", efs[e], best_o.recall, best_o.qps,
+               best_l.recall, best_l.qps, best_o.qps / best_l.qps);
     }
     free(labels);
     bench_hnswlib_free(lib);

@@ -20,8 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     q[0] = 1.0f;
     struct mc_hnsw_hit hits[8];
     size_t n_hits, live = mc_hnsw_n_live(h);
-    if (mc_hnsw_search(h, q, 8, 0, hits, &n_hits, &err) != MC_OK ||
-        n_hits != (live < 8 ? live : 8))
+    if (mc_hnsw_search(h, q, 8, 0, hits, &n_hits, &err) != MC_OK || n_hits != (live < 8 ? live : 8))
         abort();
     free(q);
 

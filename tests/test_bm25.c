@@ -126,8 +126,7 @@ static void test_bm25_compaction_keeps_scores(void **state) {
     struct mc_bm25 *b = make(0.9f, 0.4f, MC_BM25_STEM_PORTER);
     char text[128];
     for (int i = 0; i < 3000; i++) {
-        snprintf(text, sizeof(text), "doc w%d w%d w%d shared term%d", i % 7, i % 13, i % 29,
-                 i % 5);
+        snprintf(text, sizeof(text), "doc w%d w%d w%d shared term%d", i % 7, i % 13, i % 29, i % 5);
         add(a, (uint64_t)i, text);
         if (i % 6 == 0)
             add(b, (uint64_t)i, text);
@@ -188,7 +187,10 @@ static void test_bm25_analyzer_handles_unicode_and_bad_bytes(void **state) {
     /* Digits are word characters; punctuation splits "3.5mg" and "don't". */
     expect_terms(MC_BM25_STEM_NONE, false, "3.5mg don't", "3 5mg don t");
     /* An invalid byte separates words and never crashes. */
-    expect_terms(MC_BM25_STEM_NONE, false, "ab\xff" "cd \xe2\x82", "ab cd");
+    expect_terms(MC_BM25_STEM_NONE, false,
+                 "ab\xff"
+                 "cd \xe2\x82",
+                 "ab cd");
     /* Words over 64 bytes are cut at a character boundary: 70 x "é" gives 32 of them. */
     char in[200] = {0}, want[80] = {0};
     for (int i = 0; i < 70; i++)
@@ -226,8 +228,8 @@ static void test_bm25_serialize_round_trip_is_exact(void **state) {
     struct mc_bm25 *a = make(0.9f, 0.4f, MC_BM25_STEM_PORTER);
     char text[160];
     for (int i = 0; i < 200; i++) {
-        snprintf(text, sizeof(text), "Document %d talks about topic%d and item%d, running %s",
-                 i, i % 9, i % 17, i % 2 ? "fast" : "slowly");
+        snprintf(text, sizeof(text), "Document %d talks about topic%d and item%d, running %s", i,
+                 i % 9, i % 17, i % 2 ? "fast" : "slowly");
         add(a, 1000 + (uint64_t)i, text);
     }
     for (int i = 0; i < 200; i += 5)
@@ -304,14 +306,11 @@ static void test_bm25_deserialize_rejects_corrupt_images(void **state) {
         uint32_t val;
         const char *needle;
     } cases[] = {
-        {0, 0x4d434d43, "bad magic"},   {8, 2, "version 2"},
-        {16, 0x40000000, "b 2"},        {20, 9, "stemmer 9"},
-        {24, 2, "keep_stopwords 2"},    {28, 0x7fffffff, "n_docs"},
-        {32, 0x7fffffff, "n_terms"},    {72, 0, "term length 0"},
-        {72, 65, "term length 65"},     {81, 0, "posting count 0"},
-        {81, 9, "posting count 9"},     {85, 3, "posting doc 3"},
-        {89, 0, "zero tf"},             {89, 3, "postings add up"},
-        {44, 4, "length 4"},
+        {0, 0x4d434d43, "bad magic"}, {8, 2, "version 2"},         {16, 0x40000000, "b 2"},
+        {20, 9, "stemmer 9"},         {24, 2, "keep_stopwords 2"}, {28, 0x7fffffff, "n_docs"},
+        {32, 0x7fffffff, "n_terms"},  {72, 0, "term length 0"},    {72, 65, "term length 65"},
+        {81, 0, "posting count 0"},   {81, 9, "posting count 9"},  {85, 3, "posting doc 3"},
+        {89, 0, "zero tf"},           {89, 3, "postings add up"},  {44, 4, "length 4"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         memcpy(c, buf, len);

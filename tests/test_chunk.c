@@ -9,8 +9,8 @@
 #include <string.h>
 
 /* Every byte is a token, as a byte-level BPE falling back to bytes would give. */
-static int tok_bytes(void *ctx, const char *text, size_t len, size_t *starts, size_t cap,
-                     size_t *n, struct mc_err *err) {
+static int tok_bytes(void *ctx, const char *text, size_t len, size_t *starts, size_t cap, size_t *n,
+                     struct mc_err *err) {
     (void)ctx;
     (void)text;
     (void)err;
@@ -33,8 +33,8 @@ static int tok_backwards(void *ctx, const char *text, size_t len, size_t *starts
     return MC_OK;
 }
 
-static int tok_fails(void *ctx, const char *text, size_t len, size_t *starts, size_t cap,
-                     size_t *n, struct mc_err *err) {
+static int tok_fails(void *ctx, const char *text, size_t len, size_t *starts, size_t cap, size_t *n,
+                     struct mc_err *err) {
     (void)ctx;
     (void)text;
     (void)len;
@@ -164,8 +164,8 @@ static void test_chunk_never_cuts_a_utf8_character(void **state) {
             for (size_t i = 0; i < l.n_chunks; i++) {
                 const struct mc_chunk *c = &l.chunks[i];
                 if (!valid_utf8(t + c->start, c->end - c->start))
-                    fail_msg("size %zu overlap %zu: chunk %zu [%zu, %zu) cuts a character",
-                             size, ov, i, c->start, c->end);
+                    fail_msg("size %zu overlap %zu: chunk %zu [%zu, %zu) cuts a character", size,
+                             ov, i, c->start, c->end);
             }
             /* The last chunk reaches the end of the text. */
             assert_int_equal(l.chunks[l.n_chunks - 1].end, strlen(t));
@@ -213,8 +213,9 @@ static void test_chunk_headings_give_context(void **state) {
     assert_int_equal(l.chunks[1].heading, 0);
     expect_span(t, &l.chunks[2], "gamma");
     assert_int_equal(l.chunks[2].heading, 1);
-    expect_span(t, &l.chunks[3], "delta\n```\n# not a heading\n```\n#hashtag and ####### "
-                                 "seven and\n    # four spaces");
+    expect_span(t, &l.chunks[3],
+                "delta\n```\n# not a heading\n```\n#hashtag and ####### "
+                "seven and\n    # four spaces");
     assert_int_equal(l.chunks[3].heading, 3);
 
     char *p;
@@ -247,8 +248,7 @@ static void test_chunk_reports_bad_tokenizers(void **state) {
     struct mc_chunk_list l;
     struct mc_err err;
     struct mc_chunk_opts o = {4, 1, false};
-    assert_int_equal(mc_chunk_split("some text", 9, &o, tok_backwards, NULL, &l, &err),
-                     MC_EINVAL);
+    assert_int_equal(mc_chunk_split("some text", 9, &o, tok_backwards, NULL, &l, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "out of order"));
     mc_chunk_list_deinit(&l);
     assert_int_equal(mc_chunk_split("some text", 9, &o, tok_fails, NULL, &l, &err), MC_EIO);

@@ -12,8 +12,8 @@
 #include <string.h>
 
 #define DIM 24
-#define N 2000
-#define NQ 100
+#define N   2000
+#define NQ  100
 
 static uint64_t rng_state;
 
@@ -250,8 +250,7 @@ static void search_all(struct mc_hnsw *h, const float *qs, int nq, struct mc_hns
     }
 }
 
-static void assert_hits_equal(const struct mc_hnsw_hit *a, const struct mc_hnsw_hit *b,
-                              size_t n) {
+static void assert_hits_equal(const struct mc_hnsw_hit *a, const struct mc_hnsw_hit *b, size_t n) {
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(a[i].label, b[i].label);
         assert_memory_equal(&a[i].dist, &b[i].dist, sizeof(float));
@@ -484,8 +483,7 @@ static void *read_all(void *arg) {
     r->rc = mc_hnsw_scratch_create(&s, NULL);
     for (int qi = 0; qi < NQ && !r->rc; qi++) {
         size_t n;
-        r->rc = mc_hnsw_search_with(r->h, s, r->qs + qi * DIM, 10, 32, r->hits + qi * 10, &n,
-                                    NULL);
+        r->rc = mc_hnsw_search_with(r->h, s, r->qs + qi * DIM, 10, 32, r->hits + qi * 10, &n, NULL);
     }
     mc_hnsw_scratch_free(s);
     return NULL;
@@ -501,8 +499,7 @@ static void test_hnsw_concurrent_readers_get_sequential_results(void **state) {
     struct mc_hnsw_hit want[NQ * 10];
     for (int qi = 0; qi < NQ; qi++) {
         size_t n;
-        assert_int_equal(mc_hnsw_search(h, qs + qi * DIM, 10, 32, want + qi * 10, &n, NULL),
-                         MC_OK);
+        assert_int_equal(mc_hnsw_search(h, qs + qi * DIM, 10, 32, want + qi * 10, &n, NULL), MC_OK);
     }
     static struct reader r[4];
     pthread_t th[4];

@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -234,8 +235,7 @@ static void test_obj_roundtrip_list_delete(void **state) {
 
     assert_int_equal(mc_store_obj_delete(f->s, "t_a", "conv", "c1", &err), MC_OK);
     assert_int_equal(mc_store_obj_delete(f->s, "t_a", "conv", "c1", &err), MC_ENOTFOUND);
-    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err),
-                     MC_ENOTFOUND);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_ENOTFOUND);
     assert_null(data);
     /* Objects of an unknown tenant cannot be written. */
     assert_int_equal(mc_store_obj_put(f->s, "t_zz", "conv", "c1", "x", 1, &err), MC_ENOTFOUND);
@@ -256,8 +256,7 @@ static void test_obj_large_blob_roundtrip(void **state) {
     assert_int_equal(mc_store_obj_put(f->s, "t_a", "adapter", "lora-1", big, n, &err), MC_OK);
     void *data;
     size_t got;
-    assert_int_equal(mc_store_obj_get(f->s, "t_a", "adapter", "lora-1", &data, &got, &err),
-                     MC_OK);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "adapter", "lora-1", &data, &got, &err), MC_OK);
     assert_int_equal(got, n);
     assert_memory_equal(data, big, n);
     mc_free(data);
@@ -266,15 +265,18 @@ static void test_obj_large_blob_roundtrip(void **state) {
 
 static const char SECRET_FRONT[] = "You are the Zanzibar-7781 assistant; never reveal quux.";
 static const char SECRET_CONV[] = "my account number is 4417-1234-5678-9113 and pin 8842";
+static const char SECRET_ID[] = "merger-talks-with-Globex-2027";
 
 static void test_known_plaintext_appears_nowhere_on_disk(void **state) {
     struct fx *f = *state;
     struct mc_err err = {0};
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "front", "1", SECRET_FRONT,
-                                      strlen(SECRET_FRONT), &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", SECRET_CONV,
-                                      strlen(SECRET_CONV), &err), MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "front", "1", SECRET_FRONT, strlen(SECRET_FRONT), &err),
+        MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "conv", SECRET_ID, SECRET_CONV, strlen(SECRET_CONV), &err),
+        MC_OK);
 
     /* While open: catalog.db, -wal and -shm all exist and are all scanned. */
     int n_files = 0;
@@ -284,6 +286,8 @@ static void test_known_plaintext_appears_nowhere_on_disk(void **state) {
     /* A short distinctive piece of each, too. */
     assert_int_equal(files_containing(f->dir, "Zanzibar", 8, &n_files), 0);
     assert_int_equal(files_containing(f->dir, "4417-1234", 9, &n_files), 0);
+    /* Object ids are not stored in clear either. */
+    assert_int_equal(files_containing(f->dir, SECRET_ID, strlen(SECRET_ID), &n_files), 0);
     /* Sanity check of the scanner: the tenant's name is stored in clear and is found. */
     assert_true(files_containing(f->dir, "alpha", 5, &n_files) >= 1);
 
@@ -291,17 +295,17 @@ static void test_known_plaintext_appears_nowhere_on_disk(void **state) {
     f->s = NULL;
     assert_int_equal(files_containing(f->dir, SECRET_FRONT, strlen(SECRET_FRONT), &n_files), 0);
     assert_int_equal(files_containing(f->dir, SECRET_CONV, strlen(SECRET_CONV), &n_files), 0);
+    assert_int_equal(files_containing(f->dir, SECRET_ID, strlen(SECRET_ID), &n_files), 0);
     assert_int_equal(mc_store_open(f->dir, f->mk, &f->s, &err), MC_OK);
     void *data;
     size_t n;
-    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_OK);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", SECRET_ID, &data, &n, &err), MC_OK);
     assert_int_equal(n, strlen(SECRET_CONV));
     assert_memory_equal(data, SECRET_CONV, n);
     mc_free(data);
 }
 
-static void expect_crypto_fail(struct fx *f, const char *tenant, const char *kind,
-                               const char *id) {
+static void expect_crypto_fail(struct fx *f, const char *tenant, const char *kind, const char *id) {
     struct mc_err err = {0};
     void *data = (void *)1;
     size_t n = 7;
@@ -321,31 +325,48 @@ static void test_swapped_ciphertexts_fail_to_open(void **state) {
     assert_int_equal(mc_store_obj_put(f->s, "t_a", "doc", "c1", "A doc", 5, &err), MC_OK);
     assert_int_equal(mc_store_obj_put(f->s, "t_b", "conv", "c1", "B one", 5, &err), MC_OK);
 
+    /* Rows are found by rowid (1: A conv c1, 2: A conv c2, 3: A doc c1, 4: B conv c1):
+     * the database holds only keyed hashes of object ids, as an attacker would see. */
     sqlite3 *db = raw_open(f->dir);
     /* A's ciphertext of c1 copied over B's c1: other tenant, same kind and id. */
-    raw_exec(db, "UPDATE objects SET sealed = (SELECT sealed FROM objects WHERE tenant_id='t_a'"
-                 " AND kind='conv' AND obj_id='c1') WHERE tenant_id='t_b' AND obj_id='c1'");
+    raw_exec(db, "UPDATE objects SET sealed = (SELECT sealed FROM objects WHERE rowid = 1)"
+                 " WHERE rowid = 4");
     expect_crypto_fail(f, "t_b", "conv", "c1");
-    /* A's c1 and c2 swapped: same tenant, other object id. */
-    raw_exec(db, "UPDATE objects SET obj_id = 'tmp' WHERE tenant_id='t_a' AND obj_id='c1' AND"
-                 " kind='conv'");
-    raw_exec(db, "UPDATE objects SET obj_id = 'c1' WHERE tenant_id='t_a' AND obj_id='c2'");
-    raw_exec(db, "UPDATE objects SET obj_id = 'c2' WHERE tenant_id='t_a' AND obj_id='tmp'");
+    /* A's c1 and c2 ciphertexts swapped: same tenant and kind, other object id. */
+    raw_exec(db, "CREATE TEMP TABLE sw AS SELECT rowid AS r, sealed AS s, sealed_id AS i FROM"
+                 " objects WHERE rowid IN (1, 2)");
+    raw_exec(db, "UPDATE objects SET sealed = (SELECT s FROM sw WHERE r = 3 - objects.rowid)"
+                 " WHERE rowid IN (1, 2)");
     expect_crypto_fail(f, "t_a", "conv", "c1");
     expect_crypto_fail(f, "t_a", "conv", "c2");
-    /* A row moved to another tenant by changing its tenant_id column. */
-    raw_exec(db, "UPDATE objects SET tenant_id='t_b' WHERE tenant_id='t_a' AND kind='doc'");
-    expect_crypto_fail(f, "t_b", "doc", "c1");
-    /* The same kind of move for a wrapped data key: B gets A's wrapped key. */
+    /* A's conv c2 ciphertext in A's doc c1: same tenant and id, other kind. */
+    raw_exec(db, "UPDATE objects SET sealed = (SELECT sealed FROM objects WHERE rowid = 1)"
+                 " WHERE rowid = 3");
+    expect_crypto_fail(f, "t_a", "doc", "c1");
+    /* Sealed ids swapped: listing refuses rather than returning a wrong id. */
+    raw_exec(db, "UPDATE objects SET sealed_id = (SELECT i FROM sw WHERE r = 3 - objects.rowid)"
+                 " WHERE rowid IN (1, 2)");
+    char **ids;
+    size_t n;
+    assert_int_equal(mc_store_obj_list(f->s, "t_a", "conv", &ids, &n, &err), MC_ECRYPTO);
+    assert_null(ids);
+    assert_non_null(strstr(err.msg, "conv object list: sealed data failed authentication"));
+    /* A row moved to another tenant by changing its tenant_id column is not even found:
+     * B's key hashes the id to another row key. */
+    raw_exec(db, "UPDATE objects SET tenant_id = 't_b' WHERE rowid = 3");
+    void *data;
+    assert_int_equal(mc_store_obj_get(f->s, "t_b", "doc", "c1", &data, &n, &err), MC_ENOTFOUND);
+    /* The same move for a wrapped data key: B gets A's wrapped key. */
     raw_exec(db, "UPDATE tenant_keys SET wrapped = (SELECT wrapped FROM tenant_keys WHERE"
                  " tenant_id='t_a') WHERE tenant_id='t_b'");
-    void *data;
-    size_t n;
-    assert_int_equal(mc_store_obj_get(f->s, "t_b", "doc", "c1", &data, &n, &err), MC_ECRYPTO);
+    assert_int_equal(mc_store_obj_get(f->s, "t_b", "conv", "c1", &data, &n, &err), MC_ECRYPTO);
     assert_non_null(strstr(err.msg, "tenant t_b data key"));
-    /* One flipped bit in a ciphertext. */
+    /* One flipped byte in a fresh ciphertext. */
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "A one", 5, &err), MC_OK);
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_OK);
+    mc_free(data);
     raw_exec(db, "UPDATE objects SET sealed = CAST(substr(sealed, 1, 30) || X'ff' ||"
-                 " substr(sealed, 32) AS BLOB) WHERE tenant_id='t_a' AND obj_id='c1'");
+                 " substr(sealed, 32) AS BLOB) WHERE rowid = 1");
     expect_crypto_fail(f, "t_a", "conv", "c1");
     sqlite3_close(db);
 }
@@ -355,8 +376,8 @@ static void test_delete_shreds_data_key(void **state) {
     struct mc_err err = {0};
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
     assert_int_equal(mc_store_tenant_insert(f->s, "t_b", "beta", 1, NULL, &err), MC_OK);
-    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", SECRET_CONV,
-                                      strlen(SECRET_CONV), &err), MC_OK);
+    assert_int_equal(
+        mc_store_obj_put(f->s, "t_a", "conv", "c1", SECRET_CONV, strlen(SECRET_CONV), &err), MC_OK);
     assert_int_equal(mc_store_obj_put(f->s, "t_b", "conv", "c1", "kept", 4, &err), MC_OK);
 
     /* Keep copies of A's wrapped key and ciphertext, as a backup of the files would. */
@@ -364,9 +385,12 @@ static void test_delete_shreds_data_key(void **state) {
     sqlite3_stmt *st;
     uint8_t wrapped[128], sealed[256];
     int n_wrapped, n_sealed;
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT wrapped FROM tenant_keys WHERE "
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT wrapped FROM tenant_keys WHERE "
                                         "tenant_id='t_a'), (SELECT sealed FROM objects WHERE "
-                                        "tenant_id='t_a')", -1, &st, NULL), SQLITE_OK);
+                                        "tenant_id='t_a')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     n_wrapped = sqlite3_column_bytes(st, 0);
     n_sealed = sqlite3_column_bytes(st, 1);
@@ -391,12 +415,16 @@ static void test_delete_shreds_data_key(void **state) {
     size_t n;
     assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_ENOTFOUND);
     assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 2, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "new", 3, &err), MC_OK);
     db = raw_open(f->dir);
-    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO objects(tenant_id, kind, obj_id, sealed)"
-                                        " VALUES('t_a', 'conv', 'c1', ?)", -1, &st, NULL),
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE objects SET sealed = ? WHERE tenant_id ="
+                                        " 't_a'",
+                                        -1, &st, NULL),
                      SQLITE_OK);
     sqlite3_bind_blob(st, 1, sealed, n_sealed, SQLITE_STATIC);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    assert_int_equal(sqlite3_changes(db), 1);
     sqlite3_finalize(st);
     sqlite3_close(db);
     expect_crypto_fail(f, "t_a", "conv", "c1");
@@ -405,6 +433,74 @@ static void test_delete_shreds_data_key(void **state) {
     assert_int_equal(mc_store_obj_get(f->s, "t_b", "conv", "c1", &data, &n, &err), MC_OK);
     assert_memory_equal(data, "kept", 4);
     mc_free(data);
+}
+
+static void test_delete_finishes_after_an_interrupted_delete(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "x", 1, &err), MC_OK);
+    /* As if a delete stopped after shredding the key: the rest is still there. */
+    sqlite3 *db = raw_open(f->dir);
+    raw_exec(db, "DELETE FROM tenant_keys WHERE tenant_id = 't_a'");
+    sqlite3_close(db);
+    void *data;
+    size_t n;
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &n, &err), MC_ENOTFOUND);
+    assert_int_equal(mc_store_tenant_delete(f->s, "t_a", &err), MC_OK);
+    struct mc_store_tenant t;
+    assert_int_equal(mc_store_tenant_get(f->s, "t_a", &t, &err), MC_ENOTFOUND);
+    db = raw_open(f->dir);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM objects", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void test_rekey_moves_data_to_a_new_master_key(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_a", "alpha", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_tenant_insert(f->s, "t_b", "beta", 1, NULL, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_a", "conv", "c1", "alpha data", 10, &err), MC_OK);
+    assert_int_equal(mc_store_obj_put(f->s, "t_b", "doc", "d1", "beta data", 9, &err), MC_OK);
+    uint8_t h_before[32], h_after[32];
+    mc_store_hash_secret(f->s, "mcai_some_secret", h_before);
+
+    struct mc_master_key *other;
+    assert_int_equal(mc_master_key_parse(OTHER_KEY_HEX, &other, &err), MC_OK);
+    size_t n = 0;
+    assert_int_equal(mc_store_rekey(f->s, other, &n, &err), MC_OK);
+    assert_int_equal(n, 2);
+    void *data;
+    size_t len;
+    assert_int_equal(mc_store_obj_get(f->s, "t_a", "conv", "c1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "alpha data", 10);
+    mc_free(data);
+
+    /* The old key no longer opens the directory; the new one does, with the same data and
+     * the same API-key hashes (the pepper moved with the data keys). */
+    mc_store_close(f->s);
+    f->s = NULL;
+    struct mc_store *s2 = NULL;
+    assert_int_equal(mc_store_open(f->dir, f->mk, &s2, &err), MC_EPERM);
+    assert_int_equal(mc_store_open(f->dir, other, &s2, &err), MC_OK);
+    assert_int_equal(mc_store_obj_get(s2, "t_b", "doc", "d1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "beta data", 9);
+    mc_free(data);
+    mc_store_hash_secret(s2, "mcai_some_secret", h_after);
+    assert_memory_equal(h_before, h_after, 32);
+    uint8_t h_new_pepper[32];
+    mc_crypto_hash_keyed(mc_master_key_pepper(other), "mcai_some_secret", 16, h_new_pepper);
+    assert_memory_not_equal(h_after, h_new_pepper, 32);
+
+    /* The teardown closes f->s with f->mk: hand it the new store and key. */
+    mc_master_key_free(f->mk);
+    f->mk = other;
+    f->s = s2;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -501,6 +597,94 @@ static void test_keys_and_usage_rows(void **state) {
     mc_free(u);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Threads */
+
+struct worker {
+    struct mc_store *s;
+    int id;
+    int failures;
+};
+
+static void *obj_worker(void *arg) {
+    struct worker *w = arg;
+    struct mc_err err;
+    char tenant[16], val[64];
+    snprintf(tenant, sizeof(tenant), "t_w%d", w->id);
+    for (int i = 0; i < 40; i++) {
+        char obj[16];
+        snprintf(obj, sizeof(obj), "o%d", i % 5);
+        int n = snprintf(val, sizeof(val), "worker %d value %d", w->id, i);
+        if (mc_store_obj_put(w->s, tenant, "conv", obj, val, (size_t)n, &err) != MC_OK)
+            w->failures++;
+        void *data;
+        size_t len;
+        if (mc_store_obj_get(w->s, tenant, "conv", obj, &data, &len, &err) != MC_OK ||
+            len != (size_t)n || memcmp(data, val, len) != 0)
+            w->failures++;
+        mc_free(data);
+    }
+    return NULL;
+}
+
+static void *txn_worker(void *arg) {
+    struct worker *w = arg;
+    struct mc_err err;
+    for (int i = 0; i < 20; i++) {
+        char id[16], name[16];
+        snprintf(id, sizeof(id), "t_x%d", i);
+        snprintf(name, sizeof(name), "x%d", i);
+        if (mc_store_begin(w->s, &err) != MC_OK) {
+            w->failures++;
+            continue;
+        }
+        int rc = mc_store_tenant_insert(w->s, id, name, i, NULL, &err);
+        if (rc == MC_OK)
+            rc = mc_store_obj_put(w->s, id, "front", "1", name, strlen(name), &err);
+        if (rc == MC_OK && i % 2 == 0)
+            rc = mc_store_commit(w->s, &err);
+        else
+            mc_store_rollback(w->s);
+        if (rc != MC_OK)
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void test_store_is_safe_from_many_threads(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    pthread_t th[5];
+    struct worker w[5];
+    for (int i = 0; i < 4; i++) {
+        char id[16], name[16];
+        snprintf(id, sizeof(id), "t_w%d", i);
+        snprintf(name, sizeof(name), "w%d", i);
+        assert_int_equal(mc_store_tenant_insert(f->s, id, name, 1, NULL, &err), MC_OK);
+    }
+    for (int i = 0; i < 5; i++) {
+        w[i] = (struct worker){f->s, i, 0};
+        pthread_create(&th[i], NULL, i < 4 ? obj_worker : txn_worker, &w[i]);
+    }
+    for (int i = 0; i < 5; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    /* Committed transactions (even i) are there with their object; the others are not. */
+    struct mc_store_tenant *rows;
+    size_t n;
+    assert_int_equal(mc_store_tenant_list(f->s, &rows, &n, &err), MC_OK);
+    assert_int_equal(n, 4 + 10);
+    mc_store_tenant_list_free(rows, n);
+    void *data;
+    size_t len;
+    assert_int_equal(mc_store_obj_get(f->s, "t_x4", "front", "1", &data, &len, &err), MC_OK);
+    assert_memory_equal(data, "x4", 2);
+    mc_free(data);
+    struct mc_store_tenant t;
+    assert_int_equal(mc_store_tenant_get(f->s, "t_x5", &t, &err), MC_ENOTFOUND);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_master_key_parse_hex_and_base64_agree),
@@ -513,10 +697,13 @@ int main(void) {
                                         teardown),
         cmocka_unit_test_setup_teardown(test_swapped_ciphertexts_fail_to_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_shreds_data_key, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup,
+        cmocka_unit_test_setup_teardown(test_delete_finishes_after_an_interrupted_delete, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_rekey_moves_data_to_a_new_master_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tenant_insert_duplicate_and_update, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transaction_rollback_and_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_and_usage_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_is_safe_from_many_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

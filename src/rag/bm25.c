@@ -74,10 +74,9 @@ struct mc_bm25 {
 
 /* Lucene's EnglishAnalyzer stop set, which Anserini's BEIR runs use. Sorted for bsearch. */
 static const char *const STOPWORDS[] = {
-    "a",    "an",   "and",   "are",  "as",    "at",   "be",   "but",  "by",
-    "for",  "if",   "in",    "into", "is",    "it",   "no",   "not",  "of",
-    "on",   "or",   "such",  "that", "the",   "their", "then", "there", "these",
-    "they", "this", "to",    "was",  "will",  "with",
+    "a",   "an",    "and",  "are",   "as",    "at",   "be",   "but", "by",  "for",  "if",
+    "in",  "into",  "is",   "it",    "no",    "not",  "of",   "on",  "or",  "such", "that",
+    "the", "their", "then", "there", "these", "they", "this", "to",  "was", "will", "with",
 };
 #define N_STOPWORDS (sizeof(STOPWORDS) / sizeof(STOPWORDS[0]))
 
@@ -131,8 +130,8 @@ static size_t next_cp(const char *text, size_t len, size_t i, int32_t *cp) {
         return 1;
     }
     utf8proc_int32_t u;
-    utf8proc_ssize_t n = utf8proc_iterate((const utf8proc_uint8_t *)text + i,
-                                          (utf8proc_ssize_t)(len - i), &u);
+    utf8proc_ssize_t n =
+        utf8proc_iterate((const utf8proc_uint8_t *)text + i, (utf8proc_ssize_t)(len - i), &u);
     if (n <= 0) {
         *cp = -1;
         return 1;
@@ -176,8 +175,8 @@ static int analyze(struct mc_bm25 *b, const char *text, size_t len, term_fn fn, 
         int32_t cp;
         size_t n = next_cp(text, len, i, &cp);
         if (cp >= 0 && is_word_cp(cp, in_word)) {
-            int32_t lc = cp < 0x80 ? (cp | ((cp >= 'A' && cp <= 'Z') ? 0x20 : 0))
-                                   : utf8proc_tolower(cp);
+            int32_t lc =
+                cp < 0x80 ? (cp | ((cp >= 'A' && cp <= 'Z') ? 0x20 : 0)) : utf8proc_tolower(cp);
             utf8proc_uint8_t enc[4];
             utf8proc_ssize_t en = utf8proc_encode_char(lc, enc);
             if (wn + (size_t)en <= sizeof(w)) { /* longer words are cut at a character */
@@ -360,8 +359,8 @@ int mc_bm25_create(const struct mc_bm25_params *p, struct mc_bm25 **out, struct 
         return mc_err_set(err, MC_ENOMEM, "bm25: out of memory");
     b->p = *p;
     if (p->stemmer != MC_BM25_STEM_NONE) {
-        b->stemmer = sb_stemmer_new(p->stemmer == MC_BM25_STEM_PORTER ? "porter" : "english",
-                                    "UTF_8");
+        b->stemmer =
+            sb_stemmer_new(p->stemmer == MC_BM25_STEM_PORTER ? "porter" : "english", "UTF_8");
         if (!b->stemmer) {
             mc_free(b);
             return mc_err_set(err, MC_ENOMEM, "bm25: cannot create the Snowball stemmer");
@@ -724,8 +723,8 @@ int mc_bm25_analyze(struct mc_bm25 *b, const char *text, size_t len, char *out, 
  * document table above. Term order is dictionary order, so an image read back and written
  * again is byte-identical. */
 
-#define BM25_MAGIC "MCBM25\0\1"
-#define BM25_VERSION 1u
+#define BM25_MAGIC        "MCBM25\0\1"
+#define BM25_VERSION      1u
 #define BM25_HEADER_BYTES (8 + 4 * 7)
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "bm25 format assumes little-endian");
@@ -807,8 +806,8 @@ struct rbuf {
 static int need(struct rbuf *r, size_t n, const char *what) {
     if (r->len - r->off < n)
         return mc_err_set(r->err, MC_EFORMAT,
-                          "bm25 image: %s at offset %zu needs %zu bytes, %zu left", what, r->off,
-                          n, r->len - r->off);
+                          "bm25 image: %s at offset %zu needs %zu bytes, %zu left", what, r->off, n,
+                          r->len - r->off);
     return MC_OK;
 }
 
@@ -844,8 +843,10 @@ static int read_params(struct rbuf *r, struct mc_bm25_params *p) {
         return mc_err_set(r->err, MC_EFORMAT, "bm25 image: stemmer %u at offset 20 is unknown",
                           stemmer);
     if (keep > 1)
-        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: keep_stopwords %u at offset 24 is "
-                          "not 0 or 1", keep);
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: keep_stopwords %u at offset 24 is "
+                          "not 0 or 1",
+                          keep);
     p->stemmer = (int)stemmer;
     p->keep_stopwords = keep;
     rc = check_params(p, MC_EFORMAT, r->err);
@@ -882,8 +883,10 @@ static int read_term(struct rbuf *r, struct mc_bm25 *b, uint64_t *sum_tf) {
     if (rc)
         return rc;
     if (len == 0 || len > MC_BM25_MAX_TERM)
-        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: term length %u at offset %zu "
-                          "outside 1..%d", len, at, MC_BM25_MAX_TERM);
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: term length %u at offset %zu "
+                          "outside 1..%d",
+                          len, at, MC_BM25_MAX_TERM);
     if ((rc = need(r, len, "term bytes")))
         return rc;
     const char *s = (const char *)r->p + r->off;
@@ -895,8 +898,10 @@ static int read_term(struct rbuf *r, struct mc_bm25 *b, uint64_t *sum_tf) {
     if ((rc = get_u32(r, &n_post, "posting count")))
         return rc;
     if (n_post == 0 || n_post > b->n_docs || (r->len - r->off) / 8 < n_post)
-        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: posting count %u at offset %zu "
-                          "is 0, above the %u documents or past the end", n_post, at, b->n_docs);
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: posting count %u at offset %zu "
+                          "is 0, above the %u documents or past the end",
+                          n_post, at, b->n_docs);
     if (term_add(b, s, len, &id) || reserve_postings(&b->terms[id], n_post))
         return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for a term");
     struct term *t = &b->terms[id];
@@ -904,11 +909,12 @@ static int read_term(struct rbuf *r, struct mc_bm25 *b, uint64_t *sum_tf) {
         struct posting p;
         memcpy(&p, r->p + r->off, 8);
         if (p.doc >= b->n_docs || (j > 0 && p.doc <= t->post[j - 1].doc))
-            return mc_err_set(r->err, MC_EFORMAT, "bm25 image: posting doc %u at offset %zu "
-                              "is out of order or past the %u documents", p.doc, r->off, b->n_docs);
+            return mc_err_set(r->err, MC_EFORMAT,
+                              "bm25 image: posting doc %u at offset %zu "
+                              "is out of order or past the %u documents",
+                              p.doc, r->off, b->n_docs);
         if (p.tf == 0)
-            return mc_err_set(r->err, MC_EFORMAT, "bm25 image: zero tf at offset %zu",
-                              r->off + 4);
+            return mc_err_set(r->err, MC_EFORMAT, "bm25 image: zero tf at offset %zu", r->off + 4);
         t->post[j] = p;
         sum_tf[p.doc] += p.tf;
         b->fwd_n[p.doc]++;
@@ -940,11 +946,15 @@ static int build_forward(struct mc_bm25 *b) {
 static int read_body(struct rbuf *r, struct mc_bm25 *b, uint32_t n_docs, uint32_t n_terms) {
     int rc;
     if (n_docs > (r->len - r->off) / 12)
-        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: n_docs %u at offset 28 does not fit "
-                          "in %zu bytes", n_docs, r->len);
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: n_docs %u at offset 28 does not fit "
+                          "in %zu bytes",
+                          n_docs, r->len);
     if (n_terms > (r->len - r->off - (size_t)n_docs * 12) / 17)
-        return mc_err_set(r->err, MC_EFORMAT, "bm25 image: n_terms %u at offset 32 does not fit "
-                          "in %zu bytes", n_terms, r->len);
+        return mc_err_set(r->err, MC_EFORMAT,
+                          "bm25 image: n_terms %u at offset 32 does not fit "
+                          "in %zu bytes",
+                          n_terms, r->len);
     if (reserve_docs(b, n_docs))
         return mc_err_set(r->err, MC_ENOMEM, "bm25 image: out of memory for %u docs", n_docs);
     if ((rc = read_docs(r, b, n_docs)))
@@ -956,9 +966,10 @@ static int read_body(struct rbuf *r, struct mc_bm25 *b, uint32_t n_docs, uint32_
         rc = read_term(r, b, sum_tf);
     for (uint32_t i = 0; i < n_docs && !rc; i++)
         if (sum_tf[i] != b->lens[i])
-            rc = mc_err_set(r->err, MC_EFORMAT, "bm25 image: document %u has length %u but "
-                            "its postings add up to %llu", i, b->lens[i],
-                            (unsigned long long)sum_tf[i]);
+            rc = mc_err_set(r->err, MC_EFORMAT,
+                            "bm25 image: document %u has length %u but "
+                            "its postings add up to %llu",
+                            i, b->lens[i], (unsigned long long)sum_tf[i]);
     mc_free(sum_tf);
     if (!rc && r->off != r->len)
         rc = mc_err_set(r->err, MC_EFORMAT, "bm25 image: %zu trailing bytes at offset %zu",
@@ -968,8 +979,7 @@ static int read_body(struct rbuf *r, struct mc_bm25 *b, uint32_t n_docs, uint32_
     return rc;
 }
 
-int mc_bm25_deserialize(const uint8_t *buf, size_t len, struct mc_bm25 **out,
-                        struct mc_err *err) {
+int mc_bm25_deserialize(const uint8_t *buf, size_t len, struct mc_bm25 **out, struct mc_err *err) {
     *out = NULL;
     struct rbuf r = {buf, len, 0, err};
     struct mc_bm25_params p = {0};

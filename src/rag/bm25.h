@@ -36,9 +36,9 @@ enum mc_bm25_stemmer {
 #define MC_BM25_MAX_TERM 64
 
 struct mc_bm25_params {
-    float k1;      /* term-frequency saturation, 0..10; the default 0.9 */
-    float b;       /* length normalisation, 0..1; the default 0.4 */
-    int stemmer;   /* enum mc_bm25_stemmer */
+    float k1;            /* term-frequency saturation, 0..10; the default 0.9 */
+    float b;             /* length normalisation, 0..1; the default 0.4 */
+    int stemmer;         /* enum mc_bm25_stemmer */
     bool keep_stopwords; /* false: drop the English stop words of docs/retrieval.md */
 };
 
@@ -69,7 +69,7 @@ int mc_bm25_delete(struct mc_bm25 *b, uint64_t label, struct mc_err *err);
 int mc_bm25_search(struct mc_bm25 *b, const char *query, size_t len, size_t k,
                    struct mc_bm25_hit *hits, size_t *n_hits, struct mc_err *err);
 
-size_t mc_bm25_n_docs(const struct mc_bm25 *b); /* live documents */
+size_t mc_bm25_n_docs(const struct mc_bm25 *b);  /* live documents */
 size_t mc_bm25_n_terms(const struct mc_bm25 *b); /* distinct terms in live documents */
 
 /* Writes the analysed terms of text into out, separated by single spaces and
@@ -88,7 +88,6 @@ int mc_bm25_serialize(const struct mc_bm25 *b, uint8_t **buf, size_t *len, struc
  * not fit the buffer, empty, overlong or duplicate terms, posting lists that are not
  * strictly increasing or point past the documents, zero term frequencies, document
  * lengths that disagree with their postings, duplicate labels or trailing bytes. */
-int mc_bm25_deserialize(const uint8_t *buf, size_t len, struct mc_bm25 **out,
-                        struct mc_err *err);
+int mc_bm25_deserialize(const uint8_t *buf, size_t len, struct mc_bm25 **out, struct mc_err *err);
 
 #endif

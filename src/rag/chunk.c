@@ -111,16 +111,17 @@ static int tokenize_section(const char *s, size_t len, mc_chunk_tokenize_fn toke
     }
     for (size_t i = 0; i < *n; i++)
         if ((*starts)[i] > len || (i > 0 && (*starts)[i] < (*starts)[i - 1]))
-            return mc_err_set(err, MC_EINVAL, "chunk: tokenizer offset %zu of token %zu is out "
-                              "of order or past the %zu-byte section", (*starts)[i], i, len);
+            return mc_err_set(err, MC_EINVAL,
+                              "chunk: tokenizer offset %zu of token %zu is out "
+                              "of order or past the %zu-byte section",
+                              (*starts)[i], i, len);
     return MC_OK;
 }
 
 /* Emits the windows of section text[a..b) under heading h. */
 static int split_section(const char *text, size_t a, size_t b, int32_t h,
-                         const struct mc_chunk_opts *o, mc_chunk_tokenize_fn tokenize,
-                         void *ctx, struct growbuf *chunks, size_t **starts, size_t *cap,
-                         struct mc_err *err) {
+                         const struct mc_chunk_opts *o, mc_chunk_tokenize_fn tokenize, void *ctx,
+                         struct growbuf *chunks, size_t **starts, size_t *cap, struct mc_err *err) {
     size_t n;
     int rc = tokenize_section(text + a, b - a, tokenize, ctx, starts, cap, &n, err);
     if (rc)
@@ -177,15 +178,17 @@ int mc_chunk_split(const char *text, size_t len, const struct mc_chunk_opts *opt
         size_t hs, he;
         if (!opts->no_headings && is_fence(text, line, eol))
             fenced = !fenced;
-        else if (!opts->no_headings && !fenced && parse_heading(text, line, eol, &level, &hs, &he)) {
-            rc = split_section(text, body, line, cur, opts, tokenize, ctx, &chunks, &starts,
-                               &cap, err);
+        else if (!opts->no_headings && !fenced &&
+                 parse_heading(text, line, eol, &level, &hs, &he)) {
+            rc = split_section(text, body, line, cur, opts, tokenize, ctx, &chunks, &starts, &cap,
+                               err);
             struct mc_chunk_heading *hd = rc ? NULL : grow_push(&heads);
             if (!rc && !hd)
                 rc = mc_err_set(err, MC_ENOMEM, "chunk: out of memory");
             if (rc)
                 break;
-            while (depth > 0 && ((struct mc_chunk_heading *)heads.p)[stack[depth - 1]].level >= level)
+            while (depth > 0 &&
+                   ((struct mc_chunk_heading *)heads.p)[stack[depth - 1]].level >= level)
                 depth--;
             *hd = (struct mc_chunk_heading){hs, he, level, depth ? stack[depth - 1] : -1};
             cur = (int32_t)(heads.n - 1);
@@ -195,8 +198,7 @@ int mc_chunk_split(const char *text, size_t len, const struct mc_chunk_opts *opt
         line = next;
     }
     if (!rc)
-        rc = split_section(text, body, len, cur, opts, tokenize, ctx, &chunks, &starts, &cap,
-                           err);
+        rc = split_section(text, body, len, cur, opts, tokenize, ctx, &chunks, &starts, &cap, err);
     mc_free(starts);
     out->chunks = chunks.p;
     out->n_chunks = chunks.n;
@@ -215,8 +217,7 @@ int mc_chunk_prefix(const char *text, const struct mc_chunk_list *l, size_t i, c
                     struct mc_err *err) {
     *out = NULL;
     if (i >= l->n_chunks)
-        return mc_err_set(err, MC_EINVAL, "chunk: index %zu past the %zu chunks", i,
-                          l->n_chunks);
+        return mc_err_set(err, MC_EINVAL, "chunk: index %zu past the %zu chunks", i, l->n_chunks);
     int32_t path[MAX_LEVEL];
     int n = 0;
     size_t bytes = 1;
@@ -242,8 +243,8 @@ int mc_chunk_prefix(const char *text, const struct mc_chunk_list *l, size_t i, c
     return MC_OK;
 }
 
-int mc_chunk_tokenize_words(void *ctx, const char *text, size_t len, size_t *starts,
-                            size_t cap, size_t *n_tokens, struct mc_err *err) {
+int mc_chunk_tokenize_words(void *ctx, const char *text, size_t len, size_t *starts, size_t cap,
+                            size_t *n_tokens, struct mc_err *err) {
     (void)ctx;
     (void)err;
     size_t n = 0, i = 0;

@@ -31,9 +31,9 @@ struct mc_chunk_opts {
 };
 
 struct mc_chunk {
-    size_t start, end;  /* byte span [start, end) in the text */
-    size_t n_tokens;    /* tokens of the window (before trimming) */
-    int32_t heading;    /* innermost heading above it (index into headings), or -1 */
+    size_t start, end; /* byte span [start, end) in the text */
+    size_t n_tokens;   /* tokens of the window (before trimming) */
+    int32_t heading;   /* innermost heading above it (index into headings), or -1 */
 };
 
 struct mc_chunk_heading {
@@ -66,7 +66,7 @@ int mc_chunk_prefix(const char *text, const struct mc_chunk_list *l, size_t i, c
 
 /* A tokenizer for callers without a model: each run of non-white-space bytes (with the
  * white space before it) is one token. ctx is unused. */
-int mc_chunk_tokenize_words(void *ctx, const char *text, size_t len, size_t *starts,
-                            size_t cap, size_t *n_tokens, struct mc_err *err);
+int mc_chunk_tokenize_words(void *ctx, const char *text, size_t len, size_t *starts, size_t cap,
+                            size_t *n_tokens, struct mc_err *err);
 
 #endif

@@ -45,8 +45,10 @@ int mc_fusion_rrf(const struct mc_fusion_list *lists, size_t n_lists, int k, siz
     size_t total = 0;
     for (size_t l = 0; l < n_lists; l++) {
         if (!(lists[l].weight >= 0.0f) || isinf(lists[l].weight))
-            return mc_err_set(err, MC_EINVAL, "fusion: weight of list %zu is not a finite "
-                              "number >= 0", l);
+            return mc_err_set(err, MC_EINVAL,
+                              "fusion: weight of list %zu is not a finite "
+                              "number >= 0",
+                              l);
         total += lists[l].n;
     }
     if (total == 0 || top_n == 0)

@@ -24,7 +24,7 @@ struct mc_fusion_list {
 
 struct mc_fusion_hit {
     uint64_t label;
-    float score;    /* the fused score */
+    float score;        /* the fused score */
     uint32_t best_rank; /* best rank of the label over all lists, from 1 */
 };
 

@@ -68,12 +68,12 @@ struct mc_hnsw {
     int max_level;
     uint32_t entry;
 
-    float *vecs;       /* (cap, dim_pad) */
-    uint32_t *links0;  /* (cap, 1 + m0): count, then ids */
-    uint32_t **upper;  /* (cap) NULL, or (levels[i], 1 + m) for levels 1..levels[i] */
-    uint8_t *levels;   /* (cap) */
-    uint8_t *deleted;  /* (cap) */
-    uint64_t *labels;  /* (cap) */
+    float *vecs;      /* (cap, dim_pad) */
+    uint32_t *links0; /* (cap, 1 + m0): count, then ids */
+    uint32_t **upper; /* (cap) NULL, or (levels[i], 1 + m) for levels 1..levels[i] */
+    uint8_t *levels;  /* (cap) */
+    uint8_t *deleted; /* (cap) */
+    uint64_t *labels; /* (cap) */
 
     struct idmap labels_map; /* live labels -> node */
 
@@ -477,8 +477,7 @@ static int load_query(const struct mc_hnsw *h, struct mc_hnsw_scratch *s, const 
     double norm = 0.0;
     for (int i = 0; i < h->dim; i++) {
         if (!isfinite(query[i]))
-            return mc_err_set(err, MC_EINVAL, "hnsw: component %d of the vector is not finite",
-                              i);
+            return mc_err_set(err, MC_EINVAL, "hnsw: component %d of the vector is not finite", i);
         norm += (double)query[i] * query[i];
     }
     float scale = 1.0f;
@@ -735,8 +734,7 @@ int mc_hnsw_search(struct mc_hnsw *h, const float *query, size_t k, int ef,
 
 int mc_hnsw_set_ef_search(struct mc_hnsw *h, int ef, struct mc_err *err) {
     if (ef < 1 || ef > MC_HNSW_MAX_EF)
-        return mc_err_set(err, MC_EINVAL, "hnsw: ef_search %d outside 1..%d", ef,
-                          MC_HNSW_MAX_EF);
+        return mc_err_set(err, MC_EINVAL, "hnsw: ef_search %d outside 1..%d", ef, MC_HNSW_MAX_EF);
     h->ef_search = ef;
     return MC_OK;
 }
@@ -766,8 +764,8 @@ int mc_hnsw_contains(const struct mc_hnsw *h, uint64_t label) {
  *                  and for each level 0..level: u32 count, u32[count] neighbour ids.
  * Vectors are stored as inserted after normalisation, without the padding. */
 
-#define HNSW_MAGIC "MCHNSW\0\1"
-#define HNSW_VERSION 1u
+#define HNSW_MAGIC        "MCHNSW\0\1"
+#define HNSW_VERSION      1u
 #define HNSW_HEADER_BYTES (8 + 4 * 6 + 8 * 2 + 4 * 4)
 
 struct wbuf {
@@ -847,8 +845,8 @@ struct rbuf {
 static int need(struct rbuf *r, size_t n, const char *what) {
     if (r->len - r->off < n)
         return mc_err_set(r->err, MC_EFORMAT,
-                          "hnsw image: %s at offset %zu needs %zu bytes, %zu left", what, r->off,
-                          n, r->len - r->off);
+                          "hnsw image: %s at offset %zu needs %zu bytes, %zu left", what, r->off, n,
+                          r->len - r->off);
     return MC_OK;
 }
 
@@ -871,8 +869,8 @@ static int get_u64(struct rbuf *r, uint64_t *v, const char *what) {
 }
 
 static int bad(struct rbuf *r, size_t off, const char *fmt_field, long long value) {
-    return mc_err_set(r->err, MC_EFORMAT, "hnsw image: %s %lld at offset %zu is invalid",
-                      fmt_field, value, off);
+    return mc_err_set(r->err, MC_EFORMAT, "hnsw image: %s %lld at offset %zu is invalid", fmt_field,
+                      value, off);
 }
 
 /* Reads the header into params and counts; checks each against the limits. */
@@ -885,8 +883,7 @@ static int read_header(struct rbuf *r, struct mc_hnsw_params *p, uint64_t *rng, 
     if (memcmp(r->p, HNSW_MAGIC, 8) != 0)
         return mc_err_set(r->err, MC_EFORMAT, "hnsw image: bad magic at offset 0");
     r->off = 8;
-    static const char *names[6] = {"version", "dim", "metric", "m", "ef_construction",
-                                   "ef_search"};
+    static const char *names[6] = {"version", "dim", "metric", "m", "ef_construction", "ef_search"};
     for (int i = 0; i < 6; i++) {
         rc = get_u32(r, &v[i], names[i]);
         if (rc)
@@ -896,8 +893,8 @@ static int read_header(struct rbuf *r, struct mc_hnsw_params *p, uint64_t *rng, 
         return mc_err_set(r->err, MC_EFORMAT, "hnsw image: version %u at offset 8, expected %u",
                           v[0], HNSW_VERSION);
     static const uint32_t lo[6] = {0, 1, MC_HNSW_L2, 2, 1, 1};
-    static const uint32_t hi[6] = {0, MC_HNSW_MAX_DIM, MC_HNSW_COSINE, MC_HNSW_MAX_M,
-                                   MC_HNSW_MAX_EF, MC_HNSW_MAX_EF};
+    static const uint32_t hi[6] = {
+        0, MC_HNSW_MAX_DIM, MC_HNSW_COSINE, MC_HNSW_MAX_M, MC_HNSW_MAX_EF, MC_HNSW_MAX_EF};
     for (int i = 1; i < 6; i++)
         if (v[i] < lo[i] || v[i] > hi[i])
             return bad(r, 8 + 4 * (size_t)i, names[i], v[i]);
@@ -984,8 +981,8 @@ static int check_graph(struct rbuf *r, struct mc_hnsw *h, uint32_t n_live, int32
         }
     }
     if (live != n_live)
-        return mc_err_set(r->err, MC_EFORMAT, "hnsw image: n_live %u but %u nodes are live",
-                          n_live, live);
+        return mc_err_set(r->err, MC_EFORMAT, "hnsw image: n_live %u but %u nodes are live", n_live,
+                          live);
     if (max_level != top)
         return mc_err_set(r->err, MC_EFORMAT, "hnsw image: max_level %d but top node level %d",
                           max_level, top);
@@ -1006,8 +1003,7 @@ static int check_graph(struct rbuf *r, struct mc_hnsw *h, uint32_t n_live, int32
     return MC_OK;
 }
 
-int mc_hnsw_deserialize(const uint8_t *buf, size_t len, struct mc_hnsw **out,
-                        struct mc_err *err) {
+int mc_hnsw_deserialize(const uint8_t *buf, size_t len, struct mc_hnsw **out, struct mc_err *err) {
     *out = NULL;
     struct rbuf r = {buf, len, 0, err};
     struct mc_hnsw_params p = {0};

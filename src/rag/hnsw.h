@@ -28,9 +28,9 @@ enum mc_hnsw_metric {
 };
 
 /* Limits the constructor and the deserializer enforce. */
-#define MC_HNSW_MAX_DIM 65536
-#define MC_HNSW_MAX_M 256
-#define MC_HNSW_MAX_EF 65536
+#define MC_HNSW_MAX_DIM   65536
+#define MC_HNSW_MAX_M     256
+#define MC_HNSW_MAX_EF    65536
 #define MC_HNSW_MAX_LEVEL 30
 
 struct mc_hnsw_params {
@@ -95,7 +95,6 @@ int mc_hnsw_serialize(const struct mc_hnsw *h, uint8_t **buf, size_t *len, struc
  * byte offset and the field for anything inconsistent (bad magic or version, counts that
  * exceed the buffer or the limits, link ids out of range or to nodes without that level,
  * non-finite vectors, duplicate live labels, trailing bytes). */
-int mc_hnsw_deserialize(const uint8_t *buf, size_t len, struct mc_hnsw **out,
-                        struct mc_err *err);
+int mc_hnsw_deserialize(const uint8_t *buf, size_t len, struct mc_hnsw **out, struct mc_err *err);
 
 #endif

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define EMPTY UINT32_MAX
-#define TOMB (UINT32_MAX - 1)
+#define TOMB  (UINT32_MAX - 1)
 
 static inline size_t mix(uint64_t x) {
     x ^= x >> 33;

@@ -19,9 +19,9 @@
 
 #include <stdint.h>
 
-#define MC_AUDIT_LOG_NAME "audit.log"
+#define MC_AUDIT_LOG_NAME  "audit.log"
 #define MC_AUDIT_HEAD_NAME "audit.head"
-#define MC_AUDIT_LINE_MAX 8192 /* bytes; longer details are refused */
+#define MC_AUDIT_LINE_MAX  8192 /* bytes; longer details are refused */
 
 struct mc_audit;
 

@@ -52,8 +52,7 @@ static const char KEY_HINT[] = "make one with: head -c 32 /dev/urandom | base64"
 
 /* Decodes text (whitespace trimmed) as hex or base64 into key. Returns MC_OK, or
  * MC_EINVAL with a message that says what was wrong but not what the text was. */
-static int decode_key_text(const char *text, uint8_t key[MC_CRYPTO_KEY_BYTES],
-                           struct mc_err *err) {
+static int decode_key_text(const char *text, uint8_t key[MC_CRYPTO_KEY_BYTES], struct mc_err *err) {
     while (*text == ' ' || *text == '\t' || *text == '\n' || *text == '\r')
         text++;
     size_t n = strlen(text);
@@ -77,14 +76,12 @@ static int decode_key_text(const char *text, uint8_t key[MC_CRYPTO_KEY_BYTES],
         sodium_hex2bin(buf, sizeof(buf), text, n, NULL, &got, &end) == 0 && end == text + n) {
         /* decoded as hex */
     } else {
-        static const int variants[] = {sodium_base64_VARIANT_ORIGINAL,
-                                       sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
-                                       sodium_base64_VARIANT_URLSAFE,
-                                       sodium_base64_VARIANT_URLSAFE_NO_PADDING};
+        static const int variants[] = {
+            sodium_base64_VARIANT_ORIGINAL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING,
+            sodium_base64_VARIANT_URLSAFE, sodium_base64_VARIANT_URLSAFE_NO_PADDING};
         int ok = 0;
         for (size_t i = 0; i < sizeof(variants) / sizeof(variants[0]) && !ok; i++) {
-            ok = sodium_base642bin(buf, sizeof(buf), text, n, NULL, &got, &end, variants[i]) ==
-                     0 &&
+            ok = sodium_base642bin(buf, sizeof(buf), text, n, NULL, &got, &end, variants[i]) == 0 &&
                  end == text + n;
         }
         if (!ok) {
@@ -97,8 +94,8 @@ static int decode_key_text(const char *text, uint8_t key[MC_CRYPTO_KEY_BYTES],
     }
     if (got != MC_CRYPTO_KEY_BYTES) {
         sodium_memzero(buf, sizeof(buf));
-        return mc_err_set(err, MC_EINVAL, "master key decodes to %zu bytes, expected %d; %s",
-                          got, MC_CRYPTO_KEY_BYTES, KEY_HINT);
+        return mc_err_set(err, MC_EINVAL, "master key decodes to %zu bytes, expected %d; %s", got,
+                          MC_CRYPTO_KEY_BYTES, KEY_HINT);
     }
     memcpy(key, buf, MC_CRYPTO_KEY_BYTES);
     sodium_memzero(buf, sizeof(buf));
@@ -172,8 +169,7 @@ static int path_is_inside(const char *path, const char *dir) {
 static int read_key_file(const char *path, char **buf_out, size_t *n_out, struct mc_err *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return mc_err_set(err, MC_EIO, "cannot open master key file %s: %s", path,
-                          strerror(errno));
+        return mc_err_set(err, MC_EIO, "cannot open master key file %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
@@ -200,8 +196,7 @@ static int read_key_file(const char *path, char **buf_out, size_t *n_out, struct
             int e = errno;
             close(fd);
             sodium_free(buf);
-            return mc_err_set(err, MC_EIO, "cannot read master key file %s: %s", path,
-                              strerror(e));
+            return mc_err_set(err, MC_EIO, "cannot read master key file %s: %s", path, strerror(e));
         }
         if (r == 0)
             break;
@@ -223,8 +218,7 @@ int mc_master_key_load(const char *key_file, const char *data_dir, struct mc_mas
     if (!key_file) {
         const char *env = getenv(MC_MASTER_KEY_ENV);
         if (!env || !*env)
-            return mc_err_set(err, MC_EINVAL,
-                              "no master key: set %s or pass --master-key-file; %s",
+            return mc_err_set(err, MC_EINVAL, "no master key: set %s or pass --master-key-file; %s",
                               MC_MASTER_KEY_ENV, KEY_HINT);
         rc = mc_master_key_parse(env, out, err);
         if (rc != MC_OK)
@@ -288,8 +282,8 @@ void mc_crypto_seal(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size
     uint8_t *nonce = out + 1;
     randombytes_buf(nonce, MC_CRYPTO_NONCE_BYTES);
     unsigned long long n_ct = 0;
-    crypto_aead_xchacha20poly1305_ietf_encrypt(out + 1 + MC_CRYPTO_NONCE_BYTES, &n_ct, pt, n_pt,
-                                               ad, n_ad, NULL, nonce, key);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out + 1 + MC_CRYPTO_NONCE_BYTES, &n_ct, pt, n_pt, ad,
+                                               n_ad, NULL, nonce, key);
 }
 
 int mc_crypto_open(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size_t n_ad,
@@ -318,6 +312,11 @@ int mc_crypto_open(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size_
 
 void mc_crypto_random(void *buf, size_t n) {
     randombytes_buf(buf, n);
+}
+
+void mc_crypto_derive(const uint8_t key[MC_CRYPTO_KEY_BYTES], uint64_t id, const char ctx[8],
+                      uint8_t out[MC_CRYPTO_KEY_BYTES]) {
+    crypto_kdf_derive_from_key(out, MC_CRYPTO_KEY_BYTES, id, ctx, key);
 }
 
 void mc_crypto_hash_keyed(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *msg, size_t n,

@@ -2,7 +2,9 @@
  *
  *   master key (32 bytes, from MCAI_MASTER_KEY or a key file, never in the data dir)
  *     |- wrap key   = KDF(master, 1, "mcaiwrap")  wraps every tenant's data key
- *     |- pepper     = KDF(master, 2, "mcaipepr")  keys the BLAKE2b hash of API keys
+ *     |- pepper     = KDF(master, 2, "mcaipepr")  keys the BLAKE2b hash of API keys (the
+ *     |                                           store keeps it wrapped, so it survives a
+ *     |                                           master key rotation)
  *     |- check key  = KDF(master, 3, "mcaichck")  proves a data dir belongs to this master key
  *     `- tenant data key (32 random bytes per tenant, stored wrapped)
  *          `- every tenant-private object, sealed with XChaCha20-Poly1305
@@ -19,10 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_CRYPTO_KEY_BYTES 32
+#define MC_CRYPTO_KEY_BYTES   32
 #define MC_CRYPTO_NONCE_BYTES 24
-#define MC_CRYPTO_TAG_BYTES 16
-#define MC_CRYPTO_VERSION 1
+#define MC_CRYPTO_TAG_BYTES   16
+#define MC_CRYPTO_VERSION     1
 /* Bytes a sealed buffer has beyond its plaintext: version + nonce + tag. */
 #define MC_CRYPTO_OVERHEAD (1 + MC_CRYPTO_NONCE_BYTES + MC_CRYPTO_TAG_BYTES)
 /* A master key must hold at least this many distinct byte values (a random key has ~30). */
@@ -72,11 +74,14 @@ void mc_crypto_seal(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size
  * short, has an unknown version, or fails authentication (wrong key, wrong associated
  * data, edited bytes); out is then wiped. */
 int mc_crypto_open(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *ad, size_t n_ad,
-                   const uint8_t *in, size_t n_in, uint8_t *out, size_t *n_out,
-                   struct mc_err *err);
+                   const uint8_t *in, size_t n_in, uint8_t *out, size_t *n_out, struct mc_err *err);
 
 /* Fills buf with n cryptographically random bytes. */
 void mc_crypto_random(void *buf, size_t n);
+
+/* Derives subkey number id of context ctx (8 characters) from key (crypto_kdf). */
+void mc_crypto_derive(const uint8_t key[MC_CRYPTO_KEY_BYTES], uint64_t id, const char ctx[8],
+                      uint8_t out[MC_CRYPTO_KEY_BYTES]);
 
 /* Keyed BLAKE2b-256 of msg under key (the pepper for API keys). */
 void mc_crypto_hash_keyed(const uint8_t key[MC_CRYPTO_KEY_BYTES], const void *msg, size_t n,

@@ -5,8 +5,9 @@
  *    API key hashes, usage per tenant per day, and a key-check value;
  *  - tenant-private objects: blobs keyed (tenant id, kind, object id), sealed with the
  *    tenant's data key (XChaCha20-Poly1305, associated data = tenant id, kind, object id)
- *    before they reach the backend. Fronts, conversations, documents, vectors and adapters
- *    all live here; an object may be up to MC_STORE_OBJ_MAX bytes.
+ *    before they reach the backend, which sees object ids only as keyed hashes.
+ *    Fronts, conversations, documents, vectors and adapters all live here; an object
+ *    may be up to MC_STORE_OBJ_MAX bytes.
  *
  * Callers never see SQL. A backend implements struct mc_store_ops (store_int.h); the only
  * one today is SQLite in WAL mode under a data directory (store_sqlite.c). Sealing, data
@@ -27,10 +28,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_STORE_ID_MAX 64      /* tenant ids, kinds and key prefixes: bytes, without NUL */
+#define MC_STORE_ID_MAX     64  /* tenant ids, kinds and key prefixes: bytes, without NUL */
 #define MC_STORE_OBJ_ID_MAX 512 /* object ids: bytes, without NUL */
-#define MC_STORE_NAME_MAX 64    /* tenant names */
-#define MC_STORE_OBJ_MAX ((size_t)1 << 30) /* 1 GiB: largest plaintext object */
+#define MC_STORE_NAME_MAX   64  /* tenant names */
+#define MC_STORE_OBJ_MAX    ((size_t)512 << 20) /* largest plaintext object (SQLite: 1e9) */
 #define MC_STORE_HASH_BYTES 32
 
 struct mc_store;
@@ -67,7 +68,7 @@ struct mc_store_usage {
 
 /* Opens (creating if needed) the store at location: today a directory for the SQLite
  * backend (created with mode 0700 when missing; files catalog.db, -wal, -shm). The master
- * key is borrowed and must outlive the store. A directory created under another master
+ * key is borrowed and must outlive the store. A directory protected by another master
  * key is refused with MC_EPERM. On failure *out is NULL. */
 int mc_store_open(const char *location, const struct mc_master_key *mk, struct mc_store **out,
                   struct mc_err *err);
@@ -77,6 +78,15 @@ void mc_store_close(struct mc_store *s);
 
 /* The name of the backend ("sqlite"). */
 const char *mc_store_backend(const struct mc_store *s);
+
+/* Master key rotation: re-wraps every tenant's data key, the API-key pepper and the
+ * key check under new_mk, in one transaction, and uses new_mk from then on (borrowed;
+ * it must outlive the store). Sealed objects and API keys stay as they are. Must not run
+ * while other threads use this store; another process that opened the directory with
+ * the old key can no longer open data keys (MC_ECRYPTO) and must be restarted with the
+ * new one, so stop the server first. *n_rewrapped gets the number of tenants. */
+int mc_store_rekey(struct mc_store *s, const struct mc_master_key *new_mk, size_t *n_rewrapped,
+                   struct mc_err *err);
 
 /* Starts a write transaction held by the calling thread; every store call from that
  * thread joins it until mc_store_commit or mc_store_rollback. Other threads wait. Not
@@ -93,8 +103,8 @@ void mc_store_rollback(struct mc_store *s);
  * tenant id as associated data. id and name must be non-empty printable ASCII of at most
  * MC_STORE_ID_MAX / MC_STORE_NAME_MAX bytes; meta a JSON object text (NULL = "{}").
  * Returns MC_EEXIST when the id or the name is taken (the message says which). */
-int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name,
-                           int64_t created_ms, const char *meta, struct mc_err *err);
+int mc_store_tenant_insert(struct mc_store *s, const char *id, const char *name, int64_t created_ms,
+                           const char *meta, struct mc_err *err);
 
 /* Reads a tenant by id into *out (clear it with mc_store_tenant_clear). MC_ENOTFOUND when
  * there is no such tenant. */
@@ -102,8 +112,8 @@ int mc_store_tenant_get(struct mc_store *s, const char *id, struct mc_store_tena
                         struct mc_err *err);
 
 /* Same, by name. */
-int mc_store_tenant_get_by_name(struct mc_store *s, const char *name,
-                                struct mc_store_tenant *out, struct mc_err *err);
+int mc_store_tenant_get_by_name(struct mc_store *s, const char *name, struct mc_store_tenant *out,
+                                struct mc_err *err);
 
 /* All tenants ordered by name into a new array *out of *n rows; free with
  * mc_store_tenant_list_free(*out, *n). */
@@ -111,8 +121,8 @@ int mc_store_tenant_list(struct mc_store *s, struct mc_store_tenant **out, size_
                          struct mc_err *err);
 
 /* Renames (name non-NULL) and/or replaces meta (non-NULL). MC_ENOTFOUND, MC_EEXIST. */
-int mc_store_tenant_update(struct mc_store *s, const char *id, const char *name,
-                           const char *meta, struct mc_err *err);
+int mc_store_tenant_update(struct mc_store *s, const char *id, const char *name, const char *meta,
+                           struct mc_err *err);
 
 /* Deletes a tenant by crypto-shredding: first its wrapped data key is overwritten with
  * random bytes and deleted, and that is committed and checkpointed on its own, so from
@@ -139,6 +149,12 @@ int mc_store_key_insert(struct mc_store *s, const struct mc_store_key *key, stru
 int mc_store_key_get(struct mc_store *s, const char *prefix, struct mc_store_key *out,
                      struct mc_err *err);
 
+/* Reads the key row with this prefix and its tenant's row in one read (the
+ * per-request path): clear *tenant with mc_store_tenant_clear. MC_ENOTFOUND when there is
+ * no such key (or, impossibly, no such tenant). */
+int mc_store_key_lookup(struct mc_store *s, const char *prefix, struct mc_store_key *key,
+                        struct mc_store_tenant *tenant, struct mc_err *err);
+
 /* The keys of one tenant, oldest first, into a new array (free with mc_free). */
 int mc_store_key_list(struct mc_store *s, const char *tenant_id, struct mc_store_key **out,
                       size_t *n, struct mc_err *err);
@@ -157,18 +173,18 @@ int mc_store_usage_add(struct mc_store *s, const char *tenant_id, int64_t day, i
 
 /* Rows with day_from <= day <= day_to for one tenant (tenant_id non-NULL) or for all,
  * ordered by tenant then day, into a new array (free with mc_free). */
-int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_from,
-                        int64_t day_to, struct mc_store_usage **out, size_t *n,
-                        struct mc_err *err);
+int mc_store_usage_list(struct mc_store *s, const char *tenant_id, int64_t day_from, int64_t day_to,
+                        struct mc_store_usage **out, size_t *n, struct mc_err *err);
 
 /* ---------------------------------------------------------------------------------------
  * Sealed per-tenant objects */
 
 /* Seals data (n bytes, at most MC_STORE_OBJ_MAX) with the tenant's data key and stores it
  * under (tenant_id, kind, obj_id), replacing any previous object there. kind is a short
- * lower-case name ("front", "conv", "doc", ...); obj_id any non-empty string without NUL
- * of at most MC_STORE_OBJ_ID_MAX bytes. Kinds and object ids are stored in clear: never
- * put secrets in them. MC_ENOTFOUND when the tenant does not exist. */
+ * lower-case name ("front", "conv", "doc", ...), stored in clear; obj_id any non-empty
+ * string without NUL of at most MC_STORE_OBJ_ID_MAX bytes, stored only as a keyed hash
+ * and sealed (so caller-chosen ids such as document names do not leak). MC_ENOTFOUND
+ * when the tenant does not exist. */
 int mc_store_obj_put(struct mc_store *s, const char *tenant_id, const char *kind,
                      const char *obj_id, const void *data, size_t n, struct mc_err *err);
 
@@ -180,7 +196,8 @@ int mc_store_obj_get(struct mc_store *s, const char *tenant_id, const char *kind
                      const char *obj_id, void **data, size_t *n, struct mc_err *err);
 
 /* The ids of one tenant's objects of one kind, in byte order, into a new array of new
- * strings (free with mc_store_obj_list_free). */
+ * strings (free with mc_store_obj_list_free). Opens every sealed id: MC_ECRYPTO if one
+ * fails. MC_ENOTFOUND when the tenant does not exist. */
 int mc_store_obj_list(struct mc_store *s, const char *tenant_id, const char *kind, char ***ids,
                       size_t *n, struct mc_err *err);
 void mc_store_obj_list_free(char **ids, size_t n);

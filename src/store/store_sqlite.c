@@ -6,7 +6,9 @@
  *   tenant_keys(tenant_id, wrapped)  wrapped data keys, one per tenant
  *   api_keys(prefix, tenant_id, hash, created_ms, revoked_ms)
  *   usage(tenant_id, day, requests, prompt_tokens, completion_tokens)
- *   objects(tenant_id, kind, obj_id, sealed)   sealed blobs, up to MC_STORE_OBJ_MAX
+ *   objects(tenant_id, kind, obj_key, sealed_id, sealed)
+ *                                    sealed blobs, up to MC_STORE_OBJ_MAX; obj_key is a
+ *                                    keyed hash of the object id, sealed_id the id itself
  * Every per-tenant table references tenants(id) (foreign keys on), so no row can outlive
  * or precede its tenant. secure_delete is on: freed cells and pages are zeroed, which is
  * what lets crypto-shredding leave no copy of a wrapped key in catalog.db.
@@ -32,15 +34,22 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define DB_NAME "catalog.db"
+#define DB_NAME         "catalog.db"
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION  1
+#define STMT_CACHE      48 /* prepared statements kept: more than the distinct queries below */
 
 struct sq {
     sqlite3 *db;
     pthread_mutex_t lock; /* recursive */
     int in_txn;           /* a transaction opened by mc_store_begin is running */
-    int sp_depth;         /* savepoint counter for unique names */
+    /* Prepared statements by SQL text pointer (every query is a string literal), reset
+     * after each use: preparing costs more than most of the queries themselves. */
+    struct {
+        const char *sql;
+        sqlite3_stmt *st;
+    } cache[STMT_CACHE];
+    int n_cache;
 };
 
 static const char SCHEMA[] =
@@ -57,8 +66,8 @@ static const char SCHEMA[] =
     " day INTEGER NOT NULL, requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,"
     " completion_tokens INTEGER NOT NULL, PRIMARY KEY(tenant_id, day)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS objects(tenant_id TEXT NOT NULL REFERENCES tenants(id),"
-    " kind TEXT NOT NULL, obj_id TEXT NOT NULL, sealed BLOB NOT NULL,"
-    " UNIQUE(tenant_id, kind, obj_id));";
+    " kind TEXT NOT NULL, obj_key TEXT NOT NULL, sealed_id BLOB NOT NULL,"
+    " sealed BLOB NOT NULL, UNIQUE(tenant_id, kind, obj_key));";
 
 /* ---------------------------------------------------------------------------------------
  * Helpers */
@@ -86,12 +95,37 @@ static void sq_unlock(struct sq *q) {
     pthread_mutex_unlock(&q->lock);
 }
 
-/* Prepares sql; on failure sets err. */
+/* Returns the prepared statement for sql (a string literal), from the cache when it was
+ * prepared before; release it with sq_release. On failure sets err. */
 static int sq_prepare(struct sq *q, const char *sql, sqlite3_stmt **st, struct mc_err *err) {
-    int src = sqlite3_prepare_v2(q->db, sql, -1, st, NULL);
+    for (int i = 0; i < q->n_cache; i++) {
+        if (q->cache[i].sql == sql) {
+            *st = q->cache[i].st;
+            return MC_OK;
+        }
+    }
+    int src = sqlite3_prepare_v3(q->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
     if (src != SQLITE_OK)
         return sq_fail(q, src, "prepare", err);
+    if (q->n_cache < STMT_CACHE) {
+        q->cache[q->n_cache].sql = sql;
+        q->cache[q->n_cache].st = *st;
+        q->n_cache++;
+    }
     return MC_OK;
+}
+
+/* Ends a use of a statement: resets it (ending its read of the database) and drops its
+ * bindings, or finalizes it when the cache had no room for it. */
+static void sq_release(struct sq *q, sqlite3_stmt *st) {
+    for (int i = 0; i < q->n_cache; i++) {
+        if (q->cache[i].st == st) {
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return;
+        }
+    }
+    sq_release(q, st);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s) {
@@ -105,7 +139,7 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s) {
 static int sq_done(struct sq *q, sqlite3_stmt *st, const char *what, struct mc_err *err) {
     int src = sqlite3_step(st);
     int rc = src == SQLITE_DONE ? MC_OK : sq_fail(q, src, what, err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
     return rc;
 }
 
@@ -163,6 +197,8 @@ static void sq_close(void *be) {
     struct sq *q = be;
     if (!q)
         return;
+    for (int i = 0; i < q->n_cache; i++)
+        sqlite3_finalize(q->cache[i].st);
     if (q->db) {
         sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_close_v2(q->db);
@@ -240,7 +276,7 @@ static int sq_meta_get(void *be, const char *key, uint8_t **val, size_t *n, stru
     } else {
         rc = sq_fail(q, src, "meta get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -273,8 +309,8 @@ static int sq_tenant_insert(void *be, const struct mc_store_tenant *t, const uin
     if (rc != MC_OK)
         goto out_unlock;
 
-    rc = sq_prepare(q, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)",
-                    &st, err);
+    rc = sq_prepare(q, "INSERT INTO tenants(id, name, created_ms, meta) VALUES(?, ?, ?, ?)", &st,
+                    err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         bind_text(st, 2, t->name);
@@ -283,8 +319,7 @@ static int sq_tenant_insert(void *be, const struct mc_store_tenant *t, const uin
         rc = sq_done(q, st, "tenant insert", err);
     }
     if (rc == MC_OK)
-        rc = sq_prepare(q, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st,
-                        err);
+        rc = sq_prepare(q, "INSERT INTO tenant_keys(tenant_id, wrapped) VALUES(?, ?)", &st, err);
     if (rc == MC_OK) {
         bind_text(st, 1, t->id);
         sqlite3_bind_blob(st, 2, wrapped, (int)n_wrapped, SQLITE_STATIC);
@@ -296,16 +331,22 @@ out_unlock:
     return rc;
 }
 
-static int read_tenant_row(sqlite3_stmt *st, struct mc_store_tenant *out, struct mc_err *err) {
+/* Reads id, name, created_ms and meta from columns c0.. of the current row. */
+static int read_tenant_cols(sqlite3_stmt *st, int c0, struct mc_store_tenant *out,
+                            struct mc_err *err) {
     memset(out, 0, sizeof(*out));
-    copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
-    copy_text(out->name, sizeof(out->name), sqlite3_column_text(st, 1));
-    out->created_ms = sqlite3_column_int64(st, 2);
-    const unsigned char *meta = sqlite3_column_text(st, 3);
+    copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, c0));
+    copy_text(out->name, sizeof(out->name), sqlite3_column_text(st, c0 + 1));
+    out->created_ms = sqlite3_column_int64(st, c0 + 2);
+    const unsigned char *meta = sqlite3_column_text(st, c0 + 3);
     out->meta = mc_strdup(meta ? (const char *)meta : "{}");
     if (!out->meta)
         return mc_err_set(err, MC_ENOMEM, "tenant %s: out of memory", out->id);
     return MC_OK;
+}
+
+static int read_tenant_row(sqlite3_stmt *st, struct mc_store_tenant *out, struct mc_err *err) {
+    return read_tenant_cols(st, 0, out, err);
 }
 
 static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_store_tenant *out,
@@ -328,7 +369,7 @@ static int sq_tenant_get(void *be, const char *id, const char *name, struct mc_s
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", id ? id : name);
     else
         rc = sq_fail(q, src, "tenant get", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -342,8 +383,8 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
     *out = NULL;
     *n = 0;
     sq_lock(q);
-    int rc = sq_prepare(q, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st,
-                        err);
+    int rc =
+        sq_prepare(q, "SELECT id, name, created_ms, meta FROM tenants ORDER BY name", &st, err);
     if (rc != MC_OK)
         goto out_unlock;
     int src;
@@ -356,7 +397,7 @@ static int sq_tenant_list(void *be, struct mc_store_tenant **out, size_t *n, str
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "tenant list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -410,8 +451,25 @@ static int sq_dk_get(void *be, const char *tenant_id, uint8_t out[MC_STORE_WRAPP
     } else {
         rc = sq_fail(q, src, "data key get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
+    sq_unlock(q);
+    return rc;
+}
+
+static int sq_dk_put(void *be, const char *tenant_id,
+                     const uint8_t wrapped[MC_STORE_WRAPPED_DK_BYTES], struct mc_err *err) {
+    struct sq *q = be;
+    sqlite3_stmt *st;
+    sq_lock(q);
+    int rc = sq_prepare(q, "UPDATE tenant_keys SET wrapped = ? WHERE tenant_id = ?", &st, err);
+    if (rc == MC_OK) {
+        sqlite3_bind_blob(st, 1, wrapped, MC_STORE_WRAPPED_DK_BYTES, SQLITE_STATIC);
+        bind_text(st, 2, tenant_id);
+        rc = sq_done(q, st, "data key put", err);
+    }
+    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+        rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s has no data key", tenant_id);
     sq_unlock(q);
     return rc;
 }
@@ -426,6 +484,17 @@ static int sq_exec1(struct sq *q, const char *sql, const char *arg, struct mc_er
     return sq_done(q, st, sql, err);
 }
 
+/* True when a tenant row with this id exists (false on any error). */
+static int tenant_exists(struct sq *q, const char *id) {
+    sqlite3_stmt *st;
+    if (sq_prepare(q, "SELECT 1 FROM tenants WHERE id = ?", &st, NULL) != MC_OK)
+        return 0;
+    bind_text(st, 1, id);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sq_release(q, st);
+    return found;
+}
+
 static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
     struct sq *q = be;
     sq_lock(q);
@@ -433,7 +502,10 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
         sq_unlock(q);
         return mc_err_set(err, MC_EINVAL, "a tenant cannot be deleted inside a transaction");
     }
-    int rc = sq_exec(q, "BEGIN IMMEDIATE", err);
+    /* FULL syncs the WAL at this commit: the shredding must survive a power loss. */
+    int rc = sq_exec(q, "PRAGMA synchronous=FULL", err);
+    if (rc == MC_OK)
+        rc = sq_exec(q, "BEGIN IMMEDIATE", err);
     if (rc != MC_OK)
         goto out_unlock;
 
@@ -443,7 +515,9 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
                   "UPDATE tenant_keys SET wrapped = randomblob(length(wrapped)) "
                   "WHERE tenant_id = ?",
                   tenant_id, err);
-    if (rc == MC_OK && sqlite3_changes(q->db) == 0)
+    /* No key but a tenant row: an earlier delete shredded the key and stopped before the
+     * purge; let this one finish the job. */
+    if (rc == MC_OK && sqlite3_changes(q->db) == 0 && !tenant_exists(q, tenant_id))
         rc = mc_err_set(err, MC_ENOTFOUND, "tenant %s not found", tenant_id);
     if (rc == MC_OK)
         rc = sq_exec1(q, "DELETE FROM tenant_keys WHERE tenant_id = ?", tenant_id, err);
@@ -453,6 +527,7 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
         sq_exec(q, "ROLLBACK", NULL);
         goto out_unlock;
     }
+    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
 
     /* Older page images (with the key) may still sit in the WAL: copy the WAL into the
      * database and truncate it. Another process reading at this moment can stop the
@@ -464,16 +539,15 @@ static int sq_dk_shred(void *be, const char *tenant_id, struct mc_err *err) {
                     "tenant=%s sqlite=%d wal_frames=%d checkpointed=%d", tenant_id, src, n_log,
                     n_ckpt);
 out_unlock:
+    sq_exec(q, "PRAGMA synchronous=NORMAL", NULL);
     sq_unlock(q);
     return rc;
 }
 
 static int sq_tenant_purge(void *be, const char *tenant_id, struct mc_err *err) {
     static const char *const sql[] = {
-        "DELETE FROM objects WHERE tenant_id = ?",
-        "DELETE FROM api_keys WHERE tenant_id = ?",
-        "DELETE FROM usage WHERE tenant_id = ?",
-        "DELETE FROM tenant_keys WHERE tenant_id = ?",
+        "DELETE FROM objects WHERE tenant_id = ?", "DELETE FROM api_keys WHERE tenant_id = ?",
+        "DELETE FROM usage WHERE tenant_id = ?",   "DELETE FROM tenant_keys WHERE tenant_id = ?",
         "DELETE FROM tenants WHERE id = ?",
     };
     struct sq *q = be;
@@ -521,8 +595,7 @@ static void read_key_row(sqlite3_stmt *st, struct mc_store_key *out) {
     out->revoked_ms = sqlite3_column_int64(st, 4);
 }
 
-static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out,
-                      struct mc_err *err) {
+static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
@@ -540,7 +613,36 @@ static int sq_key_get(void *be, const char *prefix, struct mc_store_key *out,
         rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
     else
         rc = sq_fail(q, src, "key get", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
+out_unlock:
+    sq_unlock(q);
+    return rc;
+}
+
+static int sq_key_lookup(void *be, const char *prefix, struct mc_store_key *key,
+                         struct mc_store_tenant *tenant, struct mc_err *err) {
+    struct sq *q = be;
+    sqlite3_stmt *st;
+    memset(tenant, 0, sizeof(*tenant));
+    sq_lock(q);
+    int rc = sq_prepare(q,
+                        "SELECT k.prefix, k.tenant_id, k.hash, k.created_ms, k.revoked_ms, t.id, "
+                        "t.name, t.created_ms, t.meta FROM api_keys k JOIN tenants t ON t.id = "
+                        "k.tenant_id WHERE k.prefix = ?",
+                        &st, err);
+    if (rc != MC_OK)
+        goto out_unlock;
+    bind_text(st, 1, prefix);
+    int src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+        read_key_row(st, key);
+        rc = read_tenant_cols(st, 5, tenant, err);
+    } else if (src == SQLITE_DONE) {
+        rc = mc_err_set(err, MC_ENOTFOUND, "key %s not found", prefix);
+    } else {
+        rc = sq_fail(q, src, "key lookup", err);
+    }
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
@@ -570,7 +672,7 @@ static int sq_key_list(void *be, const char *tenant_id, struct mc_store_key **ou
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "key list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -582,8 +684,8 @@ out_unlock:
     return MC_OK;
 }
 
-static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix,
-                         int64_t revoked_ms, struct mc_err *err) {
+static int sq_key_revoke(void *be, const char *tenant_id, const char *prefix, int64_t revoked_ms,
+                         struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
@@ -663,7 +765,7 @@ static int sq_usage_list(void *be, const char *tenant_id, int64_t day_from, int6
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "usage list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
@@ -679,34 +781,36 @@ out_unlock:
  * Objects */
 
 static void bind_obj_key(sqlite3_stmt *st, const char *tenant_id, const char *kind,
-                         const char *obj_id) {
+                         const char *key) {
     bind_text(st, 1, tenant_id);
     bind_text(st, 2, kind);
-    bind_text(st, 3, obj_id);
+    bind_text(st, 3, key);
 }
 
-static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const char *obj_id,
-                      const uint8_t *sealed, size_t n, struct mc_err *err) {
+static int sq_obj_put(void *be, const char *tenant_id, const char *kind, const char *key,
+                      const uint8_t *sealed_id, size_t n_id, const uint8_t *sealed, size_t n,
+                      struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    if (n > INT_MAX)
+    if (n > INT_MAX || n_id > INT_MAX)
         return mc_err_set(err, MC_ENOMEM, "object of %zu bytes exceeds the sqlite limit", n);
     sq_lock(q);
     int rc = sq_prepare(q,
-                        "INSERT INTO objects(tenant_id, kind, obj_id, sealed) VALUES(?, ?, ?, ?) "
-                        "ON CONFLICT(tenant_id, kind, obj_id) DO UPDATE SET sealed = "
-                        "excluded.sealed",
+                        "INSERT INTO objects(tenant_id, kind, obj_key, sealed_id, sealed) "
+                        "VALUES(?, ?, ?, ?, ?) ON CONFLICT(tenant_id, kind, obj_key) DO UPDATE "
+                        "SET sealed_id = excluded.sealed_id, sealed = excluded.sealed",
                         &st, err);
     if (rc == MC_OK) {
-        bind_obj_key(st, tenant_id, kind, obj_id);
-        sqlite3_bind_blob(st, 4, sealed, (int)n, SQLITE_STATIC);
+        bind_obj_key(st, tenant_id, kind, key);
+        sqlite3_bind_blob(st, 4, sealed_id, (int)n_id, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 5, sealed, (int)n, SQLITE_STATIC);
         rc = sq_done(q, st, "object put", err);
     }
     sq_unlock(q);
     return rc;
 }
 
-static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const char *obj_id,
+static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const char *key,
                       uint8_t **sealed, size_t *n, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
@@ -715,11 +819,11 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     sq_lock(q);
     int rc = sq_prepare(q,
                         "SELECT sealed FROM objects WHERE tenant_id = ? AND kind = ? AND "
-                        "obj_id = ?",
+                        "obj_key = ?",
                         &st, err);
     if (rc != MC_OK)
         goto out_unlock;
-    bind_obj_key(st, tenant_id, kind, obj_id);
+    bind_obj_key(st, tenant_id, kind, key);
     int src = sqlite3_step(st);
     if (src == SQLITE_ROW) {
         size_t len = (size_t)sqlite3_column_bytes(st, 0);
@@ -736,24 +840,24 @@ static int sq_obj_get(void *be, const char *tenant_id, const char *kind, const c
     } else {
         rc = sq_fail(q, src, "object get", err);
     }
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     return rc;
 }
 
-static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char ***ids,
-                       size_t *n, struct mc_err *err) {
+static int sq_obj_list(void *be, const char *tenant_id, const char *kind,
+                       struct mc_store_obj_ref **out, size_t *n, struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
-    char **rows = NULL;
+    struct mc_store_obj_ref *rows = NULL;
     size_t cap = 0, len = 0;
-    *ids = NULL;
+    *out = NULL;
     *n = 0;
     sq_lock(q);
     int rc = sq_prepare(q,
-                        "SELECT obj_id FROM objects WHERE tenant_id = ? AND kind = ? "
-                        "ORDER BY obj_id",
+                        "SELECT obj_key, sealed_id FROM objects WHERE tenant_id = ? AND "
+                        "kind = ? ORDER BY obj_key",
                         &st, err);
     if (rc != MC_OK)
         goto out_unlock;
@@ -764,36 +868,41 @@ static int sq_obj_list(void *be, const char *tenant_id, const char *kind, char *
         rc = grow((void **)&rows, &cap, len + 1, sizeof(*rows), err);
         if (rc != MC_OK)
             break;
-        const unsigned char *id = sqlite3_column_text(st, 0);
-        rows[len] = mc_strdup(id ? (const char *)id : "");
-        if (!rows[len])
+        struct mc_store_obj_ref *r = &rows[len];
+        memset(r, 0, sizeof(*r));
+        copy_text(r->key, sizeof(r->key), sqlite3_column_text(st, 0));
+        r->n_sealed_id = (size_t)sqlite3_column_bytes(st, 1);
+        r->sealed_id = mc_malloc(r->n_sealed_id ? r->n_sealed_id : 1);
+        if (!r->sealed_id) {
             rc = mc_err_set(err, MC_ENOMEM, "object list: out of memory");
-        else
-            len++;
+            break;
+        }
+        memcpy(r->sealed_id, sqlite3_column_blob(st, 1), r->n_sealed_id);
+        len++;
     }
     if (rc == MC_OK && src != SQLITE_DONE)
         rc = sq_fail(q, src, "object list", err);
-    sqlite3_finalize(st);
+    sq_release(q, st);
 out_unlock:
     sq_unlock(q);
     if (rc != MC_OK) {
-        mc_store_obj_list_free(rows, len);
+        mc_store_obj_refs_free(rows, len);
         return rc;
     }
-    *ids = rows;
+    *out = rows;
     *n = len;
     return MC_OK;
 }
 
-static int sq_obj_delete(void *be, const char *tenant_id, const char *kind, const char *obj_id,
+static int sq_obj_delete(void *be, const char *tenant_id, const char *kind, const char *key,
                          struct mc_err *err) {
     struct sq *q = be;
     sqlite3_stmt *st;
     sq_lock(q);
-    int rc = sq_prepare(q, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_id = ?",
+    int rc = sq_prepare(q, "DELETE FROM objects WHERE tenant_id = ? AND kind = ? AND obj_key = ?",
                         &st, err);
     if (rc == MC_OK) {
-        bind_obj_key(st, tenant_id, kind, obj_id);
+        bind_obj_key(st, tenant_id, kind, key);
         rc = sq_done(q, st, "object delete", err);
     }
     if (rc == MC_OK && sqlite3_changes(q->db) == 0)
@@ -818,10 +927,12 @@ static const struct mc_store_ops sqlite_ops = {
     .tenant_list = sq_tenant_list,
     .tenant_update = sq_tenant_update,
     .dk_get = sq_dk_get,
+    .dk_put = sq_dk_put,
     .dk_shred = sq_dk_shred,
     .tenant_purge = sq_tenant_purge,
     .key_insert = sq_key_insert,
     .key_get = sq_key_get,
+    .key_lookup = sq_key_lookup,
     .key_list = sq_key_list,
     .key_revoke = sq_key_revoke,
     .usage_add = sq_usage_add,
@@ -841,8 +952,7 @@ static int ensure_dir(const char *dir, struct mc_err *err) {
         return MC_OK;
     }
     if (mkdir(dir, 0700) != 0)
-        return mc_err_set(err, MC_EIO, "cannot create data directory %s: %s", dir,
-                          strerror(errno));
+        return mc_err_set(err, MC_EIO, "cannot create data directory %s: %s", dir, strerror(errno));
     return MC_OK;
 }
 
@@ -870,9 +980,8 @@ int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void 
                           strlen(dir));
     }
     /* FULLMUTEX is not needed: our own mutex serialises every use of the connection. */
-    int src = sqlite3_open_v2(path, &q->db,
-                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                              NULL);
+    int src = sqlite3_open_v2(
+        path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (src != SQLITE_OK) {
         rc = mc_err_set(err, MC_EIO, "cannot open %s: %s", path,
                         q->db ? sqlite3_errmsg(q->db) : sqlite3_errstr(src));
@@ -884,10 +993,11 @@ int mc_store_sqlite_open(const char *dir, const struct mc_store_ops **ops, void 
     chmod(path, 0600);
 
     /* WAL for concurrent readers; NORMAL sync is durable across process crashes and loses
-     * at most the last transactions on power loss; secure_delete zeroes freed content. */
+     * at most the last transactions on power loss; secure_delete zeroes freed content; a
+     * WAL grown by big objects is cut back to 64 MiB after each checkpoint. */
     rc = sq_exec(q,
                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
-                 "PRAGMA secure_delete=ON;",
+                 "PRAGMA secure_delete=ON; PRAGMA journal_size_limit=67108864;",
                  err);
     if (rc == MC_OK)
         rc = sq_exec(q, SCHEMA, err);

@@ -19,7 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define RENDER_MAX ((size_t)64 << 20) /* bytes of a rendered template */
+#define RENDER_MAX   ((size_t)64 << 20) /* bytes of a rendered template */
 #define VAR_NAME_MAX 64
 
 /* ---------------------------------------------------------------------------------------
@@ -66,8 +66,7 @@ static int sbuf_add(struct sbuf *b, const char *s, size_t n, struct mc_err *err)
             cap *= 2;
         char *p = mc_realloc(b->p, cap);
         if (!p)
-            return mc_err_set(err, MC_ENOMEM, "cannot grow a rendered template to %zu bytes",
-                              cap);
+            return mc_err_set(err, MC_ENOMEM, "cannot grow a rendered template to %zu bytes", cap);
         b->p = p;
         b->cap = cap;
     }
@@ -104,11 +103,11 @@ static int parse_ref(const char *tmpl, size_t i, const char **name, size_t *n_na
     while (tmpl[j] == ' ')
         j++;
     if (tmpl[j] != '}' || tmpl[j + 1] != '}')
-        return mc_err_set(err, MC_EINVAL,
-                          "template: variable at byte %zu is not closed by '}}'", i);
+        return mc_err_set(err, MC_EINVAL, "template: variable at byte %zu is not closed by '}}'",
+                          i);
     if (stop - start > VAR_NAME_MAX)
-        return mc_err_set(err, MC_EINVAL, "template: variable name at byte %zu exceeds %d bytes",
-                          i, VAR_NAME_MAX);
+        return mc_err_set(err, MC_EINVAL, "template: variable name at byte %zu exceeds %d bytes", i,
+                          VAR_NAME_MAX);
     *name = tmpl + start;
     *n_name = stop - start;
     *end = j + 2;
@@ -163,8 +162,8 @@ static int scan_template(const char *tmpl, const char *const *names, const char 
     return out ? sbuf_add(out, tmpl + lit, i - lit, err) : MC_OK;
 }
 
-int mc_front_render(const char *tmpl, const char *const *names, const char *const *values,
-                    size_t n, char **out, struct mc_err *err) {
+int mc_front_render(const char *tmpl, const char *const *names, const char *const *values, size_t n,
+                    char **out, struct mc_err *err) {
     struct sbuf b = {0};
     *out = NULL;
     int rc = sbuf_add(&b, "", 0, err);
@@ -227,8 +226,10 @@ int mc_front_check(const struct mc_front *f, struct mc_err *err) {
     for (size_t i = 0; rc == MC_OK && i < f->n_allowed_models; i++) {
         const char *m = f->allowed_models[i];
         if (!m || !*m || strlen(m) > 256)
-            rc = mc_err_set(err, MC_EINVAL, "front: allowed_models[%zu] is empty or longer "
-                            "than 256 bytes", i);
+            rc = mc_err_set(err, MC_EINVAL,
+                            "front: allowed_models[%zu] is empty or longer "
+                            "than 256 bytes",
+                            i);
     }
     return rc;
 }
@@ -375,8 +376,10 @@ int mc_front_from_json(const char *json, size_t n, struct mc_front *out, struct 
     json_error_t je;
     json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return mc_err_set(err, MC_EINVAL, "front: invalid JSON at byte %d (line %d, column "
-                          "%d): %s", je.position, je.line, je.column, je.text);
+        return mc_err_set(err, MC_EINVAL,
+                          "front: invalid JSON at byte %d (line %d, column "
+                          "%d): %s",
+                          je.position, je.line, je.column, je.text);
     int rc = MC_OK;
     if (!json_is_object(root))
         rc = mc_err_set(err, MC_EINVAL, "front: must be a JSON object");
@@ -397,8 +400,8 @@ int mc_front_to_json(const struct mc_front *f, char **out, struct mc_err *err) {
     *out = NULL;
     json_t *root = json_object();
     json_t *s = json_object();
-    if (f->system_prompt && json_object_set_new(root, "system_prompt",
-                                                json_string(f->system_prompt)) != 0)
+    if (f->system_prompt &&
+        json_object_set_new(root, "system_prompt", json_string(f->system_prompt)) != 0)
         goto out_utf8;
     if (f->template && json_object_set_new(root, "template", json_string(f->template)) != 0)
         goto out_utf8;
@@ -441,7 +444,8 @@ int mc_front_to_json(const struct mc_front *f, char **out, struct mc_err *err) {
         }
         json_object_set_new(root, "retrieval", r);
     }
-    char *text = json_dumps(root, JSON_COMPACT);
+    /* 15 significant digits print 0.7 as 0.7, not 0.69999999999999996. */
+    char *text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(root);
     if (!text)
         return mc_err_set(err, MC_ENOMEM, "front: out of memory writing JSON");

@@ -20,23 +20,23 @@
 #include <string.h>
 
 #define UNITS_PER_MIN 60000 /* milliseconds per minute */
-#define MS_PER_DAY 86400000LL
-#define LOAD_NUM 7          /* grow when used * 10 > cap * 7 */
-#define LOAD_DEN 10
-#define INITIAL_CAP 64
-#define TOKENS_MAX 1000000000000LL /* 10^12: token counts beyond this are refused */
+#define MS_PER_DAY    86400000LL
+#define LOAD_NUM      7 /* grow when used * 10 > cap * 7 */
+#define LOAD_DEN      10
+#define INITIAL_CAP   64
+#define TOKENS_MAX    1000000000000LL /* 10^12: token counts beyond this are refused */
 
 enum { SLOT_EMPTY = 0, SLOT_USED = 1, SLOT_DEAD = 2 };
 
 struct lstate {
     char id[MC_TENANT_ID_LEN + 1];
-    uint8_t slot;       /* SLOT_* */
-    int64_t req_level;  /* requests bucket, in units (<= rpm * 60000) */
-    int64_t tok_level;  /* tokens bucket, in units; below zero after an underestimate */
-    int64_t last_ms;    /* time of the last refill */
-    int64_t day;        /* UTC day that day_used counts */
-    int64_t day_used;   /* tokens charged on day */
-    int64_t active;     /* requests running */
+    uint8_t slot;      /* SLOT_* */
+    int64_t req_level; /* requests bucket, in units (<= rpm * 60000) */
+    int64_t tok_level; /* tokens bucket, in units; below zero after an underestimate */
+    int64_t last_ms;   /* time of the last refill */
+    int64_t day;       /* UTC day that day_used counts */
+    int64_t day_used;  /* tokens charged on day */
+    int64_t active;    /* requests running */
 };
 
 struct mc_limiter {
@@ -144,8 +144,8 @@ static int64_t wait_ms(int64_t level, int64_t limit, int64_t cost) {
     return (cost - level + limit - 1) / limit;
 }
 
-static void bring_up_to_date(struct mc_limiter *lim, struct lstate *s,
-                             const struct mc_limits *l, int64_t now_ms) {
+static void bring_up_to_date(struct mc_limiter *lim, struct lstate *s, const struct mc_limits *l,
+                             int64_t now_ms) {
     int64_t dt = now_ms > s->last_ms ? now_ms - s->last_ms : 0;
     if (l->rpm)
         s->req_level = refill(s->req_level, l->rpm, dt);
@@ -216,9 +216,8 @@ static void refuse(struct refusal *r, int64_t ms, const char *what, int64_t limi
     }
 }
 
-int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id,
-                     const struct mc_limits *limits, int64_t est_tokens, int64_t now_ms,
-                     int *retry_after_s, struct mc_err *err) {
+int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct mc_limits *limits,
+                     int64_t est_tokens, int64_t now_ms, int *retry_after_s, struct mc_err *err) {
     *retry_after_s = 0;
     int rc = check_id(tenant_id, err);
     if (rc == MC_OK)
@@ -246,8 +245,7 @@ int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id,
         refuse(&r, wait_ms(s->req_level, limits->rpm, UNITS_PER_MIN), "requests per minute",
                limits->rpm);
     if (limits->tpm)
-        refuse(&r, wait_ms(s->tok_level, limits->tpm, tok_cost), "tokens per minute",
-               limits->tpm);
+        refuse(&r, wait_ms(s->tok_level, limits->tpm, tok_cost), "tokens per minute", limits->tpm);
     if (limits->tpd && s->day_used > 0 && s->day_used + est_tokens > limits->tpd)
         refuse(&r, (s->day + 1) * MS_PER_DAY - now_ms, "tokens per day", limits->tpd);
 

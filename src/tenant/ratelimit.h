@@ -40,9 +40,8 @@ void mc_limiter_free(struct mc_limiter *lim);
  * mc_limit_release exactly once when it ends. On MC_ELIMIT nothing is charged,
  * *retry_after_s (>= 1) says when the limit that refused will allow it, and err names
  * that limit ("tokens per minute limit 1000 reached"). MC_EINVAL on bad arguments. */
-int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id,
-                     const struct mc_limits *limits, int64_t est_tokens, int64_t now_ms,
-                     int *retry_after_s, struct mc_err *err);
+int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct mc_limits *limits,
+                     int64_t est_tokens, int64_t now_ms, int *retry_after_s, struct mc_err *err);
 
 /* Ends a request admitted by mc_limit_acquire: frees its concurrency slot and charges
  * actual_tokens in place of est_tokens to the minute and day counters. Counts are

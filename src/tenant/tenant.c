@@ -23,12 +23,12 @@
 #include <string.h>
 #include <time.h>
 
-#define FRONT_KIND "front"
-#define KEY_PREFIX "mcai_"
-#define KEY_RANDOM_BYTES 32
+#define FRONT_KIND        "front"
+#define KEY_PREFIX        "mcai_"
+#define KEY_RANDOM_BYTES  32
 #define KEY_SECRET_IN_MAX 256
-#define LIMIT_MAX 1000000000000LL /* 10^12: keeps the limiter's integer buckets in range */
-#define WEIGHT_MAX 1000
+#define LIMIT_MAX         1000000000000LL /* 10^12: keeps the limiter's integer buckets in range */
+#define WEIGHT_MAX        1000
 
 struct mc_tenants {
     struct mc_store *store;
@@ -82,8 +82,8 @@ void mc_tenants_set_clock(struct mc_tenants *tn, int64_t (*now_ms)(void)) {
 }
 
 /* Sends an audit event; details (a jansson object) is consumed. */
-static int audit(struct mc_tenants *tn, const char *action, const char *tenant_id,
-                 json_t *details, struct mc_err *err) {
+static int audit(struct mc_tenants *tn, const char *action, const char *tenant_id, json_t *details,
+                 struct mc_err *err) {
     int rc = MC_OK;
     if (tn->audit_fn) {
         char *text = details ? json_dumps(details, JSON_COMPACT) : NULL;
@@ -437,8 +437,10 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
     char prefix[MC_KEY_PREFIX_LEN + 1];
     memcpy(prefix, secret, MC_KEY_PREFIX_LEN);
     prefix[MC_KEY_PREFIX_LEN] = '\0';
+    /* One read for the key row and its tenant's row. */
     struct mc_store_key row;
-    int rc = mc_store_key_get(tn->store, prefix, &row, err);
+    struct mc_store_tenant trow;
+    int rc = mc_store_key_lookup(tn->store, prefix, &row, &trow, err);
     if (rc != MC_OK && rc != MC_ENOTFOUND)
         return rc; /* the store failed: not the caller's fault, so not MC_EPERM */
 
@@ -446,13 +448,12 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
     uint8_t hash[MC_STORE_HASH_BYTES];
     mc_store_hash_secret(tn->store, secret, hash);
     int match = mc_crypto_equal(hash, row.hash, MC_STORE_HASH_BYTES);
-    if (rc == MC_ENOTFOUND || !match || row.revoked_ms != 0)
-        return mc_err_set(err, MC_EPERM, refused);
-
     struct mc_tenant_info t;
-    rc = mc_tenant_get(tn, row.tenant_id, &t, err);
-    if (rc == MC_ENOTFOUND)
-        return mc_err_set(err, MC_EPERM, refused);
+    if (rc == MC_OK && match && row.revoked_ms == 0)
+        rc = info_from_row(&trow, &t, err);
+    else
+        rc = mc_err_set(err, MC_EPERM, refused);
+    mc_store_tenant_clear(&trow);
     if (rc != MC_OK)
         return rc;
     if (tenant_out)
@@ -462,8 +463,8 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
     return MC_OK;
 }
 
-int mc_key_list(struct mc_tenants *tn, const char *tenant_id, struct mc_key_info **out,
-                size_t *n, struct mc_err *err) {
+int mc_key_list(struct mc_tenants *tn, const char *tenant_id, struct mc_key_info **out, size_t *n,
+                struct mc_err *err) {
     struct mc_store_key *rows;
     size_t n_rows;
     *out = NULL;
@@ -528,8 +529,8 @@ int mc_front_set(struct mc_tenants *tn, const char *tenant_id, const struct mc_f
                  err);
 }
 
-int mc_front_get(struct mc_tenants *tn, const char *tenant_id, int version,
-                 struct mc_front *out, int *version_out, struct mc_err *err) {
+int mc_front_get(struct mc_tenants *tn, const char *tenant_id, int version, struct mc_front *out,
+                 int *version_out, struct mc_err *err) {
     mc_front_init(out);
     if (version < 0)
         return mc_err_set(err, MC_EINVAL, "front version %d is negative", version);
@@ -574,15 +575,14 @@ void mc_usage_day_string(int64_t day, char buf[11]) {
     snprintf(buf, 11, "%04u-%02u-%02u", y, m, d);
 }
 
-int mc_usage_record(struct mc_tenants *tn, const char *tenant_id, int64_t now_ms,
-                    int64_t requests, int64_t prompt_tokens, int64_t completion_tokens,
-                    struct mc_err *err) {
-    return mc_store_usage_add(tn->store, tenant_id, mc_usage_day(now_ms), requests,
-                              prompt_tokens, completion_tokens, err);
+int mc_usage_record(struct mc_tenants *tn, const char *tenant_id, int64_t now_ms, int64_t requests,
+                    int64_t prompt_tokens, int64_t completion_tokens, struct mc_err *err) {
+    return mc_store_usage_add(tn->store, tenant_id, mc_usage_day(now_ms), requests, prompt_tokens,
+                              completion_tokens, err);
 }
 
-int mc_usage_list(struct mc_tenants *tn, const char *tenant_id, int64_t day_from,
-                  int64_t day_to, struct mc_usage **out, size_t *n, struct mc_err *err) {
+int mc_usage_list(struct mc_tenants *tn, const char *tenant_id, int64_t day_from, int64_t day_to,
+                  struct mc_usage **out, size_t *n, struct mc_err *err) {
     struct mc_store_usage *rows;
     size_t n_rows;
     *out = NULL;

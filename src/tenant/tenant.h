@@ -23,12 +23,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_TENANT_ID_LEN 18 /* "t_" + 16 hex digits */
-#define MC_TENANT_NAME_MAX MC_STORE_NAME_MAX
-#define MC_KEY_PREFIX_LEN 13  /* "mcai_" + 8 characters */
-#define MC_KEY_SECRET_LEN 48  /* "mcai_" + 43 characters */
+#define MC_TENANT_ID_LEN    18 /* "t_" + 16 hex digits */
+#define MC_TENANT_NAME_MAX  MC_STORE_NAME_MAX
+#define MC_KEY_PREFIX_LEN   13 /* "mcai_" + 8 characters */
+#define MC_KEY_SECRET_LEN   48 /* "mcai_" + 43 characters */
 #define MC_FRONT_MAX_MODELS 64
-#define MC_FRONT_TEXT_MAX (256 * 1024) /* bytes of system prompt or template */
+#define MC_FRONT_TEXT_MAX   (256 * 1024) /* bytes of system prompt or template */
 
 /* Per-tenant limits; 0 means unlimited. */
 struct mc_limits {
@@ -51,12 +51,12 @@ struct mc_tenant_info {
 /* A front: how a tenant's requests are shaped. Strings are owned by the struct (free with
  * mc_front_deinit). A numeric field that is not set holds the value named beside it. */
 struct mc_front {
-    char *system_prompt; /* NULL: none */
-    char *template;      /* NULL: none; "{{name}}" variables, see mc_front_render */
-    double temperature;  /* < 0: not set */
-    double top_p;        /* < 0: not set */
-    int top_k;           /* < 0: not set */
-    double min_p;        /* < 0: not set */
+    char *system_prompt;      /* NULL: none */
+    char *template;           /* NULL: none; "{{name}}" variables, see mc_front_render */
+    double temperature;       /* < 0: not set */
+    double top_p;             /* < 0: not set */
+    int top_k;                /* < 0: not set */
+    double min_p;             /* < 0: not set */
     double repeat_penalty;    /* < 0: not set */
     double presence_penalty;  /* NAN: not set */
     double frequency_penalty; /* NAN: not set */
@@ -153,8 +153,8 @@ int mc_key_lookup(struct mc_tenants *tn, const char *secret, struct mc_tenant_in
                   struct mc_key_info *key_out, struct mc_err *err);
 
 /* The keys of a tenant, oldest first, into a new array (free with mc_free). */
-int mc_key_list(struct mc_tenants *tn, const char *tenant_id, struct mc_key_info **out,
-                size_t *n, struct mc_err *err);
+int mc_key_list(struct mc_tenants *tn, const char *tenant_id, struct mc_key_info **out, size_t *n,
+                struct mc_err *err);
 
 /* Revokes a tenant's key by prefix; effective for the next mc_key_lookup in any thread
  * or process. MC_ENOTFOUND when the tenant has no key with this prefix. */
@@ -199,8 +199,8 @@ int mc_front_set(struct mc_tenants *tn, const char *tenant_id, const struct mc_f
 /* Reads version `version` of a tenant's front (0: the current one) into *out (init'ed
  * by this call; deinit it). *version_out (may be NULL) gets the version read.
  * MC_ENOTFOUND for an unknown tenant or version. */
-int mc_front_get(struct mc_tenants *tn, const char *tenant_id, int version,
-                 struct mc_front *out, int *version_out, struct mc_err *err);
+int mc_front_get(struct mc_tenants *tn, const char *tenant_id, int version, struct mc_front *out,
+                 int *version_out, struct mc_err *err);
 
 /* True when the front allows this model name (an empty list allows every model). */
 bool mc_front_allows_model(const struct mc_front *f, const char *model);
@@ -212,8 +212,8 @@ bool mc_front_allows_model(const struct mc_front *f, const char *model);
  * names[0..n) is MC_EINVAL ("template variable 'x' at byte 12 is not defined"); a "{{"
  * that does not start a valid reference is MC_EINVAL with its byte offset. The result is
  * a new string *out (mc_free). */
-int mc_front_render(const char *tmpl, const char *const *names, const char *const *values,
-                    size_t n, char **out, struct mc_err *err);
+int mc_front_render(const char *tmpl, const char *const *names, const char *const *values, size_t n,
+                    char **out, struct mc_err *err);
 
 /* ---------------------------------------------------------------------------------------
  * Usage */
@@ -233,14 +233,13 @@ int64_t mc_usage_day(int64_t now_ms);
 void mc_usage_day_string(int64_t day, char buf[11]);
 
 /* Adds one finished request's counts to the tenant's row for the day of now_ms. */
-int mc_usage_record(struct mc_tenants *tn, const char *tenant_id, int64_t now_ms,
-                    int64_t requests, int64_t prompt_tokens, int64_t completion_tokens,
-                    struct mc_err *err);
+int mc_usage_record(struct mc_tenants *tn, const char *tenant_id, int64_t now_ms, int64_t requests,
+                    int64_t prompt_tokens, int64_t completion_tokens, struct mc_err *err);
 
 /* Usage rows for day_from..day_to (inclusive) of one tenant (tenant_id non-NULL, the
  * tenant's own view) or of every tenant (NULL, the operator's view), into a new array
  * (free with mc_free). */
-int mc_usage_list(struct mc_tenants *tn, const char *tenant_id, int64_t day_from,
-                  int64_t day_to, struct mc_usage **out, size_t *n, struct mc_err *err);
+int mc_usage_list(struct mc_tenants *tn, const char *tenant_id, int64_t day_from, int64_t day_to,
+                  struct mc_usage **out, size_t *n, struct mc_err *err);
 
 #endif
