@@ -49,8 +49,8 @@ static void rm_rf(const char *dir) {
 /* A deterministic embedder: each lower-cased word adds +1 to a dimension chosen by its
  * hash, so texts sharing words are close; good enough to test the plumbing exactly. */
 #define BOW_DIM 64
-static int bow_embed(void *ctx, const char *const *texts, const size_t *lens, size_t n,
-                     float *out, struct mc_err *err) {
+static int bow_embed(void *ctx, const char *const *texts, const size_t *lens, size_t n, float *out,
+                     struct mc_err *err) {
     (void)ctx;
     (void)err;
     for (size_t i = 0; i < n; i++) {
@@ -131,8 +131,7 @@ static void ingest_ok(struct mc_kb *kb, const struct mc_kb_doc_in *d, size_t n, 
         fail_msg("ingest: %s", err.msg);
 }
 
-static void search(struct mc_kb *kb, const char *q, int mode, size_t k,
-                   struct mc_kb_results *r) {
+static void search(struct mc_kb *kb, const char *q, int mode, size_t k, struct mc_kb_results *r) {
     struct mc_err err = {0};
     struct mc_kb_query qq = {q, strlen(q), mode, k, false, true, 0};
     int rc = mc_kb_search(kb, &qq, r, &err);
@@ -413,8 +412,8 @@ static void test_kb_nothing_plaintext_under_data_dir(void **state) {
     d.title = "Title-Snollygoster";
     d.meta = "{\"owner\": \"Meta-Gobbledygook\"}";
     ingest_ok(kb, &d, 1, 0);
-    const char *needles[] = {"Quokkaburrow", "Marmalade", "Xylophagous", "Snollygoster",
-                             "Gobbledygook", "merger closes"};
+    const char *needles[] = {"Quokkaburrow", "Marmalade",    "Xylophagous",
+                             "Snollygoster", "Gobbledygook", "merger closes"};
     int n_files = 0;
     for (size_t i = 0; i < sizeof(needles) / sizeof(needles[0]); i++)
         assert_int_equal(files_containing(f->dir, needles[i], strlen(needles[i]), &n_files), 0);
@@ -608,9 +607,10 @@ static void test_kb_unload_and_reload_give_identical_results(void **state) {
     struct fx *f = *state;
     struct mc_kbs *s = kbs_new(f, f->emb);
     struct mc_kb *kb = kb_open(s, "t_a");
-    struct mc_kb_doc_in d[3] = {doc("whale", TEXT_WHALE), doc("volcano", TEXT_VOLCANO),
-                                doc("tea", TEXT_TEA)};
-    ingest_ok(kb, d, 3, 0);
+    /* "S" stems to nothing under Porter: it once made an index image that did not load. */
+    struct mc_kb_doc_in d[4] = {doc("whale", TEXT_WHALE), doc("volcano", TEXT_VOLCANO),
+                                doc("tea", TEXT_TEA), doc("addr", "230 S. Dearborn St. (s)")};
+    ingest_ok(kb, d, 4, 0);
     char *before = snapshot(kb);
     assert_int_equal(mc_kbs_n_loaded(s), 1);
     assert_false(mc_kbs_unload(s, "t_a")); /* held */
@@ -700,8 +700,8 @@ static void test_kb_caller_ids_round_trip_byte_for_byte(void **state) {
     static char long_id[MC_KB_ID_MAX];
     for (size_t i = 0; i < sizeof(long_id); i++)
         long_id[i] = (char)('a' + i % 26);
-    const char *ids[] = {"quote\"and\\backslash", "new\nline\ttab", "caf\xc3\xa9 \xe6\x97\xa5",
-                         "\xff\xfe raw bytes", "../../etc/passwd", "' OR 1=1 --"};
+    const char *ids[] = {"quote\"and\\backslash", "new\nline\ttab",   "caf\xc3\xa9 \xe6\x97\xa5",
+                         "\xff\xfe raw bytes",    "../../etc/passwd", "' OR 1=1 --"};
     size_t n_ids = sizeof(ids) / sizeof(ids[0]);
     struct mc_kb_doc_in d[8];
     for (size_t i = 0; i < n_ids; i++)
@@ -799,8 +799,8 @@ static void test_kb_dense_search_with_stories260k(void **state) {
     char path[512];
     struct mc_model *m = NULL;
     struct mc_err err = {0};
-    if (mc_model_load(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &m,
-                      &err) != MC_OK)
+    if (mc_model_load(test_shared_path(path, sizeof(path), "models/stories260K.gguf"), &m, &err) !=
+        MC_OK)
         fail_msg("model: %s", err.msg);
     struct mc_embedder *emb = NULL;
     assert_int_equal(mc_embedder_create(m, 1, 0, &emb, &err), MC_OK);
@@ -862,9 +862,9 @@ static void test_kb_prompt_numbers_sources(void **state) {
     char *p;
     size_t n;
     struct mc_err err = {0};
-    assert_int_equal(mc_kb_prompt("S:\n{{sources}}Q: {{question}} {{other}}", "How?", 4, &r, &p,
-                                  &n, &err),
-                     MC_OK);
+    assert_int_equal(
+        mc_kb_prompt("S:\n{{sources}}Q: {{question}} {{other}}", "How?", 4, &r, &p, &n, &err),
+        MC_OK);
     assert_string_equal(p, "S:\n[1] Tea\nGreen tea is steamed.\n\n[2] Oolong is oxidised.\n\n"
                            "Q: How? {{other}}");
     assert_int_equal(n, strlen(p));
@@ -898,8 +898,7 @@ static void test_kb_retrieval_settings_parse(void **state) {
         {"[]", "retrieval must be a JSON object"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(mc_kb_retrieval_parse(bad[i][0], strlen(bad[i][0]), &r, &err),
-                         MC_EINVAL);
+        assert_int_equal(mc_kb_retrieval_parse(bad[i][0], strlen(bad[i][0]), &r, &err), MC_EINVAL);
         assert_string_equal(err.msg, bad[i][1]);
         mc_kb_retrieval_deinit(&r);
     }
@@ -931,8 +930,8 @@ static size_t ingest_dir(struct mc_kb *kb, const char *dir) {
         fclose(fp);
         struct mc_extract_doc x;
         assert_int_equal(mc_extract(type, buf, len, &x, &err), MC_OK);
-        struct mc_kb_doc_in in = {e->d_name, strlen(e->d_name), x.text, x.len, x.title, x.meta,
-                                  "text/markdown"};
+        struct mc_kb_doc_in in = {e->d_name, strlen(e->d_name), x.text, x.len, x.title,
+                                  x.meta,    "text/markdown"};
         if (mc_kb_ingest(kb, &in, 1, 0, NULL, NULL, NULL, &err) != MC_OK)
             fail_msg("%s: %s", e->d_name, err.msg);
         mc_extract_doc_deinit(&x);
@@ -947,7 +946,8 @@ static void test_kb_enterprise_docs_two_tenants(void **state) {
     struct mc_kbs *s = kbs_new(f, NULL);
     struct mc_kb *a = kb_open(s, "t_a"), *b = kb_open(s, "t_b");
     char dir[512];
-    size_t na = ingest_dir(a, test_shared_path(dir, sizeof(dir), "data/enterprise_docs/18f_handbook"));
+    size_t na =
+        ingest_dir(a, test_shared_path(dir, sizeof(dir), "data/enterprise_docs/18f_handbook"));
     size_t nb = ingest_dir(b, test_shared_path(dir, sizeof(dir), "data/enterprise_docs/curl_docs"));
     assert_true(na > 40);
     assert_true(nb > 40);
@@ -988,16 +988,14 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_kb_chunks_long_documents_with_headings, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_kb_tenants_never_see_each_other, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_kb_nothing_plaintext_under_data_dir, setup,
+        cmocka_unit_test_setup_teardown(test_kb_nothing_plaintext_under_data_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kb_ingest_is_atomic_under_allocation_failures, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_kb_ingest_is_atomic_under_allocation_failures,
-                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_kb_duplicate_id_in_batch_writes_nothing, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_kb_existing_id_needs_upsert_and_upsert_replaces,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_kb_deleted_document_never_returned, setup,
+        cmocka_unit_test_setup_teardown(test_kb_existing_id_needs_upsert_and_upsert_replaces, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_kb_deleted_document_never_returned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kb_unload_and_reload_give_identical_results, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_kb_budget_unloads_least_recently_used, setup,

@@ -21,9 +21,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#define MAX_ROWS 64                     /* rows per forward call */
-#define KV_POOL 16                      /* KV caches at most */
-#define KV_BUDGET_BYTES ((size_t)256 << 20)
+#define MAX_ROWS           64 /* rows per forward call */
+#define KV_POOL            16 /* KV caches at most */
+#define KV_BUDGET_BYTES    ((size_t)256 << 20)
 #define DEFAULT_MAX_TOKENS 512
 
 struct mc_embedder {

@@ -25,9 +25,9 @@
 #include <string.h>
 #include <strings.h>
 
-#define HTML_MAX_DEPTH 512         /* deeper elements are skipped */
+#define HTML_MAX_DEPTH   512        /* deeper elements are skipped */
 #define FRONT_MATTER_MAX (64 << 10) /* bytes of front matter read as metadata */
-#define HTML_MAX_BYTES ((size_t)INT32_MAX)
+#define HTML_MAX_BYTES   ((size_t)INT32_MAX)
 
 /* ---------------------------------------------------------------------------------------
  * A growable text buffer */
@@ -88,8 +88,10 @@ int mc_extract_type_from_media(const char *media_type) {
         const char *name;
         int type;
     } map[] = {
-        {"text/plain", MC_EXTRACT_TEXT},          {"text/markdown", MC_EXTRACT_MARKDOWN},
-        {"text/x-markdown", MC_EXTRACT_MARKDOWN}, {"text/html", MC_EXTRACT_HTML},
+        {"text/plain", MC_EXTRACT_TEXT},
+        {"text/markdown", MC_EXTRACT_MARKDOWN},
+        {"text/x-markdown", MC_EXTRACT_MARKDOWN},
+        {"text/html", MC_EXTRACT_HTML},
         {"application/xhtml+xml", MC_EXTRACT_HTML},
     };
     if (!media_type)
@@ -108,7 +110,7 @@ int mc_extract_type_from_path(const char *path) {
         const char *ext;
         int type;
     } map[] = {
-        {"txt", MC_EXTRACT_TEXT},      {"text", MC_EXTRACT_TEXT}, {"md", MC_EXTRACT_MARKDOWN},
+        {"txt", MC_EXTRACT_TEXT},          {"text", MC_EXTRACT_TEXT}, {"md", MC_EXTRACT_MARKDOWN},
         {"markdown", MC_EXTRACT_MARKDOWN}, {"html", MC_EXTRACT_HTML}, {"htm", MC_EXTRACT_HTML},
         {"xhtml", MC_EXTRACT_HTML},
     };
@@ -308,12 +310,12 @@ static bool name_in(const xmlChar *name, const char *const *set) {
     return false;
 }
 
-static const char *const DROPPED[] = {"script", "style", "noscript", "template", "head",
-                                      "svg", "iframe", "object", NULL};
+static const char *const DROPPED[] = {"script", "style",  "noscript", "template", "head",
+                                      "svg",    "iframe", "object",   NULL};
 static const char *const BLOCKS[] = {
-    "address", "article", "aside",  "blockquote", "body",   "br",      "dd",     "div",
-    "dl",      "dt",      "figure", "figcaption", "footer", "form",    "header", "hr",
-    "li",      "main",    "nav",    "ol",         "p",      "pre",     "section", "table",
+    "address", "article", "aside",  "blockquote", "body",    "br",      "dd",      "div",
+    "dl",      "dt",      "figure", "figcaption", "footer",  "form",    "header",  "hr",
+    "li",      "main",    "nav",    "ol",         "p",       "pre",     "section", "table",
     "tr",      "ul",      "td",     "th",         "caption", "details", "summary", NULL};
 
 /* Appends text, collapsing white space runs to one space outside pre. */
@@ -401,8 +403,9 @@ static void walk(xmlNode *n, struct html_walk *w, int depth) {
         }
 
         bool block = name_in(n->name, BLOCKS);
-        bool para = block && (strcasecmp(name, "p") == 0 || strcasecmp(name, "pre") == 0 ||
-                              strcasecmp(name, "table") == 0 || strcasecmp(name, "blockquote") == 0);
+        bool para =
+            block && (strcasecmp(name, "p") == 0 || strcasecmp(name, "pre") == 0 ||
+                      strcasecmp(name, "table") == 0 || strcasecmp(name, "blockquote") == 0);
         bool pre = strcasecmp(name, "pre") == 0;
         if (block)
             tb_break(&w->out, para);
@@ -432,8 +435,8 @@ static int extract_html(const char *data, size_t len, struct mc_extract_doc *out
         return mc_err_set(err, MC_EINVAL, "html document of %zu bytes exceeds the limit %zu", len,
                           HTML_MAX_BYTES);
     xmlInitParser();
-    int opts = HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING |
-               HTML_PARSE_NONET | HTML_PARSE_NOBLANKS;
+    int opts = HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_NONET |
+               HTML_PARSE_NOBLANKS;
     htmlDocPtr doc = htmlReadMemory(data, (int)len, NULL, "UTF-8", opts);
     if (!doc) {
         if (len == 0)

@@ -34,10 +34,10 @@
 #include <string.h>
 #include <time.h>
 
-#define MANIFEST_MAGIC "MCKBMAN1"
-#define KIND_KB "kb"
-#define KIND_DOC "kbdoc"
-#define EMBED_BATCH 64 /* chunks per mc_embed call */
+#define MANIFEST_MAGIC     "MCKBMAN1"
+#define KIND_KB            "kb"
+#define KIND_DOC           "kbdoc"
+#define EMBED_BATCH        64 /* chunks per mc_embed call */
 #define MAX_CHUNKS_PER_DOC (1u << 24)
 
 struct mc_kb {
@@ -47,9 +47,9 @@ struct mc_kb {
 
     /* Set-owned fields, under the set lock. */
     int refs;
-    struct mc_kb *hnext;              /* hash chain */
+    struct mc_kb *hnext;               /* hash chain */
     struct mc_kb *lru_prev, *lru_next; /* most recent at the head */
-    size_t bytes;                     /* counted in the set's total */
+    size_t bytes;                      /* counted in the set's total */
 
     /* State, under the knowledge base's lock. */
     bool loaded;
@@ -371,8 +371,7 @@ static long find_doc(const struct mc_kb *kb, const char *id, size_t n) {
 /* ---------------------------------------------------------------------------------------
  * Manifest */
 
-static int manifest_write(const struct mc_kb *kb, uint8_t **out, size_t *len,
-                          struct mc_err *err) {
+static int manifest_write(const struct mc_kb *kb, uint8_t **out, size_t *len, struct mc_err *err) {
     struct wbuf b = {0};
     wb_put(&b, MANIFEST_MAGIC, 8);
     wb_u64(&b, kb->next_doc);
@@ -432,8 +431,8 @@ static struct kb_doc *manifest_doc(struct rbuf *r, bool *oom) {
         r->bad = "document fields";
         r->bad_off = r->off;
     }
-    if (!r->bad && !*oom && (d->n_chunks > MAX_CHUNKS_PER_DOC ||
-                             (r->n - r->off) / 28 < d->n_chunks)) {
+    if (!r->bad && !*oom &&
+        (d->n_chunks > MAX_CHUNKS_PER_DOC || (r->n - r->off) / 28 < d->n_chunks)) {
         r->bad = "chunk count";
         r->bad_off = r->off - 4;
     }
@@ -528,8 +527,7 @@ static int read_gen(struct mc_kb *kb, uint64_t *gen, struct mc_err *err) {
 }
 
 /* Reads one optional object; *data NULL when absent. */
-static int get_opt(struct mc_kb *kb, const char *obj, void **data, size_t *n,
-                   struct mc_err *err) {
+static int get_opt(struct mc_kb *kb, const char *obj, void **data, size_t *n, struct mc_err *err) {
     int rc = mc_store_obj_get(kb->set->store, kb->tenant, KIND_KB, obj, data, n, err);
     if (rc == MC_ENOTFOUND) {
         *data = NULL;
@@ -655,12 +653,10 @@ static int check_embedder(const struct mc_kb *kb, const struct mc_embedder *emb,
     if (!emb)
         return mc_err_set(err, MC_EINVAL, "knowledge base holds vectors of model '%s'; use it",
                           kb->embed_name);
-    if (strcmp(mc_embedder_name(emb), kb->embed_name) != 0 ||
-        mc_embedder_dim(emb) != kb->embed_dim)
-        return mc_err_set(err, MC_EINVAL,
-                          "knowledge base holds %d-d vectors from model '%s', not %d-d from '%s'",
-                          kb->embed_dim, kb->embed_name, mc_embedder_dim(emb),
-                          mc_embedder_name(emb));
+    if (strcmp(mc_embedder_name(emb), kb->embed_name) != 0 || mc_embedder_dim(emb) != kb->embed_dim)
+        return mc_err_set(
+            err, MC_EINVAL, "knowledge base holds %d-d vectors from model '%s', not %d-d from '%s'",
+            kb->embed_dim, kb->embed_name, mc_embedder_dim(emb), mc_embedder_name(emb));
     return MC_OK;
 }
 
@@ -832,8 +828,7 @@ static void entry_drop(struct mc_kbs *s, struct mc_kb *kb) {
 
 /* Unloads entries nobody holds, least recently used first, while over the budget. */
 static void evict_locked(struct mc_kbs *s) {
-    for (struct mc_kb *kb = s->lru_tail, *prev; kb && s->bytes > s->cfg.budget_bytes;
-         kb = prev) {
+    for (struct mc_kb *kb = s->lru_tail, *prev; kb && s->bytes > s->cfg.budget_bytes; kb = prev) {
         prev = kb->lru_prev;
         if (kb->refs == 0)
             entry_drop(s, kb);
@@ -887,8 +882,8 @@ int mc_kb_open(struct mc_kbs *s, const char *tenant_id, struct mc_kb **out, stru
     *out = NULL;
     size_t n = tenant_id ? strlen(tenant_id) : 0;
     if (n == 0 || n > MC_STORE_ID_MAX)
-        return mc_err_set(err, MC_EINVAL, "tenant id must be 1..%d bytes, got %zu",
-                          MC_STORE_ID_MAX, n);
+        return mc_err_set(err, MC_EINVAL, "tenant id must be 1..%d bytes, got %zu", MC_STORE_ID_MAX,
+                          n);
     pthread_mutex_lock(&s->lock);
     struct mc_kb *kb = *bucket_of(s, tenant_id);
     while (kb && strcmp(kb->tenant, tenant_id) != 0)
@@ -1015,7 +1010,9 @@ static int doc_idx_cmp(const void *a, const void *b) {
     const struct mc_kb_doc_in *x = &sort_docs[*(const size_t *)a];
     const struct mc_kb_doc_in *y = &sort_docs[*(const size_t *)b];
     int c = id_cmp(x->id, x->id_len, y->id, y->id_len);
-    return c ? c : (*(const size_t *)a > *(const size_t *)b) - (*(const size_t *)a < *(const size_t *)b);
+    return c ? c
+             : (*(const size_t *)a > *(const size_t *)b) -
+                   (*(const size_t *)a < *(const size_t *)b);
 }
 
 static int check_doc(const struct mc_kb_doc_in *d, size_t i, struct mc_err *err) {
@@ -1027,8 +1024,8 @@ static int check_doc(const struct mc_kb_doc_in *d, size_t i, struct mc_err *err)
         return mc_err_set(err, MC_EINVAL, "document %zu: id holds a NUL byte at offset %zu", i,
                           (size_t)(nul - d->id));
     if (d->text_len > MC_KB_TEXT_MAX || (!d->text && d->text_len))
-        return mc_err_set(err, MC_EINVAL, "document %zu: text of %zu bytes exceeds the limit %d",
-                          i, d->text_len, MC_KB_TEXT_MAX);
+        return mc_err_set(err, MC_EINVAL, "document %zu: text of %zu bytes exceeds the limit %d", i,
+                          d->text_len, MC_KB_TEXT_MAX);
     long bad = utf8_invalid_at((const unsigned char *)d->text, d->text_len);
     if (bad >= 0)
         return mc_err_set(err, MC_EINVAL, "document %zu: text is not UTF-8 at byte %ld", i, bad);
@@ -1124,14 +1121,14 @@ static char *index_text(const char *title, const char *heading, const char *body
     return s;
 }
 
-static int chunk_doc(const struct mc_kbs *s, const struct mc_kb_doc_in *d,
-                     struct prep_chunk **out, size_t *n_out, struct mc_err *err) {
+static int chunk_doc(const struct mc_kbs *s, const struct mc_kb_doc_in *d, struct prep_chunk **out,
+                     size_t *n_out, struct mc_err *err) {
     struct mc_chunk_opts opts = {s->cfg.chunk_tokens, s->cfg.chunk_overlap, false};
     struct mc_chunk_list l = {0};
-    int rc = s->tok ? mc_chunk_split(d->text, d->text_len, &opts, tok_offsets, (void *)s->tok,
-                                     &l, err)
-                    : mc_chunk_split(d->text, d->text_len, &opts, mc_chunk_tokenize_words, NULL,
-                                     &l, err);
+    int rc =
+        s->tok
+            ? mc_chunk_split(d->text, d->text_len, &opts, tok_offsets, (void *)s->tok, &l, err)
+            : mc_chunk_split(d->text, d->text_len, &opts, mc_chunk_tokenize_words, NULL, &l, err);
     if (rc == MC_OK && l.n_chunks > MAX_CHUNKS_PER_DOC)
         rc = mc_err_set(err, MC_EINVAL, "document has %zu chunks, more than %u", l.n_chunks,
                         MAX_CHUNKS_PER_DOC);
@@ -1277,8 +1274,8 @@ static int backfill(struct mc_kb *kb, struct mc_err *err) {
             rc = kb_doc_text(kb, d, &text, &len, err);
         for (uint32_t c = 0; c < d->n_chunks && rc == MC_OK; c++) {
             const struct kb_chunk *k = &d->chunks[c];
-            texts[c] = index_text(d->title, k->heading, text + k->start, k->end - k->start,
-                                  &lens[c]);
+            texts[c] =
+                index_text(d->title, k->heading, text + k->start, k->end - k->start, &lens[c]);
             if (!texts[c])
                 rc = mc_err_set(err, MC_ENOMEM, "out of memory adding vectors");
         }
@@ -1400,8 +1397,8 @@ static int delete_doc_text(struct mc_kb *kb, uint64_t no, struct mc_err *err) {
 /* Ends a write: commits and re-indexes on success; otherwise rolls back and, when the
  * in-memory state was touched (dirty), reloads it so memory matches the store again.
  * removed documents are freed either way. */
-static int finish_write(struct mc_kb *kb, int rc, bool dirty, size_t bytes,
-                        struct kb_doc **removed, size_t n_removed, struct mc_err *err) {
+static int finish_write(struct mc_kb *kb, int rc, bool dirty, size_t bytes, struct kb_doc **removed,
+                        size_t n_removed, struct mc_err *err) {
     struct mc_store *st = kb->set->store;
     if (rc == MC_OK)
         rc = mc_store_commit(st, err);
@@ -1427,9 +1424,9 @@ static int finish_write(struct mc_kb *kb, int rc, bool dirty, size_t bytes,
 
 /* Everything of an ingest that happens under the lock and inside the transaction. */
 static int ingest_locked(struct mc_kb *kb, const struct mc_kb_doc_in *docs, size_t n,
-                         unsigned flags, struct prep *p, struct kb_doc **removed,
-                         size_t *n_removed, struct mc_kb_ingest_stats *st, size_t *bytes,
-                         bool *dirty, struct mc_err *err) {
+                         unsigned flags, struct prep *p, struct kb_doc **removed, size_t *n_removed,
+                         struct mc_kb_ingest_stats *st, size_t *bytes, bool *dirty,
+                         struct mc_err *err) {
     int rc = sync_state(kb, true, err);
     if (rc != MC_OK)
         return rc;
@@ -1512,8 +1509,7 @@ int mc_kb_ingest(struct mc_kb *kb, const struct mc_kb_doc_in *docs, size_t n, un
     bool dirty = false;
     rc = mc_store_begin(kb->set->store, err);
     if (rc == MC_OK) {
-        rc = ingest_locked(kb, docs, n, flags, &p, removed, &n_removed, &st, &bytes, &dirty,
-                           err);
+        rc = ingest_locked(kb, docs, n, flags, &p, removed, &n_removed, &st, &bytes, &dirty, err);
         rc = finish_write(kb, rc, dirty, bytes, removed, n_removed, err);
     }
     pthread_mutex_unlock(&kb->lock);

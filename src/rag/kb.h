@@ -43,12 +43,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_KB_ID_MAX 1024            /* bytes of a caller document id */
-#define MC_KB_TITLE_MAX 4096         /* bytes of a title */
-#define MC_KB_META_MAX (64 << 10)    /* bytes of metadata JSON */
-#define MC_KB_CTYPE_MAX 128          /* bytes of a content type */
-#define MC_KB_TEXT_MAX (64 << 20)    /* bytes of one document's text */
-#define MC_KB_BATCH_MAX 100000       /* documents per ingest call */
+#define MC_KB_ID_MAX    1024       /* bytes of a caller document id */
+#define MC_KB_TITLE_MAX 4096       /* bytes of a title */
+#define MC_KB_META_MAX  (64 << 10) /* bytes of metadata JSON */
+#define MC_KB_CTYPE_MAX 128        /* bytes of a content type */
+#define MC_KB_TEXT_MAX  (64 << 20) /* bytes of one document's text */
+#define MC_KB_BATCH_MAX 100000     /* documents per ingest call */
 
 struct mc_kbs; /* the knowledge bases of one process over one store; see kb.c */
 struct mc_kb;  /* one tenant's knowledge base (a counted reference) */

@@ -17,8 +17,8 @@
 #include <jansson.h>
 #include <string.h>
 
-#define HYBRID_DEPTH 100  /* candidates per list before fusion */
-#define PER_DOC_FACTOR 8  /* chunk candidates per wanted hit when collapsing to documents */
+#define HYBRID_DEPTH   100 /* candidates per list before fusion */
+#define PER_DOC_FACTOR 8   /* chunk candidates per wanted hit when collapsing to documents */
 
 int mc_kb_mode_parse(const char *s, int *mode, struct mc_err *err) {
     static const char *const names[] = {"bm25", "dense", "hybrid"};
@@ -27,8 +27,7 @@ int mc_kb_mode_parse(const char *s, int *mode, struct mc_err *err) {
             *mode = i;
             return MC_OK;
         }
-    return mc_err_set(err, MC_EINVAL, "mode '%.32s' is not one of bm25, dense, hybrid",
-                      s ? s : "");
+    return mc_err_set(err, MC_EINVAL, "mode '%.32s' is not one of bm25, dense, hybrid", s ? s : "");
 }
 
 const char *mc_kb_mode_name(int mode) {
@@ -65,8 +64,8 @@ struct cand {
     float score;
 };
 
-static int bm25_cands(struct mc_kb *kb, const struct mc_kb_query *q, size_t depth,
-                      struct cand *out, size_t *n, struct mc_err *err) {
+static int bm25_cands(struct mc_kb *kb, const struct mc_kb_query *q, size_t depth, struct cand *out,
+                      size_t *n, struct mc_err *err) {
     *n = 0;
     struct mc_bm25 *b = kb_bm25(kb);
     if (!b)
@@ -136,8 +135,8 @@ static int hit_fill(const struct kb_doc *d, const struct kb_chunk *k, const stru
 
 /* Turns candidates into at most k hits, one per document when per_doc; reads the texts
  * when wanted, each document once. */
-static int make_hits(struct mc_kb *kb, const struct mc_kb_query *q, const struct cand *c,
-                     size_t n, struct mc_kb_results *out, struct mc_err *err) {
+static int make_hits(struct mc_kb *kb, const struct mc_kb_query *q, const struct cand *c, size_t n,
+                     struct mc_kb_results *out, struct mc_err *err) {
     const struct kb_doc **docs = mc_calloc(q->k, sizeof(*docs));
     out->hits = mc_calloc(q->k, sizeof(*out->hits));
     if (!docs || !out->hits) {
@@ -293,8 +292,7 @@ static int retrieval_field(const char *key, json_t *v, struct mc_kb_retrieval *o
             return mc_err_set(err, MC_ENOMEM, "out of memory");
     } else {
         return mc_err_set(err, MC_EINVAL,
-                          "retrieval.%.40s is not a known field (enabled, mode, k, template)",
-                          key);
+                          "retrieval.%.40s is not a known field (enabled, mode, k, template)", key);
     }
     return MC_OK;
 }

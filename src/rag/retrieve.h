@@ -19,8 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_KB_K_MAX 1000         /* hits per search */
-#define MC_KB_QUERY_MAX (64 << 10) /* bytes of a query */
+#define MC_KB_K_MAX        1000       /* hits per search */
+#define MC_KB_QUERY_MAX    (64 << 10) /* bytes of a query */
 #define MC_KB_TEMPLATE_MAX (64 << 10)
 
 enum mc_kb_mode {
@@ -78,7 +78,7 @@ struct mc_kb_retrieval {
 
 #define MC_KB_RETRIEVAL_K_MAX 50
 #define MC_KB_DEFAULT_TEMPLATE                                                                     \
-    "Answer the question using only the numbered sources below, and cite the sources you use " \
+    "Answer the question using only the numbered sources below, and cite the sources you use "     \
     "as [1], [2], ...\n\nSources:\n{{sources}}\nQuestion: {{question}}"
 
 /* Parses json[0..n) into *out (initialised here; deinit even on failure). */
