@@ -748,9 +748,21 @@ static void test_kb_embedder_mismatch_and_backfill(void **state) {
     struct fx *f = *state;
     struct mc_err err = {0};
 
-    /* Filled without an embedder, then an embedder arrives: old chunks get vectors. */
-    struct mc_kbs *s = kbs_new(f, NULL);
+    /* An empty knowledge base answers every mode with nothing. */
+    struct mc_kbs *s = kbs_new(f, f->emb);
     struct mc_kb *kb = kb_open(s, "t_a");
+    struct mc_kb_results r;
+    for (int mode = 0; mode < 3; mode++) {
+        search(kb, "anything", mode, 5, &r);
+        assert_int_equal(r.n, 0);
+        mc_kb_results_deinit(&r);
+    }
+    mc_kb_close(kb);
+    mc_kbs_free(s);
+
+    /* Filled without an embedder, then an embedder arrives: old chunks get vectors. */
+    s = kbs_new(f, NULL);
+    kb = kb_open(s, "t_a");
     struct mc_kb_doc_in d = doc("old", TEXT_VOLCANO);
     ingest_ok(kb, &d, 1, 0);
     mc_kb_close(kb);
@@ -759,7 +771,6 @@ static void test_kb_embedder_mismatch_and_backfill(void **state) {
     kb = kb_open(s, "t_a");
     struct mc_kb_doc_in e = doc("new", TEXT_TEA);
     ingest_ok(kb, &e, 1, 0);
-    struct mc_kb_results r;
     search(kb, "magma crust basalt", MC_KB_MODE_DENSE, 1, &r);
     assert_int_equal(r.n, 1);
     assert_string_equal(r.hits[0].doc_id, "old");

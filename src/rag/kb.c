@@ -19,7 +19,7 @@
  * base's lock, then the set lock, then the store's; never the other way.
  *
  * Does not compact the HNSW graph: deleted chunks stay as waypoints until the knowledge
- * base is rebuilt by re-ingesting (docs/KNOWN_LIMITS.md). */
+ * base is rebuilt by re-ingesting (docs/knowledge-bases.md, "Known limits"). */
 #include "rag/kb.h"
 #include "rag/chunk.h"
 #include "rag/idmap.h"
@@ -661,6 +661,8 @@ static int check_embedder(const struct mc_kb *kb, const struct mc_embedder *emb,
 }
 
 int kb_check_dense(struct mc_kb *kb, struct mc_err *err) {
+    if (kb->n_chunks == 0)
+        return MC_OK; /* empty: nothing to find in any mode */
     if (!kb->hnsw || !kb->embed_name[0])
         return mc_err_set(err, MC_EINVAL, "knowledge base has no vectors; use mode bm25");
     return check_embedder(kb, kb->set->emb, err);

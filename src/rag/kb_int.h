@@ -42,8 +42,8 @@ struct mc_embedder *kb_embedder(struct mc_kb *kb);
 const struct kb_doc *kb_find_chunk(struct mc_kb *kb, uint64_t chunk_id,
                                    const struct kb_chunk **chunk);
 
-/* With the lock held: checks that the set's embedder made (or may make) this knowledge
- * base's vectors and that it has some. MC_EINVAL with a message saying what is missing. */
+/* With the lock held: checks that a non-empty knowledge base has vectors and that the
+ * set's embedder made them. MC_EINVAL with a message saying what is missing. */
 int kb_check_dense(struct mc_kb *kb, struct mc_err *err);
 
 /* Reads a document's text from the store into a new buffer (mc_free). */

@@ -83,6 +83,8 @@ static int bm25_cands(struct mc_kb *kb, const struct mc_kb_query *q, size_t dept
 static int dense_cands(struct mc_kb *kb, const struct mc_kb_query *q, const float *qvec,
                        size_t depth, struct cand *out, size_t *n, struct mc_err *err) {
     *n = 0;
+    if (!kb_hnsw(kb))
+        return MC_OK;
     struct mc_hnsw_hit *h = mc_malloc(depth * sizeof(*h));
     if (!h)
         return mc_err_set(err, MC_ENOMEM, "out of memory searching");
