@@ -178,8 +178,8 @@ static void bench_ingest(struct env *e, const struct corpus *c, size_t n_docs,
         chunks += st.n_chunks;
     }
     double wall = now_s() - t0, cpu = cpu_s() - c0;
-    printf("ingest %-22s %5zu docs %6zu chunks %6.2f MB: %7.2f s wall %6.2f MB/s wall, "
-           "%6.2f MB/s CPU\n",
+    printf("ingest %-22s %5zu docs %6zu chunks %6.2f MB: %7.2f s wall %8.3f MB/s wall, "
+           "%8.3f MB/s CPU\n",
            label, n_docs, chunks, bytes / 1e6, wall, bytes / 1e6 / wall, bytes / 1e6 / cpu);
     free(docs);
     mc_kb_close(kb);
