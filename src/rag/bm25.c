@@ -159,6 +159,9 @@ static int emit_word(struct mc_bm25 *b, const char *w, size_t n, term_fn fn, voi
     const sb_symbol *s = sb_stemmer_stem(b->stemmer, (const sb_symbol *)w, (int)n);
     if (!s)
         return MC_ENOMEM;
+    /* Porter stems a lone "s" (as in "230 S Dearborn") to nothing: no term then. */
+    if (sb_stemmer_length(b->stemmer) == 0)
+        return MC_OK;
     return fn(b, (const char *)s, (size_t)sb_stemmer_length(b->stemmer), user);
 }
 
