@@ -187,7 +187,8 @@ static int embed_model(struct mc_embedder *e, const char *const *texts, const si
             n_seq_in_call++;
         }
         for (size_t t = 0; t < n_ids && rc == MC_OK; t++) {
-            rows[n_rows] = (struct mc_batch_row){ids[t], (int32_t)t, e->kv[slot], true};
+            rows[n_rows] = (struct mc_batch_row){
+                .token = ids[t], .pos = (int32_t)t, .kv = e->kv[slot], .want_logits = true};
             owner[n_rows++] = i;
             if (n_rows == MAX_ROWS) {
                 rc = run_rows(e, rows, owner, n_rows, sums, err);
