@@ -206,6 +206,32 @@ static void test_extract_html_drops_script_and_style(void **state) {
     mc_extract_doc_deinit(&d);
 }
 
+/* Found by fuzz_extract: libxml2 passed the bytes 0xff of this document through, so the
+ * text was not UTF-8. Every byte that is not UTF-8 must come out as U+FFFD. */
+static void test_extract_html_output_is_always_utf8(void **state) {
+    (void)state;
+    const char html[] = "<html>\xff<\xff";
+    struct mc_extract_doc d;
+    struct mc_err err = {0};
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, sizeof(html) - 1, &d, &err), MC_OK);
+    assert_int_equal(d.len, strlen(d.text));
+    assert_string_equal(d.text, "\xEF\xBF\xBD<\xEF\xBF\xBD\n");
+    mc_extract_doc_deinit(&d);
+}
+
+/* Found by fuzz_extract: the space of a pre element, dropped at the block boundary,
+ * stayed in the buffer past the end, so the text was " " while its length said 0. */
+static void test_extract_html_length_matches_text(void **state) {
+    (void)state;
+    const char html[] = "<pre> </pre>";
+    struct mc_extract_doc d;
+    struct mc_err err = {0};
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, sizeof(html) - 1, &d, &err), MC_OK);
+    assert_int_equal(d.len, 0);
+    assert_string_equal(d.text, "");
+    mc_extract_doc_deinit(&d);
+}
+
 static void test_extract_unsupported_type_and_bad_utf8(void **state) {
     (void)state;
     struct mc_extract_doc d;
@@ -994,6 +1020,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_extract_markdown_front_matter_goes_to_metadata),
         cmocka_unit_test(test_extract_html_drops_script_and_style),
+        cmocka_unit_test(test_extract_html_output_is_always_utf8),
+        cmocka_unit_test(test_extract_html_length_matches_text),
         cmocka_unit_test(test_extract_unsupported_type_and_bad_utf8),
         cmocka_unit_test_setup_teardown(test_kb_ingest_search_list_get, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kb_chunks_long_documents_with_headings, setup,

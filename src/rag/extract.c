@@ -10,7 +10,7 @@
  * off, then a depth-limited walk of the tree writes text: runs of white space collapse to
  * one space (except inside pre), block elements end lines, h1..h6 become "# " lines so the
  * chunker sees sections. The input is declared UTF-8; a document in another encoding
- * without a meta charset comes out with replacement of its non-ASCII bytes.
+ * without a meta charset comes out with U+FFFD in place of each byte that is not UTF-8.
  *
  * Does not read PDF, Office formats or images: those are MC_ENOTSUP. */
 #include "rag/extract.h"
@@ -72,7 +72,7 @@ static size_t tb_trailing_newlines(const struct tbuf *b) {
 /* Ends the current line; with blank, leaves one empty line. Never at the start. */
 static void tb_break(struct tbuf *b, bool blank) {
     while (b->n > 0 && b->p[b->n - 1] == ' ')
-        b->n--;
+        b->p[--b->n] = 0;
     if (b->n == 0)
         return;
     size_t want = blank ? 2 : 1;
@@ -159,6 +159,38 @@ static long utf8_invalid_at(const unsigned char *s, size_t n) {
         i += k + 1;
     }
     return -1;
+}
+
+/* Returns s[0..*n) with every invalid byte replaced by U+FFFD, and updates *n; frees s.
+ * libxml2 can pass bytes through that are not UTF-8 when a document's declared or guessed
+ * encoding is wrong, and everything downstream (JSON, tokenizer, chunker) needs valid
+ * UTF-8. NULL when out of memory (s is freed then too). */
+static char *repair_utf8(char *s, size_t *n) {
+    long bad = utf8_invalid_at((const unsigned char *)s, *n);
+    if (bad < 0)
+        return s;
+
+    /* Each bad byte grows by two at most (one byte becomes three). */
+    char *r = mc_malloc(*n * 3 + 1);
+    size_t i = 0, o = 0;
+    while (r && i < *n) {
+        long b = utf8_invalid_at((const unsigned char *)s + i, *n - i);
+        size_t good = b < 0 ? *n - i : (size_t)b;
+        memcpy(r + o, s + i, good);
+        o += good;
+        i += good;
+        if (b >= 0) {
+            memcpy(r + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    mc_free(s);
+    if (r) {
+        r[o] = '\0';
+        *n = o;
+    }
+    return r;
 }
 
 static int copy_utf8(const char *data, size_t len, const char *what, struct mc_extract_doc *out,
@@ -456,8 +488,12 @@ static int extract_html(const char *data, size_t len, struct mc_extract_doc *out
         w.out.p[--w.out.n] = 0;
     out->title = trimmed_title(&w.title);
     mc_free(w.title.p);
-    out->text = w.out.p ? w.out.p : mc_strdup("");
+    if (out->title) {
+        size_t n_title = strlen(out->title);
+        out->title = repair_utf8(out->title, &n_title);
+    }
     out->len = w.out.n;
+    out->text = w.out.p ? repair_utf8(w.out.p, &out->len) : mc_strdup("");
     if (!out->text)
         return mc_err_set(err, MC_ENOMEM, "out of memory extracting html text");
     return MC_OK;
