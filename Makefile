@@ -41,8 +41,9 @@ TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCHES := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 # all: the library, the mcai command, test programs and benchmarks.
+# ./mcai always points at the plain build, never at the sanitizer one.
 all: $(MCAI) $(TESTS) $(BENCHES)
-	@ln -sf $(MCAI) mcai 2>/dev/null || true
+	@$(if $(SAN),true,ln -sf $(MCAI) mcai 2>/dev/null || true)
 
 $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)

@@ -223,6 +223,11 @@ static int parse(int argc, char **argv, struct chat *c, const char **model, long
         }
     }
     c->n_predict = (int32_t)n;
+    struct mc_err err = {0};
+    if (mc_sample_params_check(&c->sp, &err) != MC_OK) {
+        fprintf(stderr, "mcai chat: %s\n", err.msg);
+        return -1;
+    }
     if (!seed_set)
         c->sp.seed = (uint64_t)time(NULL);
     if (!*model) {

@@ -97,6 +97,8 @@ static int parse_lora(struct opts *o, const char *v) {
     return 0;
 }
 
+static int check_values(struct opts *o);
+
 static int parse_args(int argc, char **argv, struct opts *o) {
     memset(o, 0, sizeof(*o));
     o->n_predict = 128;
@@ -141,6 +143,29 @@ static int parse_args(int argc, char **argv, struct opts *o) {
         fprintf(stderr, "mcai generate: -m MODEL and -p PROMPT are required\n");
         return -1;
     }
+    return check_values(o);
+}
+
+/* Values that are wrong whatever the model: a usage error before the model is loaded. */
+static int check_values(struct opts *o) {
+    struct mc_err err = {0};
+    if (mc_sample_params_check(&o->sp, &err) != MC_OK) {
+        fprintf(stderr, "mcai generate: %s\n", err.msg);
+        return -1;
+    }
+    for (size_t i = 0; i < o->n_stop; i++) {
+        size_t n = strlen(o->stop[i]);
+        if (n == 0 || n > MC_GEN_MAX_STOP_LEN) {
+            fprintf(stderr, "mcai generate: --stop string %zu has %zu bytes (allowed 1..%d)\n",
+                    i + 1, n, MC_GEN_MAX_STOP_LEN);
+            return -1;
+        }
+    }
+    if (o->n_threads < 0 || o->n_threads > 256) {
+        fprintf(stderr, "mcai generate: -t %d is out of range 0..256 (0: every CPU)\n",
+                o->n_threads);
+        return -1;
+    }
     if (!o->seed_set)
         o->sp.seed = (uint64_t)time(NULL);
     return 0;
@@ -148,15 +173,16 @@ static int parse_args(int argc, char **argv, struct opts *o) {
 
 struct out_state {
     bool ids;
-    int n;
+    int n; /* tokens printed */
 };
 
 static int on_token(const struct mc_gen_token *t, void *user) {
     struct out_state *st = user;
     if (st->ids)
-        printf("%s%d", st->n++ ? " " : "", t->id);
+        printf("%s%d", st->n ? " " : "", t->id);
     else if (t->text_len)
         fwrite(t->text, 1, t->text_len, stdout);
+    st->n++;
     fflush(stdout);
     return 0;
 }
@@ -223,7 +249,8 @@ static int run(const struct opts *o) {
         struct mc_gen_result res;
         rc = mc_generate(ctx, kv, mc_model_tokenizer(m), ids, n_ids, &o->sp, &gp, on_token, &st,
                          &res, &err);
-        printf("\n");
+        if (rc == MC_OK || st.n > 0)
+            printf("\n");
         fflush(stdout);
         if (rc == MC_OK)
             fprintf(stderr,

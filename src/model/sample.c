@@ -86,7 +86,7 @@ double mc_rng_uniform(struct mc_rng *r) {
 
 /* ---- Creation ------------------------------------------------------------------ */
 
-static int check_params(const struct mc_sample_params *p, struct mc_err *err) {
+int mc_sample_params_check(const struct mc_sample_params *p, struct mc_err *err) {
     if (!(p->temp >= 0.0f || p->temp < 0.0f))
         return mc_err_set(err, MC_EINVAL, "temperature is not a number");
     if (!(p->top_p >= 0.0f && p->top_p <= 1.0f))
@@ -107,7 +107,7 @@ static int check_params(const struct mc_sample_params *p, struct mc_err *err) {
 int mc_sampler_create(const struct mc_sample_params *p, int32_t n_vocab, struct mc_sampler **out,
                       struct mc_err *err) {
     *out = NULL;
-    int rc = check_params(p, err);
+    int rc = mc_sample_params_check(p, err);
     if (rc != MC_OK)
         return rc;
     if (n_vocab < 1)

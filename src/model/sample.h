@@ -35,6 +35,9 @@ struct mc_logprob {
 
 struct mc_sampler;
 
+/* MC_OK, or MC_EINVAL naming the first field of p that is out of range. */
+int mc_sample_params_check(const struct mc_sample_params *p, struct mc_err *err);
+
 /* Validates params (MC_EINVAL naming the field) and allocates scratch for n_vocab. */
 int mc_sampler_create(const struct mc_sample_params *p, int32_t n_vocab, struct mc_sampler **out,
                       struct mc_err *err);
