@@ -674,6 +674,9 @@ static void test_quantize_cli_q4_k_m_mix(void **state) {
     assert_int_equal(run_quantize(args), 2);
     assert_int_equal(run_quantize("only-one-arg"), 2);
     assert_int_equal(run_quantize("/nonexistent/in.gguf /tmp/never.gguf Q8_0"), 1);
+    /* An output directory that does not exist fails before any conversion. */
+    snprintf(args, sizeof(args), "%s /nonexistent-dir/out.gguf Q8_0", in);
+    assert_int_equal(run_quantize(args), 1);
     unlink(in);
     unlink(out);
 }

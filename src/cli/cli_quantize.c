@@ -18,10 +18,12 @@
 #include "model/gguf.h"
 #include "model/quant.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* llama.cpp's file types (llama_ftype) for what we write. */
 enum {
@@ -224,6 +226,23 @@ static int quantize_all(const struct mc_gguf *g, const struct target *tg, struct
     return rc;
 }
 
+/* Fails early when OUT's directory cannot take a new file, rather than after the whole
+ * conversion has run. */
+static int check_output_dir(const char *out, struct mc_err *err) {
+    char dir[4096];
+    const char *slash = strrchr(out, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == out)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - out), out);
+    if (access(dir, W_OK | X_OK) != 0)
+        return mc_err_set(err, MC_EIO, "cannot create %s: directory %s: %s", out, dir,
+                          strerror(errno));
+    return MC_OK;
+}
+
 int cmd_quantize(int argc, char **argv) {
     if (cli_wants_help(argc, argv)) {
         usage(stdout);
@@ -265,6 +284,8 @@ int cmd_quantize(int argc, char **argv) {
     struct mc_gguf_writer *w = NULL;
     size_t out_bytes = 0;
     int rc = mc_gguf_open(pos[0], &g, &err);
+    if (rc == MC_OK)
+        rc = check_output_dir(pos[1], &err);
     if (rc == MC_OK)
         rc = mc_pool_create(n_threads, &pool, &err);
     if (rc == MC_OK)

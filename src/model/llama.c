@@ -292,11 +292,15 @@ static int load_matrix(struct mc_model *m, const char *name, int64_t rows, int64
             return MC_ENOTFOUND;
         return mc_err_set(err, MC_EFORMAT, "missing tensor %s", name);
     }
-    if (t->n_dims != 2 || t->ne[0] != cols || (rows > 0 && t->ne[1] != rows))
-        return mc_err_set(err, MC_EFORMAT,
-                          "tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %lld]", name,
-                          (long long)t->ne[0], (long long)t->ne[1], t->n_dims, (long long)cols,
-                          (long long)rows);
+    if (t->n_dims != 2 || t->ne[0] != cols || (rows > 0 && t->ne[1] != rows)) {
+        /* rows 0: any row count (the vocabulary size is not known before token_embd). */
+        char want_rows[24] = "any";
+        if (rows > 0)
+            snprintf(want_rows, sizeof(want_rows), "%lld", (long long)rows);
+        return mc_err_set(
+            err, MC_EFORMAT, "tensor %s has shape [%lld, %lld] (%d dims), expected [%lld, %s]",
+            name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims, (long long)cols, want_rows);
+    }
     if (!mc_type_is_supported(t->type))
         return mc_err_set(err, MC_ENOTSUP, "tensor %s has type %s (%d), which is not supported",
                           name, mc_type_name(t->type), (int)t->type);
