@@ -9,6 +9,7 @@
 #include "test_util.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -644,6 +645,37 @@ static void test_gguf_rejects_bad_header(void **state) {
     expect_bad(&b, "n_tensors", 8);
 }
 
+/* GGUF v2 has v3's layout (v3 only added big-endian files): a real model with its
+ * version field set to 2 reads the same keys and tensors. */
+static void test_gguf_reads_version_2(void **state) {
+    (void)state;
+    char path[512];
+    test_shared_path(path, sizeof(path), "models/stories260K.gguf");
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+
+    struct mc_err err = {0};
+    struct mc_gguf *v3, *v2;
+    assert_int_equal(mc_gguf_open_buffer(buf, (size_t)n, "v3.gguf", &v3, &err), MC_OK);
+    int64_t n_kv = mc_gguf_n_kv(v3), n_tensors = mc_gguf_n_tensors(v3);
+    mc_gguf_close(v3);
+    buf[4] = 2;
+    assert_int_equal(mc_gguf_open_buffer(buf, (size_t)n, "v2.gguf", &v2, &err), MC_OK);
+    assert_int_equal(mc_gguf_version(v2), 2);
+    assert_int_equal(mc_gguf_n_kv(v2), n_kv);
+    assert_int_equal(mc_gguf_n_tensors(v2), n_tensors);
+    assert_non_null(mc_gguf_find_tensor(v2, "blk.4.ffn_down.weight"));
+    mc_gguf_close(v2);
+    free(buf);
+}
+
 static void test_gguf_rejects_bad_keys_and_values(void **state) {
     (void)state;
     struct bld b;
@@ -1126,6 +1158,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_writer_copies_a_real_model),
         cmocka_unit_test(test_gguf_writer_rejects_bad_input),
         cmocka_unit_test(test_gguf_rejects_bad_header),
+        cmocka_unit_test(test_gguf_reads_version_2),
         cmocka_unit_test(test_gguf_rejects_bad_keys_and_values),
         cmocka_unit_test(test_gguf_rejects_bad_arrays),
         cmocka_unit_test(test_gguf_rejects_bad_alignment),

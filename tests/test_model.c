@@ -588,7 +588,11 @@ static void rand_fill(struct mc_rng *r, float *x, size_t n, float a) {
         x[i] = (float)(2.0 * mc_rng_uniform(r) - 1.0) * a;
 }
 
-static void write_tiny(const char *path, const char *arch, bool permute) {
+/* Rope settings of a tiny model: none, linear scaling by 2, per-pair frequency divisors
+ * of 2 (rope_freqs.weight, which must give the same angles), and yarn (refused). */
+enum tiny_rope { ROPE_PLAIN, ROPE_LINEAR2, ROPE_FREQS2, ROPE_YARN };
+
+static void write_tiny(const char *path, const char *arch, bool permute, enum tiny_rope rope) {
     struct mc_gguf *voc;
     struct mc_gguf_writer *w;
     struct mc_err err = {0};
@@ -609,6 +613,19 @@ static void write_tiny(const char *path, const char *arch, bool permute) {
     }
     snprintf(key, sizeof(key), "%s.rope.freq_base", arch);
     assert_int_equal(mc_gguf_writer_set_f32(w, key, 1000.0f, &err), MC_OK);
+    if (rope == ROPE_LINEAR2 || rope == ROPE_YARN) {
+        const char *type = rope == ROPE_YARN ? "yarn" : "linear";
+        snprintf(key, sizeof(key), "%s.rope.scaling.type", arch);
+        assert_int_equal(mc_gguf_writer_set_str(w, key, type, strlen(type), &err), MC_OK);
+        snprintf(key, sizeof(key), "%s.rope.scaling.factor", arch);
+        assert_int_equal(mc_gguf_writer_set_f32(w, key, 2.0f, &err), MC_OK);
+    }
+    if (rope == ROPE_FREQS2) {
+        float twos[T_HD / 2];
+        for (int i = 0; i < T_HD / 2; i++)
+            twos[i] = 2.0f;
+        add_f32(w, "rope_freqs.weight", twos, T_HD / 2, 1);
+    }
 
     struct mc_rng rng;
     mc_rng_seed(&rng, 5); /* same weights for both files */
@@ -678,15 +695,15 @@ static void test_qwen2_neox_rope_and_biases_match_permuted_llama(void **state) {
     char qp[64], lp[64];
     snprintf(qp, sizeof(qp), "/tmp/test_model_%d_qwen2.gguf", (int)getpid());
     snprintf(lp, sizeof(lp), "/tmp/test_model_%d_llama.gguf", (int)getpid());
-    write_tiny(qp, "qwen2", false);
-    write_tiny(lp, "llama", true);
+    write_tiny(qp, "qwen2", false, ROPE_PLAIN);
+    write_tiny(lp, "llama", true, ROPE_PLAIN);
     static float lq[T_VOCAB], ll[T_VOCAB], lu[T_VOCAB];
     tiny_logits(qp, lq);
     tiny_logits(lp, ll);
     for (int v = 0; v < T_VOCAB; v++)
         assert_float_near(lq[v], ll[v], 1e-4);
     /* The same unpermuted weights read as llama (adjacent pairs) must differ. */
-    write_tiny(lp, "llama", false);
+    write_tiny(lp, "llama", false, ROPE_PLAIN);
     tiny_logits(lp, lu);
     double diff = 0;
     for (int v = 0; v < T_VOCAB; v++)
@@ -694,6 +711,36 @@ static void test_qwen2_neox_rope_and_biases_match_permuted_llama(void **state) {
     assert_true(diff / T_VOCAB > 1e-3);
     unlink(qp);
     unlink(lp);
+}
+
+/* Linear rope scaling by 2 divides every angle by 2, as rope_freqs.weight of all 2 does:
+ * the two files give the same logits, and both differ from the unscaled model. A rope
+ * scaling type that is not implemented is refused, not run with wrong angles. */
+static void test_rope_linear_scaling_and_rope_freqs(void **state) {
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_model_%d_rope.gguf", (int)getpid());
+    static float plain[T_VOCAB], linear[T_VOCAB], freqs[T_VOCAB];
+    write_tiny(path, "llama", false, ROPE_PLAIN);
+    tiny_logits(path, plain);
+    write_tiny(path, "llama", false, ROPE_LINEAR2);
+    tiny_logits(path, linear);
+    write_tiny(path, "llama", false, ROPE_FREQS2);
+    tiny_logits(path, freqs);
+    double diff = 0;
+    for (int v = 0; v < T_VOCAB; v++) {
+        assert_float_near(linear[v], freqs[v], 1e-4);
+        diff += fabs(linear[v] - plain[v]);
+    }
+    assert_true(diff / T_VOCAB > 1e-3);
+
+    write_tiny(path, "llama", false, ROPE_YARN);
+    struct mc_model *m = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_model_load(path, &m, &err), MC_ENOTSUP);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "yarn"));
+    unlink(path);
 }
 
 /* ---- Generation stream ---------------------------------------------------------- */
@@ -828,6 +875,7 @@ int main(void) {
         cmocka_unit_test(test_kv_truncate_then_continue_equals_fresh_run),
         cmocka_unit_test(test_forward_rejects_bad_rows_without_advancing),
         cmocka_unit_test(test_qwen2_neox_rope_and_biases_match_permuted_llama),
+        cmocka_unit_test(test_rope_linear_scaling_and_rope_freqs),
         cmocka_unit_test(test_load_rejects_gpt2_architecture),
         cmocka_unit_test(test_load_names_missing_key_and_tensor),
         cmocka_unit_test(test_generate_stop_string_split_across_tokens),

@@ -573,6 +573,55 @@ static void test_invalid_utf8_never_crashes_and_round_trips(void **state) {
     }
 }
 
+/* tokenizer.ggml.add_bos_token / add_eos_token decide what add_special adds: the
+ * llama-spm vocabulary rewritten with each combination. */
+static void test_add_bos_and_add_eos_follow_the_metadata(void **state) {
+    (void)state;
+    char vp[512], path[64];
+    test_shared_path(vp, sizeof(vp), "tokenizer-tests/ggml-vocab-llama-spm.gguf");
+    snprintf(path, sizeof(path), "/tmp/mcai-test-specials-%d.gguf", (int)getpid());
+    static const struct {
+        bool bos, eos;
+        const char *want;
+    } cases[] = {{true, true, "1 15043 3186 2"},
+                 {false, true, "15043 3186 2"},
+                 {false, false, "15043 3186"},
+                 {true, false, "1 15043 3186"}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct mc_err err = {0};
+        struct mc_gguf *src;
+        struct mc_gguf_writer *w;
+        assert_int_equal(mc_gguf_open(vp, &src, &err), MC_OK);
+        assert_int_equal(mc_gguf_writer_create(&w, &err), MC_OK);
+        assert_int_equal(mc_gguf_writer_copy_kv(w, src, NULL, &err), MC_OK);
+        mc_gguf_close(src);
+        assert_int_equal(
+            mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", cases[c].bos, &err), MC_OK);
+        assert_int_equal(
+            mc_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", cases[c].eos, &err), MC_OK);
+        assert_int_equal(mc_gguf_writer_write(w, path, &err), MC_OK);
+        mc_gguf_writer_free(w);
+
+        struct loaded l;
+        load_path(path, &l);
+        int32_t *ids;
+        size_t n;
+        tokenize_ok(l.tok, "Hello world", 11, true, false, &ids, &n);
+        char got[128] = "";
+        size_t o = 0;
+        for (size_t i = 0; i < n; i++)
+            o += (size_t)snprintf(got + o, sizeof(got) - o, "%s%d", i ? " " : "", ids[i]);
+        assert_string_equal(got, cases[c].want);
+        mc_free(ids);
+        /* Without add_special nothing is added whatever the metadata says. */
+        tokenize_ok(l.tok, "Hello world", 11, false, false, &ids, &n);
+        assert_int_equal(n, 2);
+        mc_free(ids);
+        unload(&l);
+    }
+    unlink(path);
+}
+
 static void test_empty_input_gives_only_specials(void **state) {
     (void)state;
     struct loaded l;
@@ -983,6 +1032,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip_vector_inputs),
         cmocka_unit_test(test_invalid_utf8_never_crashes_and_round_trips),
         cmocka_unit_test(test_empty_input_gives_only_specials),
+        cmocka_unit_test(test_add_bos_and_add_eos_follow_the_metadata),
         cmocka_unit_test(test_bad_metadata_is_rejected_with_the_key),
         cmocka_unit_test(test_pre_tokenizer_splits_like_reference),
         cmocka_unit_test(test_llama3_keeps_whole_vocabulary_words),
