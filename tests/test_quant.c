@@ -231,6 +231,75 @@ static void test_q4_k_hand_built_block_decodes_exactly(void **state) {
     }
 }
 
+/* The 6-bit scale and min of sub-block j from the 12 packed bytes of Q4_K and Q5_K. */
+static void k4_scale_min(const uint8_t *sc, int j, int *scale, int *min) {
+    if (j < 4) {
+        *scale = sc[j] & 63;
+        *min = sc[j + 4] & 63;
+    } else {
+        *scale = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+        *min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+    }
+}
+
+/* Q5_K: d, dmin, 12 scale bytes, 32 bytes of fifth bits, 128 bytes of nibbles. Chunk c
+ * (64 elements) takes the low nibbles of qs[32c..] with fifth bit 2c of qh for its first
+ * 32 elements, the high nibbles with bit 2c + 1 for the next 32. */
+static void test_q5_k_hand_built_block_decodes_exactly(void **state) {
+    (void)state;
+    uint8_t blk[176] = {0};
+    uint16_t d = 0x3C00, dmin = 0x3800; /* 1.0 and 0.5 */
+    memcpy(blk, &d, 2);
+    memcpy(blk + 2, &dmin, 2);
+    uint8_t *sc = blk + 4, *qh = blk + 16, *qs = blk + 48;
+    for (int i = 0; i < 12; i++)
+        sc[i] = (uint8_t)(i * 29 + 7); /* high bits set in several scales and mins */
+    for (int i = 0; i < 32; i++)
+        qh[i] = (uint8_t)(i * 53 + 3);
+    for (int i = 0; i < 128; i++)
+        qs[i] = (uint8_t)(i * 37 + 11);
+    float y[256];
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q5_K, blk, y, 256, NULL), MC_OK);
+    for (int e = 0; e < 256; e++) {
+        int c = e / 64, l = e % 32, hi = (e % 64) >= 32, j = e / 32, scale, min;
+        k4_scale_min(sc, j, &scale, &min);
+        int q = (hi ? qs[32 * c + l] >> 4 : qs[32 * c + l] & 0xF) +
+                (((qh[l] >> (2 * c + hi)) & 1) << 4);
+        float expect = 1.0f * (float)scale * (float)q - 0.5f * (float)min;
+        if (y[e] != expect)
+            fail_msg("element %d: %g, expected %g", e, y[e], expect);
+    }
+}
+
+/* Q6_K: 128 bytes of low nibbles, 64 of 2-bit high parts, 16 signed scales, d. Half h
+ * (128 elements) uses ql[64h..], qh[32h..] and scales[8h..]; within it element
+ * 32k + l takes nibble (k >= 2) of ql[l + 32 (k & 1)] and bits 2k..2k+1 of qh[l], minus
+ * 32, times scale[l / 16 + 2k]. */
+static void test_q6_k_hand_built_block_decodes_exactly(void **state) {
+    (void)state;
+    uint8_t blk[210] = {0};
+    uint8_t *ql = blk, *qh = blk + 128;
+    int8_t *sc = (int8_t *)(blk + 192);
+    uint16_t d = 0x3800; /* 0.5 */
+    memcpy(blk + 208, &d, 2);
+    for (int i = 0; i < 128; i++)
+        ql[i] = (uint8_t)(i * 37 + 11);
+    for (int i = 0; i < 64; i++)
+        qh[i] = (uint8_t)(i * 53 + 3);
+    for (int i = 0; i < 16; i++)
+        sc[i] = (int8_t)(i * 9 - 70);
+    float y[256];
+    assert_int_equal(mc_dequantize_row(MC_TYPE_Q6_K, blk, y, 256, NULL), MC_OK);
+    for (int e = 0; e < 256; e++) {
+        int h = e / 128, k = (e % 128) / 32, l = e % 32;
+        uint8_t lo = ql[64 * h + l + 32 * (k & 1)];
+        int q = ((k >= 2 ? lo >> 4 : lo & 0xF) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4)) - 32;
+        float expect = 0.5f * (float)sc[8 * h + l / 16 + 2 * k] * (float)q;
+        if (y[e] != expect)
+            fail_msg("element %d: %g, expected %g", e, y[e], expect);
+    }
+}
+
 /* ---- Round trips -------------------------------------------------------------------- */
 
 /* Relative RMS error of quantize -> dequantize on normal data, per type; the bounds are
@@ -689,6 +758,8 @@ int main(void) {
         cmocka_unit_test(test_q4_0_hand_built_block_decodes_exactly),
         cmocka_unit_test(test_q8_0_hand_built_block_decodes_exactly),
         cmocka_unit_test(test_q4_k_hand_built_block_decodes_exactly),
+        cmocka_unit_test(test_q5_k_hand_built_block_decodes_exactly),
+        cmocka_unit_test(test_q6_k_hand_built_block_decodes_exactly),
         cmocka_unit_test(test_round_trip_error_within_bounds),
         cmocka_unit_test(test_q8_0_round_trip_per_element_bound),
         cmocka_unit_test(test_quantize_zero_row_gives_zeros),
