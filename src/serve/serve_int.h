@@ -8,6 +8,7 @@
 #ifndef MC_SERVE_INT_H
 #define MC_SERVE_INT_H
 
+#include "adapter/lora.h" /* struct mc_lora_base */
 #include "base/err.h"
 
 #include <jansson.h>
@@ -147,6 +148,7 @@ enum {
     MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
     MC_API_MAX_TOP_LOGPROBS = 20,
     MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
+    MC_API_MAX_LORA_SCALE = 16, /* = MC_ENGINE_MAX_ADAPTER_SCALE */
 };
 
 enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };
@@ -180,6 +182,8 @@ struct mc_api_gen {
     int top_logprobs; /* 0..MC_API_MAX_TOP_LOGPROBS */
     struct mc_api_sampling sampling;
     char *conversation; /* extension: "conversation" id, NULL if absent */
+    bool has_lora_scale; /* extension: "lora_scale", 0..MC_ENGINE_MAX_ADAPTER_SCALE */
+    double lora_scale;
     /* chat */
     struct mc_api_msg *msgs;
     int n_msgs;
@@ -242,6 +246,9 @@ void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *
 void mc_metrics_ttft(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_inter_token(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_streams_add(struct mc_metrics *m, int delta);
+/* One finished generation with the tenant's adapter (name validated: no quoting). */
+void mc_metrics_adapter(struct mc_metrics *m, const char *tenant, const char *adapter,
+                        int64_t n_prompt, int64_t n_completion);
 /* Writes the Prometheus text exposition. gauges, if non-NULL, is called (without the
  * metrics lock) to append figures owned by others, such as the engine's queue depth,
  * with the ids of every tenant the metrics have seen. */
@@ -274,6 +281,7 @@ struct mc_server {
     int32_t max_seqs;
     int32_t max_queue;
     size_t kv_budget_bytes;
+    size_t adapter_cache_bytes;
     int64_t drain_timeout_ms;
 
     /* Catalog, tenants and audit, open from create to free. */
@@ -291,6 +299,11 @@ struct mc_server {
     int32_t n_ctx;     /* positions per sequence */
     int32_t n_embd;
     int64_t model_created; /* Unix seconds (file modification time) */
+
+    /* LoRA adapters: the shape uploads are checked against, and the residency cache
+     * (api_adapter.c), both set by mc_server_load. */
+    struct mc_lora_base lora_base;
+    struct mc_lora_cache *adapters;
 
     /* Embeddings run outside the engine on their own context, one request at a time. */
     pthread_mutex_t embed_lock;
@@ -334,6 +347,48 @@ int mc_conv_load(struct mc_server *s, const char *tenant, const char *id, struct
 /* Appends messages to a conversation. */
 int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
                    const struct mc_api_msg *msgs, int n, struct mc_err *err);
+
+/* ---- LoRA adapters (api_adapter.c) ------------------------------------------------ */
+
+#define MC_ADAPTER_NAME_MAX 64
+
+/* What the store keeps about one adapter of one tenant (kind "adapter_meta"). */
+struct mc_adapter_meta {
+    char name[MC_ADAPTER_NAME_MAX + 1];
+    uint64_t version; /* 1 at first upload, +1 on every replace */
+    enum mc_lora_format format;
+    int32_t rank;
+    float alpha; /* 0 when has_alpha is false */
+    bool has_alpha;
+    bool rslora;
+    uint32_t targets;      /* bit (1 << enum mc_proj) per projection */
+    int64_t size_bytes;    /* bytes uploaded (both PEFT files together) */
+    int64_t resident_bytes; /* heap bytes once loaded */
+    int64_t created;       /* Unix seconds this version was stored */
+    char digest[65];       /* hex BLAKE2b-256 of the stored files */
+    bool published;        /* put there by the operator (POST /admin/adapters) */
+    bool pinned;           /* never evicted from the residency cache */
+};
+
+/* Creates the residency cache (budget s->adapter_cache_bytes) and pins every adapter
+ * marked pinned in the store. Called by mc_server_load once the model is loaded. */
+int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err);
+/* The tenant's adapter called name, loaded (from the cache, or the store on a miss) with
+ * a new reference for the caller, and its metadata in meta (may be NULL). MC_ENOTFOUND
+ * when the tenant has no adapter of that name; another tenant's adapters are never
+ * looked at. */
+int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name,
+                       struct mc_lora **out, struct mc_adapter_meta *meta, struct mc_err *err);
+/* The tenant's adapters sorted by name, into a new array (mc_free). */
+int mc_adapter_list(struct mc_server *s, const char *tenant, struct mc_adapter_meta **out,
+                    size_t *n, struct mc_err *err);
+/* Tenant routes: path is what follows "/v1/adapters" ("" or "/{name}"). */
+enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
+                                const struct mc_auth *a, const char *path);
+/* Admin routes: POST /admin/adapters (publish; path NULL), and for one tenant
+ * /admin/tenants/{id}/adapters[/{name}[/pin]] (arg is what follows "adapters/", or ""). */
+enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r,
+                                      const char *tenant, const char *arg);
 
 /* Admin API (api_admin.c): path is what follows "/admin". */
 enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const char *path);
