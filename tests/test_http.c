@@ -167,6 +167,30 @@ static void test_chat_rejects_absurd_numbers(void **state) {
     expect_chat_error(b, "stop", "invalid_value", "empty string");
 }
 
+static void test_lora_scale_extension_is_parsed_and_bounded(void **state) {
+    (void)state;
+    const char *ok = "{\"model\":\"story\",\"prompt\":\"x\",\"lora_scale\":0.5}";
+    struct mc_api_gen g;
+    struct mc_api_error e = {0};
+    assert_int_equal(mc_api_parse_completion(ok, strlen(ok), &g, &e), MC_OK);
+    assert_true(g.has_lora_scale);
+    assert_float_near(g.lora_scale, 0.5, 0);
+    assert_string_equal(g.model, "story");
+    mc_api_gen_free(&g);
+    const char *none = "{\"prompt\":\"x\"}";
+    assert_int_equal(mc_api_parse_completion(none, strlen(none), &g, &e), MC_OK);
+    assert_false(g.has_lora_scale);
+    mc_api_gen_free(&g);
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[256];
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":17}", m);
+    expect_chat_error(b, "lora_scale", "invalid_value", "'lora_scale' is 17, must be between 0 and 16");
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":-0.1}", m);
+    expect_chat_error(b, "lora_scale", "invalid_value", "must be between 0 and 16");
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":\"1\"}", m);
+    expect_chat_error(b, "lora_scale", "invalid_type", "");
+}
+
 static void test_chat_rejects_unsupported_parts_and_features(void **state) {
     (void)state;
     expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
@@ -353,6 +377,9 @@ static void test_metrics_render_counts_per_tenant(void **state) {
     mc_metrics_tokens(m, "t_a", 10, 4);
     mc_metrics_ttft(m, "t_a", 0.02);
     mc_metrics_inter_token(m, "t_a", 0.003);
+    mc_metrics_adapter(m, "t_a", "story", 5, 24);
+    mc_metrics_adapter(m, "t_a", "story", 5, 8);
+    mc_metrics_adapter(m, "t_b", "story", 1, 1);
     struct mc_buf b = {0};
     size_t n_gauged = 0;
     assert_int_equal(mc_metrics_render(m, &b, fake_gauges, &n_gauged), MC_OK);
@@ -368,6 +395,10 @@ static void test_metrics_render_counts_per_tenant(void **state) {
         "mcai_time_to_first_token_seconds_count{tenant=\"t_a\"} 1\n",
         "mcai_inter_token_seconds_bucket{tenant=\"t_a\",le=\"+Inf\"} 1\n",
         "# TYPE mcai_process_resident_memory_bytes gauge\n",
+        "mcai_adapter_requests_total{tenant=\"t_a\",adapter=\"story\"} 2\n",
+        "mcai_adapter_prompt_tokens_total{tenant=\"t_a\",adapter=\"story\"} 10\n",
+        "mcai_adapter_completion_tokens_total{tenant=\"t_a\",adapter=\"story\"} 32\n",
+        "mcai_adapter_requests_total{tenant=\"t_b\",adapter=\"story\"} 1\n",
         "fake_queue{tenant=\"t_a\"} 0\n",
         "fake_queue{tenant=\"t_b\"} 0\n",
     };
@@ -510,6 +541,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_checks),
         cmocka_unit_test(test_sse_framing),
         cmocka_unit_test(test_metrics_render_counts_per_tenant),
+        cmocka_unit_test(test_lora_scale_extension_is_parsed_and_bounded),
         cmocka_unit_test(test_listener_caps_body_and_tags_requests),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
