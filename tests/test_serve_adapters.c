@@ -315,6 +315,23 @@ static void test_published_copies_share_one_cache_entry(void **state) {
     mc_lora_release(c);
 }
 
+static void test_deleting_a_tenant_drops_its_resident_adapters(void **state) {
+    struct fx *f = *state;
+    upload_ok(f, 0, "story");
+    struct mc_lora *l = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "story", &l, NULL, &err), MC_OK);
+    mc_lora_release(l);
+    struct mc_lora_cache_stats cs;
+    mc_lora_cache_stats(f->s->adapters, &cs);
+    assert_int_equal(cs.n_resident, 1);
+    char path[64];
+    snprintf(path, sizeof(path), "/admin/tenants/%s", f->tenant[0]);
+    assert_int_equal(http_delete(f, path, ADMIN_KEY), 200);
+    mc_lora_cache_stats(f->s->adapters, &cs);
+    assert_int_equal(cs.n_resident, 0);
+}
+
 static void test_pins_survive_a_restart(void **state) {
     struct fx *f = *state;
     upload_ok(f, 0, "kept");
@@ -348,6 +365,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_bad_uploads_are_400_and_store_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_published_copies_share_one_cache_entry, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_deleting_a_tenant_drops_its_resident_adapters, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pins_survive_a_restart, setup, teardown),
     };

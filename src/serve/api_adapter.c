@@ -370,6 +370,17 @@ static void cache_forget(struct mc_server *s, const char *tenant,
     mc_lora_cache_remove(s->adapters, key);
 }
 
+void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant) {
+    struct mc_adapter_meta *rows = NULL;
+    size_t n = 0;
+    struct mc_err err = {0};
+    if (!s->adapters || mc_adapter_list(s, tenant, &rows, &n, &err) != MC_OK)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cache_forget(s, tenant, &rows[i]);
+    mc_free(rows);
+}
+
 int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err) {
     struct mc_lora_cache_params p = {
         .budget_bytes = s->adapter_cache_bytes ? s->adapter_cache_bytes : DEFAULT_CACHE_BYTES,

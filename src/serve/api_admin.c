@@ -271,6 +271,7 @@ static enum MHD_Result tenant_patch(struct mc_server *s, struct mc_http_req *r, 
 
 static enum MHD_Result tenant_delete(struct mc_server *s, struct mc_http_req *r, const char *id) {
     struct mc_err err = {0};
+    mc_adapter_forget_tenant(s, id);
     int rc = mc_tenant_delete(s->tenants, id, &err);
     if (rc != MC_OK)
         return reply_rc(r, rc, &err, NULL);

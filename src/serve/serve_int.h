@@ -382,6 +382,10 @@ int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name
 /* The tenant's adapters sorted by name, into a new array (mc_free). */
 int mc_adapter_list(struct mc_server *s, const char *tenant, struct mc_adapter_meta **out,
                     size_t *n, struct mc_err *err);
+/* Drops the cache entries of every private adapter of tenant (before the tenant is
+ * deleted: its decrypted weights must not outlive its data key in memory). Running
+ * sequences keep theirs until they end. */
+void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant);
 /* Tenant routes: path is what follows "/v1/adapters" ("" or "/{name}"). */
 enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
                                 const struct mc_auth *a, const char *path);
