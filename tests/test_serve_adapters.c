@@ -173,7 +173,7 @@ static size_t n_adapters(struct fx *f, int tenant) {
     struct mc_adapter_meta *rows = NULL;
     size_t n = 0;
     struct mc_err err = {0};
-    assert_int_equal(mc_adapter_list(f->s, f->tenant[tenant], &rows, &n, &err), MC_OK);
+    assert_int_equal(mc_adapter_list(f->s->store, f->tenant[tenant], &rows, &n, &err), MC_OK);
     mc_free(rows);
     return n;
 }

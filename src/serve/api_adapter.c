@@ -2,14 +2,9 @@
  * /v1/adapters, publish and pin under /admin, and the resolution of a request's "model"
  * to a loaded adapter through the server's residency cache.
  *
- * Storage: each adapter of a tenant is two sealed store objects, both under the tenant's
- * data key: its metadata (kind "adapter_meta", id = the adapter's name; a small JSON
- * object) and its files (kind "adapter", id = "name@version"; a blob: the magic
- * "MCLORA1\n", the PEFT config's length as 8 little-endian bytes, the config, then the
- * GGUF file or the safetensors file). A replace writes the new version's blob and
- * metadata and deletes the old blob in one store transaction, so a reader sees either
- * version whole. Every upload is opened against the served base model before anything
- * is stored: a file that does not load is a 400 with the loader's message.
+ * Storage is adapter_store.c (two sealed objects per adapter under the tenant's data
+ * key). Every upload is opened against the served base model before anything is stored:
+ * a file that does not load is a 400 with the loader's message.
  *
  * Residency: one mc_lora_cache for the server. A tenant's own upload is cached under
  * "t/<tenant>/<name>" at its version, so two tenants never share a cache entry even for
@@ -34,25 +29,16 @@
 #include "store/store.h"
 #include "tenant/tenant.h"
 
-#include <sodium.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define META_KIND             "adapter_meta"
-#define BLOB_KIND             "adapter"
-#define BLOB_MAGIC            "MCLORA1\n"
-#define BLOB_HEADER           16 /* magic + config length */
 #define DEFAULT_CACHE_BYTES   ((size_t)256 << 20)
 #define FORM_BUFFER           (64 * 1024) /* libmicrohttpd post processor's work buffer */
 #define PUBLISH_MAX_TENANTS   256
 #define PUBLISH_TENANTS_BYTES 8192
-
-static int64_t now_s(void) {
-    return (int64_t)time(NULL);
-}
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -60,26 +46,7 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- Names and keys --------------------------------------------------------------- */
-
-/* Adapter names go into model ids, object ids, cache keys and metric labels: 1..64 of
- * [A-Za-z0-9._-], starting with a letter or digit. */
-static bool name_ok(const char *n) {
-    size_t len = strlen(n);
-    if (len < 1 || len > MC_ADAPTER_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = n[i];
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && (i == 0 || (c != '.' && c != '_' && c != '-')))
-            return false;
-    }
-    return true;
-}
-
-static void blob_id(char *out, size_t size, const char *name, uint64_t version) {
-    snprintf(out, size, "%s@%llu", name, (unsigned long long)version);
-}
+/* ---- Cache keys ------------------------------------------------------------------- */
 
 /* The cache key of m for tenant, and its cache version. */
 static uint64_t cache_key(char *out, size_t size, const char *tenant,
@@ -94,10 +61,6 @@ static uint64_t cache_key(char *out, size_t size, const char *tenant,
 
 /* ---- Metadata as JSON ------------------------------------------------------------- */
 
-static const char *format_name(enum mc_lora_format f) {
-    return f == MC_LORA_FORMAT_PEFT ? "peft" : "gguf";
-}
-
 static json_t *targets_json(uint32_t targets) {
     json_t *a = json_array();
     for (int p = 0; p < MC_PROJ_COUNT; p++)
@@ -106,185 +69,17 @@ static json_t *targets_json(uint32_t targets) {
     return a;
 }
 
-static char *meta_to_text(const struct mc_adapter_meta *m) {
-    json_t *o = json_pack("{s:s,s:I,s:s,s:i,s:f,s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:b,s:b}", "name",
-                          m->name, "version", (json_int_t)m->version, "format",
-                          format_name(m->format), "rank", m->rank, "alpha", (double)m->alpha,
-                          "has_alpha", m->has_alpha, "rslora", m->rslora, "targets",
-                          (json_int_t)m->targets, "size_bytes", (json_int_t)m->size_bytes,
-                          "resident_bytes", (json_int_t)m->resident_bytes, "created",
-                          (json_int_t)m->created, "digest", m->digest, "published", m->published,
-                          "pinned", m->pinned);
-    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return text;
-}
-
-static int meta_from_text(const char *text, size_t n, struct mc_adapter_meta *m,
-                          struct mc_err *err) {
-    memset(m, 0, sizeof(*m));
-    json_t *o = json_loadb(text, n, 0, NULL);
-    const char *name = NULL, *format = NULL, *digest = NULL;
-    json_int_t version = 0, targets = 0, size = 0, resident = 0, created = 0;
-    double alpha = 0;
-    int has_alpha = 0, rslora = 0, published = 0, pinned = 0;
-    if (!o || json_unpack(o, "{s:s,s:I,s:s,s:i,s:F,s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:b,s:b}", "name",
-                          &name, "version", &version, "format", &format, "rank", &m->rank, "alpha",
-                          &alpha, "has_alpha", &has_alpha, "rslora", &rslora, "targets", &targets,
-                          "size_bytes", &size, "resident_bytes", &resident, "created", &created,
-                          "digest", &digest, "published", &published, "pinned", &pinned) != 0) {
-        json_decref(o);
-        return mc_err_set(err, MC_EFORMAT, "stored adapter metadata is not valid");
-    }
-    snprintf(m->name, sizeof(m->name), "%s", name);
-    snprintf(m->digest, sizeof(m->digest), "%s", digest);
-    m->version = (uint64_t)version;
-    m->format = strcmp(format, "peft") == 0 ? MC_LORA_FORMAT_PEFT : MC_LORA_FORMAT_GGUF;
-    m->alpha = (float)alpha;
-    m->has_alpha = has_alpha;
-    m->rslora = rslora;
-    m->targets = (uint32_t)targets;
-    m->size_bytes = size;
-    m->resident_bytes = resident;
-    m->created = created;
-    m->published = published;
-    m->pinned = pinned;
-    json_decref(o);
-    return MC_OK;
-}
-
 /* The adapter as the API shows it. */
 static json_t *meta_json(struct mc_server *s, const struct mc_adapter_meta *m) {
     json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i,s:o,s:b,s:o,s:I,s:I,s:I,s:s,s:b,s:b}", "id",
                           m->name, "object", "adapter", "version", (json_int_t)m->version,
-                          "base_model", s->model_id, "format", format_name(m->format), "rank",
+                          "base_model", s->model_id, "format", mc_adapter_format_name(m->format), "rank",
                           m->rank, "alpha", m->has_alpha ? json_real(m->alpha) : json_null(),
                           "rslora", m->rslora, "targets", targets_json(m->targets), "size_bytes",
                           (json_int_t)m->size_bytes, "resident_bytes",
                           (json_int_t)m->resident_bytes, "created", (json_int_t)m->created,
                           "digest", m->digest, "published", m->published, "pinned", m->pinned);
     return o;
-}
-
-/* ---- Store access ----------------------------------------------------------------- */
-
-static int meta_get(struct mc_server *s, const char *tenant, const char *name,
-                    struct mc_adapter_meta *m, struct mc_err *err) {
-    void *data = NULL;
-    size_t n = 0;
-    int rc = mc_store_obj_get(s->store, tenant, META_KIND, name, &data, &n, err);
-    if (rc == MC_ENOTFOUND)
-        return mc_err_set(err, MC_ENOTFOUND, "no adapter '%.64s'", name);
-    if (rc != MC_OK)
-        return rc;
-    rc = meta_from_text(data, n, m, err);
-    mc_free(data);
-    return rc;
-}
-
-static int meta_put(struct mc_server *s, const char *tenant, const struct mc_adapter_meta *m,
-                    struct mc_err *err) {
-    char *text = meta_to_text(m);
-    if (!text)
-        return mc_err_set(err, MC_ENOMEM, "out of memory for adapter metadata");
-    int rc = mc_store_obj_put(s->store, tenant, META_KIND, m->name, text, strlen(text), err);
-    free(text);
-    return rc;
-}
-
-static int cmp_meta(const void *a, const void *b) {
-    return strcmp(((const struct mc_adapter_meta *)a)->name,
-                  ((const struct mc_adapter_meta *)b)->name);
-}
-
-int mc_adapter_list(struct mc_server *s, const char *tenant, struct mc_adapter_meta **out,
-                    size_t *n_out, struct mc_err *err) {
-    *out = NULL;
-    *n_out = 0;
-    char **ids = NULL;
-    size_t n = 0;
-    int rc = mc_store_obj_list(s->store, tenant, META_KIND, &ids, &n, err);
-    if (rc != MC_OK)
-        return rc;
-    struct mc_adapter_meta *rows = mc_calloc(n ? n : 1, sizeof(*rows));
-    if (!rows) {
-        mc_store_obj_list_free(ids, n);
-        return mc_err_set(err, MC_ENOMEM, "out of memory for %zu adapters", n);
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < n && rc == MC_OK; i++) {
-        rc = meta_get(s, tenant, ids[i], &rows[k], err);
-        if (rc == MC_ENOTFOUND) /* deleted since the listing */
-            rc = MC_OK;
-        else if (rc == MC_OK)
-            k++;
-    }
-    mc_store_obj_list_free(ids, n);
-    if (rc != MC_OK) {
-        mc_free(rows);
-        return rc;
-    }
-    qsort(rows, k, sizeof(*rows), cmp_meta);
-    *out = rows;
-    *n_out = k;
-    return MC_OK;
-}
-
-/* ---- Files: validation, blob, digest ---------------------------------------------- */
-
-/* An upload: a GGUF file, or a PEFT config and safetensors file (borrowed buffers). */
-struct upload {
-    enum mc_lora_format format;
-    const char *config; /* PEFT only */
-    size_t config_len;
-    const void *model; /* the GGUF or the safetensors file */
-    size_t model_len;
-};
-
-static int upload_open(struct mc_server *s, const struct upload *u, const char *name,
-                       struct mc_lora **out, struct mc_err *err) {
-    if (u->format == MC_LORA_FORMAT_PEFT)
-        return mc_lora_open_peft_buffers(u->config, u->config_len, u->model, u->model_len, name,
-                                         &s->lora_base, out, err);
-    return mc_lora_open_gguf_buffer(u->model, u->model_len, name, &s->lora_base, out, err);
-}
-
-static void *blob_build(const struct upload *u, size_t *n) {
-    size_t cfg = u->format == MC_LORA_FORMAT_PEFT ? u->config_len : 0;
-    *n = BLOB_HEADER + cfg + u->model_len;
-    unsigned char *b = mc_malloc(*n);
-    if (!b)
-        return NULL;
-    memcpy(b, BLOB_MAGIC, 8);
-    for (int i = 0; i < 8; i++)
-        b[8 + i] = (unsigned char)((uint64_t)cfg >> (8 * i));
-    if (cfg)
-        memcpy(b + BLOB_HEADER, u->config, cfg);
-    memcpy(b + BLOB_HEADER + cfg, u->model, u->model_len);
-    return b;
-}
-
-/* Splits a stored blob back into an upload (pointers into b). */
-static int blob_parse(const unsigned char *b, size_t n, struct upload *u, struct mc_err *err) {
-    if (n < BLOB_HEADER || memcmp(b, BLOB_MAGIC, 8) != 0)
-        return mc_err_set(err, MC_EFORMAT, "stored adapter blob has no header");
-    uint64_t cfg = 0;
-    for (int i = 0; i < 8; i++)
-        cfg |= (uint64_t)b[8 + i] << (8 * i);
-    if (cfg > n - BLOB_HEADER)
-        return mc_err_set(err, MC_EFORMAT, "stored adapter blob is truncated");
-    u->format = cfg ? MC_LORA_FORMAT_PEFT : MC_LORA_FORMAT_GGUF;
-    u->config = (const char *)b + BLOB_HEADER;
-    u->config_len = (size_t)cfg;
-    u->model = b + BLOB_HEADER + cfg;
-    u->model_len = n - BLOB_HEADER - (size_t)cfg;
-    return MC_OK;
-}
-
-static void digest_hex(const void *blob, size_t n, char out[65]) {
-    unsigned char h[32];
-    crypto_generichash(h, sizeof(h), blob, n, NULL, 0);
-    sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
 /* ---- Loader and cache ------------------------------------------------------------- */
@@ -298,32 +93,6 @@ struct load_src {
 };
 static _Thread_local const struct load_src *tls_src;
 
-static int load_blob(struct mc_server *s, const char *tenant, const char *name, uint64_t version,
-                     const char *want_digest, struct mc_lora **out, struct mc_err *err) {
-    char id[MC_ADAPTER_NAME_MAX + 32];
-    blob_id(id, sizeof(id), name, version);
-    void *data = NULL;
-    size_t n = 0;
-    int rc = mc_store_obj_get(s->store, tenant, BLOB_KIND, id, &data, &n, err);
-    if (rc == MC_ENOTFOUND)
-        return mc_err_set(err, MC_ENOTFOUND, "adapter '%s' version %llu is gone", name,
-                          (unsigned long long)version);
-    if (rc != MC_OK)
-        return rc;
-    struct upload u;
-    rc = blob_parse(data, n, &u, err);
-    if (rc == MC_OK && want_digest) {
-        char d[65];
-        digest_hex(data, n, d);
-        if (strcmp(d, want_digest) != 0)
-            rc = mc_err_set(err, MC_EFORMAT, "adapter '%s' does not match its digest", name);
-    }
-    if (rc == MC_OK)
-        rc = upload_open(s, &u, name, out, err);
-    mc_free(data);
-    return rc;
-}
-
 static int loader(void *user, const char *id, uint64_t version, struct mc_lora **out,
                   struct mc_err *err) {
     struct mc_server *s = user;
@@ -332,7 +101,8 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
     if (strncmp(id, "d/", 2) == 0) {
         if (!tls_src)
             return mc_err_set(err, MC_ENOTFOUND, "no stored copy named for a published adapter");
-        rc = load_blob(s, tls_src->tenant, tls_src->name, tls_src->version, id + 2, out, err);
+        rc = mc_adapter_load(s->store, &s->lora_base, tls_src->tenant, tls_src->name,
+                             tls_src->version, id + 2, out, err);
     } else {
         /* "t/<tenant>/<name>": tenant ids and adapter names have no '/'. */
         char tenant[80];
@@ -340,7 +110,8 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
         if (!slash || (size_t)(slash - id - 2) >= sizeof(tenant))
             return mc_err_set(err, MC_EINTERNAL, "bad adapter cache key");
         snprintf(tenant, sizeof(tenant), "%.*s", (int)(slash - id - 2), id + 2);
-        rc = load_blob(s, tenant, slash + 1, version, NULL, out, err);
+        rc = mc_adapter_load(s->store, &s->lora_base, tenant, slash + 1, version, NULL, out,
+                             err);
     }
     MC_LOG_INFO("adapter", "adapter_loaded", "key=%s version=%llu rc=%d ms=%.2f", id,
                 (unsigned long long)version, rc, (double)(mc_now_ns() - t0) / 1e6);
@@ -374,7 +145,7 @@ void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant) {
     struct mc_adapter_meta *rows = NULL;
     size_t n = 0;
     struct mc_err err = {0};
-    if (!s->adapters || mc_adapter_list(s, tenant, &rows, &n, &err) != MC_OK)
+    if (!s->adapters || mc_adapter_list(s->store, tenant, &rows, &n, &err) != MC_OK)
         return;
     for (size_t i = 0; i < n; i++)
         cache_forget(s, tenant, &rows[i]);
@@ -400,7 +171,7 @@ int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err) {
     for (size_t i = 0; i < n_t; i++) {
         struct mc_adapter_meta *rows = NULL;
         size_t n = 0;
-        if (mc_adapter_list(s, ts[i].id, &rows, &n, err) != MC_OK)
+        if (mc_adapter_list(s->store, ts[i].id, &rows, &n, err) != MC_OK)
             continue;
         for (size_t k = 0; k < n; k++) {
             struct mc_err e2 = {0};
@@ -422,14 +193,14 @@ int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err) {
 int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name,
                        struct mc_lora **out, struct mc_adapter_meta *meta, struct mc_err *err) {
     *out = NULL;
-    if (!name_ok(name))
+    if (!mc_adapter_name_ok(name))
         return mc_err_set(err, MC_ENOTFOUND, "no adapter");
     /* A replace between reading the metadata and loading the blob deletes the blob just
      * read about; the second round reads the new version. */
     int rc = MC_ENOTFOUND;
     for (int attempt = 0; attempt < 2 && rc == MC_ENOTFOUND; attempt++) {
         struct mc_adapter_meta m;
-        rc = meta_get(s, tenant, name, &m, err);
+        rc = mc_adapter_get(s->store, tenant, name, &m, err);
         if (rc != MC_OK)
             return rc;
         char key[160];
@@ -528,7 +299,7 @@ static bool form_parse(struct mc_http_req *r, struct form *fm, enum MHD_Result *
 
 /* The upload in fm: "file" (GGUF), or "adapter_config" and "adapter_model" (PEFT).
  * false after replying 400. */
-static bool form_upload(struct mc_http_req *r, const struct form *fm, struct upload *u,
+static bool form_upload(struct mc_http_req *r, const struct form *fm, struct mc_adapter_files *u,
                         enum MHD_Result *ret) {
     bool gguf = fm->seen[F_FILE];
     bool peft = fm->seen[F_CONFIG] || fm->seen[F_MODEL];
@@ -554,62 +325,18 @@ static bool form_upload(struct mc_http_req *r, const struct form *fm, struct upl
     return true;
 }
 
-/* ---- Storing ---------------------------------------------------------------------- */
+/* ---- Storing, with the cache kept in step ---------------------------------------- */
 
-/* Stores u (already validated: info is the opened adapter's) as tenant's adapter name,
- * replacing any earlier version. *replaced tells whether there was one; m gets the new
- * metadata. */
+/* mc_adapter_put, then the old version leaves the cache (running sequences keep theirs)
+ * and a pin carries over to the new one. */
 static int adapter_store(struct mc_server *s, const char *tenant, const char *name,
-                         const struct upload *u, const struct mc_lora_info *info, bool published,
-                         struct mc_adapter_meta *m, bool *replaced, struct mc_err *err) {
-    size_t n = 0;
-    void *blob = blob_build(u, &n);
-    if (!blob)
-        return mc_err_set(err, MC_ENOMEM, "out of memory for an adapter of %zu bytes",
-                          u->model_len);
-    memset(m, 0, sizeof(*m));
-    snprintf(m->name, sizeof(m->name), "%s", name);
-    m->format = u->format;
-    m->rank = info->rank;
-    m->alpha = info->has_alpha ? info->alpha : 0;
-    m->has_alpha = info->has_alpha;
-    m->rslora = info->rslora;
-    m->targets = info->targets;
-    m->size_bytes = (int64_t)(u->model_len + (u->format == MC_LORA_FORMAT_PEFT ? u->config_len : 0));
-    m->resident_bytes = (int64_t)info->resident_bytes;
-    m->created = now_s();
-    m->published = published;
-    digest_hex(blob, n, m->digest);
-
-    /* Read the old version and write the new one in one transaction, so two uploads of
-     * one name cannot both get the same version. */
+                         const struct mc_adapter_files *u, const struct mc_lora_info *info,
+                         bool published, struct mc_adapter_meta *m, bool *replaced,
+                         struct mc_err *err) {
     struct mc_adapter_meta old;
-    int rc = mc_store_begin(s->store, err);
+    int rc = mc_adapter_put(s->store, tenant, name, u, info, published, m, &old, replaced, err);
     if (rc != MC_OK)
-        goto out_free;
-    rc = meta_get(s, tenant, name, &old, err);
-    *replaced = rc == MC_OK;
-    if (rc != MC_OK && rc != MC_ENOTFOUND)
-        goto out_rollback;
-    m->version = *replaced ? old.version + 1 : 1;
-    m->pinned = *replaced && old.pinned;
-    char id[MC_ADAPTER_NAME_MAX + 32];
-    blob_id(id, sizeof(id), name, m->version);
-    if ((rc = mc_store_obj_put(s->store, tenant, BLOB_KIND, id, blob, n, err)) != MC_OK)
-        goto out_rollback;
-    if ((rc = meta_put(s, tenant, m, err)) != MC_OK)
-        goto out_rollback;
-    if (*replaced) {
-        blob_id(id, sizeof(id), name, old.version);
-        rc = mc_store_obj_delete(s->store, tenant, BLOB_KIND, id, err);
-        if (rc != MC_OK && rc != MC_ENOTFOUND)
-            goto out_rollback;
-    }
-    if ((rc = mc_store_commit(s->store, err)) != MC_OK)
-        goto out_rollback;
-    mc_free(blob);
-
-    /* Committed: drop the old version from the cache; running sequences keep theirs. */
+        return rc;
     if (*replaced) {
         cache_forget(s, tenant, &old);
         if (old.pinned && old.published)
@@ -622,39 +349,18 @@ static int adapter_store(struct mc_server *s, const char *tenant, const char *na
                         e2.msg);
     }
     return MC_OK;
-
-out_rollback:
-    mc_store_rollback(s->store);
-out_free:
-    mc_free(blob);
-    return rc;
 }
 
 static int adapter_delete(struct mc_server *s, const char *tenant, const char *name,
                           struct mc_err *err) {
     struct mc_adapter_meta m;
-    int rc = mc_store_begin(s->store, err);
+    int rc = mc_adapter_delete(s->store, tenant, name, &m, err);
     if (rc != MC_OK)
         return rc;
-    if ((rc = meta_get(s, tenant, name, &m, err)) != MC_OK)
-        goto out_rollback;
-    char id[MC_ADAPTER_NAME_MAX + 32];
-    blob_id(id, sizeof(id), name, m.version);
-    rc = mc_store_obj_delete(s->store, tenant, BLOB_KIND, id, err);
-    if (rc != MC_OK && rc != MC_ENOTFOUND)
-        goto out_rollback;
-    if ((rc = mc_store_obj_delete(s->store, tenant, META_KIND, name, err)) != MC_OK)
-        goto out_rollback;
-    if ((rc = mc_store_commit(s->store, err)) != MC_OK)
-        goto out_rollback;
     cache_forget(s, tenant, &m);
     if (m.pinned && m.published)
         cache_pin(s, tenant, &m, false, err);
     return MC_OK;
-
-out_rollback:
-    mc_store_rollback(s->store);
-    return rc;
 }
 
 /* ---- Tenant routes ---------------------------------------------------------------- */
@@ -676,7 +382,7 @@ static enum MHD_Result list_reply(struct mc_server *s, struct mc_http_req *r, co
     struct mc_adapter_meta *rows = NULL;
     size_t n = 0;
     struct mc_err err = {0};
-    int rc = mc_adapter_list(s, tenant, &rows, &n, &err);
+    int rc = mc_adapter_list(s->store, tenant, &rows, &n, &err);
     if (rc == MC_ENOTFOUND)
         return mc_http_reply_error(r, 404, "invalid_request_error", "not_found", NULL,
                                    "no such tenant");
@@ -695,7 +401,7 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
                                     const char *tenant, const struct form *fm) {
     enum MHD_Result ret;
     const char *name = form_str(fm, F_NAME);
-    if (!name_ok(name))
+    if (!mc_adapter_name_ok(name))
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value", "name",
                                    "'name' must be 1..%d characters of A-Z a-z 0-9 . _ - "
                                    "starting with a letter or digit",
@@ -703,14 +409,14 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
     if (strcmp(name, s->model_id) == 0)
         return mc_http_reply_error(r, 409, "invalid_request_error", "conflict", "name",
                                    "'%s' is the base model's name; choose another", name);
-    struct upload u;
+    struct mc_adapter_files u;
     if (!form_upload(r, fm, &u, &ret))
         return ret;
 
     /* The whole file is checked against the served model before anything is stored. */
     struct mc_lora *l = NULL;
     struct mc_err err = {0};
-    int rc = upload_open(s, &u, name, &l, &err);
+    int rc = mc_adapter_open(&u, name, &s->lora_base, &l, &err);
     if (rc != MC_OK) {
         r->reject = "invalid_adapter";
         if (rc == MC_ENOMEM || rc == MC_EIO)
@@ -726,7 +432,7 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
     if (rc != MC_OK)
         return reply_internal(r, tenant, &err);
     MC_LOG_INFO("adapter", "adapter_stored", "tenant=%s adapter=%s version=%llu format=%s bytes=%lld",
-                tenant, name, (unsigned long long)m.version, format_name(m.format),
+                tenant, name, (unsigned long long)m.version, mc_adapter_format_name(m.format),
                 (long long)m.size_bytes);
     return mc_http_reply_json(r, replaced ? 200 : 201, meta_json(s, &m));
 }
@@ -755,10 +461,10 @@ enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
     r->route = "/v1/adapters/{name}";
     const char *name = path + 1;
     struct mc_adapter_meta m;
-    if (!name_ok(name))
+    if (!mc_adapter_name_ok(name))
         return reply_not_found(r, name);
     if (get) {
-        int rc = meta_get(s, a->tenant, name, &m, &err);
+        int rc = mc_adapter_get(s->store, a->tenant, name, &m, &err);
         if (rc == MC_ENOTFOUND)
             return reply_not_found(r, name);
         return rc == MC_OK ? mc_http_reply_json(r, 200, meta_json(s, &m))
@@ -826,9 +532,9 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     snprintf(tbuf, sizeof(tbuf), "%s", form_str(&fm, F_TENANTS));
     int n = fm.f[F_TENANTS].len < sizeof(tbuf) ? split_tenants(tbuf, ids, PUBLISH_MAX_TENANTS)
                                                : -1;
-    struct upload u;
+    struct mc_adapter_files u;
     struct mc_err err = {0};
-    if (!name_ok(name) || strcmp(name, s->model_id) == 0) {
+    if (!mc_adapter_name_ok(name) || strcmp(name, s->model_id) == 0) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value", "name",
                                   "'name' must be 1..%d characters of A-Z a-z 0-9 . _ - and not "
                                   "the base model's name",
@@ -855,7 +561,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     if (!form_upload(r, &fm, &u, &ret))
         goto out;
     struct mc_lora *l = NULL;
-    int rc = upload_open(s, &u, name, &l, &err);
+    int rc = mc_adapter_open(&u, name, &s->lora_base, &l, &err);
     if (rc != MC_OK) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
                                   u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
@@ -892,16 +598,9 @@ static enum MHD_Result pin_reply(struct mc_server *s, struct mc_http_req *r, con
                                  const char *name, bool pin) {
     struct mc_adapter_meta m;
     struct mc_err err = {0};
-    int rc = mc_store_begin(s->store, &err);
-    if (rc == MC_OK && (rc = meta_get(s, tenant, name, &m, &err)) == MC_OK) {
-        m.pinned = pin;
-        rc = meta_put(s, tenant, &m, &err);
-    }
-    rc = rc == MC_OK ? mc_store_commit(s->store, &err) : rc;
-    if (rc != MC_OK) {
-        mc_store_rollback(s->store);
+    int rc = mc_adapter_set_pinned(s->store, tenant, name, pin, &m, &err);
+    if (rc != MC_OK)
         return rc == MC_ENOTFOUND ? reply_not_found(r, name) : reply_internal(r, tenant, &err);
-    }
     rc = cache_pin(s, tenant, &m, pin, &err);
     if (rc == MC_EFULL)
         return mc_http_reply_error(r, 409, "invalid_request_error", "adapter_cache_full", NULL,
@@ -945,7 +644,7 @@ enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r
     const char *slash = strchr(arg, '/');
     size_t len = slash ? (size_t)(slash - arg) : strlen(arg);
     snprintf(name, sizeof(name), "%.*s", (int)(len < sizeof(name) ? len : 0), arg);
-    if (!name_ok(name))
+    if (!mc_adapter_name_ok(name))
         return reply_not_found(r, arg);
     if (slash) {
         r->route = "/admin/tenants/{id}/adapters/{name}/pin";
@@ -960,7 +659,7 @@ enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r
     r->route = "/admin/tenants/{id}/adapters/{name}";
     struct mc_adapter_meta m;
     if (get) {
-        rc = meta_get(s, tenant, name, &m, &err);
+        rc = mc_adapter_get(s->store, tenant, name, &m, &err);
         if (rc == MC_ENOTFOUND)
             return reply_not_found(r, name);
         return rc == MC_OK ? mc_http_reply_json(r, 200, meta_json(s, &m))

@@ -1196,7 +1196,7 @@ enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const 
     struct mc_adapter_meta *rows = NULL;
     size_t n = 0;
     struct mc_err err = {0};
-    int rc = mc_adapter_list(s, a->tenant, &rows, &n, &err);
+    int rc = mc_adapter_list(s->store, a->tenant, &rows, &n, &err);
     if (rc != MC_OK) {
         mc_front_deinit(&f);
         MC_LOG_ERROR("api", "adapter_list_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id,

@@ -10,6 +10,7 @@
 
 #include "adapter/lora.h" /* struct mc_lora_base */
 #include "base/err.h"
+#include "serve/adapter_store.h" /* struct mc_adapter_meta, MC_ADAPTER_NAME_MAX */
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -350,26 +351,6 @@ int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
 
 /* ---- LoRA adapters (api_adapter.c) ------------------------------------------------ */
 
-#define MC_ADAPTER_NAME_MAX 64
-
-/* What the store keeps about one adapter of one tenant (kind "adapter_meta"). */
-struct mc_adapter_meta {
-    char name[MC_ADAPTER_NAME_MAX + 1];
-    uint64_t version; /* 1 at first upload, +1 on every replace */
-    enum mc_lora_format format;
-    int32_t rank;
-    float alpha; /* 0 when has_alpha is false */
-    bool has_alpha;
-    bool rslora;
-    uint32_t targets;      /* bit (1 << enum mc_proj) per projection */
-    int64_t size_bytes;    /* bytes uploaded (both PEFT files together) */
-    int64_t resident_bytes; /* heap bytes once loaded */
-    int64_t created;       /* Unix seconds this version was stored */
-    char digest[65];       /* hex BLAKE2b-256 of the stored files */
-    bool published;        /* put there by the operator (POST /admin/adapters) */
-    bool pinned;           /* never evicted from the residency cache */
-};
-
 /* Creates the residency cache (budget s->adapter_cache_bytes) and pins every adapter
  * marked pinned in the store. Called by mc_server_load once the model is loaded. */
 int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err);
@@ -379,9 +360,6 @@ int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err);
  * looked at. */
 int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name,
                        struct mc_lora **out, struct mc_adapter_meta *meta, struct mc_err *err);
-/* The tenant's adapters sorted by name, into a new array (mc_free). */
-int mc_adapter_list(struct mc_server *s, const char *tenant, struct mc_adapter_meta **out,
-                    size_t *n, struct mc_err *err);
 /* Drops the cache entries of every private adapter of tenant (before the tenant is
  * deleted: its decrypted weights must not outlive its data key in memory). Running
  * sequences keep theirs until they end. */
