@@ -575,7 +575,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
         rc = adapter_store(s, ids[i], name, &u, mc_lora_info(l), true, &m, &replaced, &err);
         if (rc != MC_OK)
             break;
-        audit(s, "adapter_publish", ids[i], name, m.version);
+        audit(s, "adapter.publish", ids[i], name, m.version);
         json_t *o = meta_json(s, &m);
         json_object_set_new(o, "tenant", json_string(ids[i]));
         json_array_append_new(data, o);
@@ -608,7 +608,7 @@ static enum MHD_Result pin_reply(struct mc_server *s, struct mc_http_req *r, con
                                    err.msg);
     if (rc != MC_OK)
         return reply_internal(r, tenant, &err);
-    audit(s, pin ? "adapter_pin" : "adapter_unpin", tenant, name, m.version);
+    audit(s, pin ? "adapter.pin" : "adapter.unpin", tenant, name, m.version);
     return mc_http_reply_json(r, 200, meta_json(s, &m));
 }
 
@@ -673,7 +673,7 @@ enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r
         return reply_not_found(r, name);
     if (rc != MC_OK)
         return reply_internal(r, tenant, &err);
-    audit(s, "adapter_delete", tenant, name, 0);
+    audit(s, "adapter.delete", tenant, name, 0);
     return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object",
                                                 "adapter.deleted", "deleted", 1));
 }

@@ -7,7 +7,7 @@
 #   - curl: health, readiness, metrics, 401, a 10 MB body (413), invalid UTF-8 (400),
 #     raw SSE framing;
 #   - curl: a LoRA adapter uploaded as multipart/form-data answers like
-#     `mcai generate --lora`;
+#     `mcai generate --lora`; `mcai adapter` on the running server's data directory;
 #   - client.mjs: the admin API, the OpenAI API (chat, streaming, stop, n, seed,
 #     logprobs, completions, embeddings, models, conversations), isolation between
 #     tenants, revocation, limits, bad input while another tenant streams, disconnects,
@@ -172,6 +172,27 @@ $C -H "Authorization: Bearer $KEY" -d '{"model":"tales","prompt":"Once upon a ti
 check "curl: model=<adapter> answers like mcai generate --lora" "$LORA_TEXT" \
     "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
         "utf8")).choices[0].text)' "$DIR/lora-out" 2> /dev/null)"
+# The same objects from the command line, on the running server's data directory.
+MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
+"$MCAI" adapter add cli-peft -m "$MODEL" --peft "$LORA_PEFT" $MK > "$DIR/cli-add" 2>&1
+check "mcai adapter add (PEFT) beside the running server" 0 $?
+"$MCAI" adapter list $MK > "$DIR/cli-list" 2>&1
+contains "mcai adapter list shows the adapter uploaded over HTTP" "$DIR/cli-list" "tales"
+$C -H "Authorization: Bearer $KEY" -d '{"model":"cli-peft","prompt":"Once upon a time",
+    "max_tokens":24,"temperature":0}' "$BASE/v1/completions" > "$DIR/lora-cli"
+check "curl: the adapter added by the CLI answers like mcai generate --lora" "$LORA_TEXT" \
+    "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
+        "utf8")).choices[0].text)' "$DIR/lora-cli" 2> /dev/null)"
+head -c 5000 "$LORA" > "$DIR/cut.gguf"
+"$MCAI" adapter add cut -m "$MODEL" --file "$DIR/cut.gguf" $MK > /dev/null 2> "$DIR/cli-bad"
+check "mcai adapter add of a truncated file exits 1" 1 $?
+contains "mcai adapter add names the tensor" "$DIR/cli-bad" "lora_"
+"$MCAI" adapter delete cli-peft $MK > /dev/null 2>&1
+check "mcai adapter delete" 0 $?
+check "curl: the adapter deleted by the CLI is gone for the server" 404 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+        -d '{"model":"cli-peft","prompt":"x"}' "$BASE/v1/completions")"
+
 # The adapter's GGUF metadata keys are plain text in the file, never under the data dir.
 check "sealed at rest: the adapter file's text is not in the data dir" "" \
     "$(grep -rlF -- "adapter.lora.alpha" "$DIR/data" 2>/dev/null)"
