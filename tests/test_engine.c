@@ -1603,9 +1603,8 @@ static void test_e2e_reference_adapter_reproduces_llama_cpp_greedy(void **state)
     pthread_mutex_lock(&rec_mu);
     for (int i = 0; i < n_cases; i++) {
         rec_init(&r[i], NULL);
-        struct mc_engine_params p =
-            greedy_params(i % 2 ? "acme" : "globex", cases[i].prompt, cases[i].n_prompt,
-                          REF_N_PREDICT);
+        struct mc_engine_params p = greedy_params(i % 2 ? "acme" : "globex", cases[i].prompt,
+                                                  cases[i].n_prompt, REF_N_PREDICT);
         p.ignore_eos = true;
         p.adapter = cases[i].scale > 0 ? l : NULL;
         p.adapter_scale = cases[i].scale;
@@ -1676,8 +1675,8 @@ static void test_e2e_sixteen_rows_with_different_adapters_match_alone(void **sta
         const struct lora_case *c = &cases[i % n_cases];
         rec_init(&r[i], NULL);
         r[i].engine = e;
-        struct mc_engine_params p = greedy_params(i % 2 ? "acme" : "globex", c->prompt,
-                                                  c->n_prompt, MIX_TOKENS);
+        struct mc_engine_params p =
+            greedy_params(i % 2 ? "acme" : "globex", c->prompt, c->n_prompt, MIX_TOKENS);
         p.ignore_eos = true;
         p.adapter = ad[i];
         p.adapter_scale = scale[i];
@@ -1742,8 +1741,8 @@ static void test_e2e_cancelled_and_preempted_requests_release_their_adapter(void
     rec_init(&ra, NULL);
     rec_init(&rb, NULL);
     rec_init(&rc, NULL);
-    struct mc_engine_params p = greedy_params("busy", cases[1].prompt, cases[1].n_prompt,
-                                              REF_N_PREDICT);
+    struct mc_engine_params p =
+        greedy_params("busy", cases[1].prompt, cases[1].n_prompt, REF_N_PREDICT);
     p.ignore_eos = true;
     p.adapter = l;
     p.adapter_scale = cases[1].scale;

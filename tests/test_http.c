@@ -184,7 +184,8 @@ static void test_lora_scale_extension_is_parsed_and_bounded(void **state) {
     const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
     char b[256];
     snprintf(b, sizeof(b), "{%s,\"lora_scale\":17}", m);
-    expect_chat_error(b, "lora_scale", "invalid_value", "'lora_scale' is 17, must be between 0 and 16");
+    expect_chat_error(b, "lora_scale", "invalid_value",
+                      "'lora_scale' is 17, must be between 0 and 16");
     snprintf(b, sizeof(b), "{%s,\"lora_scale\":-0.1}", m);
     expect_chat_error(b, "lora_scale", "invalid_value", "must be between 0 and 16");
     snprintf(b, sizeof(b), "{%s,\"lora_scale\":\"1\"}", m);

@@ -64,9 +64,9 @@ static int setup(void **state) {
     server_start(f);
     for (int i = 0; i < 2; i++) {
         struct mc_key_info ki;
-        assert_int_equal(mc_tenant_create(f->s->tenants, i ? "beta" : "alpha", NULL, NULL,
-                                          f->tenant[i], &err),
-                         MC_OK);
+        assert_int_equal(
+            mc_tenant_create(f->s->tenants, i ? "beta" : "alpha", NULL, NULL, f->tenant[i], &err),
+            MC_OK);
         assert_int_equal(mc_key_create(f->s->tenants, f->tenant[i], f->key[i], &ki, &err), MC_OK);
     }
     *state = f;
@@ -226,10 +226,8 @@ static void test_other_tenants_adapter_is_not_found(void **state) {
     /* Same name, own adapter: each tenant gets its own. */
     upload_ok(f, 1, "secret-sauce");
     struct mc_lora *a = NULL, *b = NULL;
-    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "secret-sauce", &a, NULL, &err),
-                     MC_OK);
-    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[1], "secret-sauce", &b, NULL, &err),
-                     MC_OK);
+    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "secret-sauce", &a, NULL, &err), MC_OK);
+    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[1], "secret-sauce", &b, NULL, &err), MC_OK);
     assert_ptr_not_equal(a, b); /* identical bytes, still two cache entries */
     mc_lora_release(a);
     mc_lora_release(b);
@@ -258,7 +256,8 @@ static void test_bad_uploads_are_400_and_store_nothing(void **state) {
         {"name", NULL, "cut", 0},
         {"adapter_config", NULL, "{\"r\": 4,", 0},
         {"adapter_model",
-         test_shared_path(st, sizeof(st), "models/stories260K-lora-r4-peft/adapter_model.safetensors"),
+         test_shared_path(st, sizeof(st),
+                          "models/stories260K-lora-r4-peft/adapter_model.safetensors"),
          NULL, 0},
     };
     assert_int_equal(post_form(f, "/v1/adapters", f->key[0], peft, 3, &b), 400);
@@ -266,11 +265,12 @@ static void test_bad_uploads_are_400_and_store_nothing(void **state) {
     mc_buf_free(&b);
 
     /* Both formats at once, an unknown field, and no file at all. */
-    struct part both[] = {{"name", NULL, "x", 0}, {"file", NULL, file, n},
-                          {"adapter_model", NULL, file, n}};
+    struct part both[] = {
+        {"name", NULL, "x", 0}, {"file", NULL, file, n}, {"adapter_model", NULL, file, n}};
     assert_int_equal(post_form(f, "/v1/adapters", f->key[0], both, 3, &b), 400);
     mc_buf_free(&b);
-    struct part extra[] = {{"name", NULL, "x", 0}, {"file", NULL, file, n}, {"scale", NULL, "2", 0}};
+    struct part extra[] = {
+        {"name", NULL, "x", 0}, {"file", NULL, file, n}, {"scale", NULL, "2", 0}};
     assert_int_equal(post_form(f, "/v1/adapters", f->key[0], extra, 3, &b), 400);
     assert_non_null(strstr(b.data, "unknown form field 'scale'"));
     mc_buf_free(&b);
@@ -309,8 +309,7 @@ static void test_published_copies_share_one_cache_entry(void **state) {
     char del[128];
     snprintf(del, sizeof(del), "/admin/tenants/%s/adapters/house", f->tenant[0]);
     assert_int_equal(http_delete(f, del, ADMIN_KEY), 200);
-    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "house", &a, NULL, &err),
-                     MC_ENOTFOUND);
+    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "house", &a, NULL, &err), MC_ENOTFOUND);
     assert_int_equal(mc_adapter_resolve(f->s, f->tenant[1], "house", &c, NULL, &err), MC_OK);
     mc_lora_release(c);
 }
@@ -359,8 +358,8 @@ int main(void) {
     mc_log_set_level(MC_LOG_ERROR);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_replace_and_delete_bump_version_and_holders_keep_theirs,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_replace_and_delete_bump_version_and_holders_keep_theirs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_tenants_adapter_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uploads_are_400_and_store_nothing, setup,
                                         teardown),

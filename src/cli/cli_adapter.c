@@ -135,8 +135,8 @@ static void targets_text(uint32_t targets, char *out, size_t size) {
     out[0] = '\0';
     for (int p = 0; p < MC_PROJ_COUNT; p++)
         if (targets & (1u << p))
-            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%s%s",
-                                    len ? "," : "", mc_lora_proj_short((enum mc_proj)p));
+            len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%s%s", len ? "," : "",
+                                    mc_lora_proj_short((enum mc_proj)p));
 }
 
 static void print_one(const struct mc_adapter_meta *m) {
@@ -168,7 +168,8 @@ static void audit(struct cli_data *d, const char *action, const char *tenant,
 }
 
 /* add and publish: open once against the model, store for each tenant. */
-static int store(struct cli_data *d, const struct args *a, const char (*ids)[MC_TENANT_ID_LEN + 1]) {
+static int store(struct cli_data *d, const struct args *a,
+                 const char (*ids)[MC_TENANT_ID_LEN + 1]) {
     struct mc_model *model = NULL;
     struct mc_err err = {0};
     if (mc_model_load(a->model, &model, &err) != MC_OK) {
@@ -236,8 +237,7 @@ static int one(struct cli_data *d, const struct args *a, const char *tenant) {
     else if (!strcmp(a->action, "delete"))
         rc = mc_adapter_delete(d->store, tenant, a->name, &m, &err);
     else
-        rc = mc_adapter_set_pinned(d->store, tenant, a->name, !strcmp(a->action, "pin"), &m,
-                                   &err);
+        rc = mc_adapter_set_pinned(d->store, tenant, a->name, !strcmp(a->action, "pin"), &m, &err);
     if (rc != MC_OK) {
         fprintf(stderr, "mcai adapter %s: %s\n", a->action, err.msg);
         return CLI_ERR;
@@ -265,7 +265,7 @@ static int run(struct cli_data *d, const struct args *a) {
         snprintf(ids[i], sizeof(ids[i]), "%s", t.id);
     }
     if (!strcmp(a->action, "add") || !strcmp(a->action, "publish"))
-        return store(d, a, (const char(*)[MC_TENANT_ID_LEN + 1])ids);
+        return store(d, a, (const char(*)[MC_TENANT_ID_LEN + 1]) ids);
     if (!strcmp(a->action, "list"))
         return list(d, ids[0]);
     return one(d, a, ids[0]);
@@ -297,8 +297,9 @@ static int check_args(const struct args *a) {
         return CLI_USAGE;
     }
     if (storing && (!a->model || !a->file == !a->peft)) {
-        fprintf(stderr, "mcai adapter %s: -m MODEL and one of --file F or --peft DIR are "
-                        "required\n",
+        fprintf(stderr,
+                "mcai adapter %s: -m MODEL and one of --file F or --peft DIR are "
+                "required\n",
                 act);
         return CLI_USAGE;
     }
@@ -355,8 +356,7 @@ static int parse_args(int argc, char **argv, struct args *a) {
     if (optind < argc - 1)
         a->name = argv[1 + optind++];
     if (optind < argc - 1) {
-        fprintf(stderr, "mcai adapter %s: unexpected argument '%s'\n", a->action,
-                argv[1 + optind]);
+        fprintf(stderr, "mcai adapter %s: unexpected argument '%s'\n", a->action, argv[1 + optind]);
         return CLI_USAGE;
     }
     return check_args(a);

@@ -51,14 +51,13 @@ const char *mc_adapter_format_name(enum mc_lora_format f) {
 /* ---- Metadata --------------------------------------------------------------------- */
 
 static char *meta_to_text(const struct mc_adapter_meta *m) {
-    json_t *o = json_pack("{s:s,s:I,s:s,s:i,s:f,s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:b,s:b}", "name",
-                          m->name, "version", (json_int_t)m->version, "format",
-                          mc_adapter_format_name(m->format), "rank", m->rank, "alpha", (double)m->alpha,
-                          "has_alpha", m->has_alpha, "rslora", m->rslora, "targets",
-                          (json_int_t)m->targets, "size_bytes", (json_int_t)m->size_bytes,
-                          "resident_bytes", (json_int_t)m->resident_bytes, "created",
-                          (json_int_t)m->created, "digest", m->digest, "published", m->published,
-                          "pinned", m->pinned);
+    json_t *o = json_pack(
+        "{s:s,s:I,s:s,s:i,s:f,s:b,s:b,s:I,s:I,s:I,s:I,s:s,s:b,s:b}", "name", m->name, "version",
+        (json_int_t)m->version, "format", mc_adapter_format_name(m->format), "rank", m->rank,
+        "alpha", (double)m->alpha, "has_alpha", m->has_alpha, "rslora", m->rslora, "targets",
+        (json_int_t)m->targets, "size_bytes", (json_int_t)m->size_bytes, "resident_bytes",
+        (json_int_t)m->resident_bytes, "created", (json_int_t)m->created, "digest", m->digest,
+        "published", m->published, "pinned", m->pinned);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return text;
@@ -185,7 +184,8 @@ static void *blob_build(const struct mc_adapter_files *u, size_t *n) {
 }
 
 /* Splits a stored blob back into an upload (pointers into b). */
-static int blob_parse(const unsigned char *b, size_t n, struct mc_adapter_files *u, struct mc_err *err) {
+static int blob_parse(const unsigned char *b, size_t n, struct mc_adapter_files *u,
+                      struct mc_err *err) {
     if (n < BLOB_HEADER || memcmp(b, BLOB_MAGIC, 8) != 0)
         return mc_err_set(err, MC_EFORMAT, "stored adapter blob has no header");
     uint64_t cfg = 0;
@@ -254,7 +254,8 @@ int mc_adapter_put(struct mc_store *st, const char *tenant, const char *name,
     m->has_alpha = info->has_alpha;
     m->rslora = info->rslora;
     m->targets = info->targets;
-    m->size_bytes = (int64_t)(f->model_len + (f->format == MC_LORA_FORMAT_PEFT ? f->config_len : 0));
+    m->size_bytes =
+        (int64_t)(f->model_len + (f->format == MC_LORA_FORMAT_PEFT ? f->config_len : 0));
     m->resident_bytes = (int64_t)info->resident_bytes;
     m->created = (int64_t)time(NULL);
     m->published = published;

@@ -71,14 +71,14 @@ static json_t *targets_json(uint32_t targets) {
 
 /* The adapter as the API shows it. */
 static json_t *meta_json(struct mc_server *s, const struct mc_adapter_meta *m) {
-    json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:s,s:i,s:o,s:b,s:o,s:I,s:I,s:I,s:s,s:b,s:b}", "id",
-                          m->name, "object", "adapter", "version", (json_int_t)m->version,
-                          "base_model", s->model_id, "format", mc_adapter_format_name(m->format), "rank",
-                          m->rank, "alpha", m->has_alpha ? json_real(m->alpha) : json_null(),
-                          "rslora", m->rslora, "targets", targets_json(m->targets), "size_bytes",
-                          (json_int_t)m->size_bytes, "resident_bytes",
-                          (json_int_t)m->resident_bytes, "created", (json_int_t)m->created,
-                          "digest", m->digest, "published", m->published, "pinned", m->pinned);
+    json_t *o = json_pack(
+        "{s:s,s:s,s:I,s:s,s:s,s:i,s:o,s:b,s:o,s:I,s:I,s:I,s:s,s:b,s:b}", "id", m->name, "object",
+        "adapter", "version", (json_int_t)m->version, "base_model", s->model_id, "format",
+        mc_adapter_format_name(m->format), "rank", m->rank, "alpha",
+        m->has_alpha ? json_real(m->alpha) : json_null(), "rslora", m->rslora, "targets",
+        targets_json(m->targets), "size_bytes", (json_int_t)m->size_bytes, "resident_bytes",
+        (json_int_t)m->resident_bytes, "created", (json_int_t)m->created, "digest", m->digest,
+        "published", m->published, "pinned", m->pinned);
     return o;
 }
 
@@ -110,8 +110,7 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
         if (!slash || (size_t)(slash - id - 2) >= sizeof(tenant))
             return mc_err_set(err, MC_EINTERNAL, "bad adapter cache key");
         snprintf(tenant, sizeof(tenant), "%.*s", (int)(slash - id - 2), id + 2);
-        rc = mc_adapter_load(s->store, &s->lora_base, tenant, slash + 1, version, NULL, out,
-                             err);
+        rc = mc_adapter_load(s->store, &s->lora_base, tenant, slash + 1, version, NULL, out, err);
     }
     MC_LOG_INFO("adapter", "adapter_loaded", "key=%s version=%llu rc=%d ms=%.2f", id,
                 (unsigned long long)version, rc, (double)(mc_now_ns() - t0) / 1e6);
@@ -132,8 +131,7 @@ static int cache_pin(struct mc_server *s, const char *tenant, const struct mc_ad
 
 /* Drops the cache's references to a tenant's private adapter (every version). A
  * published copy's entry is shared with other tenants and is left to the LRU. */
-static void cache_forget(struct mc_server *s, const char *tenant,
-                         const struct mc_adapter_meta *m) {
+static void cache_forget(struct mc_server *s, const char *tenant, const struct mc_adapter_meta *m) {
     if (m->published)
         return;
     char key[160];
@@ -218,8 +216,8 @@ int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name
 /* ---- multipart/form-data ---------------------------------------------------------- */
 
 enum { F_NAME, F_FILE, F_CONFIG, F_MODEL, F_TENANTS, F_COUNT };
-static const char *const field_names[F_COUNT] = {"name", "file", "adapter_config",
-                                                 "adapter_model", "tenants"};
+static const char *const field_names[F_COUNT] = {"name", "file", "adapter_config", "adapter_model",
+                                                 "tenants"};
 
 struct form {
     bool allowed[F_COUNT];
@@ -263,8 +261,7 @@ static const char *form_str(const struct form *fm, int i) {
 static bool form_parse(struct mc_http_req *r, struct form *fm, enum MHD_Result *ret) {
     const char *ct = mc_http_header(r, "Content-Type");
     if (!ct || strncasecmp(ct, "multipart/form-data", 19) != 0) {
-        *ret = mc_http_reply_error(r, 415, "invalid_request_error", "unsupported_media_type",
-                                   NULL,
+        *ret = mc_http_reply_error(r, 415, "invalid_request_error", "unsupported_media_type", NULL,
                                    "send the adapter as multipart/form-data (curl -F "
                                    "name=NAME -F file=@adapter.gguf)");
         return false;
@@ -290,8 +287,8 @@ static bool form_parse(struct mc_http_req *r, struct form *fm, enum MHD_Result *
         return false;
     }
     if (fm->unknown[0]) {
-        *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_upload",
-                                   fm->unknown, "unknown form field '%s'", fm->unknown);
+        *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_upload", fm->unknown,
+                                   "unknown form field '%s'", fm->unknown);
         return false;
     }
     return true;
@@ -397,8 +394,8 @@ static enum MHD_Result list_reply(struct mc_server *s, struct mc_http_req *r, co
 
 /* Validates and stores the upload in fm as tenant's adapter name; the reply is the
  * adapter (201 new, 200 replaced) or the error. */
-static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
-                                    const char *tenant, const struct form *fm) {
+static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, const char *tenant,
+                                    const struct form *fm) {
     enum MHD_Result ret;
     const char *name = form_str(fm, F_NAME);
     if (!mc_adapter_name_ok(name))
@@ -422,8 +419,8 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
         if (rc == MC_ENOMEM || rc == MC_EIO)
             return reply_internal(r, tenant, &err);
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                   u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model",
-                                   "%s", err.msg);
+                                   u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
+                                   err.msg);
     }
     struct mc_adapter_meta m;
     bool replaced = false;
@@ -431,14 +428,15 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r,
     mc_lora_release(l);
     if (rc != MC_OK)
         return reply_internal(r, tenant, &err);
-    MC_LOG_INFO("adapter", "adapter_stored", "tenant=%s adapter=%s version=%llu format=%s bytes=%lld",
-                tenant, name, (unsigned long long)m.version, mc_adapter_format_name(m.format),
+    MC_LOG_INFO("adapter", "adapter_stored",
+                "tenant=%s adapter=%s version=%llu format=%s bytes=%lld", tenant, name,
+                (unsigned long long)m.version, mc_adapter_format_name(m.format),
                 (long long)m.size_bytes);
     return mc_http_reply_json(r, replaced ? 200 : 201, meta_json(s, &m));
 }
 
-enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
-                                const struct mc_auth *a, const char *path) {
+enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                                const char *path) {
     bool get = strcmp(r->method, "GET") == 0;
     bool post = strcmp(r->method, "POST") == 0;
     bool del = strcmp(r->method, "DELETE") == 0;
@@ -479,8 +477,8 @@ enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
     if (rc != MC_OK)
         return reply_internal(r, a->tenant, &err);
     MC_LOG_INFO("adapter", "adapter_deleted", "tenant=%s adapter=%s", a->tenant, name);
-    return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object",
-                                                "adapter.deleted", "deleted", 1));
+    return mc_http_reply_json(
+        r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object", "adapter.deleted", "deleted", 1));
 }
 
 /* ---- Admin routes ----------------------------------------------------------------- */
@@ -530,8 +528,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     char tbuf[PUBLISH_TENANTS_BYTES];
     char *ids[PUBLISH_MAX_TENANTS];
     snprintf(tbuf, sizeof(tbuf), "%s", form_str(&fm, F_TENANTS));
-    int n = fm.f[F_TENANTS].len < sizeof(tbuf) ? split_tenants(tbuf, ids, PUBLISH_MAX_TENANTS)
-                                               : -1;
+    int n = fm.f[F_TENANTS].len < sizeof(tbuf) ? split_tenants(tbuf, ids, PUBLISH_MAX_TENANTS) : -1;
     struct mc_adapter_files u;
     struct mc_err err = {0};
     if (!mc_adapter_name_ok(name) || strcmp(name, s->model_id) == 0) {
@@ -552,8 +549,8 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
         int rc = mc_tenant_get(s->tenants, ids[i], &t, &err);
         if (rc != MC_OK) {
             ret = rc == MC_ENOTFOUND
-                      ? mc_http_reply_error(r, 404, "invalid_request_error", "not_found",
-                                            "tenants", "no tenant '%.40s'", ids[i])
+                      ? mc_http_reply_error(r, 404, "invalid_request_error", "not_found", "tenants",
+                                            "no tenant '%.40s'", ids[i])
                       : reply_internal(r, ids[i], &err);
             goto out;
         }
@@ -674,6 +671,6 @@ enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r
     if (rc != MC_OK)
         return reply_internal(r, tenant, &err);
     audit(s, "adapter.delete", tenant, name, 0);
-    return mc_http_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object",
-                                                "adapter.deleted", "deleted", 1));
+    return mc_http_reply_json(
+        r, 200, json_pack("{s:s,s:s,s:b}", "id", name, "object", "adapter.deleted", "deleted", 1));
 }

@@ -1006,7 +1006,8 @@ static int embed_one(struct mc_server *s, const int32_t *ids, size_t n, float *o
         for (int32_t j = 0; j < m; j++)
             rows[j] = (struct mc_batch_row){.token = ids[i + (size_t)j],
                                             .pos = (int32_t)(i + (size_t)j),
-                                            .kv = s->embed_kv, .want_logits = true};
+                                            .kv = s->embed_kv,
+                                            .want_logits = true};
         rc = mc_forward(s->embed_ctx, rows, m, logits, hidden, err);
         for (int32_t j = 0; j < m && rc == MC_OK; j++)
             for (int32_t d = 0; d < hp->n_embd; d++)

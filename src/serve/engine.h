@@ -36,10 +36,10 @@ struct mc_lora;
 struct mc_engine; /* opaque; see engine.c */
 struct mc_gen;    /* one submitted request; opaque, reference-counted */
 
-#define MC_ENGINE_TENANT_MAX       64  /* bytes of a tenant id, NUL excluded */
-#define MC_ENGINE_MAX_STOP         16  /* stop strings per request */
-#define MC_ENGINE_STOP_MAX_BYTES   256 /* bytes of one stop string */
-#define MC_ENGINE_MAX_TOP_LOGPROBS 20
+#define MC_ENGINE_TENANT_MAX        64  /* bytes of a tenant id, NUL excluded */
+#define MC_ENGINE_MAX_STOP          16  /* stop strings per request */
+#define MC_ENGINE_STOP_MAX_BYTES    256 /* bytes of one stop string */
+#define MC_ENGINE_MAX_TOP_LOGPROBS  20
 #define MC_ENGINE_MAX_ADAPTER_SCALE 16.0f /* largest per-request adapter scale */
 
 /* ---- Configuration ---------------------------------------------------------------- */
@@ -96,9 +96,9 @@ struct mc_engine_params {
     bool ignore_eos;         /* keep going past end-of-generation tokens */
     /* LoRA adapter of this request, or NULL for the base model alone. The engine takes
      * its own reference (mc_lora_retain) at submit and drops it before the request's
-     * last event (DONE or ERROR) is delivered, so the caller may release its reference right after submit, and an adapter that is
-     * deleted or replaced meanwhile stays valid for the sequences that use it. It must be
-     * bound to the engine's model (MC_EINVAL otherwise). */
+     * last event (DONE or ERROR) is delivered, so the caller may release its own right
+     * after submit, and an adapter deleted or replaced meanwhile stays valid for the
+     * sequences that use it. It must be bound to the engine's model (else MC_EINVAL). */
     struct mc_lora *adapter;
     float adapter_scale; /* per-request multiplier of the adapter's alpha/r: 0 means 1;
                           * otherwise finite, in (0, MC_ENGINE_MAX_ADAPTER_SCALE] */

@@ -319,8 +319,8 @@ static void render_adapters(struct mc_buf *o, struct mc_metrics *m) {
         for (int b = 0; b < N_BUCKETS_TABLE; b++)
             for (struct tenant_rec *r = m->table[b]; r; r = r->next)
                 for (struct adapter_rec *a = r->adapters; a; a = a->next)
-                    mc_buf_printf(o, "%s{tenant=\"%s\",adapter=\"%s\"} %llu\n", names[k],
-                                  r->tenant, a->name,
+                    mc_buf_printf(o, "%s{tenant=\"%s\",adapter=\"%s\"} %llu\n", names[k], r->tenant,
+                                  a->name,
                                   (unsigned long long)(k == 0   ? a->requests
                                                        : k == 1 ? a->n_prompt
                                                                 : a->n_completion));

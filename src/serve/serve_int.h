@@ -148,7 +148,7 @@ enum {
     MC_API_MAX_MESSAGES = 4096,
     MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
     MC_API_MAX_TOP_LOGPROBS = 20,
-    MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
+    MC_API_MAX_INPUTS = 2048,   /* embeddings inputs per request */
     MC_API_MAX_LORA_SCALE = 16, /* = MC_ENGINE_MAX_ADAPTER_SCALE */
 };
 
@@ -182,7 +182,7 @@ struct mc_api_gen {
     bool logprobs;
     int top_logprobs; /* 0..MC_API_MAX_TOP_LOGPROBS */
     struct mc_api_sampling sampling;
-    char *conversation; /* extension: "conversation" id, NULL if absent */
+    char *conversation;  /* extension: "conversation" id, NULL if absent */
     bool has_lora_scale; /* extension: "lora_scale", 0..MC_ENGINE_MAX_ADAPTER_SCALE */
     double lora_scale;
     /* chat */
@@ -365,8 +365,8 @@ int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name
  * sequences keep theirs until they end. */
 void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant);
 /* Tenant routes: path is what follows "/v1/adapters" ("" or "/{name}"). */
-enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r,
-                                const struct mc_auth *a, const char *path);
+enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                                const char *path);
 /* Admin routes: POST /admin/adapters (publish; path NULL), and for one tenant
  * /admin/tenants/{id}/adapters[/{name}[/pin]] (arg is what follows "adapters/", or ""). */
 enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r,

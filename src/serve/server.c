@@ -166,8 +166,7 @@ static void adapter_gauges(struct mc_buf *o, struct mc_server *s) {
                   "# TYPE mcai_adapter_cache_resident_bytes gauge\n"
                   "mcai_adapter_cache_resident_bytes %zu\n",
                   cs.resident_bytes);
-    mc_buf_printf(o,
-                  "# TYPE mcai_adapter_cache_resident gauge\nmcai_adapter_cache_resident %d\n",
+    mc_buf_printf(o, "# TYPE mcai_adapter_cache_resident gauge\nmcai_adapter_cache_resident %d\n",
                   cs.n_resident);
     mc_buf_printf(o,
                   "# TYPE mcai_adapter_cache_budget_bytes gauge\n"
