@@ -57,6 +57,7 @@ hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
 check "serve --help exits 0" 0 $?
 contains "--help documents the key files" "$DIR/help" "--master-key-file"
 contains "--help documents the config file" "$DIR/help" "--config"
+contains "--help documents the adapter cache" "$DIR/help" "--adapter-cache-mb"
 
 env -u MCAI_MASTER_KEY MCAI_ADMIN_KEY="$(hex 20)" \
     "$MCAI" serve -m "$MODEL" --data "$DIR/d0" --port 0 > /dev/null 2> "$DIR/e0"
@@ -90,6 +91,7 @@ admin-key-file = $DIR/admin-from-config
 max_body_bytes = 1048576
 drain_timeout_ms = 1
 kv_budget_mb = 64
+adapter_cache_mb = 16
 max-queue = 256
 EOF
 MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/data" --port 0 \
@@ -199,6 +201,8 @@ check "sealed at rest: the adapter file's text is not in the data dir" "" \
 
 $C "$BASE/metrics" > "$DIR/metrics"
 contains "curl: metrics in Prometheus text" "$DIR/metrics" "# TYPE mcai_requests_total counter"
+contains "config file: adapter_cache_mb sets the cache budget" "$DIR/metrics" \
+    "mcai_adapter_cache_budget_bytes 16777216"
 
 # ---- The openai client ---------------------------------------------------------------
 
