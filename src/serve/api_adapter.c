@@ -97,23 +97,27 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
                   struct mc_err *err) {
     struct mc_server *s = user;
     int64_t t0 = mc_now_ns();
+    char tenant[80];
+    const char *name;
     int rc;
     if (strncmp(id, "d/", 2) == 0) {
         if (!tls_src)
             return mc_err_set(err, MC_ENOTFOUND, "no stored copy named for a published adapter");
-        rc = mc_adapter_load(s->store, &s->lora_base, tls_src->tenant, tls_src->name,
-                             tls_src->version, id + 2, out, err);
+        snprintf(tenant, sizeof(tenant), "%s", tls_src->tenant);
+        name = tls_src->name;
+        rc = mc_adapter_load(s->store, &s->lora_base, tenant, name, tls_src->version, id + 2, out,
+                             err);
     } else {
         /* "t/<tenant>/<name>": tenant ids and adapter names have no '/'. */
-        char tenant[80];
         const char *slash = strncmp(id, "t/", 2) == 0 ? strchr(id + 2, '/') : NULL;
         if (!slash || (size_t)(slash - id - 2) >= sizeof(tenant))
             return mc_err_set(err, MC_EINTERNAL, "bad adapter cache key");
         snprintf(tenant, sizeof(tenant), "%.*s", (int)(slash - id - 2), id + 2);
-        rc = mc_adapter_load(s->store, &s->lora_base, tenant, slash + 1, version, NULL, out, err);
+        name = slash + 1;
+        rc = mc_adapter_load(s->store, &s->lora_base, tenant, name, version, NULL, out, err);
     }
-    MC_LOG_INFO("adapter", "adapter_loaded", "key=%s version=%llu rc=%d ms=%.2f", id,
-                (unsigned long long)version, rc, (double)(mc_now_ns() - t0) / 1e6);
+    MC_LOG_INFO("adapter", "adapter_loaded", "tenant=%s adapter=%s shared=%d rc=%d ms=%.2f", tenant,
+                name, id[0] == 'd', rc, (double)(mc_now_ns() - t0) / 1e6);
     return rc;
 }
 
