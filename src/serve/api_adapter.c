@@ -19,7 +19,8 @@
  * thread's load_src (set around each cache call), since the cache passes only the key.
  *
  * Not here: adapters for the embeddings route (they apply to generation only), and
- * streaming uploads (a body must fit --max-body-bytes). */
+ * streaming uploads (a body must fit --max-adapter-bytes; server.c sets that limit for
+ * callers with a valid key once the headers are in). */
 #include "serve/serve_int.h"
 
 #include "adapter/lora.h"

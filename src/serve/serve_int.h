@@ -56,6 +56,7 @@ struct mc_http_req {
     char *body; /* request body, NUL-terminated (mc_malloc'd) */
     size_t body_len;
     size_t body_cap; /* bytes allocated for body */
+    size_t max_body; /* this request's body cap (config body_limit, else max_body_bytes) */
     bool body_too_large;
     bool started;
     int64_t t_start_ns;
@@ -75,6 +76,10 @@ struct mc_http_config {
     const char *host; /* NULL or "" binds every address */
     int port;         /* 0 picks a free port */
     size_t max_body_bytes;
+    /* Optional: the body cap of one request, asked once its headers are in (method, url
+     * and headers readable; 0 means max_body_bytes). For routes that take large uploads
+     * from authenticated callers only. */
+    size_t (*body_limit)(struct mc_http_req *r);
     unsigned max_connections;
     mc_http_handler_fn handler;
     /* Called once per finished request (after the response went out or the client left). */
@@ -283,6 +288,7 @@ struct mc_server {
     int32_t max_queue;
     size_t kv_budget_bytes;
     size_t adapter_cache_bytes;
+    size_t max_adapter_bytes; /* body cap of adapter uploads (authenticated callers) */
     int64_t drain_timeout_ms;
 
     /* Catalog, tenants and audit, open from create to free. */

@@ -34,6 +34,7 @@
 
 enum {
     DEFAULT_MAX_BODY = 1 << 20,
+    DEFAULT_MAX_ADAPTER_BODY = 256 << 20,
     DEFAULT_MAX_SEQS = 16,
     DEFAULT_CTX_CAP = 4096,
     DEFAULT_DRAIN_MS = 10000,
@@ -136,6 +137,24 @@ static int tenant_auth(struct mc_server *s, struct mc_http_req *r, struct mc_aut
     a->limits[2] = ti.limits.tpd;
     a->limits[3] = ti.limits.concurrency;
     return MC_OK;
+}
+
+/* ---- Body limits ----------------------------------------------------------------- */
+
+/* Adapter uploads may be far larger than any JSON body, but only for a caller whose
+ * credential is valid: anyone else gets --max-body-bytes, so an unauthenticated client
+ * cannot make the server buffer a large body. Runs once the headers are in. */
+static size_t body_limit(struct mc_http_req *r) {
+    struct mc_server *s = r->user;
+    const char *u = r->url;
+    bool tenant = strncmp(u, "/v1/adapters", 12) == 0 && (u[12] == '\0' || u[12] == '?');
+    bool admin = strncmp(u, "/admin/adapters", 15) == 0 && (u[15] == '\0' || u[15] == '?');
+    if (strcmp(r->method, "POST") != 0 || !(tenant || admin) || !atomic_load(&s->ready))
+        return 0;
+    struct mc_auth a;
+    if (admin ? admin_ok(s, r) : tenant_auth(s, r, &a) == MC_OK)
+        return s->max_adapter_bytes;
+    return 0;
 }
 
 /* ---- Routes without credentials --------------------------------------------------- */
@@ -398,6 +417,8 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->max_queue = cfg->max_queue;
     s->kv_budget_bytes = cfg->kv_budget_bytes;
     s->adapter_cache_bytes = cfg->adapter_cache_bytes;
+    s->max_adapter_bytes =
+        cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;
 
     if ((rc = mc_metrics_create(&s->metrics, err)) != MC_OK)
@@ -416,6 +437,7 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
         .host = s->host,
         .port = cfg->port,
         .max_body_bytes = cfg->max_body_bytes ? cfg->max_body_bytes : DEFAULT_MAX_BODY,
+        .body_limit = body_limit,
         .max_connections = cfg->max_connections,
         .handler = dispatch,
         .on_done = on_request_done,

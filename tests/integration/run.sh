@@ -174,6 +174,17 @@ $C -H "Authorization: Bearer $KEY" -d '{"model":"tales","prompt":"Once upon a ti
 check "curl: model=<adapter> answers like mcai generate --lora" "$LORA_TEXT" \
     "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
         "utf8")).choices[0].text)' "$DIR/lora-out" 2> /dev/null)"
+# Uploads may pass --max-body-bytes (1 MiB here) up to --max-adapter-bytes, with a valid
+# key only: 1.5 MB of junk is read and refused as no adapter, or 413 without a key.
+head -c 1500000 /dev/zero > "$DIR/junk.gguf"
+check "curl: a 1.5 MB upload with a key passes the body limit (then 400)" 400 \
+    "$($C -o "$DIR/rjunk" -w '%{http_code}' -H "Authorization: Bearer $KEY" -F name=junk \
+        -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
+contains "curl: ... as an invalid adapter" "$DIR/rjunk" '"code":"invalid_adapter"'
+check "curl: the same upload without a valid key is 413" 413 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer mcai_nope" -F name=junk \
+        -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
+
 # The same objects from the command line, on the running server's data directory.
 MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
 "$MCAI" adapter add cli-peft -m "$MODEL" --peft "$LORA_PEFT" $MK > "$DIR/cli-add" 2>&1
