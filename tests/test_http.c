@@ -475,6 +475,53 @@ static void count_done(struct mc_http_req *r, void *user) {
     n_done++;
 }
 
+/* "/big" with the header "x-allow: yes" may send 8 KiB; everything else the default. */
+static size_t big_route_limit(struct mc_http_req *r) {
+    const char *allow = mc_http_header(r, "x-allow");
+    return strcmp(r->url, "/big") == 0 && allow && strcmp(allow, "yes") == 0 ? 8192 : 0;
+}
+
+static void test_listener_body_limit_per_request(void **state) {
+    (void)state;
+    struct mc_http_config cfg = {.host = "127.0.0.1",
+                                 .port = 0,
+                                 .max_body_bytes = 1024,
+                                 .body_limit = big_route_limit,
+                                 .handler = echo_handler};
+    struct mc_http *h;
+    struct mc_err err = {0};
+    assert_int_equal(mc_http_start(&cfg, &h, &err), MC_OK);
+    int port = mc_http_port(h);
+    static char body[6000];
+    memset(body, 'a', sizeof(body));
+    struct reply rep;
+    do_post(port, "/big", body, sizeof(body), false, &rep);
+    assert_int_equal(rep.status, 413); /* no x-allow header */
+    assert_non_null(strstr(rep.body.data, "1024 bytes"));
+    mc_buf_free(&rep.body);
+
+    CURL *c = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/big", port);
+    struct curl_slist *hd = curl_slist_append(NULL, "x-allow: yes");
+    hd = curl_slist_append(hd, "Expect:");
+    memset(&rep, 0, sizeof(rep));
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)sizeof(body));
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &rep);
+    curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &rep.status);
+    curl_slist_free_all(hd);
+    curl_easy_cleanup(c);
+    assert_int_equal(rep.status, 200);
+    assert_string_equal(rep.body.data, "{\"method\":\"POST\",\"len\":6000}");
+    mc_buf_free(&rep.body);
+    mc_http_stop(h);
+}
+
 static void test_listener_caps_body_and_tags_requests(void **state) {
     (void)state;
     struct mc_http_config cfg = {.host = "127.0.0.1",
@@ -543,6 +590,7 @@ int main(void) {
         cmocka_unit_test(test_sse_framing),
         cmocka_unit_test(test_metrics_render_counts_per_tenant),
         cmocka_unit_test(test_lora_scale_extension_is_parsed_and_bounded),
+        cmocka_unit_test(test_listener_body_limit_per_request),
         cmocka_unit_test(test_listener_caps_body_and_tags_requests),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
