@@ -27,6 +27,7 @@ struct fx {
     struct mc_master_key *mk;
     struct mc_server *s;
     int port;
+    size_t cache_bytes; /* --adapter-cache-mb in bytes; 0: the default */
     char tenant[2][MC_TENANT_ID_LEN + 1];
     char key[2][MC_KEY_SECRET_LEN + 1];
 };
@@ -47,6 +48,7 @@ static void server_start(struct fx *f) {
         .n_threads = 1,
         .n_ctx = 128,
         .max_seqs = 4,
+        .adapter_cache_bytes = f->cache_bytes,
     };
     struct mc_err err = {0};
     if (mc_server_create(&cfg, &f->s, &err) != MC_OK || mc_server_load(f->s, &err) != MC_OK)
@@ -331,6 +333,36 @@ static void test_deleting_a_tenant_drops_its_resident_adapters(void **state) {
     assert_int_equal(cs.n_resident, 0);
 }
 
+static void test_small_budget_evicts_but_never_a_held_adapter(void **state) {
+    struct fx *f = *state;
+    /* Room for two of the 19 KB reference adapters. */
+    mc_server_free(f->s);
+    f->cache_bytes = 40000;
+    server_start(f);
+    const char *names[3] = {"one", "two", "three"};
+    for (int i = 0; i < 3; i++)
+        upload_ok(f, 0, names[i]);
+    struct mc_lora *held = NULL, *l = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], "one", &held, NULL, &err), MC_OK);
+    for (int i = 1; i < 3; i++) {
+        assert_int_equal(mc_adapter_resolve(f->s, f->tenant[0], names[i], &l, NULL, &err), MC_OK);
+        mc_lora_release(l);
+    }
+    /* "one" is the least recently used but a sequence holds it: "two" went instead. */
+    struct mc_lora_cache_stats cs;
+    mc_lora_cache_stats(f->s->adapters, &cs);
+    assert_int_equal(cs.evictions, 1);
+    assert_int_equal(cs.n_resident, 2);
+    assert_true(cs.resident_bytes <= 40000);
+    char key[128];
+    snprintf(key, sizeof(key), "t/%s/one", f->tenant[0]);
+    assert_true(mc_lora_cache_contains(f->s->adapters, key, 1));
+    snprintf(key, sizeof(key), "t/%s/two", f->tenant[0]);
+    assert_false(mc_lora_cache_contains(f->s->adapters, key, 1));
+    mc_lora_release(held);
+}
+
 static void test_pins_survive_a_restart(void **state) {
     struct fx *f = *state;
     upload_ok(f, 0, "kept");
@@ -366,6 +398,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_published_copies_share_one_cache_entry, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deleting_a_tenant_drops_its_resident_adapters, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_small_budget_evicts_but_never_a_held_adapter, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pins_survive_a_restart, setup, teardown),
     };
