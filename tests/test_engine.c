@@ -2,6 +2,7 @@
  * budget, chunked prefill, preemption), then the whole loop on a fake model (events, stop
  * strings, UTF-8, cancellation, drain), then end to end on stories260K when the model
  * loads. Nothing here measures time: every fairness claim is a count of steps. */
+#include "adapter/lora.h"
 #include "base/err.h"
 #include "base/log.h"
 #include "base/mem.h"
@@ -874,8 +875,11 @@ static void test_engine_submit_rejects_bad_requests(void **state) {
     assert_non_null(strstr(err.msg, "tenant id must be 1..64 printable bytes"));
 
     p = greedy_params("A", prompt, 3, 10);
-    p.adapter = &p;
-    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, &r, NULL, &err), MC_ENOTSUP);
+    p.adapter_scale = -0.5f;
+    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, &r, NULL, &err), MC_EINVAL);
+    assert_string_equal(err.msg, "adapter_scale -0.5 is outside (0, 16]");
+    p.adapter_scale = 17;
+    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, &r, NULL, &err), MC_EINVAL);
 
     p = greedy_params("A", prompt, 3, 10);
     p.sampling.top_p = -1;
@@ -1533,6 +1537,239 @@ static void test_e2e_logprobs_match_reference_logits(void **state) {
     mc_model_free(m);
 }
 
+/* ---- Adapters ---------------------------------------------------------------------- */
+
+/* The cases of the LoRA reference: prompt, greedy ids and the adapter's scale (0: none). */
+struct lora_case {
+    int32_t prompt[64];
+    int32_t n_prompt;
+    int32_t greedy[REF_N_PREDICT];
+    float scale;
+};
+
+static int lora_ref_load(struct lora_case *cases, int max) {
+    char path[512];
+    json_error_t jerr;
+    json_t *root = json_load_file(
+        test_shared_path(path, sizeof(path), "reference/stories260K-lora-r4.greedy.json"), 0,
+        &jerr);
+    if (!root)
+        fail_msg("%s: %s at line %d", path, jerr.text, jerr.line);
+    json_t *arr = json_object_get(root, "cases");
+    int n = 0;
+    for (size_t i = 0; i < json_array_size(arr) && n < max; i++) {
+        json_t *c = json_array_get(arr, i);
+        json_t *pt = json_object_get(c, "prompt_tokens");
+        json_t *gt = json_object_get(c, "greedy_tokens");
+        json_t *lj = json_object_get(c, "lora");
+        struct lora_case *lc = &cases[n++];
+        lc->n_prompt = (int32_t)json_array_size(pt);
+        assert_in_range(lc->n_prompt, 1, 64);
+        for (int32_t k = 0; k < lc->n_prompt; k++)
+            lc->prompt[k] = (int32_t)json_integer_value(json_array_get(pt, (size_t)k));
+        assert_int_equal(json_array_size(gt), REF_N_PREDICT);
+        for (int32_t k = 0; k < REF_N_PREDICT; k++)
+            lc->greedy[k] = (int32_t)json_integer_value(json_array_get(gt, (size_t)k));
+        lc->scale = lj ? (float)json_number_value(json_object_get(lj, "scale")) : 0.0f;
+    }
+    json_decref(root);
+    return n;
+}
+
+static struct mc_lora *e2e_lora(const struct mc_model *m) {
+    char path[512];
+    struct mc_lora_base base;
+    struct mc_lora *l = NULL;
+    struct mc_err err = {0};
+    mc_lora_base_from_model(m, &base);
+    if (mc_lora_open(test_shared_path(path, sizeof(path), "models/stories260K-lora-r4.gguf"), &base,
+                     &l, &err) != MC_OK)
+        fail_msg("mc_lora_open: %s", err.msg);
+    return l;
+}
+
+static void test_e2e_reference_adapter_reproduces_llama_cpp_greedy(void **state) {
+    (void)state;
+    struct lora_case cases[8];
+    int n_cases = lora_ref_load(cases, 8);
+    assert_int_equal(n_cases, 6);
+    struct mc_model *m = e2e_model();
+    struct mc_lora *l = e2e_lora(m);
+    struct mc_engine_config cfg = {.max_seqs = 8, .prefill_chunk = 8};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static struct rec r[6];
+    /* All six together: rows with the adapter at three scales and rows without it share
+     * every batch. */
+    pthread_mutex_lock(&rec_mu);
+    for (int i = 0; i < n_cases; i++) {
+        rec_init(&r[i], NULL);
+        struct mc_engine_params p = greedy_params(i % 2 ? "acme" : "globex", cases[i].prompt,
+                                                  cases[i].n_prompt, REF_N_PREDICT);
+        p.ignore_eos = true;
+        p.adapter = cases[i].scale > 0 ? l : NULL;
+        p.adapter_scale = cases[i].scale;
+        submit_ok(e, &p, &r[i]);
+    }
+    pthread_mutex_unlock(&rec_mu);
+    for (int i = 0; i < n_cases; i++) {
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_int_equal(r[i].n_tokens, REF_N_PREDICT);
+        assert_memory_equal(r[i].tokens, cases[i].greedy, sizeof(cases[i].greedy));
+    }
+    /* Every request ended, so the engine holds no reference any more. */
+    assert_int_equal(mc_lora_refcount(l), 1);
+    mc_engine_free(e);
+    mc_lora_release(l);
+    mc_model_free(m);
+}
+
+enum { N_MIX = 16, MIX_TOKENS = 16 };
+
+/* Runs one request alone and returns its greedy tokens in out. */
+static void run_alone(struct mc_engine *e, const struct lora_case *c, struct mc_lora *l,
+                      float scale, int32_t *out) {
+    struct rec r;
+    rec_init(&r, NULL);
+    struct mc_engine_params p = greedy_params("solo", c->prompt, c->n_prompt, MIX_TOKENS);
+    p.ignore_eos = true;
+    p.adapter = l;
+    p.adapter_scale = scale;
+    submit_ok(e, &p, &r);
+    rec_wait(&r);
+    rec_check_final(&r);
+    assert_int_equal(r.n_tokens, MIX_TOKENS);
+    memcpy(out, r.tokens, MIX_TOKENS * sizeof(*out));
+}
+
+static void test_e2e_sixteen_rows_with_different_adapters_match_alone(void **state) {
+    (void)state;
+    struct lora_case cases[8];
+    int n_cases = lora_ref_load(cases, 8);
+    struct mc_model *m = e2e_model();
+    struct mc_lora_base base;
+    mc_lora_base_from_model(m, &base);
+    /* Twelve random adapters on every projection, the reference adapter, and three rows
+     * with none; different adapters give different tokens, so a row that got another
+     * row's adapter would show. */
+    struct mc_lora *ad[N_MIX] = {0};
+    float scale[N_MIX];
+    for (int i = 0; i < N_MIX; i++) {
+        struct mc_err err = {0};
+        scale[i] = i % 3 == 0 ? 0.5f : 1.0f;
+        if (i == 12)
+            ad[i] = e2e_lora(m);
+        else if (i < 12 && mc_lora_synth(&base, 2 + i % 3, (1u << MC_PROJ_COUNT) - 1, 0,
+                                         1000 + (uint64_t)i, "mix", &ad[i], &err) != MC_OK)
+            fail_msg("mc_lora_synth: %s", err.msg);
+    }
+    struct mc_engine_config cfg = {.max_seqs = N_MIX, .prefill_chunk = 16};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    static int32_t alone[N_MIX][MIX_TOKENS];
+    for (int i = 0; i < N_MIX; i++)
+        run_alone(e, &cases[i % n_cases], ad[i], scale[i], alone[i]);
+
+    static struct rec r[N_MIX];
+    pthread_mutex_lock(&rec_mu);
+    for (int i = 0; i < N_MIX; i++) {
+        const struct lora_case *c = &cases[i % n_cases];
+        rec_init(&r[i], NULL);
+        r[i].engine = e;
+        struct mc_engine_params p =
+            greedy_params(i % 2 ? "acme" : "globex", c->prompt, c->n_prompt, MIX_TOKENS);
+        p.ignore_eos = true;
+        p.adapter = ad[i];
+        p.adapter_scale = scale[i];
+        submit_ok(e, &p, &r[i]);
+    }
+    pthread_mutex_unlock(&rec_mu);
+    /* The engine holds its own references: dropping ours now must not matter. */
+    for (int i = 0; i < N_MIX; i++)
+        mc_lora_release(ad[i]);
+    int32_t most = 0;
+    for (int i = 0; i < N_MIX; i++) {
+        rec_wait(&r[i]);
+        rec_check_final(&r[i]);
+        assert_int_equal(r[i].n_tokens, MIX_TOKENS);
+        assert_memory_equal(r[i].tokens, alone[i], sizeof(alone[i]));
+        most = r[i].max_active_seen > most ? r[i].max_active_seen : most;
+    }
+    assert_int_equal(most, N_MIX);
+    /* And the adapters really changed something: rows 0 and 6 share a prompt and
+     * scale but not their adapter. */
+    assert_true(memcmp(alone[0], alone[6], sizeof(alone[0])) != 0 ||
+                memcmp(alone[1], alone[7], sizeof(alone[1])) != 0);
+    mc_engine_free(e);
+    mc_model_free(m);
+}
+
+static void test_e2e_adapter_of_another_shape_is_refused_at_submit(void **state) {
+    (void)state;
+    struct mc_model *m = e2e_model();
+    struct mc_lora_base base;
+    mc_lora_base_from_model(m, &base);
+    base.n_layer += 1;
+    struct mc_lora *l = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_lora_synth(&base, 2, 1u << MC_PROJ_Q, 0, 7, "other", &l, &err), MC_OK);
+    struct mc_engine_config cfg = {.max_seqs = 2};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    int32_t prompt[3] = {1, 403, 407};
+    struct mc_engine_params p = greedy_params("acme", prompt, 3, 4);
+    p.adapter = l;
+    struct mc_gen *g = NULL;
+    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, NULL, &g, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "adapter 'other' is not bound to this model"));
+    assert_null(g);
+    assert_int_equal(mc_lora_refcount(l), 1);
+    mc_engine_free(e);
+    mc_lora_release(l);
+    mc_model_free(m);
+}
+
+static void test_e2e_cancelled_and_preempted_requests_release_their_adapter(void **state) {
+    (void)state;
+    struct lora_case cases[8];
+    lora_ref_load(cases, 8);
+    struct mc_model *m = e2e_model();
+    struct mc_lora *l = e2e_lora(m);
+    /* One slot: the second tenant's arrival preempts the first (recomputed later, with
+     * the same adapter); a third request is cancelled while queued. */
+    struct mc_engine_config cfg = {.max_seqs = 1};
+    struct mc_engine *e = e2e_engine(m, &cfg);
+    struct rec ra, rb, rc;
+    rec_init(&ra, NULL);
+    rec_init(&rb, NULL);
+    rec_init(&rc, NULL);
+    struct mc_engine_params p =
+        greedy_params("busy", cases[1].prompt, cases[1].n_prompt, REF_N_PREDICT);
+    p.ignore_eos = true;
+    p.adapter = l;
+    p.adapter_scale = cases[1].scale;
+    submit_ok(e, &p, &ra);
+    rec_wait_tokens(&ra, 2);
+    struct mc_gen *gc = NULL;
+    struct mc_err err = {0};
+    assert_int_equal(mc_engine_submit(e, &p, rec_on_event, &rc, &gc, &err), MC_OK);
+    mc_engine_cancel(gc);
+    struct mc_engine_params q = p;
+    q.tenant = "quiet";
+    q.max_tokens = 4;
+    submit_ok(e, &q, &rb);
+    rec_wait(&ra);
+    rec_wait(&rb);
+    rec_wait(&rc);
+    mc_gen_release(gc);
+    assert_int_equal(ra.n_tokens, REF_N_PREDICT);
+    assert_memory_equal(ra.tokens, cases[1].greedy, sizeof(cases[1].greedy));
+    assert_memory_equal(rb.tokens, cases[1].greedy, 4 * sizeof(int32_t));
+    assert_int_equal(rc.code, MC_ECANCEL);
+    assert_int_equal(mc_lora_refcount(l), 1);
+    mc_engine_free(e);
+    mc_lora_release(l);
+    mc_model_free(m);
+}
+
 int main(void) {
     mc_log_set_level(MC_LOG_ERROR);
     const struct CMUnitTest tests[] = {
@@ -1563,6 +1800,10 @@ int main(void) {
         cmocka_unit_test(test_e2e_kv_budget_limits_concurrency),
         cmocka_unit_test(test_e2e_two_tenants_same_prompt_share_nothing),
         cmocka_unit_test(test_e2e_logprobs_match_reference_logits),
+        cmocka_unit_test(test_e2e_reference_adapter_reproduces_llama_cpp_greedy),
+        cmocka_unit_test(test_e2e_sixteen_rows_with_different_adapters_match_alone),
+        cmocka_unit_test(test_e2e_adapter_of_another_shape_is_refused_at_submit),
+        cmocka_unit_test(test_e2e_cancelled_and_preempted_requests_release_their_adapter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -167,6 +167,31 @@ static void test_chat_rejects_absurd_numbers(void **state) {
     expect_chat_error(b, "stop", "invalid_value", "empty string");
 }
 
+static void test_lora_scale_extension_is_parsed_and_bounded(void **state) {
+    (void)state;
+    const char *ok = "{\"model\":\"story\",\"prompt\":\"x\",\"lora_scale\":0.5}";
+    struct mc_api_gen g;
+    struct mc_api_error e = {0};
+    assert_int_equal(mc_api_parse_completion(ok, strlen(ok), &g, &e), MC_OK);
+    assert_true(g.has_lora_scale);
+    assert_float_near(g.lora_scale, 0.5, 0);
+    assert_string_equal(g.model, "story");
+    mc_api_gen_free(&g);
+    const char *none = "{\"prompt\":\"x\"}";
+    assert_int_equal(mc_api_parse_completion(none, strlen(none), &g, &e), MC_OK);
+    assert_false(g.has_lora_scale);
+    mc_api_gen_free(&g);
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char b[256];
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":17}", m);
+    expect_chat_error(b, "lora_scale", "invalid_value",
+                      "'lora_scale' is 17, must be between 0 and 16");
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":-0.1}", m);
+    expect_chat_error(b, "lora_scale", "invalid_value", "must be between 0 and 16");
+    snprintf(b, sizeof(b), "{%s,\"lora_scale\":\"1\"}", m);
+    expect_chat_error(b, "lora_scale", "invalid_type", "");
+}
+
 static void test_chat_rejects_unsupported_parts_and_features(void **state) {
     (void)state;
     expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
@@ -353,6 +378,9 @@ static void test_metrics_render_counts_per_tenant(void **state) {
     mc_metrics_tokens(m, "t_a", 10, 4);
     mc_metrics_ttft(m, "t_a", 0.02);
     mc_metrics_inter_token(m, "t_a", 0.003);
+    mc_metrics_adapter(m, "t_a", "story", 5, 24);
+    mc_metrics_adapter(m, "t_a", "story", 5, 8);
+    mc_metrics_adapter(m, "t_b", "story", 1, 1);
     struct mc_buf b = {0};
     size_t n_gauged = 0;
     assert_int_equal(mc_metrics_render(m, &b, fake_gauges, &n_gauged), MC_OK);
@@ -368,6 +396,10 @@ static void test_metrics_render_counts_per_tenant(void **state) {
         "mcai_time_to_first_token_seconds_count{tenant=\"t_a\"} 1\n",
         "mcai_inter_token_seconds_bucket{tenant=\"t_a\",le=\"+Inf\"} 1\n",
         "# TYPE mcai_process_resident_memory_bytes gauge\n",
+        "mcai_adapter_requests_total{tenant=\"t_a\",adapter=\"story\"} 2\n",
+        "mcai_adapter_prompt_tokens_total{tenant=\"t_a\",adapter=\"story\"} 10\n",
+        "mcai_adapter_completion_tokens_total{tenant=\"t_a\",adapter=\"story\"} 32\n",
+        "mcai_adapter_requests_total{tenant=\"t_b\",adapter=\"story\"} 1\n",
         "fake_queue{tenant=\"t_a\"} 0\n",
         "fake_queue{tenant=\"t_b\"} 0\n",
     };
@@ -443,6 +475,53 @@ static void count_done(struct mc_http_req *r, void *user) {
     n_done++;
 }
 
+/* "/big" with the header "x-allow: yes" may send 8 KiB; everything else the default. */
+static size_t big_route_limit(struct mc_http_req *r) {
+    const char *allow = mc_http_header(r, "x-allow");
+    return strcmp(r->url, "/big") == 0 && allow && strcmp(allow, "yes") == 0 ? 8192 : 0;
+}
+
+static void test_listener_body_limit_per_request(void **state) {
+    (void)state;
+    struct mc_http_config cfg = {.host = "127.0.0.1",
+                                 .port = 0,
+                                 .max_body_bytes = 1024,
+                                 .body_limit = big_route_limit,
+                                 .handler = echo_handler};
+    struct mc_http *h;
+    struct mc_err err = {0};
+    assert_int_equal(mc_http_start(&cfg, &h, &err), MC_OK);
+    int port = mc_http_port(h);
+    static char body[6000];
+    memset(body, 'a', sizeof(body));
+    struct reply rep;
+    do_post(port, "/big", body, sizeof(body), false, &rep);
+    assert_int_equal(rep.status, 413); /* no x-allow header */
+    assert_non_null(strstr(rep.body.data, "1024 bytes"));
+    mc_buf_free(&rep.body);
+
+    CURL *c = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/big", port);
+    struct curl_slist *hd = curl_slist_append(NULL, "x-allow: yes");
+    hd = curl_slist_append(hd, "Expect:");
+    memset(&rep, 0, sizeof(rep));
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)sizeof(body));
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &rep);
+    curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &rep.status);
+    curl_slist_free_all(hd);
+    curl_easy_cleanup(c);
+    assert_int_equal(rep.status, 200);
+    assert_string_equal(rep.body.data, "{\"method\":\"POST\",\"len\":6000}");
+    mc_buf_free(&rep.body);
+    mc_http_stop(h);
+}
+
 static void test_listener_caps_body_and_tags_requests(void **state) {
     (void)state;
     struct mc_http_config cfg = {.host = "127.0.0.1",
@@ -510,6 +589,8 @@ int main(void) {
         cmocka_unit_test(test_utf8_checks),
         cmocka_unit_test(test_sse_framing),
         cmocka_unit_test(test_metrics_render_counts_per_tenant),
+        cmocka_unit_test(test_lora_scale_extension_is_parsed_and_bounded),
+        cmocka_unit_test(test_listener_body_limit_per_request),
         cmocka_unit_test(test_listener_caps_body_and_tags_requests),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

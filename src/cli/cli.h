@@ -15,6 +15,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_tenant(int argc, char **argv);
 int cmd_key(int argc, char **argv);
+int cmd_adapter(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
 int cmd_lora(int argc, char **argv);
 int cmd_kb(int argc, char **argv);

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SETTINGS 16
+#define N_SETTINGS 18
 
 /* One setting: its long flag name (also its config key, with '_' for '-'), short flag,
  * value (borrowed from argv, a config line or the environment) and help. */
@@ -58,7 +58,13 @@ static struct setting settings[N_SETTINGS] = {
      "KV cache memory of running sequences, MiB (default: no limit "
      "beyond max-seqs full contexts)",
      NULL, false},
+    {"adapter-cache-mb", NULL, "N",
+     "memory for resident LoRA adapters, MiB (default 256; least recently used ones "
+     "not in use or pinned are evicted beyond it)",
+     NULL, false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
+    {"max-adapter-bytes", NULL, "N",
+     "body limit of an adapter upload with a valid key (default 268435456)", NULL, false},
     {"max-connections", NULL, "N", "open connections (default 1024)", NULL, false},
     {"drain-timeout-ms", NULL, "N", "on SIGTERM, time running requests get (default 10000)", NULL,
      false},
@@ -274,12 +280,14 @@ static int run(int argc, char **argv) {
         return CLI_USAGE;
     }
     long port = 8080, threads = 0, ctx = 0, seqs = 0, body = 0, conns = 0, drain = 0;
-    long queue = 0, kv_mb = 0;
+    long queue = 0, kv_mb = 0, adapter_mb = 0, adapter_body = 0;
     if (!int_setting("port", 0, 65535, &port) || !int_setting("threads", 0, 1024, &threads) ||
         !int_setting("ctx", 0, 1 << 20, &ctx) || !int_setting("max-seqs", 0, 4096, &seqs) ||
         !int_setting("max-queue", 0, 1 << 20, &queue) ||
         !int_setting("kv-budget-mb", 0, 1L << 30, &kv_mb) ||
+        !int_setting("adapter-cache-mb", 0, 1L << 30, &adapter_mb) ||
         !int_setting("max-body-bytes", 1024, 1L << 30, &body) ||
+        !int_setting("max-adapter-bytes", 1024, 1L << 30, &adapter_body) ||
         !int_setting("max-connections", 0, 65536, &conns) ||
         !int_setting("drain-timeout-ms", 0, 3600000, &drain))
         return CLI_USAGE;
@@ -336,7 +344,9 @@ static int run(int argc, char **argv) {
         .max_seqs = (int32_t)seqs,
         .max_queue = (int32_t)queue,
         .kv_budget_bytes = (size_t)kv_mb << 20,
+        .adapter_cache_bytes = (size_t)adapter_mb << 20,
         .max_body_bytes = (size_t)body,
+        .max_adapter_bytes = (size_t)adapter_body,
         .max_connections = (unsigned)conns,
         .drain_timeout_ms = drain,
     };

@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"serve", cmd_serve, "run the multi-tenant HTTP server"},
     {"tenant", cmd_tenant, "create, list, show, update and delete tenants"},
     {"key", cmd_key, "create, list and revoke tenant API keys"},
+    {"adapter", cmd_adapter, "add, publish, list, delete and pin tenants' LoRA adapters"},
     {"audit", cmd_audit, "verify the hash-chained audit log"},
     {"lora", cmd_lora, "LoRA adapter tools (info, convert, merge)"},
     {"kb", cmd_kb, "knowledge-base tools (ingest, search)"},

@@ -12,6 +12,10 @@
  *   DELETE /admin/tenants/{id}/keys/{prefix}   revoke
  *   GET    /admin/tenants/{id}/usage?days=N    usage per day
  *   GET    /admin/tenants/{id}/fronts/{version} an earlier front version
+ *   POST   /admin/adapters                     publish one adapter to several tenants
+ *   GET    /admin/tenants/{id}/adapters[/{name}] a tenant's adapters (api_adapter.c)
+ *   DELETE /admin/tenants/{id}/adapters/{name}
+ *   POST, DELETE /admin/tenants/{id}/adapters/{name}/pin   pin, unpin
  * Unlike the tenant API, admin bodies are strict: an unknown field is a 400, because a
  * misspelt limit silently ignored would leave a tenant unlimited. Every mutation is
  * written to the audit log by the tenant module's hook (server.c installs it). */
@@ -267,6 +271,7 @@ static enum MHD_Result tenant_patch(struct mc_server *s, struct mc_http_req *r, 
 
 static enum MHD_Result tenant_delete(struct mc_server *s, struct mc_http_req *r, const char *id) {
     struct mc_err err = {0};
+    mc_adapter_forget_tenant(s, id);
     int rc = mc_tenant_delete(s->tenants, id, &err);
     if (rc != MC_OK)
         return reply_rc(r, rc, &err, NULL);
@@ -393,6 +398,8 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
         json_decref(o);
         return ret;
     }
+    if (strcmp(path, "/adapters") == 0)
+        return mc_api_admin_adapters(s, r, NULL, NULL);
     if (strncmp(path, "/tenants/", 9) != 0) {
         r->route = "/admin/other";
         return mc_http_reply_error(r, 404, "invalid_request_error", "unknown_url", NULL,
@@ -440,6 +447,8 @@ enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const c
         json_decref(o);
         return ret;
     }
+    if (strcmp(sub, "adapters") == 0)
+        return mc_api_admin_adapters(s, r, id, arg);
     if (strcmp(sub, "keys") == 0) {
         r->route = arg[0] ? "/admin/tenants/{id}/keys/{prefix}" : "/admin/tenants/{id}/keys";
         return keys_route(s, r, id, arg[0] ? arg : NULL);

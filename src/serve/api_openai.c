@@ -112,6 +112,7 @@ struct run {
     int64_t created;
     char model[96];
     char tenant[80];
+    char adapter[MC_ADAPTER_NAME_MAX + 1]; /* "" for the base model */
     int32_t n_prompt;
 
     int n_terminal; /* terminal events processed */
@@ -447,6 +448,8 @@ static void run_account(struct run *run) {
     if (mc_usage_record(s->tenants, run->tenant, now, 1, run->n_prompt, comp, &err) != MC_OK)
         MC_LOG_WARN("api", "usage_record_failed", "tenant=%s err=\"%s\"", run->tenant, err.msg);
     mc_metrics_tokens(s->metrics, run->tenant, run->n_prompt, comp);
+    if (run->adapter[0])
+        mc_metrics_adapter(s->metrics, run->tenant, run->adapter, run->n_prompt, comp);
 
     if (run->conv_id && !run->failed) {
         struct mc_api_msg *all = mc_calloc((size_t)run->n_conv_new + 1, sizeof(*all));
@@ -729,9 +732,46 @@ static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
     return mc_http_reply_json(r, 200, o);
 }
 
+/* An adapter may be used when the front allows every model, names the adapter, or names
+ * the base model it runs on. */
+static bool front_allows_adapter(struct mc_server *s, const struct mc_front *f, const char *name) {
+    return mc_front_allows_model(f, name) || mc_front_allows_model(f, s->model_id);
+}
+
+/* Resolves g->model: the base model (*ad NULL) or one of the tenant's own adapters (*ad
+ * a new reference). false after replying; a name the tenant has no adapter of, another
+ * tenant's included, gets the same 404 as any unknown name. */
+static bool resolve_model(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                          const struct mc_front *f, const char *model, struct mc_lora **ad,
+                          enum MHD_Result *ret) {
+    *ad = NULL;
+    if (!model || strcmp(model, s->model_id) == 0) {
+        if (mc_front_allows_model(f, s->model_id))
+            return true;
+        *ret = reply_model_not_found(r, model ? model : s->model_id);
+        return false;
+    }
+    struct mc_err err = {0};
+    int rc = front_allows_adapter(s, f, model)
+                 ? mc_adapter_resolve(s, a->tenant, model, ad, NULL, &err)
+                 : MC_ENOTFOUND;
+    if (rc == MC_OK)
+        return true;
+    if (rc == MC_ENOTFOUND) {
+        *ret = reply_model_not_found(r, model);
+        return false;
+    }
+    MC_LOG_ERROR("api", "adapter_load_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id,
+                 err.msg);
+    *ret = mc_http_reply_error(r, 500, "server_error", "adapter_load_failed", "model",
+                               "could not load the adapter (request %s)", r->id);
+    return false;
+}
+
 static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                                 struct mc_api_gen *g) {
     enum MHD_Result ret = MHD_NO;
+    struct mc_lora *adapter = NULL;
     struct mc_front f;
     struct mc_api_msg *hist = NULL, *all = NULL;
     int n_hist = 0;
@@ -742,14 +782,8 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
 
     if (!load_front(s, r, a, &f, &ret))
         return ret;
-    if (g->model && (strcmp(g->model, s->model_id) != 0 || !mc_front_allows_model(&f, g->model))) {
-        ret = reply_model_not_found(r, g->model);
+    if (!resolve_model(s, r, a, &f, g->model, &adapter, &ret))
         goto out;
-    }
-    if (!g->model && !mc_front_allows_model(&f, s->model_id)) {
-        ret = reply_model_not_found(r, s->model_id);
-        goto out;
-    }
 
     /* Prompt tokens, with the conversation's history first when one is named. */
     int rc;
@@ -831,7 +865,8 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     run->created = wall_ms() / 1000;
     run->fd = mc_http_fd(r);
     snprintf(run->id, sizeof(run->id), "%s-%s", g->is_chat ? "chatcmpl" : "cmpl", r->id + 4);
-    snprintf(run->model, sizeof(run->model), "%s", s->model_id);
+    snprintf(run->model, sizeof(run->model), "%s", adapter ? g->model : s->model_id);
+    snprintf(run->adapter, sizeof(run->adapter), "%s", adapter ? g->model : "");
     snprintf(run->tenant, sizeof(run->tenant), "%s", a->tenant);
     run->est_tokens = (int64_t)n_ids + (int64_t)max_tokens * g->n;
     struct mc_limits lim = {a->limits[0], a->limits[1], a->limits[2], a->limits[3]};
@@ -865,6 +900,8 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         .n_stop = g->n_stop,
         .logprobs = g->logprobs,
         .top_logprobs = g->top_logprobs,
+        .adapter = g->has_lora_scale && g->lora_scale == 0 ? NULL : adapter,
+        .adapter_scale = g->has_lora_scale ? (float)g->lora_scale : 1.0f,
     };
     fill_sampling(&p.sampling, &g->sampling, &f);
     for (int i = 0; i < g->n; i++) {
@@ -906,6 +943,8 @@ out_free_run:
         mc_free(run);
     }
 out:
+    /* The engine holds its own reference for each running choice. */
+    mc_lora_release(adapter);
     mc_free(ids);
     mc_free(all);
     mc_api_msgs_free(hist, n_hist);
@@ -967,7 +1006,8 @@ static int embed_one(struct mc_server *s, const int32_t *ids, size_t n, float *o
         for (int32_t j = 0; j < m; j++)
             rows[j] = (struct mc_batch_row){.token = ids[i + (size_t)j],
                                             .pos = (int32_t)(i + (size_t)j),
-                                            .kv = s->embed_kv, .want_logits = true};
+                                            .kv = s->embed_kv,
+                                            .want_logits = true};
         rc = mc_forward(s->embed_ctx, rows, m, logits, hidden, err);
         for (int32_t j = 0; j < m && rc == MC_OK; j++)
             for (int32_t d = 0; d < hp->n_embd; d++)
@@ -1140,6 +1180,13 @@ static json_t *model_json(struct mc_server *s) {
                      (json_int_t)s->model_created, "owned_by", "mcai");
 }
 
+/* One of the tenant's adapters as a model: "parent" names the base it runs on. */
+static json_t *adapter_model_json(struct mc_server *s, const struct mc_auth *a,
+                                  const struct mc_adapter_meta *m) {
+    return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", m->name, "object", "model", "created",
+                     (json_int_t)m->created, "owned_by", a->tenant, "parent", s->model_id);
+}
+
 enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                               const char *model_id) {
     struct mc_front f;
@@ -1147,15 +1194,37 @@ enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const 
     if (!load_front(s, r, a, &f, &ret))
         return ret;
     bool allowed = mc_front_allows_model(&f, s->model_id);
-    mc_front_deinit(&f);
-    if (model_id) {
-        if (!allowed || strcmp(model_id, s->model_id) != 0)
-            return reply_model_not_found(r, model_id);
-        return mc_http_reply_json(r, 200, model_json(s));
+    struct mc_adapter_meta *rows = NULL;
+    size_t n = 0;
+    struct mc_err err = {0};
+    int rc = mc_adapter_list(s->store, a->tenant, &rows, &n, &err);
+    if (rc != MC_OK) {
+        mc_front_deinit(&f);
+        MC_LOG_ERROR("api", "adapter_list_failed", "tenant=%s id=%s err=\"%s\"", a->tenant, r->id,
+                     err.msg);
+        return mc_http_reply_error(r, 500, "server_error", NULL, NULL,
+                                   "internal error (request %s)", r->id);
     }
+    json_t *one = NULL;
     json_t *data = json_array();
     if (allowed)
         json_array_append_new(data, model_json(s));
+    for (size_t i = 0; i < n; i++) {
+        if (!front_allows_adapter(s, &f, rows[i].name))
+            continue;
+        json_t *o = adapter_model_json(s, a, &rows[i]);
+        if (model_id && strcmp(model_id, rows[i].name) == 0)
+            one = json_incref(o);
+        json_array_append_new(data, o);
+    }
+    mc_free(rows);
+    mc_front_deinit(&f);
+    if (model_id) {
+        json_decref(data);
+        if (!one && allowed && strcmp(model_id, s->model_id) == 0)
+            one = model_json(s);
+        return one ? mc_http_reply_json(r, 200, one) : reply_model_not_found(r, model_id);
+    }
     return mc_http_reply_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));
 }
 

@@ -285,6 +285,10 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
         return rc;
     if ((rc = get_str(o, "conversation", &g->conversation, e)) != MC_OK)
         return rc;
+    /* Extension: the multiplier of the adapter's alpha/r (0 turns the adapter off). */
+    if ((rc = get_num(o, "lora_scale", 0, MC_API_MAX_LORA_SCALE, &g->lora_scale, &g->has_lora_scale,
+                      e)) != MC_OK)
+        return rc;
     return MC_OK;
 }
 

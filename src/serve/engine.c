@@ -15,12 +15,20 @@
  *
  * Reference counts: a request starts with one reference for the engine and one for the
  * caller (unless the caller passed out = NULL). The engine drops its own after the
- * request's last event; the memory goes with the last reference.
+ * request's last event; the memory goes with the last reference. A request's LoRA
+ * adapter is retained at submit and released just before its last event is delivered (or with the
+ * request's memory when submit fails), so the residency cache sees it in use for exactly
+ * as long as a sequence may still run with it; preemption keeps it.
  *
- * Not here: KV or prefix sharing between requests (none, on purpose: see engine.h), LoRA
- * adapters (a request's adapter slot must be NULL), speculative decoding. */
+ * Adapters: each row of a forward batch carries its request's adapter and scale; the
+ * backend's forward applies them (engine_model.c groups rows by adapter). The scheduler
+ * does not look at adapters.
+ *
+ * Not here: KV or prefix sharing between requests (none, on purpose: see engine.h),
+ * speculative decoding. */
 #include "serve/engine.h"
 
+#include "adapter/lora.h" /* mc_lora_retain, mc_lora_release */
 #include "base/log.h"
 #include "base/mem.h"
 #include "model/sample.h"
@@ -67,6 +75,8 @@ struct mc_gen {
     char **stop;
     bool logprobs;
     int32_t top_logprobs;
+    struct mc_lora *adapter; /* a reference of the engine's own, or NULL */
+    float adapter_scale;
 
     /* Engine-thread state. */
     struct sched_seq seq;
@@ -131,6 +141,7 @@ static int64_t now_ns(void) {
 /* ================================ Requests ========================================== */
 
 static void gen_free_memory(struct mc_gen *g) {
+    mc_lora_release(g->adapter);
     if (g->stop)
         for (int32_t i = 0; i < g->stp.n_stop; i++)
             mc_free(g->stop[i]);
@@ -225,8 +236,15 @@ static int check_params(const struct mc_engine *e, const struct mc_engine_params
     if (p->top_logprobs < 0 || p->top_logprobs > MC_ENGINE_MAX_TOP_LOGPROBS)
         return mc_err_set(err, MC_EINVAL, "top_logprobs %d is outside 0..%d", p->top_logprobs,
                           MC_ENGINE_MAX_TOP_LOGPROBS);
-    if (p->adapter)
-        return mc_err_set(err, MC_ENOTSUP, "LoRA adapters are not supported by this engine yet");
+    float scale = p->adapter_scale;
+    if (!(scale == 0 || (scale > 0 && scale <= MC_ENGINE_MAX_ADAPTER_SCALE)))
+        return mc_err_set(err, MC_EINVAL, "adapter_scale %g is outside (0, %g]", (double)scale,
+                          (double)MC_ENGINE_MAX_ADAPTER_SCALE);
+    if (p->adapter && e->be.adapter_check) {
+        int arc = e->be.adapter_check(e->be.impl, p->adapter, err);
+        if (arc != MC_OK)
+            return arc;
+    }
 
     /* The sampler checks its own parameters; a one-entry vocabulary keeps it cheap. */
     struct mc_sample_params sp;
@@ -271,7 +289,9 @@ static int gen_build(struct mc_engine *e, const struct mc_engine_params *p, stru
     g->seq.n_tokens = p->n_prompt;
     g->seq.kv_bytes = e->be.kv_bytes(e->be.impl, g->n_ctx_seq);
     g->seq.cost = (double)g->n_ctx_seq;
-    g->seq.adapter = p->adapter;
+    g->adapter = mc_lora_retain(p->adapter);
+    g->adapter_scale = p->adapter_scale != 0 ? p->adapter_scale : 1.0f;
+    g->seq.adapter = g->adapter;
     g->seq.owner = g;
     *out = g;
     return MC_OK;
@@ -501,6 +521,12 @@ static void deliver(struct mc_engine *e, struct mc_gen *outbox) {
         outbox = g->out_next;
         g->out_next = NULL;
         g->in_outbox = false;
+        if (g->finished) {
+            /* Before the last event, so that whoever sees it knows the engine no longer
+             * holds the adapter. */
+            mc_lora_release(g->adapter);
+            g->adapter = NULL;
+        }
         struct mc_engine_event ev = {0};
         ev.time_ns = now_ns();
         ev.prompt_tokens = g->n_prompt;
@@ -551,8 +577,14 @@ static void run_batch(struct mc_engine *e, int32_t n_work, int32_t n_rows, struc
         struct mc_gen *g = w->seq->owner;
         for (int32_t k = 0; k < w->count; k++) {
             int32_t pos = w->start + k;
-            e->rows[r++] = (struct engine_row){g->tokens[pos], pos, g->kv,
-                                               w->want_logits && k == w->count - 1};
+            e->rows[r++] = (struct engine_row){
+                .token = g->tokens[pos],
+                .pos = pos,
+                .kv = g->kv,
+                .want_logits = w->want_logits && k == w->count - 1,
+                .adapter = g->adapter,
+                .adapter_scale = g->adapter_scale,
+            };
         }
     }
     MC_ASSERT(r == n_rows);

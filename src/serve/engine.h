@@ -32,13 +32,15 @@
 #include <stdint.h>
 
 struct mc_model;
+struct mc_lora;
 struct mc_engine; /* opaque; see engine.c */
 struct mc_gen;    /* one submitted request; opaque, reference-counted */
 
-#define MC_ENGINE_TENANT_MAX       64  /* bytes of a tenant id, NUL excluded */
-#define MC_ENGINE_MAX_STOP         16  /* stop strings per request */
-#define MC_ENGINE_STOP_MAX_BYTES   256 /* bytes of one stop string */
-#define MC_ENGINE_MAX_TOP_LOGPROBS 20
+#define MC_ENGINE_TENANT_MAX        64  /* bytes of a tenant id, NUL excluded */
+#define MC_ENGINE_MAX_STOP          16  /* stop strings per request */
+#define MC_ENGINE_STOP_MAX_BYTES    256 /* bytes of one stop string */
+#define MC_ENGINE_MAX_TOP_LOGPROBS  20
+#define MC_ENGINE_MAX_ADAPTER_SCALE 16.0f /* largest per-request adapter scale */
 
 /* ---- Configuration ---------------------------------------------------------------- */
 
@@ -92,7 +94,14 @@ struct mc_engine_params {
     bool logprobs;           /* report each sampled token's log-probability */
     int32_t top_logprobs;    /* and this many alternatives (0..MC_ENGINE_MAX_TOP_LOGPROBS) */
     bool ignore_eos;         /* keep going past end-of-generation tokens */
-    const void *adapter;     /* LoRA adapter of this request; must be NULL for now */
+    /* LoRA adapter of this request, or NULL for the base model alone. The engine takes
+     * its own reference (mc_lora_retain) at submit and drops it before the request's
+     * last event (DONE or ERROR) is delivered, so the caller may release its own right
+     * after submit, and an adapter deleted or replaced meanwhile stays valid for the
+     * sequences that use it. It must be bound to the engine's model (else MC_EINVAL). */
+    struct mc_lora *adapter;
+    float adapter_scale; /* per-request multiplier of the adapter's alpha/r: 0 means 1;
+                          * otherwise finite, in (0, MC_ENGINE_MAX_ADAPTER_SCALE] */
 };
 
 /* ---- Events ----------------------------------------------------------------------- */
@@ -166,9 +175,8 @@ void mc_engine_free(struct mc_engine *e);
  *   MC_EINVAL  a bad field (named in the message), including a prompt that does not fit
  *              the context ("prompt of N tokens leaves no room in the context of M tokens",
  *              i.e. n_prompt >= n_ctx: the HTTP layer's context_length_exceeded), a token
- *              id out of the vocabulary, or a request whose KV cache alone exceeds the
- *              budget;
- *   MC_ENOTSUP an adapter was given;
+ *              id out of the vocabulary, an adapter not bound to this model or a scale out
+ *              of range, or a request whose KV cache alone exceeds the budget;
  *   MC_EFULL   the tenant's queue holds max_queue requests already;
  *   MC_ECANCEL the engine is draining or stopping;
  *   MC_ENOMEM. */

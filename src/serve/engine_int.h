@@ -40,7 +40,7 @@ struct sched_seq {
     uint64_t admit_seq;  /* order of the latest admission, 0 while queued */
     bool preempt_mark;   /* scratch for sched_admit's preemption plan */
     bool charged;        /* its cost was added to its tenant's finish tag */
-    const void *adapter; /* the request's adapter (always NULL for now) */
+    const void *adapter; /* the request's adapter, NULL for the base model */
     void *owner;         /* the engine's request */
 };
 
@@ -146,6 +146,8 @@ struct engine_row {
     int32_t pos;
     void *kv;
     bool want_logits;
+    const struct mc_lora *adapter; /* NULL: the base model alone */
+    float adapter_scale;
 };
 
 struct engine_backend {
@@ -155,6 +157,9 @@ struct engine_backend {
     size_t (*kv_bytes)(void *impl, int32_t n_ctx);
     int (*kv_create)(void *impl, int32_t n_ctx, void **out, struct mc_err *err);
     void (*kv_free)(void *impl, void *kv);
+    /* MC_OK if adapter can run on this model, else MC_EINVAL naming the mismatch. May be
+     * NULL (every adapter is accepted, as the fake models of the tests do). */
+    int (*adapter_check)(void *impl, const struct mc_lora *adapter, struct mc_err *err);
     /* Prepares scratch for batches of up to max_rows rows. */
     int (*prepare)(void *impl, int32_t max_rows, int n_threads, struct mc_err *err);
     /* Runs rows; logits gets n_vocab floats per want_logits row, in row order. */

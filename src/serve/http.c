@@ -232,8 +232,11 @@ static enum MHD_Result too_large(struct mc_http_req *r) {
     r->reject = "body_too_large";
     return mc_http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
                                "request body exceeds the limit of %zu bytes; send less or "
-                               "raise max_body_bytes",
-                               r->http->cfg.max_body_bytes);
+                               "raise %s",
+                               r->max_body,
+                               r->max_body == r->http->cfg.max_body_bytes
+                                   ? "max_body_bytes"
+                                   : "the server's upload limit");
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -252,12 +255,17 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (!r)
             return MHD_NO;
         *con_cls = r;
+        r->max_body = h->cfg.max_body_bytes;
+        if (h->cfg.body_limit) {
+            size_t lim = h->cfg.body_limit(r);
+            r->max_body = lim ? lim : h->cfg.max_body_bytes;
+        }
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
-        if (declared > h->cfg.max_body_bytes)
+        if (declared > r->max_body)
             r->body_too_large = true;
-        if (declared > DISCARD_MAX && declared > h->cfg.max_body_bytes) {
+        if (declared > DISCARD_MAX && declared > r->max_body) {
             r->started = true;
             return too_large(r);
         }
@@ -267,7 +275,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_size > 0) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->body_too_large || r->body_len + n > h->cfg.max_body_bytes) {
+        if (r->body_too_large || r->body_len + n > r->max_body) {
             r->body_too_large = true;
             mc_free(r->body);
             r->body = NULL;

@@ -9,6 +9,8 @@
  *   mcai_completion_tokens_total{tenant}          counter
  *   mcai_time_to_first_token_seconds{tenant}      histogram
  *   mcai_inter_token_seconds{tenant}              histogram
+ *   mcai_adapter_requests_total{tenant,adapter}   counter
+ *   mcai_adapter_prompt_tokens_total{tenant,adapter}, ..._completion_tokens_total
  *   mcai_open_streams                             gauge
  *   mcai_process_*                                process figures from /proc/self
  * plus what the owner's gauges callback appends for the server and for each tenant seen
@@ -46,8 +48,16 @@ struct labelled {
     struct labelled *next;
 };
 
+/* Generations of one tenant with one of its adapters. */
+struct adapter_rec {
+    char name[72];
+    uint64_t requests, n_prompt, n_completion;
+    struct adapter_rec *next;
+};
+
 struct tenant_rec {
     char tenant[64];
+    struct adapter_rec *adapters;
     uint64_t n_prompt, n_completion;
     struct hist ttft, itl;
     struct labelled *requests;
@@ -89,6 +99,11 @@ void mc_metrics_free(struct mc_metrics *m) {
             struct tenant_rec *n = t->next;
             free_list(t->requests);
             free_list(t->rejections);
+            while (t->adapters) {
+                struct adapter_rec *a = t->adapters->next;
+                mc_free(t->adapters);
+                t->adapters = a;
+            }
             mc_free(t);
             t = n;
         }
@@ -174,6 +189,26 @@ void mc_metrics_tokens(struct mc_metrics *m, const char *tenant, int64_t n_promp
     if (r) {
         r->n_prompt += (uint64_t)(n_prompt > 0 ? n_prompt : 0);
         r->n_completion += (uint64_t)(n_completion > 0 ? n_completion : 0);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void mc_metrics_adapter(struct mc_metrics *m, const char *tenant, const char *adapter,
+                        int64_t n_prompt, int64_t n_completion) {
+    pthread_mutex_lock(&m->lock);
+    struct tenant_rec *r = rec_get(m, tenant);
+    struct adapter_rec *a = r ? r->adapters : NULL;
+    while (a && strcmp(a->name, adapter) != 0)
+        a = a->next;
+    if (r && !a && (a = mc_calloc(1, sizeof(*a)))) {
+        snprintf(a->name, sizeof(a->name), "%s", adapter);
+        a->next = r->adapters;
+        r->adapters = a;
+    }
+    if (a) {
+        a->requests++;
+        a->n_prompt += (uint64_t)(n_prompt > 0 ? n_prompt : 0);
+        a->n_completion += (uint64_t)(n_completion > 0 ? n_completion : 0);
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -271,6 +306,27 @@ static void render_process(struct mc_buf *o, time_t start_time) {
                   (long long)start_time);
 }
 
+/* Per-adapter counters. Called with the lock held. */
+static void render_adapters(struct mc_buf *o, struct mc_metrics *m) {
+    static const char *const names[3] = {"mcai_adapter_requests_total",
+                                         "mcai_adapter_prompt_tokens_total",
+                                         "mcai_adapter_completion_tokens_total"};
+    static const char *const help[3] = {"Generations run with a tenant's LoRA adapter.",
+                                        "Prompt tokens processed with a tenant's adapter.",
+                                        "Completion tokens generated with a tenant's adapter."};
+    for (int k = 0; k < 3; k++) {
+        mc_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n", names[k], help[k], names[k]);
+        for (int b = 0; b < N_BUCKETS_TABLE; b++)
+            for (struct tenant_rec *r = m->table[b]; r; r = r->next)
+                for (struct adapter_rec *a = r->adapters; a; a = a->next)
+                    mc_buf_printf(o, "%s{tenant=\"%s\",adapter=\"%s\"} %llu\n", names[k], r->tenant,
+                                  a->name,
+                                  (unsigned long long)(k == 0   ? a->requests
+                                                       : k == 1 ? a->n_prompt
+                                                                : a->n_completion));
+    }
+}
+
 int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
                       void (*gauges)(struct mc_buf *out, const char (*tenants)[64],
                                      size_t n_tenants, void *user),
@@ -308,6 +364,8 @@ int mc_metrics_render(struct mc_metrics *m, struct mc_buf *o,
             if (r->tenant[0])
                 mc_buf_printf(o, "mcai_completion_tokens_total{tenant=\"%s\"} %llu\n", r->tenant,
                               (unsigned long long)r->n_completion);
+
+    render_adapters(o, m);
 
     const char *hn[2] = {"mcai_time_to_first_token_seconds", "mcai_inter_token_seconds"};
     for (int k = 0; k < 2; k++) {

@@ -8,7 +8,9 @@
 #ifndef MC_SERVE_INT_H
 #define MC_SERVE_INT_H
 
+#include "adapter/lora.h" /* struct mc_lora_base */
 #include "base/err.h"
+#include "serve/adapter_store.h" /* struct mc_adapter_meta, MC_ADAPTER_NAME_MAX */
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -54,6 +56,7 @@ struct mc_http_req {
     char *body; /* request body, NUL-terminated (mc_malloc'd) */
     size_t body_len;
     size_t body_cap; /* bytes allocated for body */
+    size_t max_body; /* this request's body cap (config body_limit, else max_body_bytes) */
     bool body_too_large;
     bool started;
     int64_t t_start_ns;
@@ -73,6 +76,10 @@ struct mc_http_config {
     const char *host; /* NULL or "" binds every address */
     int port;         /* 0 picks a free port */
     size_t max_body_bytes;
+    /* Optional: the body cap of one request, asked once its headers are in (method, url
+     * and headers readable; 0 means max_body_bytes). For routes that take large uploads
+     * from authenticated callers only. */
+    size_t (*body_limit)(struct mc_http_req *r);
     unsigned max_connections;
     mc_http_handler_fn handler;
     /* Called once per finished request (after the response went out or the client left). */
@@ -146,7 +153,8 @@ enum {
     MC_API_MAX_MESSAGES = 4096,
     MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
     MC_API_MAX_TOP_LOGPROBS = 20,
-    MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
+    MC_API_MAX_INPUTS = 2048,   /* embeddings inputs per request */
+    MC_API_MAX_LORA_SCALE = 16, /* = MC_ENGINE_MAX_ADAPTER_SCALE */
 };
 
 enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };
@@ -179,7 +187,9 @@ struct mc_api_gen {
     bool logprobs;
     int top_logprobs; /* 0..MC_API_MAX_TOP_LOGPROBS */
     struct mc_api_sampling sampling;
-    char *conversation; /* extension: "conversation" id, NULL if absent */
+    char *conversation;  /* extension: "conversation" id, NULL if absent */
+    bool has_lora_scale; /* extension: "lora_scale", 0..MC_ENGINE_MAX_ADAPTER_SCALE */
+    double lora_scale;
     /* chat */
     struct mc_api_msg *msgs;
     int n_msgs;
@@ -242,6 +252,9 @@ void mc_metrics_rejection(struct mc_metrics *m, const char *tenant, const char *
 void mc_metrics_ttft(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_inter_token(struct mc_metrics *m, const char *tenant, double seconds);
 void mc_metrics_streams_add(struct mc_metrics *m, int delta);
+/* One finished generation with the tenant's adapter (name validated: no quoting). */
+void mc_metrics_adapter(struct mc_metrics *m, const char *tenant, const char *adapter,
+                        int64_t n_prompt, int64_t n_completion);
 /* Writes the Prometheus text exposition. gauges, if non-NULL, is called (without the
  * metrics lock) to append figures owned by others, such as the engine's queue depth,
  * with the ids of every tenant the metrics have seen. */
@@ -274,6 +287,8 @@ struct mc_server {
     int32_t max_seqs;
     int32_t max_queue;
     size_t kv_budget_bytes;
+    size_t adapter_cache_bytes;
+    size_t max_adapter_bytes; /* body cap of adapter uploads (authenticated callers) */
     int64_t drain_timeout_ms;
 
     /* Catalog, tenants and audit, open from create to free. */
@@ -291,6 +306,11 @@ struct mc_server {
     int32_t n_ctx;     /* positions per sequence */
     int32_t n_embd;
     int64_t model_created; /* Unix seconds (file modification time) */
+
+    /* LoRA adapters: the shape uploads are checked against, and the residency cache
+     * (api_adapter.c), both set by mc_server_load. */
+    struct mc_lora_base lora_base;
+    struct mc_lora_cache *adapters;
 
     /* Embeddings run outside the engine on their own context, one request at a time. */
     pthread_mutex_t embed_lock;
@@ -334,6 +354,29 @@ int mc_conv_load(struct mc_server *s, const char *tenant, const char *id, struct
 /* Appends messages to a conversation. */
 int mc_conv_append(struct mc_server *s, const char *tenant, const char *id,
                    const struct mc_api_msg *msgs, int n, struct mc_err *err);
+
+/* ---- LoRA adapters (api_adapter.c) ------------------------------------------------ */
+
+/* Creates the residency cache (budget s->adapter_cache_bytes) and pins every adapter
+ * marked pinned in the store. Called by mc_server_load once the model is loaded. */
+int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err);
+/* The tenant's adapter called name, loaded (from the cache, or the store on a miss) with
+ * a new reference for the caller, and its metadata in meta (may be NULL). MC_ENOTFOUND
+ * when the tenant has no adapter of that name; another tenant's adapters are never
+ * looked at. */
+int mc_adapter_resolve(struct mc_server *s, const char *tenant, const char *name,
+                       struct mc_lora **out, struct mc_adapter_meta *meta, struct mc_err *err);
+/* Drops the cache entries of every private adapter of tenant (before the tenant is
+ * deleted: its decrypted weights must not outlive its data key in memory). Running
+ * sequences keep theirs until they end. */
+void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant);
+/* Tenant routes: path is what follows "/v1/adapters" ("" or "/{name}"). */
+enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                                const char *path);
+/* Admin routes: POST /admin/adapters (publish; path NULL), and for one tenant
+ * /admin/tenants/{id}/adapters[/{name}[/pin]] (arg is what follows "adapters/", or ""). */
+enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r,
+                                      const char *tenant, const char *arg);
 
 /* Admin API (api_admin.c): path is what follows "/admin". */
 enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const char *path);

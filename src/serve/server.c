@@ -34,6 +34,7 @@
 
 enum {
     DEFAULT_MAX_BODY = 1 << 20,
+    DEFAULT_MAX_ADAPTER_BODY = 256 << 20,
     DEFAULT_MAX_SEQS = 16,
     DEFAULT_CTX_CAP = 4096,
     DEFAULT_DRAIN_MS = 10000,
@@ -138,7 +139,59 @@ static int tenant_auth(struct mc_server *s, struct mc_http_req *r, struct mc_aut
     return MC_OK;
 }
 
+/* ---- Body limits ----------------------------------------------------------------- */
+
+/* Adapter uploads may be far larger than any JSON body, but only for a caller whose
+ * credential is valid: anyone else gets --max-body-bytes, so an unauthenticated client
+ * cannot make the server buffer a large body. Runs once the headers are in. */
+static size_t body_limit(struct mc_http_req *r) {
+    struct mc_server *s = r->user;
+    const char *u = r->url;
+    bool tenant = strncmp(u, "/v1/adapters", 12) == 0 && (u[12] == '\0' || u[12] == '?');
+    bool admin = strncmp(u, "/admin/adapters", 15) == 0 && (u[15] == '\0' || u[15] == '?');
+    if (strcmp(r->method, "POST") != 0 || !(tenant || admin) || !atomic_load(&s->ready))
+        return 0;
+    struct mc_auth a;
+    if (admin ? admin_ok(s, r) : tenant_auth(s, r, &a) == MC_OK)
+        return s->max_adapter_bytes;
+    return 0;
+}
+
 /* ---- Routes without credentials --------------------------------------------------- */
+
+/* The residency cache's figures. */
+static void adapter_gauges(struct mc_buf *o, struct mc_server *s) {
+    struct mc_lora_cache_stats cs;
+    mc_lora_cache_stats(s->adapters, &cs);
+    mc_buf_printf(o,
+                  "# HELP mcai_adapter_cache_hits_total Adapter lookups served by a resident "
+                  "adapter.\n# TYPE mcai_adapter_cache_hits_total counter\n"
+                  "mcai_adapter_cache_hits_total %llu\n",
+                  (unsigned long long)cs.hits);
+    mc_buf_printf(o,
+                  "# HELP mcai_adapter_cache_misses_total Adapter lookups that loaded from the "
+                  "store.\n# TYPE mcai_adapter_cache_misses_total counter\n"
+                  "mcai_adapter_cache_misses_total %llu\n",
+                  (unsigned long long)cs.misses);
+    mc_buf_printf(o,
+                  "# TYPE mcai_adapter_cache_evictions_total counter\n"
+                  "mcai_adapter_cache_evictions_total %llu\n",
+                  (unsigned long long)cs.evictions);
+    mc_buf_printf(o,
+                  "# TYPE mcai_adapter_cache_load_errors_total counter\n"
+                  "mcai_adapter_cache_load_errors_total %llu\n",
+                  (unsigned long long)cs.load_errors);
+    mc_buf_printf(o,
+                  "# TYPE mcai_adapter_cache_resident_bytes gauge\n"
+                  "mcai_adapter_cache_resident_bytes %zu\n",
+                  cs.resident_bytes);
+    mc_buf_printf(o, "# TYPE mcai_adapter_cache_resident gauge\nmcai_adapter_cache_resident %d\n",
+                  cs.n_resident);
+    mc_buf_printf(o,
+                  "# TYPE mcai_adapter_cache_budget_bytes gauge\n"
+                  "mcai_adapter_cache_budget_bytes %zu\n",
+                  s->adapter_cache_bytes ? s->adapter_cache_bytes : (size_t)256 << 20);
+}
 
 static void engine_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n, void *user) {
     struct mc_server *s = user;
@@ -183,6 +236,7 @@ static void engine_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n,
                   "mcai_engine_preemptions_total %llu\n",
                   (unsigned long long)st.n_preemptions);
     mc_buf_printf(o, "# TYPE mcai_kv_bytes_used gauge\nmcai_kv_bytes_used %zu\n", st.kv_bytes_used);
+    adapter_gauges(o, s);
 }
 
 static enum MHD_Result route_public(struct mc_server *s, struct mc_http_req *r, const char *p) {
@@ -253,6 +307,8 @@ static enum MHD_Result route_tenant(struct mc_server *s, struct mc_http_req *r, 
                                          "model_loading",
                                          "the model is still loading; retry shortly");
     }
+    if (strcmp(p, "/v1/adapters") == 0 || strncmp(p, "/v1/adapters/", 13) == 0)
+        return mc_api_adapters(s, r, &a, p + 12);
     if (strcmp(p, "/v1/models") == 0 || strncmp(p, "/v1/models/", 11) == 0) {
         r->route = "/v1/models";
         if (!is_method(r, "GET"))
@@ -360,6 +416,9 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : DEFAULT_MAX_SEQS;
     s->max_queue = cfg->max_queue;
     s->kv_budget_bytes = cfg->kv_budget_bytes;
+    s->adapter_cache_bytes = cfg->adapter_cache_bytes;
+    s->max_adapter_bytes =
+        cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;
 
     if ((rc = mc_metrics_create(&s->metrics, err)) != MC_OK)
@@ -378,6 +437,7 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
         .host = s->host,
         .port = cfg->port,
         .max_body_bytes = cfg->max_body_bytes ? cfg->max_body_bytes : DEFAULT_MAX_BODY,
+        .body_limit = body_limit,
         .max_connections = cfg->max_connections,
         .handler = dispatch,
         .on_done = on_request_done,
@@ -442,6 +502,9 @@ int mc_server_load(struct mc_server *s, struct mc_err *err) {
     };
     if ((rc = mc_engine_create(s->model, &ec, &s->engine, err)) != MC_OK)
         return rc;
+    mc_lora_base_from_model(s->model, &s->lora_base);
+    if ((rc = mc_adapter_cache_open(s, err)) != MC_OK)
+        return rc;
     atomic_store(&s->ready, 1);
     MC_LOG_INFO("serve", "ready", "model=%s n_ctx=%d n_embd=%d load_ms=%.0f", s->model_id, n_ctx,
                 s->n_embd, (double)(mc_now_ns() - t0) / 1e6);
@@ -477,6 +540,7 @@ void mc_server_free(struct mc_server *s) {
     if (s->http)
         mc_server_shutdown(s);
     mc_engine_free(s->engine);
+    mc_lora_cache_free(s->adapters);
     if (s->embed_kv)
         mc_kv_free(s->embed_kv);
     if (s->embed_ctx)

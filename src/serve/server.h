@@ -32,7 +32,10 @@ struct mc_server_config {
     int32_t max_queue;                      /* queued requests per tenant (default 256) */
     size_t kv_budget_bytes;                 /* KV memory of running sequences (default: no
                                              * limit beyond max_seqs full contexts) */
+    size_t adapter_cache_bytes;             /* resident LoRA adapters (default 256 MiB) */
     size_t max_body_bytes;                  /* request body cap (default 1 MiB) */
+    size_t max_adapter_bytes;               /* body cap of an adapter upload by a caller
+                                             * with a valid key (default 256 MiB) */
     unsigned max_connections;               /* open connections (default 1024) */
     int64_t drain_timeout_ms;               /* on shutdown, time running requests get (default
                                              * 10000) */

@@ -1,10 +1,14 @@
 // client.mjs - integration checks against a running `mcai serve`, with the official
 // openai client (5.x) and raw fetch. run.sh starts the server and passes:
 //   MCAI_BASE (http://127.0.0.1:PORT), MCAI_ADMIN_KEY, MCAI_CTX (the server's --ctx),
-//   MCAI_QUICK=1 to shorten generations (the ASan build).
+//   MCAI_QUICK=1 to shorten generations (the ASan build);
+//   MCAI_LORA_GGUF, MCAI_LORA_PEFT (the adapter file and its PEFT twin's directory) and
+//   MCAI_LORA_TEXT, MCAI_LORA_TEXT_HALF (what `mcai generate --lora` prints for
+//   "Once upon a time", 24 greedy tokens, at scale 1 and 0.5) for the adapter checks.
 // Each check prints "ok - name" or "FAIL - name: why"; the exit code is the number of
 // failures. The last line is a summary run.sh and test_integration.c read.
 import OpenAI from "openai";
+import { readFileSync } from "node:fs";
 
 const BASE = process.env.MCAI_BASE;
 const ADMIN = process.env.MCAI_ADMIN_KEY;
@@ -496,6 +500,207 @@ async function limitChecks(keys, model) {
     errorOf(r2).type === "rate_limit_error", `${r2.status} ${r2.text}`);
 }
 
+// ---- LoRA adapters ---------------------------------------------------------------
+
+function ggufForm(name, file) {
+  const f = new FormData();
+  f.append("name", name);
+  f.append("file", new Blob([file]), "adapter.gguf");
+  return f;
+}
+
+function peftForm(name, dir) {
+  const f = new FormData();
+  f.append("name", name);
+  f.append("adapter_config", new Blob([readFileSync(`${dir}/adapter_config.json`)]),
+    "adapter_config.json");
+  f.append("adapter_model", new Blob([readFileSync(`${dir}/adapter_model.safetensors`)]),
+    "adapter_model.safetensors");
+  return f;
+}
+
+async function upload(path, key, form) {
+  const res = await fetch(BASE + path, { method: "POST", headers: { authorization: `Bearer ${key}` },
+    body: form });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    /* not JSON */
+  }
+  return { status: res.status, text, json };
+}
+
+const LORA_PROMPT = { prompt: "Once upon a time", temperature: 0, max_tokens: 24 };
+
+async function complete(key, model, extra = {}) {
+  return http("POST", "/v1/completions", { key, body: { model, ...LORA_PROMPT, ...extra } });
+}
+
+async function adapterChecks(t, keys, model) {
+  const GGUF = process.env.MCAI_LORA_GGUF;
+  const PEFT = process.env.MCAI_LORA_PEFT;
+  const WANT = process.env.MCAI_LORA_TEXT;
+  const WANT_HALF = process.env.MCAI_LORA_TEXT_HALF;
+  if (!GGUF || !PEFT || WANT === undefined) {
+    fail("adapter checks", "MCAI_LORA_GGUF / MCAI_LORA_PEFT / MCAI_LORA_TEXT not set");
+    return;
+  }
+  const gguf = readFileSync(GGUF);
+  const A = keys.alpha;
+  const B = keys.beta;
+
+  // Upload as tenant A: the GGUF file and its PEFT twin.
+  let r = await upload("/v1/adapters", A, ggufForm("story", gguf));
+  check("adapters: GGUF upload is 201 with its metadata", r.status === 201 &&
+    r.json.id === "story" && r.json.version === 1 && r.json.format === "gguf" &&
+    r.json.rank === 4 && r.json.alpha === 8 && JSON.stringify(r.json.targets) === '["q","v"]' &&
+    r.json.size_bytes === gguf.length && r.json.base_model === model, r.text);
+  r = await upload("/v1/adapters", A, peftForm("story-peft", PEFT));
+  check("adapters: PEFT upload is 201", r.status === 201 && r.json.format === "peft" &&
+    r.json.rank === 4, r.text);
+  r = await http("GET", "/v1/adapters", { key: A });
+  eq("adapters: list", r.json?.data?.map((x) => x.id), ["story", "story-peft"]);
+  r = await http("GET", "/v1/adapters/story", { key: A });
+  check("adapters: get one", r.status === 200 && r.json.id === "story", r.text);
+
+  const clientA = new OpenAI({ apiKey: A, baseURL: BASE + "/v1", maxRetries: 0 });
+  const ids = (await clientA.models.list()).data.map((m) => m.id);
+  eq("adapters: A's /v1/models lists the base and its adapters", ids,
+    [model, "story", "story-peft"]);
+
+  // The adapter through the server gives what `mcai generate --lora` gives.
+  for (const name of ["story", "story-peft"]) {
+    const c = await clientA.completions.create({ model: name, ...LORA_PROMPT });
+    eq(`adapters: ${name} greedy completion equals mcai generate --lora`, c.choices[0].text, WANT);
+    check(`adapters: ${name} answers under its own name`, c.model === name, c.model);
+  }
+  r = await complete(A, "story", { lora_scale: 0.5 });
+  eq("adapters: lora_scale 0.5 equals mcai generate --lora FILE:0.5",
+    r.json?.choices?.[0]?.text, WANT_HALF);
+  r = await complete(A, model);
+  check("adapters: the base model answers differently", r.status === 200 &&
+    r.json.choices[0].text !== WANT, r.text);
+  const chat = await clientA.chat.completions.create({ model: "story", temperature: 0,
+    max_tokens: 8, messages: [{ role: "user", content: "Hi" }] });
+  check("adapters: chat with model=<adapter> works through the openai client",
+    chat.model === "story" && chat.usage.completion_tokens > 0, JSON.stringify(chat));
+
+  // Tenant B: A's adapter does not exist for it, byte for byte like an unknown name.
+  const rb = await complete(B, "story");
+  const rn = await complete(B, "no-such-adapter");
+  check("adapters: B using A's adapter name is 404 model_not_found",
+    rb.status === 404 && errorOf(rb).code === "model_not_found", rb.text);
+  check("adapters: ... with the same body as a name that does not exist",
+    rb.status === rn.status && rb.text === rn.text.replace("no-such-adapter", "story"),
+    `${rb.text} vs ${rn.text}`);
+  r = await http("GET", "/v1/models", { key: B });
+  check("adapters: B's /v1/models does not list A's adapters",
+    r.status === 200 && !r.text.includes("story"), r.text);
+  r = await http("GET", "/v1/models/story", { key: B });
+  check("adapters: B cannot retrieve A's adapter as a model", r.status === 404, r.text);
+  r = await http("GET", "/v1/adapters/story", { key: B });
+  check("adapters: B cannot get A's adapter", r.status === 404, r.text);
+  r = await http("DELETE", "/v1/adapters/story", { key: B });
+  check("adapters: B cannot delete A's adapter", r.status === 404, r.text);
+
+  // A malformed upload is refused with the loader's message, and nothing is stored.
+  r = await upload("/v1/adapters", A, ggufForm("broken", gguf.subarray(0, 5000)));
+  check("adapters: truncated GGUF is 400 invalid_adapter naming the tensor", r.status === 400 &&
+    errorOf(r).code === "invalid_adapter" && /tensor .*lora_[ab]/.test(errorOf(r).message),
+    r.text);
+  const junk = Buffer.from(gguf);
+  junk.write("NOPE", 0);
+  r = await upload("/v1/adapters", A, ggufForm("broken", junk));
+  check("adapters: a file that is not GGUF is 400", r.status === 400 &&
+    errorOf(r).code === "invalid_adapter", r.text);
+  r = await upload("/v1/adapters", A, ggufForm("Bad name!", gguf));
+  check("adapters: a bad name is 400", r.status === 400 && errorOf(r).param === "name", r.text);
+  r = await upload("/v1/adapters", A, ggufForm(model, gguf));
+  check("adapters: the base model's name is 409", r.status === 409, r.text);
+  r = await http("POST", "/v1/adapters", { key: A, body: { name: "x" } });
+  check("adapters: a JSON body is 415", r.status === 415, r.text);
+  r = await http("GET", "/v1/adapters", { key: A });
+  eq("adapters: the bad uploads stored nothing", r.json?.data?.map((x) => x.id),
+    ["story", "story-peft"]);
+
+  // Replacing bumps the version.
+  r = await upload("/v1/adapters", A, ggufForm("story", gguf));
+  check("adapters: replacing is 200 with version 2", r.status === 200 && r.json.version === 2,
+    r.text);
+
+  // Delete while a stream with the adapter runs: the stream finishes.
+  let del = null;
+  const s = await sse("/v1/completions", A, { model: "story-peft", prompt: "Once upon a time",
+    max_tokens: LONG, temperature: 1, seed: 5 },
+  { onFirst: async () => {
+    del = await http("DELETE", "/v1/adapters/story-peft", { key: A });
+  } });
+  check("adapters: delete during a stream is 200", del?.status === 200 &&
+    del.json.deleted === true, del?.text);
+  const last = s.events.filter((e) => e !== "[DONE]").at(-1);
+  check("adapters: the stream with the deleted adapter completes", s.events.at(-1) === "[DONE]" &&
+    last?.choices?.[0]?.finish_reason && !s.events.some((e) => e.error), s.raw.slice(-300));
+  r = await complete(A, "story-peft");
+  check("adapters: the deleted adapter is gone afterwards", r.status === 404, r.text);
+  r = await http("DELETE", "/v1/adapters/story-peft", { key: A });
+  check("adapters: deleting it again is 404", r.status === 404, r.text);
+
+  // The operator publishes one adapter to A and epsilon only.
+  const pf = ggufForm("house", gguf);
+  pf.append("tenants", `${t.alpha.id},${t.epsilon.id}`);
+  r = await upload("/admin/adapters", ADMIN, pf);
+  check("adapters: publish to two tenants is 201", r.status === 201 &&
+    r.json.data.length === 2 && r.json.data.every((x) => x.published && x.id === "house"),
+    r.text);
+  const bad = ggufForm("house", gguf);
+  bad.append("tenants", `${t.alpha.id},t_0000000000000000`);
+  r = await upload("/admin/adapters", ADMIN, bad);
+  check("adapters: publish to an unknown tenant is 404", r.status === 404, r.text);
+  r = await complete(keys.epsilon, "house");
+  eq("adapters: a chosen tenant uses the published adapter", r.json?.choices?.[0]?.text, WANT);
+  r = await http("GET", "/v1/models", { key: keys.epsilon });
+  check("adapters: ... and sees it in /v1/models", r.text.includes('"house"'), r.text);
+  for (const other of ["beta", "gamma"]) {
+    r = await http("GET", "/v1/models", { key: keys[other] });
+    check(`adapters: ${other} (not chosen) does not see the published adapter`,
+      r.status === 200 && !r.text.includes("house"), r.text);
+  }
+  r = await complete(B, "house");
+  check("adapters: ... and gets model_not_found for it", r.status === 404, r.text);
+  r = await admin("GET", `/tenants/${t.epsilon.id}/adapters`);
+  check("adapters: admin lists a tenant's adapters", r.status === 200 &&
+    r.json.data.length === 1 && r.json.data[0].published === true, r.text);
+
+  // Pinning.
+  r = await admin("POST", `/tenants/${t.epsilon.id}/adapters/house/pin`);
+  check("adapters: pin", r.status === 200 && r.json.pinned === true, r.text);
+  r = await http("GET", "/v1/adapters/house", { key: keys.epsilon });
+  check("adapters: the tenant sees it pinned", r.json?.pinned === true, r.text);
+  check("adapters: a pinned adapter is resident",
+    (await metric("mcai_adapter_cache_resident")) >= 1, "resident 0");
+  r = await admin("DELETE", `/tenants/${t.epsilon.id}/adapters/house/pin`);
+  check("adapters: unpin", r.status === 200 && r.json.pinned === false, r.text);
+  r = await admin("POST", `/tenants/${t.epsilon.id}/adapters/nothing/pin`);
+  check("adapters: pinning an unknown adapter is 404", r.status === 404, r.text);
+
+  // Metrics per tenant and adapter, and the cache's figures.
+  const m = await http("GET", "/metrics");
+  for (const w of [`mcai_adapter_requests_total{tenant="${t.alpha.id}",adapter="story"}`,
+    `mcai_adapter_completion_tokens_total{tenant="${t.epsilon.id}",adapter="house"}`,
+    "mcai_adapter_cache_hits_total ", "mcai_adapter_cache_misses_total ",
+    "mcai_adapter_cache_evictions_total ", "mcai_adapter_cache_resident_bytes "])
+    check(`metrics: ${w.split("{")[0].trim()}`, m.text.includes(w), w);
+
+  // After A deletes "story", A's own answer for it is exactly what B got all along.
+  r = await http("DELETE", "/v1/adapters/story", { key: A });
+  check("adapters: delete", r.status === 200, r.text);
+  r = await complete(A, "story");
+  check("adapters: B's answer for A's adapter equals A's answer once it is gone",
+    r.status === rb.status && r.text === rb.text, `${r.text} vs ${rb.text}`);
+}
+
 async function metric(name) {
   const m = await http("GET", "/metrics");
   const line = m.text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
@@ -577,6 +782,7 @@ async function main() {
   await embeddingChecks(clientA, model);
   const conv = await conversationChecks(keys, model);
   await isolationChecks(t, keys, model, conv);
+  await adapterChecks(t, keys, model);
   await badInputWhileStreaming(keys, model);
   await concurrencyChecks(keys, model);
   await limitChecks(keys, model);

@@ -6,9 +6,13 @@
 #     precedence flags > environment > config file;
 #   - curl: health, readiness, metrics, 401, a 10 MB body (413), invalid UTF-8 (400),
 #     raw SSE framing;
+#   - curl: a LoRA adapter uploaded as multipart/form-data answers like
+#     `mcai generate --lora`; `mcai adapter` on the running server's data directory;
 #   - client.mjs: the admin API, the OpenAI API (chat, streaming, stop, n, seed,
 #     logprobs, completions, embeddings, models, conversations), isolation between
-#     tenants, revocation, limits, bad input while another tenant streams, disconnects;
+#     tenants, revocation, limits, bad input while another tenant streams, disconnects,
+#     LoRA adapters (GGUF and PEFT uploads, model=<adapter> against `mcai generate
+#     --lora`, other tenants, bad uploads, replace, delete during a stream, publish, pin);
 #   - SIGTERM during a stream: the stream gets one error event, the server exits 0.
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
@@ -17,7 +21,10 @@
 set -u
 cd "$(dirname "$0")/../.."
 MCAI=${MCAI:-build/mcai}
-MODEL=${MODEL:-${MCAI_SHARED:-../shared}/models/stories260K.gguf}
+SHARED=${MCAI_SHARED:-../shared}
+MODEL=${MODEL:-$SHARED/models/stories260K.gguf}
+LORA=$SHARED/models/stories260K-lora-r4.gguf
+LORA_PEFT=$SHARED/models/stories260K-lora-r4-peft
 case "$MCAI" in *build-san*) MCAI_QUICK=${MCAI_QUICK:-1} ;; esac
 MCAI_QUICK=${MCAI_QUICK:-0}
 CTX=512
@@ -50,6 +57,7 @@ hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
 check "serve --help exits 0" 0 $?
 contains "--help documents the key files" "$DIR/help" "--master-key-file"
 contains "--help documents the config file" "$DIR/help" "--config"
+contains "--help documents the adapter cache" "$DIR/help" "--adapter-cache-mb"
 
 env -u MCAI_MASTER_KEY MCAI_ADMIN_KEY="$(hex 20)" \
     "$MCAI" serve -m "$MODEL" --data "$DIR/d0" --port 0 > /dev/null 2> "$DIR/e0"
@@ -83,6 +91,7 @@ admin-key-file = $DIR/admin-from-config
 max_body_bytes = 1048576
 drain_timeout_ms = 1
 kv_budget_mb = 64
+adapter_cache_mb = 16
 max-queue = 256
 EOF
 MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/data" --port 0 \
@@ -151,13 +160,67 @@ check "curl: SSE ends with data: [DONE]" "data: [DONE]" "$(tail -n 2 "$DIR/sse" 
 check "curl: every SSE line is a data line or blank" 0 \
     "$(grep -cv '^data: \|^$' "$DIR/sse")"
 
+# A LoRA adapter by curl: uploaded as multipart/form-data, then used as the model.
+LORA_TEXT=$("$MCAI" generate -m "$MODEL" -p "Once upon a time" -n 24 --temp 0 -t 1 \
+    --lora "$LORA" 2> "$DIR/gen.err")
+check "mcai generate --lora runs" 0 $?
+LORA_TEXT_HALF=$("$MCAI" generate -m "$MODEL" -p "Once upon a time" -n 24 --temp 0 -t 1 \
+    --lora "$LORA_PEFT:0.5" 2>> "$DIR/gen.err")
+check "curl: adapter upload is 201" 201 "$($C -o "$DIR/up" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=tales -F file=@"$LORA" "$BASE/v1/adapters")"
+contains "curl: the upload answers with the adapter's version" "$DIR/up" '"version":1'
+$C -H "Authorization: Bearer $KEY" -d '{"model":"tales","prompt":"Once upon a time",
+    "max_tokens":24,"temperature":0}' "$BASE/v1/completions" > "$DIR/lora-out"
+check "curl: model=<adapter> answers like mcai generate --lora" "$LORA_TEXT" \
+    "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
+        "utf8")).choices[0].text)' "$DIR/lora-out" 2> /dev/null)"
+# Uploads may pass --max-body-bytes (1 MiB here) up to --max-adapter-bytes, with a valid
+# key only: 1.5 MB of junk is read and refused as no adapter, or 413 without a key.
+head -c 1500000 /dev/zero > "$DIR/junk.gguf"
+check "curl: a 1.5 MB upload with a key passes the body limit (then 400)" 400 \
+    "$($C -o "$DIR/rjunk" -w '%{http_code}' -H "Authorization: Bearer $KEY" -F name=junk \
+        -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
+contains "curl: ... as an invalid adapter" "$DIR/rjunk" '"code":"invalid_adapter"'
+check "curl: the same upload without a valid key is 413" 413 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer mcai_nope" -F name=junk \
+        -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
+
+# The same objects from the command line, on the running server's data directory.
+MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
+"$MCAI" adapter add cli-peft -m "$MODEL" --peft "$LORA_PEFT" $MK > "$DIR/cli-add" 2>&1
+check "mcai adapter add (PEFT) beside the running server" 0 $?
+"$MCAI" adapter list $MK > "$DIR/cli-list" 2>&1
+contains "mcai adapter list shows the adapter uploaded over HTTP" "$DIR/cli-list" "tales"
+$C -H "Authorization: Bearer $KEY" -d '{"model":"cli-peft","prompt":"Once upon a time",
+    "max_tokens":24,"temperature":0}' "$BASE/v1/completions" > "$DIR/lora-cli"
+check "curl: the adapter added by the CLI answers like mcai generate --lora" "$LORA_TEXT" \
+    "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
+        "utf8")).choices[0].text)' "$DIR/lora-cli" 2> /dev/null)"
+head -c 5000 "$LORA" > "$DIR/cut.gguf"
+"$MCAI" adapter add cut -m "$MODEL" --file "$DIR/cut.gguf" $MK > /dev/null 2> "$DIR/cli-bad"
+check "mcai adapter add of a truncated file exits 1" 1 $?
+contains "mcai adapter add names the tensor" "$DIR/cli-bad" "lora_"
+"$MCAI" adapter delete cli-peft $MK > /dev/null 2>&1
+check "mcai adapter delete" 0 $?
+check "curl: the adapter deleted by the CLI is gone for the server" 404 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" \
+        -d '{"model":"cli-peft","prompt":"x"}' "$BASE/v1/completions")"
+
+# The adapter's GGUF metadata keys are plain text in the file, never under the data dir.
+check "sealed at rest: the adapter file's text is not in the data dir" "" \
+    "$(grep -rlF -- "adapter.lora.alpha" "$DIR/data" 2>/dev/null)"
+
 $C "$BASE/metrics" > "$DIR/metrics"
 contains "curl: metrics in Prometheus text" "$DIR/metrics" "# TYPE mcai_requests_total counter"
+contains "config file: adapter_cache_mb sets the cache budget" "$DIR/metrics" \
+    "mcai_adapter_cache_budget_bytes 16777216"
 
 # ---- The openai client ---------------------------------------------------------------
 
 if [ -f tests/integration/node_modules/openai/package.json ] && command -v node > /dev/null; then
     MCAI_BASE=$BASE MCAI_ADMIN_KEY=$ADMIN MCAI_CTX=$CTX MCAI_QUICK=$MCAI_QUICK \
+        MCAI_LORA_GGUF=$LORA MCAI_LORA_PEFT=$LORA_PEFT MCAI_LORA_TEXT=$LORA_TEXT \
+        MCAI_LORA_TEXT_HALF=$LORA_TEXT_HALF \
         timeout 240 node tests/integration/client.mjs > "$DIR/node" 2>&1
     cat "$DIR/node"
     p=$(sed -n 's/^node checks: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$DIR/node")
