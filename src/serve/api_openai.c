@@ -40,7 +40,8 @@
 #include <time.h>
 
 enum {
-    WAIT_SLICE_MS = 200, /* how often a waiting thread looks for a client hang-up */
+    WAIT_SLICE_MS = 200, /* longest wait for one engine event */
+    ALIVE_EVERY_MS = 100, /* how often a waiting thread looks for a client hang-up */
     EMBED_CHUNK = 64,    /* rows per forward call when embedding */
     PIECE_MAX = 256,     /* bytes of one token's text in logprobs */
 };
@@ -49,6 +50,24 @@ static int64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* True when the client of fd should be looked at again: every ALIVE_EVERY_MS of wall
+ * time, whether or not events keep arriving (a running generation sends one per token,
+ * so waiting for a quiet moment would never look). *last_ms: the time of the last look.
+ * Streams need no such clock: writing to a client that went away fails the stream. */
+static bool alive_check_due(int64_t *last_ms) {
+    int64_t now = mono_ms();
+    if (now - *last_ms < ALIVE_EVERY_MS)
+        return false;
+    *last_ms = now;
+    return true;
 }
 
 /* ---- Events copied off the engine thread ------------------------------------------ */
@@ -670,12 +689,15 @@ static enum MHD_Result reply_engine_error(struct mc_http_req *r, int rc, const s
 
 /* Non-streaming: waits for every choice, then answers with one JSON object. */
 static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
+    int64_t looked_ms = mono_ms();
     while (run->n_terminal < run->n_submitted) {
         struct ev *e = run_pop(run, WAIT_SLICE_MS);
         if (e) {
             run_apply(run, e);
             ev_free(e);
-        } else if (!mc_http_alive(r)) {
+        }
+        if (run->n_terminal < run->n_submitted && alive_check_due(&looked_ms) &&
+            !mc_http_alive(r)) {
             MC_LOG_INFO("api", "client_gone", "tenant=%s id=%s", run->tenant, run->id);
             r->status = 499;
             run_finish(run);

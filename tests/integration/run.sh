@@ -154,6 +154,34 @@ check "curl: every SSE line is a data line or blank" 0 \
 $C "$BASE/metrics" > "$DIR/metrics"
 contains "curl: metrics in Prometheus text" "$DIR/metrics" "# TYPE mcai_requests_total counter"
 
+# usage_out KEY: the tenant's completion tokens recorded so far (GET /v1/usage).
+usage_out() {
+    $C -H "Authorization: Bearer $1" "$BASE/v1/usage" |
+        sed -n 's/.*"total":{[^}]*"completion_tokens":\([0-9]*\)}.*/\1/p'
+}
+# wait_idle SECONDS: waits until no sequence runs; prints the last mcai_active_sequences.
+wait_idle() {
+    j=0
+    while [ $j -lt $(($1 * 10)) ]; do
+        n=$($C "$BASE/metrics" | sed -n 's/^mcai_active_sequences \([0-9]*\)$/\1/p')
+        [ "$n" = 0 ] && break
+        sleep 0.1
+        j=$((j + 1))
+    done
+    echo "$n"
+}
+
+# A non-streaming client that gives up cancels its sequences, even while they keep
+# producing tokens: 16 choices of 480 tokens take seconds; the client leaves after 0.3 s.
+before=$(usage_out "$KEY")
+$C -o /dev/null --max-time 0.3 -H "Authorization: Bearer $KEY" -d '{"messages":[{"role":"user",
+    "content":"Go"}],"max_tokens":480,"n":16,"temperature":1,"seed":5}' \
+    "$BASE/v1/chat/completions"
+check "curl: a non-streaming client that leaves cancels its sequences at once" 0 "$(wait_idle 1)"
+charged=$(($(usage_out "$KEY") - before))
+if [ "$charged" -lt 3000 ]; then ok "curl: the gone client is charged $charged tokens, not 7680"
+else bad "curl: the gone client is charged for what it never read" "$charged tokens"; fi
+
 # ---- The openai client ---------------------------------------------------------------
 
 if [ -f tests/integration/node_modules/openai/package.json ] && command -v node > /dev/null; then
