@@ -466,6 +466,35 @@ static void test_front_versions_are_kept(void **state) {
     assert_string_equal(f->events[f->n_events - 1].details, "{\"version\":3}");
 }
 
+static void test_front_save_rejects_undefined_template_variable(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    char id[MC_TENANT_ID_LEN + 1];
+    struct mc_front fr;
+    mc_front_init(&fr);
+    fr.template = mc_strdup("Q: {{nope}}");
+    assert_int_equal(mc_tenant_create(f->tn, "acme", &fr, NULL, id, &err), MC_EINVAL);
+    assert_string_equal(err.msg, "front: template variable 'nope' at byte 3 is not defined; use "
+                                 "{{input}}, {{tenant}} or {{date}}");
+    mc_front_deinit(&fr);
+
+    mc_front_init(&fr);
+    fr.template = mc_strdup("{{tenant}} {{ date }}: {{input}}");
+    assert_int_equal(mc_tenant_create(f->tn, "acme", &fr, NULL, id, &err), MC_OK);
+    mc_front_deinit(&fr);
+    mc_front_init(&fr);
+    fr.template = mc_strdup("{{input}} {{question}}");
+    assert_int_equal(mc_front_set(f->tn, id, &fr, NULL, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "variable 'question' at byte 10 is not defined"));
+    mc_front_deinit(&fr);
+
+    /* Reading checks only the syntax, so a front saved before the names were checked
+     * still loads. */
+    const char *old = "{\"template\":\"{{question}}\"}";
+    assert_int_equal(mc_front_from_json(old, strlen(old), &fr, &err), MC_OK);
+    mc_front_deinit(&fr);
+}
+
 static void test_front_render_template(void **state) {
     (void)state;
     struct mc_err err = {0};
@@ -487,7 +516,8 @@ static void test_front_render_template(void **state) {
 
     assert_int_equal(mc_front_render("ab {{user}}", names, values, 2, &out, &err), MC_EINVAL);
     assert_null(out);
-    assert_string_equal(err.msg, "template variable 'user' at byte 3 is not defined");
+    assert_string_equal(err.msg, "template variable 'user' at byte 3 is not defined; use "
+                                 "{{question}} or {{context}}");
     assert_int_equal(mc_front_render("ab {{question", names, values, 2, &out, &err), MC_EINVAL);
     assert_string_equal(err.msg, "template: variable at byte 3 is not closed by '}}'");
     assert_int_equal(mc_front_render("{{}}", names, values, 2, &out, &err), MC_EINVAL);
@@ -681,7 +711,7 @@ static void test_tenant_create_and_lookup_survive_allocation_failures(void **sta
     struct mc_front fr;
     mc_front_init(&fr);
     fr.system_prompt = mc_strdup("prompt");
-    fr.template = mc_strdup("{{q}}");
+    fr.template = mc_strdup("{{input}}");
     char id[MC_TENANT_ID_LEN + 1];
     int rc = MC_ENOMEM, n_fail = 0;
     for (long nth = 1; rc != MC_OK && nth < 200; nth++) {
@@ -847,6 +877,7 @@ int main(void) {
         cmocka_unit_test(test_front_json_roundtrip),
         cmocka_unit_test(test_front_json_rejects_bad_input),
         T(test_front_versions_are_kept),
+        T(test_front_save_rejects_undefined_template_variable),
         cmocka_unit_test(test_front_render_template),
         cmocka_unit_test(test_limit_requests_per_minute_exact_retry_after),
         cmocka_unit_test(test_limit_tokens_per_minute_and_release_correction),

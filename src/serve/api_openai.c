@@ -566,10 +566,9 @@ static char *render_template(const struct mc_front *f, const struct mc_auth *a, 
                              struct mc_err *err) {
     char date[11];
     mc_usage_day_string(mc_usage_day(wall_ms()), date);
-    const char *names[] = {"input", "tenant", "date"};
-    const char *values[] = {input, a->tenant_name, date};
+    const char *values[MC_FRONT_N_VARS] = {input, a->tenant_name, date};
     char *out = NULL;
-    if (mc_front_render(f->template, names, values, 3, &out, err) != MC_OK)
+    if (mc_front_render(f->template, mc_front_vars, values, MC_FRONT_N_VARS, &out, err) != MC_OK)
         return NULL;
     return out;
 }
