@@ -577,11 +577,66 @@ static void test_limit_tokens_per_minute_and_release_correction(void **state) {
     mc_limit_release(lim, "t_a", 300, 900, t0);
     assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 1, t0, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 41);
-    /* An estimate above the minute's allowance waits for a full bucket (600 tokens), so
-     * from -400 it needs 1000 tokens = 100 s. */
-    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0, &retry, &err), MC_ELIMIT);
-    assert_int_equal(retry, 100);
-    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0 + 100000, &retry, &err), MC_OK);
+    /* An estimate above the minute's allowance can never fit, even in a full bucket. */
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0 + 100000, &retry, &err), MC_ELIMIT);
+    assert_int_equal(retry, 60);
+    assert_string_equal(err.msg, "this request needs at least 5000 tokens, more than the tokens "
+                                 "per minute limit 600");
+    mc_limiter_free(lim);
+}
+
+static void test_limit_upto_grants_what_is_left_and_never_more(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_limiter *lim;
+    assert_int_equal(mc_limiter_create(NULL, &lim, &err), MC_OK);
+    struct mc_limits l = {.tpm = 100, .tpd = 100};
+    int retry = 0;
+    int64_t granted = -1, t0 = NOON_MS;
+    /* 16 choices of 300 tokens after a 20-token prompt: 4820 wanted, 100 allowed. */
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 36, 4820, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 100);
+    /* It used 90: 10 come back to both counters, so a request needing 10 fits and one
+     * needing 11 does not; the day limit's wait (until midnight) is the longer. */
+    mc_limit_release(lim, "t_a", 100, 90, t0);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 11, 50, t0, &granted, &retry, &err),
+                     MC_ELIMIT);
+    assert_int_equal(retry, 43200);
+    assert_string_equal(err.msg, "tokens per day limit 100 reached; retry after 43200 s");
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 10, 50, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 10);
+    mc_limit_release(lim, "t_a", 10, 10, t0);
+    /* The minute limit alone: what the bucket refilled, up to the most asked for. */
+    struct mc_limits m = {.tpm = 600};
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 600);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0, &granted, &retry, &err),
+                     MC_ELIMIT);
+    assert_int_equal(retry, 1);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0 + 2000, &granted, &retry,
+                                           &err),
+                     MC_OK);
+    assert_int_equal(granted, 20);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 2, t0, &granted, &retry, &err),
+                     MC_EINVAL);
+    mc_limiter_free(lim);
+}
+
+static void test_limit_tokens_per_day_holds_on_the_first_request(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_limiter *lim;
+    assert_int_equal(mc_limiter_create(NULL, &lim, &err), MC_OK);
+    struct mc_limits l = {.tpd = 100};
+    int retry = 0;
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 101, NOON_MS, &retry, &err), MC_ELIMIT);
+    assert_string_equal(err.msg, "this request needs at least 101 tokens, more than the tokens "
+                                 "per day limit 100");
+    assert_int_equal(retry, 43200);
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 100, NOON_MS, &retry, &err), MC_OK);
     mc_limiter_free(lim);
 }
 
@@ -881,6 +936,8 @@ int main(void) {
         cmocka_unit_test(test_front_render_template),
         cmocka_unit_test(test_limit_requests_per_minute_exact_retry_after),
         cmocka_unit_test(test_limit_tokens_per_minute_and_release_correction),
+        cmocka_unit_test(test_limit_upto_grants_what_is_left_and_never_more),
+        cmocka_unit_test(test_limit_tokens_per_day_holds_on_the_first_request),
         T(test_limit_tokens_per_day_until_midnight),
         cmocka_unit_test(test_limit_concurrency_and_longest_wait_wins),
         cmocka_unit_test(test_limiter_holds_many_tenants),

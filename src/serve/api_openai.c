@@ -834,7 +834,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     if (max_tokens > room)
         max_tokens = room;
 
-    /* Rate limits, charged with the most the request could use. */
+    /* Rate limits, charged with the most the request could use within them. */
     run = mc_calloc(1, sizeof(*run));
     if (!run)
         goto fail_500;
@@ -854,19 +854,24 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     snprintf(run->id, sizeof(run->id), "%s-%s", g->is_chat ? "chatcmpl" : "cmpl", r->id + 4);
     snprintf(run->model, sizeof(run->model), "%s", s->model_id);
     snprintf(run->tenant, sizeof(run->tenant), "%s", a->tenant);
-    run->est_tokens = (int64_t)n_ids + (int64_t)max_tokens * g->n;
     struct mc_limits lim = {a->limits[0], a->limits[1], a->limits[2], a->limits[3]};
     int retry = 1;
-    rc = mc_limit_acquire(s->limiter, a->tenant, &lim, run->est_tokens, wall_ms(), &retry, &err);
+    rc = mc_limit_acquire_upto(s->limiter, a->tenant, &lim, (int64_t)n_ids + g->n,
+                               (int64_t)n_ids + (int64_t)max_tokens * g->n, wall_ms(),
+                               &run->est_tokens, &retry, &err);
     if (rc == MC_ELIMIT) {
         r->reject = "rate_limit";
         ret = mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
-                                        "%s; retry after %d s", err.msg, retry);
+                                        "%s", err.msg);
         goto out_free_run;
     }
     if (rc != MC_OK)
         goto fail_500;
     run->limit_held = true;
+    /* The token limits grant what is left of them: each choice gets an equal share, and
+     * one that reaches it ends with finish_reason "length". */
+    if ((run->est_tokens - (int64_t)n_ids) / g->n < max_tokens)
+        max_tokens = (int32_t)((run->est_tokens - (int64_t)n_ids) / g->n);
     if (g->is_chat && g->conversation) {
         run->conv_id = mc_strdup(g->conversation);
         run->conv_new = g->msgs; /* taken over: freed with the run */
@@ -1064,6 +1069,10 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
         ret = reply_model_not_found(r, m.model);
         goto out;
     }
+    if (!m.model && !mc_front_allows_model(&f, s->model_id)) {
+        ret = reply_model_not_found(r, s->model_id);
+        goto out;
+    }
     if (m.dimensions && m.dimensions != s->n_embd) {
         ret =
             mc_http_reply_error(r, 400, "invalid_request_error", "unsupported_value", "dimensions",
@@ -1102,7 +1111,7 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
     if (rc == MC_ELIMIT) {
         r->reject = "rate_limit";
         ret = mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
-                                        "%s; retry after %d s", err.msg, retry);
+                                        "%s", err.msg);
         goto out;
     }
     if (rc != MC_OK)
