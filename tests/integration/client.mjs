@@ -574,6 +574,9 @@ async function concurrencyLimitCheck(model) {
   }
   check("concurrency: a second request while one runs is 429", second &&
     is429(second, "concurrent requests limit 1", 1, 1), second && second.text);
+  // Let the aborted stream's cancellation land before disconnectCheck counts failures.
+  for (let i = 0; i < 50 && (await metric("mcai_active_sequences")) !== 0; i++)
+    await new Promise((r) => setTimeout(r, 100));
 }
 
 // The front's allowed_models holds for every route, with or without a model named; a

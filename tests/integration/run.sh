@@ -9,7 +9,9 @@
 #   - client.mjs: the admin API, the OpenAI API (chat, streaming, stop, n, seed,
 #     logprobs, completions, embeddings, models, conversations), isolation between
 #     tenants, revocation, limits, bad input while another tenant streams, disconnects;
-#   - SIGTERM during a stream: the stream gets one error event, the server exits 0.
+#   - SIGTERM during a stream: the stream gets one error event, the server exits 0;
+#   - a second server: /readyz while the model loads, queue_full (--max-queue 1), and a
+#     drain that keeps answering 503 shutting_down until the running generation ends.
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
 # automatically for the ASan build). Prints "ok - ..." / "FAIL - ..." lines and a final
@@ -24,8 +26,10 @@ CTX=512
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/mcai-int.XXXXXX")
 PID=""
+PID2=""
 cleanup() {
     [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
+    [ -n "$PID2" ] && kill -KILL "$PID2" 2>/dev/null
     [ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -233,6 +237,105 @@ check "SIGTERM: nothing listens any more" 000 \
     "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/healthz")"
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/log"; then
     bad "sanitizers" "$(grep -m 3 "AddressSanitizer\|runtime error:" "$DIR/log")"
+fi
+
+# ---- A second server: model loading, queue_full, draining --------------------------
+# --max-seqs 1 --max-queue 1: one running request and one queued one fill it. Its model
+# is first a FIFO, so loading blocks in open() until the test writes to it: /readyz is
+# observed while the model loads, then the load fails and the server exits 1.
+
+# start2 MODEL NAME: starts a server in the background; sets PID2, PORT2 and BASE2.
+start2() {
+    MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$1" --data "$DIR/$2" --port 0 \
+        --master-key-file "$DIR/master" --ctx 2048 --max-seqs 1 --max-queue 1 \
+        --drain-timeout-ms 60000 > "$DIR/$2.out" 2> "$DIR/$2.log" &
+    PID2=$!
+    PORT2=""
+    i=0
+    while [ $i -lt 300 ] && [ -z "$PORT2" ]; do
+        PORT2=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
+            "$DIR/$2.out" 2> /dev/null)
+        [ -z "$PORT2" ] && sleep 0.05
+        i=$((i + 1))
+    done
+    BASE2="http://127.0.0.1:$PORT2"
+}
+
+mkfifo "$DIR/slow.gguf"
+start2 "$DIR/slow.gguf" data-load
+check "loading: /readyz is 503 loading while the model loads" '503 {"status":"loading"}' \
+    "$($C -w ' %{http_code}' "$BASE2/readyz" | awk '{print $2, $1}')"
+check "loading: /healthz answers meanwhile" 200 \
+    "$($C -o /dev/null -w '%{http_code}' "$BASE2/healthz")"
+: > "$DIR/slow.gguf"
+wait "$PID2"
+check "loading: a model that cannot load exits 1" 1 $?
+PID2=""
+
+start2 "$MODEL" data2
+i=0
+while [ $i -lt 300 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" != 200 ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+T2=$($C -X POST -H "Authorization: Bearer $ADMIN" -d '{"name":"q"}' "$BASE2/admin/tenants" |
+    sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+K2=$($C -X POST -H "Authorization: Bearer $ADMIN" "$BASE2/admin/tenants/$T2/keys" |
+    sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+# metric2 NAME: the value of an unlabelled metric of the second server.
+metric2() { $C "$BASE2/metrics" | sed -n "s/^$1 \\([0-9]*\\)\$/\\1/p"; }
+# wait_metric2 NAME VALUE: waits (5 s at most) for the metric to reach VALUE.
+wait_metric2() {
+    j=0
+    while [ $j -lt 100 ] && [ "$(metric2 "$1")" != "$2" ]; do
+        sleep 0.05
+        j=$((j + 1))
+    done
+}
+LONG2=2000
+[ "$MCAI_QUICK" = 1 ] && LONG2=600
+$C --max-time 120 -o "$DIR/q1" -H "Authorization: Bearer $K2" -d '{"messages":[{"role":
+    "user","content":"Go"}],"max_tokens":'$LONG2',"temperature":1,"seed":5}' \
+    "$BASE2/v1/chat/completions" &
+Q1=$!
+wait_metric2 mcai_active_sequences 1
+$C --max-time 120 -o "$DIR/q2" -w '%{http_code}' -H "Authorization: Bearer $K2" \
+    -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' \
+    "$BASE2/v1/chat/completions" > "$DIR/q2.status" &
+Q2=$!
+wait_metric2 mcai_queue_depth 1
+check "queue_full: one running and one queued fill --max-queue 1; the next is 429" 429 \
+    "$($C -D "$DIR/q3.h" -o "$DIR/q3" -w '%{http_code}' -H "Authorization: Bearer $K2" \
+        -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' \
+        "$BASE2/v1/chat/completions")"
+contains "queue_full: an OpenAI error body" "$DIR/q3" '"code":"queue_full"'
+contains "queue_full: with Retry-After" "$DIR/q3.h" "Retry-After: 1"
+
+# SIGTERM while a generation runs: the listener stays open during the drain and answers.
+kill -TERM "$PID2"
+i=0
+while [ $i -lt 100 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" = 200 ]; do
+    sleep 0.02
+    i=$((i + 1))
+done
+check "draining: /readyz is 503 draining" '503 {"status":"draining"}' \
+    "$($C -w ' %{http_code}' "$BASE2/readyz" | awk '{print $2, $1}')"
+check "draining: a new request is 503 shutting_down, not a refused connection" 503 \
+    "$($C -D "$DIR/q4.h" -o "$DIR/q4" -w '%{http_code}' -H "Authorization: Bearer $K2" \
+        "$BASE2/v1/models")"
+contains "draining: 503 has an OpenAI error body" "$DIR/q4" '"code":"shutting_down"'
+contains "draining: 503 has Retry-After" "$DIR/q4.h" "Retry-After:"
+wait "$Q1"
+contains "draining: the running generation finishes" "$DIR/q1" '"finish_reason":"length"'
+wait "$Q2"
+wait "$PID2"
+check "draining: the server exits 0" 0 $?
+PID2=""
+check "draining: then nothing listens" 000 \
+    "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE2/healthz")"
+if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log"; then
+    bad "sanitizers (second server)" \
+        "$(grep -h -m 3 "AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log")"
 fi
 
 echo "integration: $passed passed, $failed failed"
