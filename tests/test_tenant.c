@@ -177,8 +177,13 @@ static void test_tenant_create_rejects_bad_input(void **state) {
     struct mc_err err = {0};
     char id[MC_TENANT_ID_LEN + 1];
     assert_int_equal(mc_tenant_create(f->tn, "a b", NULL, NULL, id, &err), MC_EINVAL);
-    assert_string_equal(err.msg, "tenant name has '?' (0x20) at byte 1; use letters, digits, "
+    assert_string_equal(err.msg, "tenant name has a space (0x20) at byte 1; use letters, digits, "
                                  "'-', '_' and '.'");
+    assert_int_equal(mc_tenant_create(f->tn, "a/b", NULL, NULL, id, &err), MC_EINVAL);
+    assert_string_equal(err.msg, "tenant name has '/' (0x2f) at byte 1; use letters, digits, "
+                                 "'-', '_' and '.'");
+    assert_int_equal(mc_tenant_create(f->tn, "ab\t", NULL, NULL, id, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "tenant name has a byte (0x09) at byte 2"));
     assert_int_equal(mc_tenant_create(f->tn, "", NULL, NULL, id, &err), MC_EINVAL);
     assert_string_equal(err.msg, "tenant name is empty");
     struct mc_limits bad = {.tpm = -3};

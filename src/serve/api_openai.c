@@ -142,6 +142,7 @@ struct run {
     struct mc_buf out;
     bool out_finished;
     int fd;
+    struct mc_http_req *req; /* valid only inside stream_read (freed when the request ends) */
 
     /* Accounting. */
     int64_t est_tokens;
@@ -535,6 +536,7 @@ static ssize_t stream_read(void *ctx, uint64_t pos, char *buf, size_t max) {
                 mc_sse_done(&run->out);
             }
             run_account(run);
+            run->req->n_completion = run_completion_tokens(run);
             run->out_finished = true;
             continue;
         }
@@ -542,6 +544,8 @@ static ssize_t stream_read(void *ctx, uint64_t pos, char *buf, size_t max) {
         if (e) {
             run_apply(run, e);
             ev_free(e);
+            /* request_done logs this; a stream whose client leaves ends with what it got. */
+            run->req->n_completion = run_completion_tokens(run);
         } else if (!mc_http_fd_alive(run->fd)) {
             MC_LOG_INFO("api", "client_gone", "tenant=%s id=%s", run->tenant, run->id);
             run_cancel(run);
@@ -851,6 +855,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     run->n_prompt = (int32_t)n_ids;
     run->created = wall_ms() / 1000;
     run->fd = mc_http_fd(r);
+    run->req = r;
     snprintf(run->id, sizeof(run->id), "%s-%s", g->is_chat ? "chatcmpl" : "cmpl", r->id + 4);
     snprintf(run->model, sizeof(run->model), "%s", s->model_id);
     snprintf(run->tenant, sizeof(run->tenant), "%s", a->tenant);

@@ -603,6 +603,30 @@ async function frontChecks() {
   check("a template with the three variables is accepted", r.status === 200, r.text);
 }
 
+// Messages that name the problem exactly.
+async function preciseErrorChecks(key, model) {
+  let r = await admin("POST", "/tenants", { name: "a b" });
+  check("a tenant name with a space says 'space'", r.status === 400 &&
+    errorOf(r).message.includes("tenant name has a space (0x20) at byte 1"), r.text);
+  const chat = (body) => http("POST", "/v1/chat/completions", { key, body: { model,
+    max_tokens: 2, ...body } });
+  r = await chat({ messages: [{ role: "user", content: null }] });
+  check("null content of a user message is 400", r.status === 400 &&
+    errorOf(r).param === "messages[0].content" && errorOf(r).code === "invalid_type", r.text);
+  r = await chat({ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: null },
+    { role: "user", content: "go on" }] });
+  check("null content of an assistant message is accepted", r.status === 200, r.text);
+  r = await http("POST", "/v1/chat/completions", { key, raw: `{"model":"${model}",` +
+    `"messages":[{"role":"user","content":"hi"}],"seed":18446744073709551615}`,
+    headers: { "content-type": "application/json" } });
+  check("a seed beyond int64 is 400 naming seed and the range", r.status === 400 &&
+    errorOf(r).param === "seed" && errorOf(r).code === "invalid_value" &&
+    errorOf(r).message.includes("9223372036854775807"), r.text);
+  r = await http("POST", "/v1/conversations", { key, body: { messages: [] } });
+  check("a conversation created with messages: [] is empty, not a 400", r.status < 300 &&
+    r.json.n_messages === 0, r.text);
+}
+
 async function metric(name) {
   const m = await http("GET", "/metrics");
   const line = m.text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
@@ -690,6 +714,7 @@ async function main() {
   await tokenLimitChecks(model);
   await concurrencyLimitCheck(model);
   await frontChecks();
+  await preciseErrorChecks(keys.epsilon, model);
   await disconnectCheck(keys, model);
   await metricsChecks(t);
 

@@ -239,6 +239,34 @@ if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/log"; then
     bad "sanitizers" "$(grep -m 3 "AddressSanitizer\|runtime error:" "$DIR/log")"
 fi
 
+# ---- The log ---------------------------------------------------------------------------
+# One line per event: time, level, module, event, key=value fields; every request ends
+# with request_done carrying its id, tenant and status.
+TS='[0-9]\{4\}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\.[0-9]\{3\}Z'
+RD1="^$TS INFO http request_done id=req_[0-9a-f]\{16\} tenant=t_[0-9a-f]\{16\} method=POST"
+RD1="$RD1 route=/v1/chat/completions status="
+RD2=" ms=[0-9.]* bytes_in=[0-9]* tok_in=[0-9]* tok_out=[0-9]*\$"
+for st in 200 429 400; do
+    check "log: a request_done line with id, tenant and status $st" yes \
+        "$(grep -q "$RD1$st$RD2" "$DIR/log" && echo yes)"
+done
+check "log: every line starts with a time and a level" 0 \
+    "$(grep -v "^$TS \(ERROR\|WARN\|INFO\|DEBUG\) [a-z_]* [a-z_]*\( \|\$\)" "$DIR/log" |
+        grep -cv '^mcai serve:')"
+# A finished stream's request_done counts the tokens its stream_done counts. (One whose
+# client left logs request_done when the connection ends, with what was sent by then.)
+n_streams=0
+n_same=0
+SD='s/.* stream_done tenant=t_[0-9a-f]* id=[a-z]*-\([0-9a-f]*\) tok_in=[0-9]*'
+SD="$SD"' tok_out=\([0-9]*\) failed=0$/\1:\2/p'
+for pair in $(sed -n "$SD" "$DIR/log"); do
+    n_streams=$((n_streams + 1))
+    grep -q "request_done id=req_${pair%%:*} .* tok_out=${pair##*:}\$" "$DIR/log" &&
+        n_same=$((n_same + 1))
+done
+check "log: a stream's request_done has its stream_done's tok_out ($n_streams streams)" \
+    "$n_streams" "$n_same"
+
 # ---- A second server: model loading, queue_full, draining --------------------------
 # --max-seqs 1 --max-queue 1: one running request and one queued one fill it. Its model
 # is first a FIFO, so loading blocks in open() until the test writes to it: /readyz is
