@@ -621,9 +621,8 @@ static void test_limit_upto_grants_what_is_left_and_never_more(void **state) {
     assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0, &granted, &retry, &err),
                      MC_ELIMIT);
     assert_int_equal(retry, 1);
-    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0 + 2000, &granted, &retry,
-                                           &err),
-                     MC_OK);
+    assert_int_equal(
+        mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0 + 2000, &granted, &retry, &err), MC_OK);
     assert_int_equal(granted, 20);
     assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 2, t0, &granted, &retry, &err),
                      MC_EINVAL);

@@ -40,10 +40,10 @@
 #include <time.h>
 
 enum {
-    WAIT_SLICE_MS = 200, /* longest wait for one engine event */
+    WAIT_SLICE_MS = 200,  /* longest wait for one engine event */
     ALIVE_EVERY_MS = 100, /* how often a waiting thread looks for a client hang-up */
-    EMBED_CHUNK = 64,    /* rows per forward call when embedding */
-    PIECE_MAX = 256,     /* bytes of one token's text in logprobs */
+    EMBED_CHUNK = 64,     /* rows per forward call when embedding */
+    PIECE_MAX = 256,      /* bytes of one token's text in logprobs */
 };
 
 static int64_t wall_ms(void) {
@@ -145,7 +145,7 @@ struct run {
     struct mc_http_req *req; /* valid only inside stream_read (freed when the request ends) */
 
     /* Accounting. */
-    int64_t est_tokens;
+    int64_t est_tokens; /* tokens the limiter granted and holds until mc_limit_release */
     bool limit_held;
     bool finished;
     char *conv_id;

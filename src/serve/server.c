@@ -11,8 +11,8 @@
  *
  * Shutdown: draining turns on (new work gets 503 with Retry-After), the engine drains
  * while the listener still accepts (and answers 503), the listener stops accepting,
- * libmicrohttpd joins every connection thread, the audit log is synced. What this file does not do: parse request bodies (api_req.c) or talk to the
- * engine (api_openai.c). */
+ * libmicrohttpd joins every connection thread, the audit log is synced. What this file
+ * does not do: parse request bodies (api_req.c) or talk to the engine (api_openai.c). */
 #include "serve/server.h"
 #include "serve/serve_int.h"
 

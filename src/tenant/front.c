@@ -132,9 +132,10 @@ static int undefined_var(const char *name, size_t n_name, size_t at, const char 
                          size_t n_vars, struct mc_err *err) {
     char known[160] = "";
     size_t len = 0;
-    for (size_t k = 0; k < n_vars && len < sizeof(known); k++)
-        len += (size_t)snprintf(known + len, sizeof(known) - len, "%s{{%s}}",
-                                k == 0 ? "" : k + 1 == n_vars ? " or " : ", ", names[k]);
+    for (size_t k = 0; k < n_vars && len < sizeof(known); k++) {
+        const char *sep = k == 0 ? "" : k + 1 == n_vars ? " or " : ", ";
+        len += (size_t)snprintf(known + len, sizeof(known) - len, "%s{{%s}}", sep, names[k]);
+    }
     return mc_err_set(err, MC_EINVAL, "template variable '%.*s' at byte %zu is not defined; use %s",
                       (int)n_name, name, at, n_vars ? known : "no variables");
 }
@@ -214,8 +215,8 @@ static int check_front(const struct mc_front *f, bool check_vars, struct mc_err 
     if (rc == MC_OK)
         rc = check_text("template", f->template, err);
     if (rc == MC_OK && f->template) {
-        rc = scan_template(f->template, check_vars ? mc_front_vars : NULL, NULL,
-                           MC_FRONT_N_VARS, NULL, err);
+        const char *const *names = check_vars ? mc_front_vars : NULL;
+        rc = scan_template(f->template, names, NULL, MC_FRONT_N_VARS, NULL, err);
         if (rc != MC_OK)
             mc_err_prefix(err, "front");
     }

@@ -58,8 +58,7 @@ int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct
  * with a message saying it can never fit. */
 int mc_limit_acquire_upto(struct mc_limiter *lim, const char *tenant_id,
                           const struct mc_limits *limits, int64_t min_tokens, int64_t max_tokens,
-                          int64_t now_ms, int64_t *granted, int *retry_after_s,
-                          struct mc_err *err);
+                          int64_t now_ms, int64_t *granted, int *retry_after_s, struct mc_err *err);
 
 /* Ends a request admitted by mc_limit_acquire: frees its concurrency slot and charges
  * actual_tokens in place of est_tokens to the minute and day counters. Counts are

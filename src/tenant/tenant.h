@@ -177,9 +177,10 @@ void mc_front_deinit(struct mc_front *f);
  *    "max_tokens": int, "context_limit": int, "allowed_models": [str, ...],
  *    "retrieval": {...}}
  * Every field is optional; an unknown field, a wrong type, an out-of-range value or a
- * template with a syntax error is MC_EINVAL (undefined template variables are left to
- * mc_front_check, which mc_tenant_create and mc_front_set run) naming the field (and the byte offset for
- * JSON syntax). *out is initialised by this call; deinit it even on failure. */
+ * template with a syntax error is MC_EINVAL naming the field (and the byte offset for
+ * JSON syntax). Undefined template variables are left to mc_front_check, which
+ * mc_tenant_create and mc_front_set run. *out is initialised by this call; deinit it
+ * even on failure. */
 int mc_front_from_json(const char *json, size_t n, struct mc_front *out, struct mc_err *err);
 
 /* Writes a front as JSON text (only the fields that are set) into a new string *out
