@@ -311,6 +311,12 @@ $C -o /dev/null --max-time 0.3 -H "Authorization: Bearer $K2" \
 wait_metric2 mcai_active_sequences 0 1
 check "disconnect: a non-streaming client that leaves frees its sequences within 1 s" \
     "0 0" "$(metric2 mcai_active_sequences) $(metric2 mcai_queue_depth)"
+# The usage is written just after the last sequence stops: give it a moment.
+i=0
+while [ $i -lt 20 ] && [ -z "$(usage2)" ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
 charged=$(usage2)
 if [ "${charged:-99999}" -lt 8000 ]; then
     ok "disconnect: the client that left is charged $charged of 32000 tokens"
