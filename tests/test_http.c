@@ -132,6 +132,12 @@ static void test_chat_rejects_wrong_types_naming_the_field(void **state) {
                       "invalid_type", "a string or an array of content parts");
     expect_chat_error("{\"messages\":[{\"role\":\"user\"}]}", "messages[0].content",
                       "missing_field", "is required");
+    expect_chat_error("{\"messages\":[{\"role\":\"user\",\"content\":null}]}",
+                      "messages[0].content", "invalid_type",
+                      "'messages[0].content' is null; only an assistant message may have null "
+                      "content");
+    expect_chat_error("{\"messages\":[{\"role\":\"system\",\"content\":null}]}",
+                      "messages[0].content", "invalid_type", "is null");
     expect_chat_error("{\"model\":\"m\"}", "messages", "missing_field", "'messages' is required");
     expect_chat_error("{\"messages\":[]}", "messages", "invalid_value", "has 0 entries");
     expect_chat_error("{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "messages[0].role",
@@ -159,8 +165,15 @@ static void test_chat_rejects_absurd_numbers(void **state) {
     expect_chat_error(b, "top_logprobs", "invalid_value", "needs 'logprobs': true");
     snprintf(b, sizeof(b), "{%s,\"max_tokens\":1e999}", m);
     expect_chat_error(b, "", "invalid_json", "not valid JSON");
+    /* Valid JSON, but beyond int64: the error names the field, not the body. */
     snprintf(b, sizeof(b), "{%s,\"seed\":99999999999999999999999}", m);
-    expect_chat_error(b, "", "invalid_json", "not valid JSON");
+    expect_chat_error(b, "seed", "invalid_value",
+                      "'seed' is 99999999999999999999999, outside the integers this server reads "
+                      "(-9223372036854775808 to 9223372036854775807)");
+    snprintf(b, sizeof(b), "{%s, \"seed\" :\n -18446744073709551615}", m);
+    expect_chat_error(b, "seed", "invalid_value", "'seed' is -18446744073709551615, outside");
+    snprintf(b, sizeof(b), "{%s,\"stop\":[18446744073709551615]}", m);
+    expect_chat_error(b, "", "invalid_json", "too big integer");
     snprintf(b, sizeof(b), "{%s,\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", m);
     expect_chat_error(b, "stop", "invalid_value", "has 5 strings, at most 4");
     snprintf(b, sizeof(b), "{%s,\"stop\":\"\"}", m);

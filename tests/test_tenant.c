@@ -177,8 +177,13 @@ static void test_tenant_create_rejects_bad_input(void **state) {
     struct mc_err err = {0};
     char id[MC_TENANT_ID_LEN + 1];
     assert_int_equal(mc_tenant_create(f->tn, "a b", NULL, NULL, id, &err), MC_EINVAL);
-    assert_string_equal(err.msg, "tenant name has '?' (0x20) at byte 1; use letters, digits, "
+    assert_string_equal(err.msg, "tenant name has a space (0x20) at byte 1; use letters, digits, "
                                  "'-', '_' and '.'");
+    assert_int_equal(mc_tenant_create(f->tn, "a/b", NULL, NULL, id, &err), MC_EINVAL);
+    assert_string_equal(err.msg, "tenant name has '/' (0x2f) at byte 1; use letters, digits, "
+                                 "'-', '_' and '.'");
+    assert_int_equal(mc_tenant_create(f->tn, "ab\t", NULL, NULL, id, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "tenant name has a byte (0x09) at byte 2"));
     assert_int_equal(mc_tenant_create(f->tn, "", NULL, NULL, id, &err), MC_EINVAL);
     assert_string_equal(err.msg, "tenant name is empty");
     struct mc_limits bad = {.tpm = -3};
@@ -466,6 +471,35 @@ static void test_front_versions_are_kept(void **state) {
     assert_string_equal(f->events[f->n_events - 1].details, "{\"version\":3}");
 }
 
+static void test_front_save_rejects_undefined_template_variable(void **state) {
+    struct fx *f = *state;
+    struct mc_err err = {0};
+    char id[MC_TENANT_ID_LEN + 1];
+    struct mc_front fr;
+    mc_front_init(&fr);
+    fr.template = mc_strdup("Q: {{nope}}");
+    assert_int_equal(mc_tenant_create(f->tn, "acme", &fr, NULL, id, &err), MC_EINVAL);
+    assert_string_equal(err.msg, "front: template variable 'nope' at byte 3 is not defined; use "
+                                 "{{input}}, {{tenant}} or {{date}}");
+    mc_front_deinit(&fr);
+
+    mc_front_init(&fr);
+    fr.template = mc_strdup("{{tenant}} {{ date }}: {{input}}");
+    assert_int_equal(mc_tenant_create(f->tn, "acme", &fr, NULL, id, &err), MC_OK);
+    mc_front_deinit(&fr);
+    mc_front_init(&fr);
+    fr.template = mc_strdup("{{input}} {{question}}");
+    assert_int_equal(mc_front_set(f->tn, id, &fr, NULL, &err), MC_EINVAL);
+    assert_non_null(strstr(err.msg, "variable 'question' at byte 10 is not defined"));
+    mc_front_deinit(&fr);
+
+    /* Reading checks only the syntax, so a front saved before the names were checked
+     * still loads. */
+    const char *old = "{\"template\":\"{{question}}\"}";
+    assert_int_equal(mc_front_from_json(old, strlen(old), &fr, &err), MC_OK);
+    mc_front_deinit(&fr);
+}
+
 static void test_front_render_template(void **state) {
     (void)state;
     struct mc_err err = {0};
@@ -487,7 +521,8 @@ static void test_front_render_template(void **state) {
 
     assert_int_equal(mc_front_render("ab {{user}}", names, values, 2, &out, &err), MC_EINVAL);
     assert_null(out);
-    assert_string_equal(err.msg, "template variable 'user' at byte 3 is not defined");
+    assert_string_equal(err.msg, "template variable 'user' at byte 3 is not defined; use "
+                                 "{{question}} or {{context}}");
     assert_int_equal(mc_front_render("ab {{question", names, values, 2, &out, &err), MC_EINVAL);
     assert_string_equal(err.msg, "template: variable at byte 3 is not closed by '}}'");
     assert_int_equal(mc_front_render("{{}}", names, values, 2, &out, &err), MC_EINVAL);
@@ -547,11 +582,65 @@ static void test_limit_tokens_per_minute_and_release_correction(void **state) {
     mc_limit_release(lim, "t_a", 300, 900, t0);
     assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 1, t0, &retry, &err), MC_ELIMIT);
     assert_int_equal(retry, 41);
-    /* An estimate above the minute's allowance waits for a full bucket (600 tokens), so
-     * from -400 it needs 1000 tokens = 100 s. */
-    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0, &retry, &err), MC_ELIMIT);
-    assert_int_equal(retry, 100);
-    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0 + 100000, &retry, &err), MC_OK);
+    /* An estimate above the minute's allowance can never fit, even in a full bucket. */
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 5000, t0 + 100000, &retry, &err), MC_ELIMIT);
+    assert_int_equal(retry, 60);
+    assert_string_equal(err.msg, "this request needs at least 5000 tokens, more than the tokens "
+                                 "per minute limit 600");
+    mc_limiter_free(lim);
+}
+
+static void test_limit_upto_grants_what_is_left_and_never_more(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_limiter *lim;
+    assert_int_equal(mc_limiter_create(NULL, &lim, &err), MC_OK);
+    struct mc_limits l = {.tpm = 100, .tpd = 100};
+    int retry = 0;
+    int64_t granted = -1, t0 = NOON_MS;
+    /* 16 choices of 300 tokens after a 20-token prompt: 4820 wanted, 100 allowed. */
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 36, 4820, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 100);
+    /* It used 90: 10 come back to both counters, so a request needing 10 fits and one
+     * needing 11 does not; the day limit's wait (until midnight) is the longer. */
+    mc_limit_release(lim, "t_a", 100, 90, t0);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 11, 50, t0, &granted, &retry, &err),
+                     MC_ELIMIT);
+    assert_int_equal(retry, 43200);
+    assert_string_equal(err.msg, "tokens per day limit 100 reached; retry after 43200 s");
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_a", &l, 10, 50, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 10);
+    mc_limit_release(lim, "t_a", 10, 10, t0);
+    /* The minute limit alone: what the bucket refilled, up to the most asked for. */
+    struct mc_limits m = {.tpm = 600};
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0, &granted, &retry, &err),
+                     MC_OK);
+    assert_int_equal(granted, 600);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0, &granted, &retry, &err),
+                     MC_ELIMIT);
+    assert_int_equal(retry, 1);
+    assert_int_equal(
+        mc_limit_acquire_upto(lim, "t_b", &m, 5, 1000, t0 + 2000, &granted, &retry, &err), MC_OK);
+    assert_int_equal(granted, 20);
+    assert_int_equal(mc_limit_acquire_upto(lim, "t_b", &m, 5, 2, t0, &granted, &retry, &err),
+                     MC_EINVAL);
+    mc_limiter_free(lim);
+}
+
+static void test_limit_tokens_per_day_holds_on_the_first_request(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_limiter *lim;
+    assert_int_equal(mc_limiter_create(NULL, &lim, &err), MC_OK);
+    struct mc_limits l = {.tpd = 100};
+    int retry = 0;
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 101, NOON_MS, &retry, &err), MC_ELIMIT);
+    assert_string_equal(err.msg, "this request needs at least 101 tokens, more than the tokens "
+                                 "per day limit 100");
+    assert_int_equal(retry, 43200);
+    assert_int_equal(mc_limit_acquire(lim, "t_a", &l, 100, NOON_MS, &retry, &err), MC_OK);
     mc_limiter_free(lim);
 }
 
@@ -681,7 +770,7 @@ static void test_tenant_create_and_lookup_survive_allocation_failures(void **sta
     struct mc_front fr;
     mc_front_init(&fr);
     fr.system_prompt = mc_strdup("prompt");
-    fr.template = mc_strdup("{{q}}");
+    fr.template = mc_strdup("{{input}}");
     char id[MC_TENANT_ID_LEN + 1];
     int rc = MC_ENOMEM, n_fail = 0;
     for (long nth = 1; rc != MC_OK && nth < 200; nth++) {
@@ -847,9 +936,12 @@ int main(void) {
         cmocka_unit_test(test_front_json_roundtrip),
         cmocka_unit_test(test_front_json_rejects_bad_input),
         T(test_front_versions_are_kept),
+        T(test_front_save_rejects_undefined_template_variable),
         cmocka_unit_test(test_front_render_template),
         cmocka_unit_test(test_limit_requests_per_minute_exact_retry_after),
         cmocka_unit_test(test_limit_tokens_per_minute_and_release_correction),
+        cmocka_unit_test(test_limit_upto_grants_what_is_left_and_never_more),
+        cmocka_unit_test(test_limit_tokens_per_day_holds_on_the_first_request),
         T(test_limit_tokens_per_day_until_midnight),
         cmocka_unit_test(test_limit_concurrency_and_longest_wait_wins),
         cmocka_unit_test(test_limiter_holds_many_tenants),

@@ -153,6 +153,8 @@ static bool parse_front(struct mc_http_req *r, json_t *v, struct mc_front *f,
     struct mc_err err = {0};
     int rc = text ? mc_front_from_json(text, strlen(text), f, &err) : MC_ENOMEM;
     free(text);
+    if (rc == MC_OK)
+        rc = mc_front_check(f, &err);
     if (rc != MC_OK) {
         *ret = bad(r, "front", "%s", err.msg);
         return false;

@@ -171,6 +171,9 @@ static bool body_messages(struct mc_http_req *r, bool required, struct mc_api_ms
         }
     }
     json_t *arr = o ? json_object_get(o, "messages") : NULL;
+    /* A create may start empty, whether it leaves messages out or sends []. */
+    if (!required && (json_is_null(arr) || (json_is_array(arr) && json_array_size(arr) == 0)))
+        arr = NULL;
     if (!arr && required) {
         json_decref(o);
         *ret = mc_http_reply_error(r, 400, "invalid_request_error", "missing_field", "messages",

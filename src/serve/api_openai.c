@@ -40,15 +40,34 @@
 #include <time.h>
 
 enum {
-    WAIT_SLICE_MS = 200, /* how often a waiting thread looks for a client hang-up */
-    EMBED_CHUNK = 64,    /* rows per forward call when embedding */
-    PIECE_MAX = 256,     /* bytes of one token's text in logprobs */
+    WAIT_SLICE_MS = 200,  /* longest wait for one engine event */
+    ALIVE_EVERY_MS = 100, /* how often a waiting thread looks for a client hang-up */
+    EMBED_CHUNK = 64,     /* rows per forward call when embedding */
+    PIECE_MAX = 256,      /* bytes of one token's text in logprobs */
 };
 
 static int64_t wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* True when the client of fd should be looked at again: every ALIVE_EVERY_MS of wall
+ * time, whether or not events keep arriving (a running generation sends one per token,
+ * so waiting for a quiet moment would never look). *last_ms: the time of the last look.
+ * Streams need no such clock: writing to a client that went away fails the stream. */
+static bool alive_check_due(int64_t *last_ms) {
+    int64_t now = mono_ms();
+    if (now - *last_ms < ALIVE_EVERY_MS)
+        return false;
+    *last_ms = now;
+    return true;
 }
 
 /* ---- Events copied off the engine thread ------------------------------------------ */
@@ -124,9 +143,10 @@ struct run {
     struct mc_buf out;
     bool out_finished;
     int fd;
+    struct mc_http_req *req; /* valid only inside stream_read (freed when the request ends) */
 
     /* Accounting. */
-    int64_t est_tokens;
+    int64_t est_tokens; /* tokens the limiter granted and holds until mc_limit_release */
     bool limit_held;
     bool finished;
     char *conv_id;
@@ -519,6 +539,7 @@ static ssize_t stream_read(void *ctx, uint64_t pos, char *buf, size_t max) {
                 mc_sse_done(&run->out);
             }
             run_account(run);
+            run->req->n_completion = run_completion_tokens(run);
             run->out_finished = true;
             continue;
         }
@@ -526,6 +547,8 @@ static ssize_t stream_read(void *ctx, uint64_t pos, char *buf, size_t max) {
         if (e) {
             run_apply(run, e);
             ev_free(e);
+            /* request_done logs this; a stream whose client leaves ends with what it got. */
+            run->req->n_completion = run_completion_tokens(run);
         } else if (!mc_http_fd_alive(run->fd)) {
             MC_LOG_INFO("api", "client_gone", "tenant=%s id=%s", run->tenant, run->id);
             run_cancel(run);
@@ -550,10 +573,9 @@ static char *render_template(const struct mc_front *f, const struct mc_auth *a, 
                              struct mc_err *err) {
     char date[11];
     mc_usage_day_string(mc_usage_day(wall_ms()), date);
-    const char *names[] = {"input", "tenant", "date"};
-    const char *values[] = {input, a->tenant_name, date};
+    const char *values[MC_FRONT_N_VARS] = {input, a->tenant_name, date};
     char *out = NULL;
-    if (mc_front_render(f->template, names, values, 3, &out, err) != MC_OK)
+    if (mc_front_render(f->template, mc_front_vars, values, MC_FRONT_N_VARS, &out, err) != MC_OK)
         return NULL;
     return out;
 }
@@ -673,12 +695,15 @@ static enum MHD_Result reply_engine_error(struct mc_http_req *r, int rc, const s
 
 /* Non-streaming: waits for every choice, then answers with one JSON object. */
 static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
+    int64_t looked_ms = mono_ms();
     while (run->n_terminal < run->n_submitted) {
         struct ev *e = run_pop(run, WAIT_SLICE_MS);
         if (e) {
             run_apply(run, e);
             ev_free(e);
-        } else if (!mc_http_alive(r)) {
+        }
+        if (run->n_terminal < run->n_submitted && alive_check_due(&looked_ms) &&
+            !mc_http_alive(r)) {
             MC_LOG_INFO("api", "client_gone", "tenant=%s id=%s", run->tenant, run->id);
             r->status = 499;
             run_finish(run);
@@ -847,7 +872,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     if (max_tokens > room)
         max_tokens = room;
 
-    /* Rate limits, charged with the most the request could use. */
+    /* Rate limits, charged with the most the request could use within them. */
     run = mc_calloc(1, sizeof(*run));
     if (!run)
         goto fail_500;
@@ -864,23 +889,29 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     run->n_prompt = (int32_t)n_ids;
     run->created = wall_ms() / 1000;
     run->fd = mc_http_fd(r);
+    run->req = r;
     snprintf(run->id, sizeof(run->id), "%s-%s", g->is_chat ? "chatcmpl" : "cmpl", r->id + 4);
     snprintf(run->model, sizeof(run->model), "%s", adapter ? g->model : s->model_id);
     snprintf(run->adapter, sizeof(run->adapter), "%s", adapter ? g->model : "");
     snprintf(run->tenant, sizeof(run->tenant), "%s", a->tenant);
-    run->est_tokens = (int64_t)n_ids + (int64_t)max_tokens * g->n;
     struct mc_limits lim = {a->limits[0], a->limits[1], a->limits[2], a->limits[3]};
     int retry = 1;
-    rc = mc_limit_acquire(s->limiter, a->tenant, &lim, run->est_tokens, wall_ms(), &retry, &err);
+    rc = mc_limit_acquire_upto(s->limiter, a->tenant, &lim, (int64_t)n_ids + g->n,
+                               (int64_t)n_ids + (int64_t)max_tokens * g->n, wall_ms(),
+                               &run->est_tokens, &retry, &err);
     if (rc == MC_ELIMIT) {
         r->reject = "rate_limit";
         ret = mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
-                                        "%s; retry after %d s", err.msg, retry);
+                                        "%s", err.msg);
         goto out_free_run;
     }
     if (rc != MC_OK)
         goto fail_500;
     run->limit_held = true;
+    /* The token limits grant what is left of them: each choice gets an equal share, and
+     * one that reaches it ends with finish_reason "length". */
+    if ((run->est_tokens - (int64_t)n_ids) / g->n < max_tokens)
+        max_tokens = (int32_t)((run->est_tokens - (int64_t)n_ids) / g->n);
     if (g->is_chat && g->conversation) {
         run->conv_id = mc_strdup(g->conversation);
         run->conv_new = g->msgs; /* taken over: freed with the run */
@@ -1083,6 +1114,10 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
         ret = reply_model_not_found(r, m.model);
         goto out;
     }
+    if (!m.model && !mc_front_allows_model(&f, s->model_id)) {
+        ret = reply_model_not_found(r, s->model_id);
+        goto out;
+    }
     if (m.dimensions && m.dimensions != s->n_embd) {
         ret =
             mc_http_reply_error(r, 400, "invalid_request_error", "unsupported_value", "dimensions",
@@ -1121,7 +1156,7 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
     if (rc == MC_ELIMIT) {
         r->reject = "rate_limit";
         ret = mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
-                                        "%s; retry after %d s", err.msg, retry);
+                                        "%s", err.msg);
         goto out;
     }
     if (rc != MC_OK)

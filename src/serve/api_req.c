@@ -62,6 +62,42 @@ static int wrong_type(struct mc_api_error *e, const char *param, const char *wan
     return fail(e, param, "invalid_type", "'%s' must be %s, got %s", param, want, type_name(v));
 }
 
+static bool is_json_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Jansson refuses integers outside int64 as a syntax error, though the JSON is valid.
+ * pos is the byte just past the number: when the number is an object member's value,
+ * this names the member (a 400 about "seed" rather than about the body). Returns false
+ * when the number is not a member's value or its key is not a plain string. */
+static bool big_integer_error(const char *body, size_t len, size_t pos, struct mc_api_error *e) {
+    size_t end = pos < len ? pos : len, i = end;
+    while (i > 0 && ((body[i - 1] >= '0' && body[i - 1] <= '9') || body[i - 1] == '-'))
+        i--;
+    size_t num = i;
+    while (i > 0 && is_json_space(body[i - 1]))
+        i--;
+    if (i == 0 || body[i - 1] != ':')
+        return false;
+    i--;
+    while (i > 0 && is_json_space(body[i - 1]))
+        i--;
+    if (i == 0 || body[i - 1] != '"')
+        return false;
+    size_t key_end = --i;
+    while (i > 0 && body[i - 1] != '"' && body[i - 1] != '\\')
+        i--;
+    if (i == 0 || body[i - 1] != '"' || key_end - i > 40 || end - num > 40)
+        return false;
+    char key[48];
+    snprintf(key, sizeof(key), "%.*s", (int)(key_end - i), body + i);
+    fail(e, key, "invalid_value",
+         "'%s' is %.*s, outside the integers this server reads (-9223372036854775808 to "
+         "9223372036854775807)",
+         key, (int)(end - num), body + num);
+    return true;
+}
+
 json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e) {
     if (!body || len == 0) {
         fail(e, NULL, "invalid_json", "request body is empty; send a JSON object");
@@ -75,6 +111,9 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
     }
     json_error_t je;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root && strncmp(je.text, "too big ", 8) == 0 && je.position > 0 &&
+        big_integer_error(body, len, (size_t)je.position, e))
+        return NULL;
     if (!root) {
         fail(e, NULL, "invalid_json",
              "request body is not valid JSON: %s at byte %d (line %d, "
@@ -391,6 +430,11 @@ static int parse_message(json_t *m, const char *arr, int i, struct mc_api_msg *o
     if (!c && out->role != MC_ROLE_ASSISTANT) {
         snprintf(param, sizeof(param), "%.20s[%d].content", arr, i);
         return fail(e, param, "missing_field", "'%s' is required", param);
+    }
+    if (json_is_null(c) && out->role != MC_ROLE_ASSISTANT) {
+        snprintf(param, sizeof(param), "%.20s[%d].content", arr, i);
+        return fail(e, param, "invalid_type",
+                    "'%s' is null; only an assistant message may have null content", param);
     }
     return parse_content(c, arr, i, &out->content, e);
 }

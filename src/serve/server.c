@@ -9,10 +9,10 @@
  * access-log line (request id, tenant, route, status, time), one metrics sample and, for
  * tenant requests, one audit entry "request" with its metadata (never content).
  *
- * Shutdown: draining turns on (new work gets 503 with Retry-After), the listener stops
- * accepting, the engine drains, libmicrohttpd joins every connection thread, the audit log
- * is synced. What this file does not do: parse request bodies (api_req.c) or talk to the
- * engine (api_openai.c). */
+ * Shutdown: draining turns on (new work gets 503 with Retry-After), the engine drains
+ * while the listener still accepts (and answers 503), the listener stops accepting,
+ * libmicrohttpd joins every connection thread, the audit log is synced. What this file
+ * does not do: parse request bodies (api_req.c) or talk to the engine (api_openai.c). */
 #include "serve/server.h"
 #include "serve/serve_int.h"
 
@@ -516,10 +516,12 @@ void mc_server_shutdown(struct mc_server *s) {
         return;
     atomic_store(&s->draining, 1);
     MC_LOG_INFO("serve", "shutdown_begin", "drain_timeout_ms=%lld", (long long)s->drain_timeout_ms);
-    mc_http_quiesce(s->http);
+    /* The listener stays open while generations drain, so that load balancers see
+     * /readyz turn 503 and new requests get 503 shutting_down, not a refused connection. */
     int n_cancelled = 0;
     if (s->engine)
         n_cancelled = mc_engine_drain(s->engine, s->drain_timeout_ms);
+    mc_http_quiesce(s->http);
     /* Every generation has ended; let the connections send what they hold (final
      * chunks, error events) before libmicrohttpd closes them. */
     if (!mc_http_wait_idle(s->http, SHUTDOWN_FLUSH_MS))

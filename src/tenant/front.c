@@ -114,16 +114,34 @@ static int parse_ref(const char *tmpl, size_t i, const char **name, size_t *n_na
     return MC_OK;
 }
 
-/* The value of the variable name (n_name bytes), or NULL when it is not defined. */
+const char *const mc_front_vars[MC_FRONT_N_VARS] = {"input", "tenant", "date"};
+
+/* The value of the variable name (n_name bytes), or NULL when it is not defined. values
+ * may be NULL when only the names matter. */
 static const char *lookup_var(const char *name, size_t n_name, const char *const *names,
                               const char *const *values, size_t n_vars) {
     for (size_t k = 0; k < n_vars; k++)
         if (strlen(names[k]) == n_name && !memcmp(names[k], name, n_name))
-            return values[k] ? values[k] : "";
+            return values && values[k] ? values[k] : "";
     return NULL;
 }
 
-/* Scans tmpl; with out non-NULL renders into it, else only checks the syntax. */
+/* The error for a reference to a variable not in names: names the variable, its offset
+ * and the variables there are. */
+static int undefined_var(const char *name, size_t n_name, size_t at, const char *const *names,
+                         size_t n_vars, struct mc_err *err) {
+    char known[160] = "";
+    size_t len = 0;
+    for (size_t k = 0; k < n_vars && len < sizeof(known); k++) {
+        const char *sep = k == 0 ? "" : k + 1 == n_vars ? " or " : ", ";
+        len += (size_t)snprintf(known + len, sizeof(known) - len, "%s{{%s}}", sep, names[k]);
+    }
+    return mc_err_set(err, MC_EINVAL, "template variable '%.*s' at byte %zu is not defined; use %s",
+                      (int)n_name, name, at, n_vars ? known : "no variables");
+}
+
+/* Scans tmpl; with out non-NULL renders into it, else only checks the syntax and, when
+ * names is non-NULL, that every variable is one of them. */
 static int scan_template(const char *tmpl, const char *const *names, const char *const *values,
                          size_t n_vars, struct sbuf *out, struct mc_err *err) {
     size_t i = 0, lit = 0; /* lit: start of the literal text not yet copied */
@@ -147,12 +165,10 @@ static int scan_template(const char *tmpl, const char *const *names, const char 
         rc = parse_ref(tmpl, i, &name, &n_name, &end, err);
         if (rc != MC_OK)
             return rc;
+        const char *v = names ? lookup_var(name, n_name, names, values, n_vars) : "";
+        if (!v)
+            return undefined_var(name, n_name, i, names, n_vars, err);
         if (out) {
-            const char *v = lookup_var(name, n_name, names, values, n_vars);
-            if (!v)
-                return mc_err_set(err, MC_EINVAL,
-                                  "template variable '%.*s' at byte %zu is not defined",
-                                  (int)n_name, name, i);
             rc = sbuf_add(out, v, strlen(v), err);
             if (rc != MC_OK)
                 return rc;
@@ -193,12 +209,14 @@ static int check_text(const char *name, const char *s, struct mc_err *err) {
     return MC_OK;
 }
 
-int mc_front_check(const struct mc_front *f, struct mc_err *err) {
+/* mc_front_check, with the template's variable names checked only when check_vars. */
+static int check_front(const struct mc_front *f, bool check_vars, struct mc_err *err) {
     int rc = check_text("system_prompt", f->system_prompt, err);
     if (rc == MC_OK)
         rc = check_text("template", f->template, err);
     if (rc == MC_OK && f->template) {
-        rc = scan_template(f->template, NULL, NULL, 0, NULL, err);
+        const char *const *names = check_vars ? mc_front_vars : NULL;
+        rc = scan_template(f->template, names, NULL, MC_FRONT_N_VARS, NULL, err);
         if (rc != MC_OK)
             mc_err_prefix(err, "front");
     }
@@ -232,6 +250,10 @@ int mc_front_check(const struct mc_front *f, struct mc_err *err) {
                             i);
     }
     return rc;
+}
+
+int mc_front_check(const struct mc_front *f, struct mc_err *err) {
+    return check_front(f, true, err);
 }
 
 bool mc_front_allows_model(const struct mc_front *f, const char *model) {
@@ -391,8 +413,10 @@ int mc_front_from_json(const char *json, size_t n, struct mc_front *out, struct 
         rc = parse_field(key, v, out, err);
     }
     json_decref(root);
+    /* Only the syntax: a front stored before variable names were checked must still load
+     * (its requests then fail with the undefined variable's name). Saving checks names. */
     if (rc == MC_OK)
-        rc = mc_front_check(out, err);
+        rc = check_front(out, false, err);
     return rc;
 }
 

@@ -230,17 +230,30 @@ static void refuse(struct refusal *r, int64_t ms, const char *what, int64_t limi
     }
 }
 
-int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct mc_limits *limits,
-                     int64_t est_tokens, int64_t now_ms, int *retry_after_s, struct mc_err *err) {
+/* The tokens the minute bucket and the day counter allow now (INT64_MAX: no limit). */
+static int64_t tokens_allowed(const struct lstate *s, const struct mc_limits *l) {
+    int64_t n = INT64_MAX;
+    if (l->tpm)
+        n = s->tok_level > 0 ? s->tok_level / UNITS_PER_MIN : 0;
+    if (l->tpd)
+        n = min64(n, s->day_used < l->tpd ? l->tpd - s->day_used : 0);
+    return n;
+}
+
+int mc_limit_acquire_upto(struct mc_limiter *lim, const char *tenant_id,
+                          const struct mc_limits *limits, int64_t min_tokens, int64_t max_tokens,
+                          int64_t now_ms, int64_t *granted, int *retry_after_s,
+                          struct mc_err *err) {
     *retry_after_s = 0;
+    *granted = 0;
     int rc = check_id(tenant_id, err);
     if (rc == MC_OK)
         rc = mc_limits_check(limits, err);
     if (rc != MC_OK)
         return rc;
-    if (est_tokens < 0 || est_tokens >= TOKENS_MAX)
-        return mc_err_set(err, MC_EINVAL, "rate limiter: token estimate %lld is out of range",
-                          (long long)est_tokens);
+    if (min_tokens < 0 || max_tokens < min_tokens || max_tokens >= TOKENS_MAX)
+        return mc_err_set(err, MC_EINVAL, "rate limiter: token range %lld..%lld is out of range",
+                          (long long)min_tokens, (long long)max_tokens);
 
     pthread_mutex_lock(&lim->lock);
     struct lstate *s;
@@ -249,18 +262,31 @@ int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct
         goto out_unlock;
     bring_up_to_date(lim, s, limits, now_ms);
 
-    /* A cost above a whole minute's allowance waits for a full bucket instead of
-     * waiting forever. */
+    /* A request that needs more than a whole minute's (or day's) allowance can never run:
+     * waiting would not help, and the message says so. */
+    struct refusal never = {0, NULL, 0};
+    if (limits->tpd && min_tokens > limits->tpd)
+        never = (struct refusal){(s->day + 1) * MS_PER_DAY - now_ms, "tokens per day", limits->tpd};
+    if (limits->tpm && min_tokens > limits->tpm)
+        never = (struct refusal){UNITS_PER_MIN, "tokens per minute", limits->tpm};
+    if (never.what) {
+        *retry_after_s = (int)((never.ms + 999) / 1000);
+        rc = mc_err_set(err, MC_ELIMIT,
+                        "this request needs at least %lld tokens, more than the %s limit %lld",
+                        (long long)min_tokens, never.what, (long long)never.limit);
+        goto out_unlock;
+    }
+
     struct refusal r = {0, NULL, 0};
-    int64_t tok_cost = limits->tpm ? min64(est_tokens, limits->tpm) * UNITS_PER_MIN : 0;
     if (limits->concurrency && s->active >= limits->concurrency)
         refuse(&r, 1000, "concurrent requests", limits->concurrency);
     if (limits->rpm)
         refuse(&r, wait_ms(s->req_level, limits->rpm, UNITS_PER_MIN), "requests per minute",
                limits->rpm);
     if (limits->tpm)
-        refuse(&r, wait_ms(s->tok_level, limits->tpm, tok_cost), "tokens per minute", limits->tpm);
-    if (limits->tpd && s->day_used > 0 && s->day_used + est_tokens > limits->tpd)
+        refuse(&r, wait_ms(s->tok_level, limits->tpm, min_tokens * UNITS_PER_MIN),
+               "tokens per minute", limits->tpm);
+    if (limits->tpd && s->day_used + min_tokens > limits->tpd)
         refuse(&r, (s->day + 1) * MS_PER_DAY - now_ms, "tokens per day", limits->tpd);
 
     if (r.ms > 0) {
@@ -270,15 +296,24 @@ int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct
                         (long long)r.limit, *retry_after_s);
         goto out_unlock;
     }
+    int64_t n = min64(max_tokens, tokens_allowed(s, limits));
     if (limits->rpm)
         s->req_level -= UNITS_PER_MIN;
     if (limits->tpm)
-        s->tok_level -= est_tokens * UNITS_PER_MIN;
-    s->day_used += est_tokens;
+        s->tok_level -= n * UNITS_PER_MIN;
+    s->day_used += n;
     s->active++;
+    *granted = n;
 out_unlock:
     pthread_mutex_unlock(&lim->lock);
     return rc;
+}
+
+int mc_limit_acquire(struct mc_limiter *lim, const char *tenant_id, const struct mc_limits *limits,
+                     int64_t est_tokens, int64_t now_ms, int *retry_after_s, struct mc_err *err) {
+    int64_t granted;
+    return mc_limit_acquire_upto(lim, tenant_id, limits, est_tokens, est_tokens, now_ms, &granted,
+                                 retry_after_s, err);
 }
 
 void mc_limit_release(struct mc_limiter *lim, const char *tenant_id, int64_t est_tokens,

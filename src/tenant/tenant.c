@@ -165,13 +165,20 @@ static int check_name(const char *name, struct mc_err *err) {
         return mc_err_set(err, MC_EINVAL, "tenant name is %zu bytes, at most %d", n,
                           MC_TENANT_NAME_MAX);
     for (size_t i = 0; i < n; i++) {
-        char c = name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '_' || c == '.'))
-            return mc_err_set(err, MC_EINVAL,
-                              "tenant name has '%c' (0x%02x) at byte %zu; use letters, digits, "
-                              "'-', '_' and '.'",
-                              (c > 0x20 && c < 0x7f) ? c : '?', (unsigned char)c, i);
+        unsigned char c = (unsigned char)name[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '_' || c == '.')
+            continue;
+        /* Show the character itself when it is printable ASCII, else only its code. */
+        char shown[8] = "a byte";
+        if (c == ' ')
+            snprintf(shown, sizeof(shown), "a space");
+        else if (c > 0x20 && c < 0x7f)
+            snprintf(shown, sizeof(shown), "'%c'", c);
+        return mc_err_set(err, MC_EINVAL,
+                          "tenant name has %s (0x%02x) at byte %zu; use letters, digits, '-', '_' "
+                          "and '.'",
+                          shown, c, i);
     }
     return MC_OK;
 }

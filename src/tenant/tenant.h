@@ -178,17 +178,27 @@ void mc_front_deinit(struct mc_front *f);
  *    "retrieval": {...}}
  * Every field is optional; an unknown field, a wrong type, an out-of-range value or a
  * template with a syntax error is MC_EINVAL naming the field (and the byte offset for
- * JSON syntax). *out is initialised by this call; deinit it even on failure. */
+ * JSON syntax). Undefined template variables are left to mc_front_check, which
+ * mc_tenant_create and mc_front_set run. *out is initialised by this call; deinit it
+ * even on failure. */
 int mc_front_from_json(const char *json, size_t n, struct mc_front *out, struct mc_err *err);
 
 /* Writes a front as JSON text (only the fields that are set) into a new string *out
  * (mc_free). */
 int mc_front_to_json(const struct mc_front *f, char **out, struct mc_err *err);
 
+/* The variables a front's template may use, in the order the server passes their values
+ * to mc_front_render: "input" (the last user message, or the prompt), "tenant" (the
+ * tenant's name) and "date" (today's UTC date, YYYY-MM-DD). */
+#define MC_FRONT_N_VARS 3
+extern const char *const mc_front_vars[MC_FRONT_N_VARS];
+
 /* Checks ranges (temperature 0..5, top_p 0..1, top_k 0..10^6, min_p 0..1, penalties
  * -2..2 (repeat 0..10), max_tokens and context_limit 0..10^7, at most
- * MC_FRONT_MAX_MODELS models, text fields at most MC_FRONT_TEXT_MAX bytes) and template
- * syntax. MC_EINVAL naming the field. */
+ * MC_FRONT_MAX_MODELS models, text fields at most MC_FRONT_TEXT_MAX bytes), template
+ * syntax, and that the template uses only mc_front_vars. MC_EINVAL naming the field (and
+ * an undefined variable). mc_front_from_json checks all of this but the variable names,
+ * so that a front stored before they were checked still loads. */
 int mc_front_check(const struct mc_front *f, struct mc_err *err);
 
 /* Stores f as the tenant's next front version (sealed) and makes it current; earlier

@@ -701,6 +701,137 @@ async function adapterChecks(t, keys, model) {
     r.status === rb.status && r.text === rb.text, `${r.text} vs ${rb.text}`);
 }
 
+// A new tenant with the given admin body and one key: { id, key }.
+async function tenantWithKey(body) {
+  const r = await admin("POST", "/tenants", body);
+  if (r.status !== 201) throw new Error(`cannot create tenant ${body.name}: ${r.text}`);
+  const k = await admin("POST", `/tenants/${r.json.id}/keys`);
+  return { id: r.json.id, key: k.json.key };
+}
+
+// A 429 with Retry-After in [lo, hi], the OpenAI error body and a message naming `what`
+// once (no repeated "retry after").
+function is429(r, what, lo = 1, hi = 86400) {
+  const e = errorOf(r);
+  const ra = Number(r.headers.get("retry-after"));
+  return r.status === 429 && ra >= lo && ra <= hi && e.type === "rate_limit_error" &&
+    e.code === "rate_limit_exceeded" && e.message.includes(what) &&
+    (e.message.match(/retry after/g) || []).length <= 1;
+}
+
+// Token limits hold even against one request that asks for far more: each choice is
+// capped to its share of what is left (finish_reason "length"), and the next request,
+// for which nothing is left, is a 429.
+async function tokenLimitChecks(model) {
+  const ask = (key, extra) => http("POST", "/v1/chat/completions", { key, body: { model,
+    messages: [{ role: "user", content: "Go" }], temperature: 1, seed: 1, ...extra } });
+  const both = await tenantWithKey({ name: "lim-both", limits: { tpd: 100, tpm: 100 } });
+  let r = await ask(both.key, { max_tokens: 300, n: 16 });
+  const u = r.json?.usage;
+  check("tpm+tpd: one request asking for 4800 tokens is held to 100", r.status === 200 &&
+    u.total_tokens <= 100 && r.json.choices.length === 16 &&
+    r.json.choices.some((c) => c.finish_reason === "length"), `${r.status} ${r.text.slice(-300)}`);
+  r = await ask(both.key, { max_tokens: 300, n: 16 });
+  check("tpm+tpd: the next request is 429 until midnight", is429(r, "tokens per day"),
+    `${r.status} ${r.headers.get("retry-after")} ${r.text}`);
+
+  const day = await tenantWithKey({ name: "lim-tpd", limits: { tpd: 60 } });
+  r = await ask(day.key, { max_tokens: 200 });
+  check("tpd: the first request of the day is capped too", r.status === 200 &&
+    r.json.usage.total_tokens <= 60 && r.json.choices[0].finish_reason === "length", r.text);
+  r = await ask(day.key, { max_tokens: 200 });
+  check("tpd: then 429 with Retry-After and an OpenAI body", is429(r, "tokens per day limit 60"),
+    `${r.status} ${r.text}`);
+
+  const min = await tenantWithKey({ name: "lim-tpm", limits: { tpm: 60 } });
+  r = await ask(min.key, { max_tokens: 200, stream: false });
+  check("tpm: a request is capped to the minute's allowance", r.status === 200 &&
+    r.json.usage.total_tokens <= 60 && r.json.choices[0].finish_reason === "length", r.text);
+  const s = await sse("/v1/chat/completions", min.key, { model, max_tokens: 200,
+    messages: [{ role: "user", content: "Go" }] });
+  check("tpm: then 429 with Retry-After and an OpenAI body, streaming too", s.status === 429 &&
+    s.json?.error?.code === "rate_limit_exceeded" &&
+    s.json.error.message.includes("tokens per minute limit 60"), JSON.stringify(s.json));
+  const tiny = await tenantWithKey({ name: "lim-tiny", limits: { tpm: 10 } });
+  r = await ask(tiny.key, { max_tokens: 5 });
+  check("tpm: a prompt larger than the whole limit is 429 saying it can never fit",
+    is429(r, "more than the tokens per minute limit 10", 60, 60), `${r.status} ${r.text}`);
+  r = await http("POST", "/v1/embeddings", { key: tiny.key, body: { input: "a cat ".repeat(20) } });
+  check("tpm: embeddings are held to the limit too", is429(r, "tokens per minute limit 10"),
+    `${r.status} ${r.text}`);
+}
+
+// concurrency: while one request of a tenant runs, a second is a 429 (Retry-After 1).
+async function concurrencyLimitCheck(model) {
+  const one = await tenantWithKey({ name: "lim-conc", limits: { concurrency: 1 } });
+  const ac = new AbortController();
+  let second = null;
+  try {
+    await sse("/v1/chat/completions", one.key, { model, max_tokens: 480, temperature: 1,
+      messages: [{ role: "user", content: "Tell a long story" }] }, { signal: ac.signal,
+      onFirst: async () => {
+        second = await http("POST", "/v1/chat/completions", { key: one.key, body: { model,
+          max_tokens: 2, messages: [{ role: "user", content: "hi" }] } });
+        ac.abort();
+      } });
+  } catch {
+    /* the abort */
+  }
+  check("concurrency: a second request while one runs is 429", second &&
+    is429(second, "concurrent requests limit 1", 1, 1), second && second.text);
+  // Let the aborted stream's cancellation land before disconnectCheck counts failures.
+  for (let i = 0; i < 50 && (await metric("mcai_active_sequences")) !== 0; i++)
+    await new Promise((r) => setTimeout(r, 100));
+}
+
+// The front's allowed_models holds for every route, with or without a model named; a
+// template may use only the variables the server fills.
+async function frontChecks() {
+  const other = await tenantWithKey({ name: "other-model-only",
+    front: { allowed_models: ["some-other-model"] } });
+  let r = await http("POST", "/v1/embeddings", { key: other.key, body: { input: "a cat" } });
+  check("allowed_models: embeddings without a model are 404 too", r.status === 404 &&
+    errorOf(r).code === "model_not_found", r.text);
+  r = await http("POST", "/v1/chat/completions", { key: other.key,
+    body: { messages: [{ role: "user", content: "hi" }], max_tokens: 2 } });
+  check("allowed_models: chat without a model is 404", r.status === 404 &&
+    errorOf(r).code === "model_not_found", r.text);
+
+  r = await admin("POST", "/tenants", { name: "bad-template", front: { template: "{{nope}}" } });
+  check("a front template with an undefined variable is 400 naming it", r.status === 400 &&
+    errorOf(r).param === "front" && errorOf(r).message.includes("'nope'"), r.text);
+  r = await admin("PATCH", `/tenants/${other.id}`, { front: { template: "Q: {{input}} {{x}}" } });
+  check("and so is an update to one", r.status === 400 && errorOf(r).param === "front" &&
+    errorOf(r).message.includes("'x'"), r.text);
+  r = await admin("PATCH", `/tenants/${other.id}`,
+    { front: { template: "{{tenant}} on {{date}}: {{input}}" } });
+  check("a template with the three variables is accepted", r.status === 200, r.text);
+}
+
+// Messages that name the problem exactly.
+async function preciseErrorChecks(key, model) {
+  let r = await admin("POST", "/tenants", { name: "a b" });
+  check("a tenant name with a space says 'space'", r.status === 400 &&
+    errorOf(r).message.includes("tenant name has a space (0x20) at byte 1"), r.text);
+  const chat = (body) => http("POST", "/v1/chat/completions", { key, body: { model,
+    max_tokens: 2, ...body } });
+  r = await chat({ messages: [{ role: "user", content: null }] });
+  check("null content of a user message is 400", r.status === 400 &&
+    errorOf(r).param === "messages[0].content" && errorOf(r).code === "invalid_type", r.text);
+  r = await chat({ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: null },
+    { role: "user", content: "go on" }] });
+  check("null content of an assistant message is accepted", r.status === 200, r.text);
+  r = await http("POST", "/v1/chat/completions", { key, raw: `{"model":"${model}",` +
+    `"messages":[{"role":"user","content":"hi"}],"seed":18446744073709551615}`,
+    headers: { "content-type": "application/json" } });
+  check("a seed beyond int64 is 400 naming seed and the range", r.status === 400 &&
+    errorOf(r).param === "seed" && errorOf(r).code === "invalid_value" &&
+    errorOf(r).message.includes("9223372036854775807"), r.text);
+  r = await http("POST", "/v1/conversations", { key, body: { messages: [] } });
+  check("a conversation created with messages: [] is empty, not a 400", r.status < 300 &&
+    r.json.n_messages === 0, r.text);
+}
+
 async function metric(name) {
   const m = await http("GET", "/metrics");
   const line = m.text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
@@ -786,6 +917,10 @@ async function main() {
   await badInputWhileStreaming(keys, model);
   await concurrencyChecks(keys, model);
   await limitChecks(keys, model);
+  await tokenLimitChecks(model);
+  await concurrencyLimitCheck(model);
+  await frontChecks();
+  await preciseErrorChecks(keys.epsilon, model);
   await disconnectCheck(keys, model);
   await metricsChecks(t);
 

@@ -13,7 +13,10 @@
 #     tenants, revocation, limits, bad input while another tenant streams, disconnects,
 #     LoRA adapters (GGUF and PEFT uploads, model=<adapter> against `mcai generate
 #     --lora`, other tenants, bad uploads, replace, delete during a stream, publish, pin);
-#   - SIGTERM during a stream: the stream gets one error event, the server exits 0.
+#   - SIGTERM during a stream: the stream gets one error event, the server exits 0;
+#   - a second server (--ctx 2048): /readyz while the model loads, a non-streaming client
+#     that leaves, queue_full, and a drain that keeps answering 503 shutting_down until
+#     the running generation ends.
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
 # automatically for the ASan build). Prints "ok - ..." / "FAIL - ..." lines and a final
@@ -31,8 +34,10 @@ CTX=512
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/mcai-int.XXXXXX")
 PID=""
+PID2=""
 cleanup() {
     [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null
+    [ -n "$PID2" ] && kill -KILL "$PID2" 2>/dev/null
     [ -n "${KEEP:-}" ] || rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -215,6 +220,7 @@ contains "curl: metrics in Prometheus text" "$DIR/metrics" "# TYPE mcai_requests
 contains "config file: adapter_cache_mb sets the cache budget" "$DIR/metrics" \
     "mcai_adapter_cache_budget_bytes 16777216"
 
+
 # ---- The openai client ---------------------------------------------------------------
 
 if [ -f tests/integration/node_modules/openai/package.json ] && command -v node > /dev/null; then
@@ -268,6 +274,170 @@ check "SIGTERM: nothing listens any more" 000 \
     "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/healthz")"
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/log"; then
     bad "sanitizers" "$(grep -m 3 "AddressSanitizer\|runtime error:" "$DIR/log")"
+fi
+
+# ---- The log ---------------------------------------------------------------------------
+# One line per event: time, level, module, event, key=value fields; every request ends
+# with request_done carrying its id, tenant and status.
+TS='[0-9]\{4\}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\.[0-9]\{3\}Z'
+RD1="^$TS INFO http request_done id=req_[0-9a-f]\{16\} tenant=t_[0-9a-f]\{16\} method=POST"
+RD1="$RD1 route=/v1/chat/completions status="
+RD2=" ms=[0-9.]* bytes_in=[0-9]* tok_in=[0-9]* tok_out=[0-9]*\$"
+for st in 200 429 400; do
+    check "log: a request_done line with id, tenant and status $st" yes \
+        "$(grep -q "$RD1$st$RD2" "$DIR/log" && echo yes)"
+done
+check "log: every line starts with a time and a level" 0 \
+    "$(grep -v "^$TS \(ERROR\|WARN\|INFO\|DEBUG\) [a-z_]* [a-z_]*\( \|\$\)" "$DIR/log" |
+        grep -cv '^mcai serve:')"
+# A finished stream's request_done counts the tokens its stream_done counts. (One whose
+# client left logs request_done when the connection ends, with what was sent by then.)
+n_streams=0
+n_same=0
+SD='s/.* stream_done tenant=t_[0-9a-f]* id=[a-z]*-\([0-9a-f]*\) tok_in=[0-9]*'
+SD="$SD"' tok_out=\([0-9]*\) failed=0$/\1:\2/p'
+for pair in $(sed -n "$SD" "$DIR/log"); do
+    n_streams=$((n_streams + 1))
+    grep -q "request_done id=req_${pair%%:*} .* tok_out=${pair##*:}\$" "$DIR/log" &&
+        n_same=$((n_same + 1))
+done
+check "log: a stream's request_done has its stream_done's tok_out ($n_streams streams)" \
+    "$n_streams" "$n_same"
+
+# ---- A second server: model loading, disconnects, queue_full, draining -----------------
+# --ctx 2048 --max-queue 16: long generations, and two requests of n = 16 (one running,
+# one queued) fill a tenant's queue. For the first start the model is a FIFO, so loading
+# blocks in open() until the test writes to it: /readyz is observed while the model
+# loads, then the load fails and the server exits 1.
+
+# start2 MODEL NAME: starts a server in the background; sets PID2, PORT2 and BASE2.
+start2() {
+    MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$1" --data "$DIR/$2" --port 0 \
+        --master-key-file "$DIR/master" --ctx 2048 --max-queue 16 \
+        --drain-timeout-ms 60000 > "$DIR/$2.out" 2> "$DIR/$2.log" &
+    PID2=$!
+    PORT2=""
+    i=0
+    while [ $i -lt 300 ] && [ -z "$PORT2" ]; do
+        PORT2=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
+            "$DIR/$2.out" 2> /dev/null)
+        [ -z "$PORT2" ] && sleep 0.05
+        i=$((i + 1))
+    done
+    BASE2="http://127.0.0.1:$PORT2"
+}
+
+mkfifo "$DIR/slow.gguf"
+start2 "$DIR/slow.gguf" data-load
+check "loading: /readyz is 503 loading while the model loads" '503 {"status":"loading"}' \
+    "$($C -w ' %{http_code}' "$BASE2/readyz" | awk '{print $2, $1}')"
+check "loading: /healthz answers meanwhile" 200 \
+    "$($C -o /dev/null -w '%{http_code}' "$BASE2/healthz")"
+: > "$DIR/slow.gguf"
+wait "$PID2"
+check "loading: a model that cannot load exits 1" 1 $?
+PID2=""
+
+start2 "$MODEL" data2
+i=0
+while [ $i -lt 300 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" != 200 ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+T2=$($C -X POST -H "Authorization: Bearer $ADMIN" -d '{"name":"q"}' "$BASE2/admin/tenants" |
+    sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+K2=$($C -X POST -H "Authorization: Bearer $ADMIN" "$BASE2/admin/tenants/$T2/keys" |
+    sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+# metric2 NAME: the value of an unlabelled metric of the second server.
+metric2() { $C "$BASE2/metrics" | sed -n "s/^$1 \\([0-9]*\\)\$/\\1/p"; }
+# wait_metric2 NAME VALUE [SECONDS]: waits (5 s unless told) for the metric to be VALUE.
+wait_metric2() {
+    j=0
+    while [ $j -lt $((${3:-5} * 20)) ] && [ "$(metric2 "$1")" != "$2" ]; do
+        sleep 0.05
+        j=$((j + 1))
+    done
+}
+# usage2: the tenant's completion tokens recorded so far (GET /v1/usage).
+usage2() {
+    $C -H "Authorization: Bearer $K2" "$BASE2/v1/usage" |
+        sed -n 's/.*"total":{[^}]*"completion_tokens":\([0-9]*\)}.*/\1/p'
+}
+# chat2 JSON-FIELDS: a chat request body with those fields after the messages.
+chat2() { printf '{"messages":[{"role":"user","content":"Go"}],%s}' "$1"; }
+
+# A non-streaming client that gives up cancels its sequences, even while they keep
+# producing tokens: 16 choices of 2,000 tokens take many seconds; the client leaves
+# after 0.3 s.
+$C -o /dev/null --max-time 0.3 -H "Authorization: Bearer $K2" \
+    -d "$(chat2 '"max_tokens":2000,"n":16,"temperature":1,"seed":5')" "$BASE2/v1/chat/completions"
+wait_metric2 mcai_active_sequences 0 1
+check "disconnect: a non-streaming client that leaves frees its sequences within 1 s" \
+    "0 0" "$(metric2 mcai_active_sequences) $(metric2 mcai_queue_depth)"
+# The usage is written just after the last sequence stops: give it a moment.
+i=0
+while [ $i -lt 20 ] && [ -z "$(usage2)" ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+charged=$(usage2)
+if [ "${charged:-99999}" -lt 8000 ]; then
+    ok "disconnect: the client that left is charged $charged of 32000 tokens"
+else
+    bad "disconnect: the client that left is charged for what it never read" "$charged tokens"
+fi
+
+# queue_full: 16 running and 16 queued fill --max-queue 16; the next request is refused.
+$C --max-time 120 -o "$DIR/q1" -H "Authorization: Bearer $K2" \
+    -d "$(chat2 '"max_tokens":2000,"n":16,"temperature":1,"seed":5')" \
+    "$BASE2/v1/chat/completions" &
+Q1=$!
+wait_metric2 mcai_active_sequences 16
+$C --max-time 120 -o "$DIR/q2" -H "Authorization: Bearer $K2" \
+    -d "$(chat2 '"max_tokens":2,"n":16')" "$BASE2/v1/chat/completions" &
+Q2=$!
+wait_metric2 mcai_queue_depth 16
+check "queue_full: a full queue is 429" 429 \
+    "$($C -D "$DIR/q3.h" -o "$DIR/q3" -w '%{http_code}' -H "Authorization: Bearer $K2" \
+        -d "$(chat2 '"max_tokens":2')" "$BASE2/v1/chat/completions")"
+contains "queue_full: an OpenAI error body" "$DIR/q3" '"code":"queue_full"'
+contains "queue_full: with Retry-After" "$DIR/q3.h" "Retry-After: 1"
+kill "$Q1" 2> /dev/null
+wait "$Q1" "$Q2"
+wait_metric2 mcai_active_sequences 0
+
+# A generation that runs for a few seconds, then SIGTERM while it runs.
+LONG2=2000
+[ "$MCAI_QUICK" = 1 ] && LONG2=600
+$C --max-time 120 -o "$DIR/q1" -H "Authorization: Bearer $K2" \
+    -d "$(chat2 '"max_tokens":'$LONG2',"n":4,"temperature":1,"seed":5')" \
+    "$BASE2/v1/chat/completions" &
+Q1=$!
+wait_metric2 mcai_active_sequences 4
+# SIGTERM while a generation runs: the listener stays open during the drain and answers.
+kill -TERM "$PID2"
+i=0
+while [ $i -lt 100 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" = 200 ]; do
+    sleep 0.02
+    i=$((i + 1))
+done
+check "draining: /readyz is 503 draining" '503 {"status":"draining"}' \
+    "$($C -w ' %{http_code}' "$BASE2/readyz" | awk '{print $2, $1}')"
+check "draining: a new request is 503 shutting_down, not a refused connection" 503 \
+    "$($C -D "$DIR/q4.h" -o "$DIR/q4" -w '%{http_code}' -H "Authorization: Bearer $K2" \
+        "$BASE2/v1/models")"
+contains "draining: 503 has an OpenAI error body" "$DIR/q4" '"code":"shutting_down"'
+contains "draining: 503 has Retry-After" "$DIR/q4.h" "Retry-After:"
+wait "$Q1"
+contains "draining: the running generation finishes" "$DIR/q1" '"finish_reason":"length"'
+wait "$PID2"
+check "draining: the server exits 0" 0 $?
+PID2=""
+check "draining: then nothing listens" 000 \
+    "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE2/healthz")"
+if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log"; then
+    bad "sanitizers (second server)" \
+        "$(grep -h -m 3 "AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log")"
 fi
 
 echo "integration: $passed passed, $failed failed"
