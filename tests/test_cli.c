@@ -164,7 +164,7 @@ static void test_chat_piped_matches_generate_chat(void **state) {
 
     const char *chat[] = {"mcai", "chat", "-m", model, "--temp", "0", "-n", "16", "-t", "1", NULL};
     assert_int_equal(run(chat, "Hello\n/reset\nHello\n/exit\n", got, sizeof(got)), 0);
-    char twice[2 * 4096];
+    static char twice[2 * OUT_MAX];
     snprintf(twice, sizeof(twice), "%s%s", want, want);
     assert_string_equal(got, twice);
 
