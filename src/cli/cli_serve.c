@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SETTINGS 16
+#define N_SETTINGS 17
 
 /* One setting: its long flag name (also its config key, with '_' for '-'), short flag,
  * value (borrowed from argv, a config line or the environment) and help. */
@@ -57,6 +57,10 @@ static struct setting settings[N_SETTINGS] = {
     {"kv-budget-mb", NULL, "N",
      "KV cache memory of running sequences, MiB (default: no limit "
      "beyond max-seqs full contexts)",
+     NULL, false},
+    {"kb-cache-mb", NULL, "N",
+     "knowledge bases kept loaded in memory, MiB in all (default 256; the least recently "
+     "used are unloaded past it)",
      NULL, false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
     {"max-connections", NULL, "N", "open connections (default 1024)", NULL, false},
@@ -274,11 +278,12 @@ static int run(int argc, char **argv) {
         return CLI_USAGE;
     }
     long port = 8080, threads = 0, ctx = 0, seqs = 0, body = 0, conns = 0, drain = 0;
-    long queue = 0, kv_mb = 0;
+    long queue = 0, kv_mb = 0, kb_mb = 0;
     if (!int_setting("port", 0, 65535, &port) || !int_setting("threads", 0, 1024, &threads) ||
         !int_setting("ctx", 0, 1 << 20, &ctx) || !int_setting("max-seqs", 0, 4096, &seqs) ||
         !int_setting("max-queue", 0, 1 << 20, &queue) ||
         !int_setting("kv-budget-mb", 0, 1L << 30, &kv_mb) ||
+        !int_setting("kb-cache-mb", 0, 1L << 30, &kb_mb) ||
         !int_setting("max-body-bytes", 1024, 1L << 30, &body) ||
         !int_setting("max-connections", 0, 65536, &conns) ||
         !int_setting("drain-timeout-ms", 0, 3600000, &drain))
@@ -339,6 +344,7 @@ static int run(int argc, char **argv) {
         .max_body_bytes = (size_t)body,
         .max_connections = (unsigned)conns,
         .drain_timeout_ms = drain,
+        .kb_cache_bytes = (size_t)kb_mb << 20,
     };
     struct mc_server *srv = NULL;
     rc = mc_server_create(&cfg, &srv, &err);
