@@ -232,6 +232,38 @@ static void test_extract_html_length_matches_text(void **state) {
     mc_extract_doc_deinit(&d);
 }
 
+/* Markup nested deeper than n_open elements around one word. */
+static char *nested_html(int n_open, size_t *len) {
+    char *p = malloc((size_t)n_open * 5 + 64);
+    size_t n = (size_t)sprintf(p, "<html><body>");
+    for (int i = 0; i < n_open; i++)
+        n += (size_t)sprintf(p + n, "<div>");
+    n += (size_t)sprintf(p + n, "deepword");
+    *len = n;
+    return p;
+}
+
+/* libxml2 stops building the tree at 256 levels and drops what lies deeper, text
+ * included, without an error: the parser must be told XML_PARSE_HUGE. Past our own
+ * walk's bound the document is refused rather than silently cut. */
+static void test_extract_html_deep_nesting_keeps_text_or_fails(void **state) {
+    (void)state;
+    struct mc_extract_doc d;
+    struct mc_err err = {0};
+    size_t len;
+    char *html = nested_html(300, &len);
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, len, &d, &err), MC_OK);
+    assert_non_null(strstr(d.text, "deepword"));
+    mc_extract_doc_deinit(&d);
+    free(html);
+
+    html = nested_html(5000, &len);
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, len, &d, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "nested deeper than 1024 levels"));
+    mc_extract_doc_deinit(&d);
+    free(html);
+}
+
 static void test_extract_unsupported_type_and_bad_utf8(void **state) {
     (void)state;
     struct mc_extract_doc d;
@@ -622,6 +654,46 @@ static void test_kb_deleted_document_never_returned(void **state) {
     assert_int_equal(mc_store_obj_list(f->s, "t_a", "kbdoc", &ids, &n, &err), MC_OK);
     assert_int_equal(n, 2);
     mc_store_obj_list_free(ids, n);
+    mc_kb_close(kb);
+    mc_kbs_free(s);
+}
+
+/* One document whose many chunks all beat every other document's best chunk: a
+ * per-document search must still return k documents whenever k exist, in every mode
+ * (the first candidate list, 8k chunks deep, holds only the crowding document). */
+static void test_kb_per_document_search_returns_k_documents(void **state) {
+    struct fx *f = *state;
+    struct mc_kbs *s = kbs_new(f, f->emb);
+    struct mc_kb *kb = kb_open(s, "t_a");
+    char *big = malloc(200000);
+    size_t n_big = 0;
+    for (int i = 0; i < 2000; i++)
+        n_big += (size_t)sprintf(big + n_big, "zebra quagga zebra stripes %d. ", i);
+    struct mc_kb_doc_in d[6] = {
+        doc("crowd", big),
+        doc("one", "zebra once, then many other words about the grassland and its weather"),
+        doc("two", "a zebra grazes near water holes in the dry season with the herd"),
+        doc("three", "zebra foals stand within an hour of birth and follow the mother"),
+        doc("four", "plains zebra migrate with wildebeest across the river crossings"),
+        doc("five", "the zebra is one animal among many in the national park tour"),
+    };
+    ingest_ok(kb, d, 6, 0);
+    assert_true(mc_kb_n_chunks(kb) > 200);
+    for (int mode = 0; mode < 3; mode++) {
+        struct mc_err err = {0};
+        struct mc_kb_query q = {"zebra", 5, mode, 6, true, false, 0};
+        struct mc_kb_results r;
+        if (mc_kb_search(kb, &q, &r, &err) != MC_OK)
+            fail_msg("search: %s", err.msg);
+        if (r.n != 6)
+            fail_msg("mode %s: %zu documents, want 6", mc_kb_mode_name(mode), r.n);
+        for (size_t i = 0; i < 6; i++)
+            for (size_t j = 0; j < i; j++)
+                assert_false(r.hits[i].doc_id_len == r.hits[j].doc_id_len &&
+                             !memcmp(r.hits[i].doc_id, r.hits[j].doc_id, r.hits[i].doc_id_len));
+        mc_kb_results_deinit(&r);
+    }
+    free(big);
     mc_kb_close(kb);
     mc_kbs_free(s);
 }
@@ -1047,6 +1119,9 @@ int main(void) {
         cmocka_unit_test(test_kb_prompt_numbers_sources),
         cmocka_unit_test(test_kb_retrieval_settings_parse),
         cmocka_unit_test_setup_teardown(test_kb_enterprise_docs_two_tenants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kb_per_document_search_returns_k_documents, setup,
+                                        teardown),
+        cmocka_unit_test(test_extract_html_deep_nesting_keeps_text_or_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
