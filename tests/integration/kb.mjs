@@ -163,6 +163,18 @@ async function ingestChecks(A) {
   r = await http("POST", "/v1/kb/documents", { key: A.key, body: [{ id: "x", txet: "typo" }] });
   check("unknown document field is 400 naming it", r.status === 400 &&
     err(r).param === "documents[0].txet", r.text);
+  // HTML nested past libxml2's default 256 levels keeps its text; past 1024 it is refused,
+  // on a connection thread's small stack too.
+  const deep = (n) => "<html><body>" + "<div>".repeat(n) + "deepword";
+  r = await http("POST", docPath("deep.html"), { key: A.key, raw: deep(600), ctype: "text/html" });
+  const dg = await http("GET", docPath("deep.html"), { key: A.key });
+  check("html nested 600 deep keeps its text", r.status === 200 &&
+    dg.json?.text?.includes("deepword"), r.text);
+  await http("DELETE", docPath("deep.html"), { key: A.key });
+  r = await http("POST", docPath("deeper.html"), { key: A.key, raw: deep(20000),
+    ctype: "text/html" });
+  check("html nested 20000 deep is 400", r.status === 400 && err(r).code === "invalid_document",
+    r.text);
   r = await http("POST", "/v1/kb/documents", { key: A.key, body: [{ id: "x" }] });
   check("a document without text or content is 400", r.status === 400, r.text);
   check("after the bad bodies, list shows nothing new", JSON.stringify(await listIds(A.key)) ===

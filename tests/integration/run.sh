@@ -54,6 +54,7 @@ hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
 check "serve --help exits 0" 0 $?
 contains "--help documents the key files" "$DIR/help" "--master-key-file"
 contains "--help documents the config file" "$DIR/help" "--config"
+contains "--help documents the knowledge-base memory budget" "$DIR/help" "--kb-cache-mb"
 
 env -u MCAI_MASTER_KEY MCAI_ADMIN_KEY="$(hex 20)" \
     "$MCAI" serve -m "$MODEL" --data "$DIR/d0" --port 0 > /dev/null 2> "$DIR/e0"
