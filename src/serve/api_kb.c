@@ -31,13 +31,22 @@
 #include "rag/extract.h"
 #include "rag/kb.h"
 #include "rag/retrieve.h"
+#include "tenant/ratelimit.h"
+#include "tenant/tenant.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define SEARCH_K_DEFAULT 10
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- The set ---------------------------------------------------------------------- */
 
@@ -698,13 +707,30 @@ enum MHD_Result mc_api_kb(struct mc_server *s, struct mc_http_req *r, const stru
         return mc_http_reply_error(r, 405, "invalid_request_error", "method_not_allowed", NULL,
                                    "method %s is not allowed on /v1/kb/search; use POST",
                                    r->method);
-    struct mc_kb *kb;
+
+    /* The tenant's request rate and concurrency limits apply; the tokens embedded for
+     * ingestion and queries are not charged as tokens. */
+    struct mc_limits lim = {a->limits[0], a->limits[1], a->limits[2], a->limits[3]};
     struct mc_err err = {0};
-    int rc = mc_kb_open(s->kbs, a->tenant, &kb, &err);
+    int retry = 1;
+    int rc = mc_limit_acquire(s->limiter, a->tenant, &lim, 0, wall_ms(), &retry, &err);
+    if (rc == MC_ELIMIT) {
+        r->reject = "rate_limit";
+        return mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
+                                         "%s; retry after %d s", err.msg, retry);
+    }
     if (rc != MC_OK)
         return reply_kb(r, a, rc, &err);
-    enum MHD_Result ret = docs ? documents(r, a, kb) : search(s, r, a, kb);
-    mc_kb_close(kb);
+    struct mc_kb *kb;
+    rc = mc_kb_open(s->kbs, a->tenant, &kb, &err);
+    enum MHD_Result ret;
+    if (rc != MC_OK) {
+        ret = reply_kb(r, a, rc, &err);
+    } else {
+        ret = docs ? documents(r, a, kb) : search(s, r, a, kb);
+        mc_kb_close(kb);
+    }
+    mc_limit_release(s->limiter, a->tenant, 0, 0, wall_ms());
     return ret;
 }
 

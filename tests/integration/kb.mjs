@@ -4,7 +4,7 @@
 // in a batch (with nothing written), 409 then upsert, replace and delete, ranked search,
 // chat and completions grounded with citations (request field and front setting, whole
 // and streamed), isolation between two tenants, 401 without a key, and a deleted
-// tenant's knowledge base leaving memory. Prints "ok - ..." / "FAIL - ..." lines and
+// tenant's knowledge base leaving memory, rate limits. Prints "ok - ..." / "FAIL - ..." lines and
 // "kb checks: N passed, M failed".
 import OpenAI from "openai";
 
@@ -349,6 +349,20 @@ async function deleteChecks(A, B) {
   check("B's key no longer reaches any knowledge base", r.status === 401, r.text);
 }
 
+// The tenant's request rate limit covers its knowledge-base routes too.
+async function limitChecks() {
+  const t = await admin("POST", "/tenants", { name: "kb-limited", limits: { rpm: 1 } });
+  const k = await admin("POST", `/tenants/${t.json.id}/keys`);
+  let r = await http("GET", "/v1/kb/documents", { key: k.json.key });
+  check("a limited tenant's first request passes", r.status === 200, r.text);
+  const res = await fetch(BASE + "/v1/kb/search", { method: "POST",
+    headers: { authorization: `Bearer ${k.json.key}` }, body: JSON.stringify({ query: "x" }) });
+  const body = await res.json();
+  check("over its rpm a knowledge-base request is 429 with Retry-After", res.status === 429 &&
+    body.error?.code === "rate_limit_exceeded" && Number(res.headers.get("retry-after")) >= 1,
+    JSON.stringify(body));
+}
+
 async function main() {
   const A = await tenant("kb-alpha");
   const B = await tenant("kb-beta");
@@ -357,6 +371,7 @@ async function main() {
   await groundedChecks(A);
   await isolationChecks(A, B);
   await deleteChecks(A, B);
+  await limitChecks();
 }
 
 try {
