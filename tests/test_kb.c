@@ -1,7 +1,8 @@
 /* test_kb.c - knowledge bases: extraction, ingestion, isolation between tenants, sealing
  * at rest, atomic ingest under injected failures, duplicate and existing ids, deletes,
  * lazy unload and reload, caller ids of arbitrary bytes, dense search with the tiny
- * stories260K model, grounded prompts, and a realistic run over enterprise_docs. */
+ * stories260K model, grounded prompts, a realistic run over enterprise_docs, k documents
+ * from a per-document search, and a tenant deletion taking its knowledge base along. */
 #include "base/err.h"
 #include "base/mem.h"
 #include "model/model.h"
@@ -658,6 +659,45 @@ static void test_kb_deleted_document_never_returned(void **state) {
     mc_kbs_free(s);
 }
 
+/* Deleting a tenant in the store takes its knowledge base with it (every kb and kbdoc
+ * object), the set unloads it, and a handle opened afterwards finds no tenant. The other
+ * tenant's knowledge base is untouched. */
+static void test_kb_tenant_delete_removes_knowledge_base(void **state) {
+    struct fx *f = *state;
+    struct mc_kbs *s = kbs_new(f, f->emb);
+    struct mc_kb *kb = kb_open(s, "t_a");
+    struct mc_kb_doc_in d[2] = {doc("whale", TEXT_WHALE), doc("tea", TEXT_TEA)};
+    ingest_ok(kb, d, 2, 0);
+    mc_kb_close(kb);
+    kb = kb_open(s, "t_b");
+    ingest_ok(kb, d, 1, 0);
+    mc_kb_close(kb);
+    assert_int_equal(mc_kbs_n_loaded(s), 2);
+
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_delete(f->s, "t_a", &err), MC_OK);
+    static const char *const kinds[] = {"kb", "kbdoc"};
+    for (int i = 0; i < 2; i++) {
+        char **ids = NULL;
+        size_t n = 0;
+        int rc = mc_store_obj_list(f->s, "t_a", kinds[i], &ids, &n, &err);
+        assert_true(rc == MC_ENOTFOUND || (rc == MC_OK && n == 0));
+        mc_store_obj_list_free(ids, n);
+    }
+    assert_true(mc_kbs_unload(s, "t_a"));
+    assert_int_equal(mc_kbs_n_loaded(s), 1);
+
+    kb = kb_open(s, "t_a");
+    struct mc_kb_doc_info *docs = NULL;
+    size_t n = 0;
+    assert_int_equal(mc_kb_list(kb, &docs, &n, &err), MC_ENOTFOUND);
+    mc_kb_close(kb);
+    kb = kb_open(s, "t_b");
+    assert_int_equal(mc_kb_n_docs(kb), 1);
+    mc_kb_close(kb);
+    mc_kbs_free(s);
+}
+
 /* One document whose many chunks all beat every other document's best chunk: a
  * per-document search must still return k documents whenever k exist, in every mode
  * (the first candidate list, 8k chunks deep, holds only the crowding document). */
@@ -1122,6 +1162,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_kb_per_document_search_returns_k_documents, setup,
                                         teardown),
         cmocka_unit_test(test_extract_html_deep_nesting_keeps_text_or_fails),
+        cmocka_unit_test_setup_teardown(test_kb_tenant_delete_removes_knowledge_base, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
