@@ -17,9 +17,10 @@
 #include <jansson.h>
 #include <string.h>
 
-#define HYBRID_DEPTH   100 /* candidates per list before fusion */
-#define PER_DOC_FACTOR 8   /* chunk candidates per wanted hit when collapsing to documents
-                            * (a first try; the search goes deeper when it finds too few) */
+#define HYBRID_DEPTH 100 /* candidates per list before fusion */
+/* Chunk candidates per wanted hit when collapsing to documents: a first try, the search
+ * goes deeper when it finds too few documents. */
+#define PER_DOC_FACTOR 8
 
 int mc_kb_mode_parse(const char *s, int *mode, struct mc_err *err) {
     static const char *const names[] = {"bm25", "dense", "hybrid"};
@@ -182,16 +183,17 @@ static int make_hits(struct mc_kb *kb, const struct mc_kb_query *q, const struct
 /* The candidates of q's mode, want of them (each list to at least HYBRID_DEPTH when
  * hybrid), into a new array *c of *n. *more says a list was cut at its depth, so a
  * deeper call could give more. With the lock held. */
-static int candidates(struct mc_kb *kb, const struct mc_kb_query *q, const float *qvec,
-                      size_t want, struct cand **c, size_t *n, bool *more, struct mc_err *err) {
+static int candidates(struct mc_kb *kb, const struct mc_kb_query *q, const float *qvec, size_t want,
+                      struct cand **c, size_t *n, bool *more, struct mc_err *err) {
     bool dense = q->mode != MC_KB_MODE_BM25, lexical = q->mode != MC_KB_MODE_DENSE;
     size_t depth = q->mode == MC_KB_MODE_HYBRID && want < HYBRID_DEPTH ? HYBRID_DEPTH : want;
     struct cand *a = lexical ? mc_malloc(depth * sizeof(*a)) : NULL;
     struct cand *b = dense ? mc_malloc(depth * sizeof(*b)) : NULL;
     struct cand *f = NULL;
     size_t na = 0, nb = 0, nf = 0;
-    int rc = (lexical && !a) || (dense && !b) ? mc_err_set(err, MC_ENOMEM, "out of memory searching")
-                                              : MC_OK;
+    int rc = (lexical && !a) || (dense && !b)
+                 ? mc_err_set(err, MC_ENOMEM, "out of memory searching")
+                 : MC_OK;
     if (rc == MC_OK && lexical)
         rc = bm25_cands(kb, q, depth, a, &na, err);
     if (rc == MC_OK && dense)

@@ -331,19 +331,23 @@ static int doc_from_json(json_t *o, const char *where, const char *id, size_t id
     json_t *text = json_object_get(o, "text"), *content = json_object_get(o, "content");
     json_t *ct = json_object_get(o, "content_type"), *meta = json_object_get(o, "metadata");
     if (jid && !json_is_string(jid))
-        return fail(e, 400, fld(param, where, "id"), "invalid_type", "'%s' must be a string", param);
+        return fail(e, 400, fld(param, where, "id"), "invalid_type", "'%s' must be a string",
+                    param);
     if (!jid && !id)
         return fail(e, 400, fld(param, where, "id"), "missing_field", "'%s' is required", param);
     if (jid && id &&
         (json_string_length(jid) != id_len || memcmp(json_string_value(jid), id, id_len) != 0))
-        return fail(e, 400, fld(param, where, "id"), "invalid_value", "'%s' differs from the id in the URL",
-                    param);
+        return fail(e, 400, fld(param, where, "id"), "invalid_value",
+                    "'%s' differs from the id in the URL", param);
     if (title && !json_is_null(title) && !json_is_string(title))
-        return fail(e, 400, fld(param, where, "title"), "invalid_type", "'%s' must be a string", param);
+        return fail(e, 400, fld(param, where, "title"), "invalid_type", "'%s' must be a string",
+                    param);
     if (ct && !json_is_null(ct) && !json_is_string(ct))
-        return fail(e, 400, fld(param, where, "content_type"), "invalid_type", "'%s' must be a string", param);
+        return fail(e, 400, fld(param, where, "content_type"), "invalid_type",
+                    "'%s' must be a string", param);
     if (meta && !json_is_null(meta) && !json_is_object(meta))
-        return fail(e, 400, fld(param, where, "metadata"), "invalid_type", "'%s' must be an object", param);
+        return fail(e, 400, fld(param, where, "metadata"), "invalid_type", "'%s' must be an object",
+                    param);
     if ((text && !json_is_string(text)) || (content && !json_is_string(content)))
         return fail(e, 400, fld(param, where, text ? "text" : "content"), "invalid_type",
                     "'%s' must be a string", param);
@@ -356,7 +360,8 @@ static int doc_from_json(json_t *o, const char *where, const char *id, size_t id
     int rc = extract_into(ctype, json_string_value(body), json_string_length(body),
                           fld(param, where, "content_type"), d, in, e);
     if (rc == MC_OK)
-        rc = merge_meta(json_is_object(meta) ? meta : NULL, fld(param, where, "metadata"), d, in, e);
+        rc =
+            merge_meta(json_is_object(meta) ? meta : NULL, fld(param, where, "metadata"), d, in, e);
     if (rc != MC_OK)
         return rc;
     in->id = jid ? json_string_value(jid) : id;
@@ -508,9 +513,9 @@ static enum MHD_Result ingest_one(struct mc_http_req *r, const struct mc_auth *a
         root = parse_json(r->body, r->body_len, &e);
         rc = root ? doc_from_json(root, "", id, id_len, &d, &in, &e) : MC_EINVAL;
     } else if (!ctype || !*ctype) {
-        rc = fail(&e, 415, NULL, "unsupported_media_type",
-                  "send the document's Content-Type (%s) or application/json",
-                  MC_EXTRACT_SUPPORTED);
+        rc =
+            fail(&e, 415, NULL, "unsupported_media_type",
+                 "send the document's Content-Type (%s) or application/json", MC_EXTRACT_SUPPORTED);
     } else {
         rc = extract_into(ctype, r->body ? r->body : "", r->body_len, NULL, &d, &in, &e);
         const char *title;
@@ -587,11 +592,11 @@ static enum MHD_Result doc_delete(struct mc_http_req *r, const struct mc_auth *a
 /* ---- Search ----------------------------------------------------------------------- */
 
 static json_t *hit_json(const struct mc_kb_hit *h, size_t rank) {
-    json_t *o = json_pack("{s:I,s:o,s:I,s:f,s:I,s:I,s:o}", "rank", (json_int_t)rank,
-                          "document_id", json_text(h->doc_id, h->doc_id_len), "chunk_id",
-                          (json_int_t)h->chunk_id, "score", (double)h->score, "start",
-                          (json_int_t)h->start, "end", (json_int_t)h->end, "title",
-                          h->title ? json_text(h->title, strlen(h->title)) : json_null());
+    json_t *o =
+        json_pack("{s:I,s:o,s:I,s:f,s:I,s:I,s:o}", "rank", (json_int_t)rank, "document_id",
+                  json_text(h->doc_id, h->doc_id_len), "chunk_id", (json_int_t)h->chunk_id, "score",
+                  (double)h->score, "start", (json_int_t)h->start, "end", (json_int_t)h->end,
+                  "title", h->title ? json_text(h->title, strlen(h->title)) : json_null());
     if (h->text)
         json_object_set_new(o, "text", json_text(h->text, strlen(h->text)));
     return o;

@@ -763,8 +763,8 @@ static int prompt_tokens(struct mc_server *s, const struct mc_front *f, const st
     if (f->template && !wrapped)
         return err->code;
     const char *text = wrapped ? wrapped : input;
-    int rc = mc_tokenize(mc_model_tokenizer(s->model), text, strlen(text), true, false, ids, n_ids,
-                         err);
+    int rc =
+        mc_tokenize(mc_model_tokenizer(s->model), text, strlen(text), true, false, ids, n_ids, err);
     mc_free(wrapped);
     return rc;
 }
@@ -833,7 +833,9 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
     int32_t ctx = s->n_ctx;
     if (f.context_limit > 0 && f.context_limit < ctx)
         ctx = f.context_limit;
-    int32_t want = g->max_tokens > 0 ? g->max_tokens : f.max_tokens > 0 ? f.max_tokens : GROUND_ROOM;
+    int32_t want = g->max_tokens > 0  ? g->max_tokens
+                   : f.max_tokens > 0 ? f.max_tokens
+                                      : GROUND_ROOM;
     if (want > ctx / 2)
         want = ctx / 2;
     for (;;) {

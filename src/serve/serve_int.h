@@ -1,6 +1,6 @@
 /* serve_int.h - what the files of the serve module share with each other (http.c, sse.c,
- * api_req.c, api_openai.c, api_admin.c, api_conv.c, metrics.c, server.c). Other modules
- * use server.h only; tests of this module may include this header.
+ * api_req.c, api_openai.c, api_admin.c, api_conv.c, api_kb.c, metrics.c, server.c).
+ * Other modules use server.h only; tests of this module may include this header.
  *
  * Threading: libmicrohttpd runs one thread per connection. A handler runs on its
  * connection's thread, may block (it waits for the engine), and must queue exactly one
@@ -356,9 +356,9 @@ void mc_kb_serve_gauges(struct mc_server *s, struct mc_buf *out);
 
 /* Grounding a generation in the tenant's knowledge base (api_kb.c). */
 struct mc_ground {
-    bool on;        /* retrieval ran; prompt holds the grounded question */
-    char *prompt;   /* the question with its sources, through the retrieval template */
-    void *impl;     /* settings and hits (api_kb.c) */
+    bool on;      /* retrieval ran; prompt holds the grounded question */
+    char *prompt; /* the question with its sources, through the retrieval template */
+    void *impl;   /* settings and hits (api_kb.c) */
 };
 
 /* Decides whether retrieval is on for a request (its "retrieval" field, else the front's
