@@ -238,6 +238,15 @@ async function groundedChecks(A) {
   check("a stream carries the citations in a chunk", streamed?.length === 1 &&
     streamed[0].document_id === ID_MD, JSON.stringify(streamed));
 
+  // A conversation keeps the question as asked, not the grounded prompt.
+  let cv = await http("POST", "/v1/conversations", { key: A.key, body: {} });
+  await client.chat.completions.create({ ...base, conversation: cv.json.id,
+    retrieval: { mode: "bm25", k: 2 } });
+  cv = await http("GET", `/v1/conversations/${cv.json.id}/messages`, { key: A.key });
+  check("a grounded chat stores the question as asked in its conversation",
+    cv.json?.data?.[0]?.content === base.messages[0].content && cv.json.data.length === 2,
+    cv.text);
+
   // Completions take the same field.
   const comp = await client.completions.create({ model: "stories260K", prompt: "Salmon",
     max_tokens: 4, temperature: 0, retrieval: { mode: "bm25", k: 1 } });
