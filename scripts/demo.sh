@@ -3,7 +3,9 @@
 # with different fronts through the admin API, gives each an API key, and shows each
 # tenant answering its own chat request with its own key - through the official openai
 # client when tests/integration/node_modules has it (scripts/install-deps.sh installs it),
-# else with curl. Then it stops the server with SIGTERM.
+# else with curl. Each tenant then fills its own knowledge base with a few pages of
+# ../shared/data/enterprise_docs (when present) and asks a grounded question; the
+# answer names its sources. Then it stops the server with SIGTERM.
 #
 # MODEL=path/to/model.gguf picks another model; PORT=N a fixed port (default: a free one).
 # Keys are made up for the run and the data directory is temporary.
@@ -110,7 +112,44 @@ else
     done
 fi
 
-# 5. Each tenant sees only its own usage; a key of one tenant cannot reach the other.
+# 5. Knowledge bases: each tenant uploads a few pages of its own document set and asks
+# a question grounded in them; the answer names its sources in "mcai_citations".
+DOCS=${DOCS:-../shared/data/enterprise_docs}
+if [ -d "$DOCS/18f_handbook" ] && [ -d "$DOCS/curl_docs" ]; then
+    echo
+    echo "== knowledge bases: pirate-shop holds 18F handbook pages, bedtime-stories curl docs"
+    upload() { # KEY FILE
+        curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" \
+            -H 'Content-Type: text/markdown' --data-binary @"$2" \
+            --url-query "id=$(basename "$2")" "$BASE/v1/kb/documents"
+    }
+    n=0
+    for f in general-information-and-resources_employee-resources-policies_transit-benefit.md \
+        general-information-and-resources_new-york-city.md; do
+        [ "$(upload "$K1" "$DOCS/18f_handbook/$f")" = 200 ] && n=$((n + 1))
+    done
+    for f in ALTSVC.md SSLCERTS.md; do
+        [ "$(upload "$K2" "$DOCS/curl_docs/$f")" = 200 ] && n=$((n + 1))
+    done
+    echo "   $n documents ingested over POST /v1/kb/documents"
+    ask() { # KEY QUESTION
+        curl -s -H "Authorization: Bearer $1" "$BASE/v1/chat/completions" -d "{\"max_tokens\":16,
+          \"messages\":[{\"role\":\"user\",\"content\":\"$2\"}],
+          \"retrieval\":{\"mode\":\"bm25\",\"k\":2}}" |
+            grep -o '"document_id":"[^"]*","chunk_id":[0-9]*' | sed 's/^/   cites /'
+    }
+    echo "-- pirate-shop: \"How do I cancel my transit benefit?\""
+    ask "$K1" "How do I cancel my transit benefit?"
+    echo "-- bedtime-stories: \"Where does curl keep the alt-svc cache?\""
+    ask "$K2" "Where does curl keep the alt-svc cache?"
+    echo "-- pirate-shop searches for \"alt-svc cache\" with its own key (bedtime-stories' pages" \
+        "are out of reach):"
+    curl -s -H "Authorization: Bearer $K1" "$BASE/v1/kb/search" \
+        -d '{"query":"alt-svc cache","mode":"bm25","text":false}' | sed 's/^/   /'
+    echo
+fi
+
+# 6. Each tenant sees only its own usage; a key of one tenant cannot reach the other.
 echo
 echo "== usage as each tenant sees it (GET /v1/usage)"
 curl -s -H "Authorization: Bearer $K1" "$BASE/v1/usage" | sed 's/"data".*"total"/"total"/'

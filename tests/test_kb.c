@@ -1,7 +1,8 @@
 /* test_kb.c - knowledge bases: extraction, ingestion, isolation between tenants, sealing
  * at rest, atomic ingest under injected failures, duplicate and existing ids, deletes,
  * lazy unload and reload, caller ids of arbitrary bytes, dense search with the tiny
- * stories260K model, grounded prompts, and a realistic run over enterprise_docs. */
+ * stories260K model, grounded prompts, a realistic run over enterprise_docs, k documents
+ * from a per-document search, and a tenant deletion taking its knowledge base along. */
 #include "base/err.h"
 #include "base/mem.h"
 #include "model/model.h"
@@ -230,6 +231,38 @@ static void test_extract_html_length_matches_text(void **state) {
     assert_int_equal(d.len, 0);
     assert_string_equal(d.text, "");
     mc_extract_doc_deinit(&d);
+}
+
+/* Markup nested deeper than n_open elements around one word. */
+static char *nested_html(int n_open, size_t *len) {
+    char *p = malloc((size_t)n_open * 5 + 64);
+    size_t n = (size_t)sprintf(p, "<html><body>");
+    for (int i = 0; i < n_open; i++)
+        n += (size_t)sprintf(p + n, "<div>");
+    n += (size_t)sprintf(p + n, "deepword");
+    *len = n;
+    return p;
+}
+
+/* libxml2 stops building the tree at 256 levels and drops what lies deeper, text
+ * included, without an error: the parser must be told XML_PARSE_HUGE. Past our own
+ * walk's bound the document is refused rather than silently cut. */
+static void test_extract_html_deep_nesting_keeps_text_or_fails(void **state) {
+    (void)state;
+    struct mc_extract_doc d;
+    struct mc_err err = {0};
+    size_t len;
+    char *html = nested_html(300, &len);
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, len, &d, &err), MC_OK);
+    assert_non_null(strstr(d.text, "deepword"));
+    mc_extract_doc_deinit(&d);
+    free(html);
+
+    html = nested_html(5000, &len);
+    assert_int_equal(mc_extract(MC_EXTRACT_HTML, html, len, &d, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "nested deeper than 1024 levels"));
+    mc_extract_doc_deinit(&d);
+    free(html);
 }
 
 static void test_extract_unsupported_type_and_bad_utf8(void **state) {
@@ -622,6 +655,85 @@ static void test_kb_deleted_document_never_returned(void **state) {
     assert_int_equal(mc_store_obj_list(f->s, "t_a", "kbdoc", &ids, &n, &err), MC_OK);
     assert_int_equal(n, 2);
     mc_store_obj_list_free(ids, n);
+    mc_kb_close(kb);
+    mc_kbs_free(s);
+}
+
+/* Deleting a tenant in the store takes its knowledge base with it (every kb and kbdoc
+ * object), the set unloads it, and a handle opened afterwards finds no tenant. The other
+ * tenant's knowledge base is untouched. */
+static void test_kb_tenant_delete_removes_knowledge_base(void **state) {
+    struct fx *f = *state;
+    struct mc_kbs *s = kbs_new(f, f->emb);
+    struct mc_kb *kb = kb_open(s, "t_a");
+    struct mc_kb_doc_in d[2] = {doc("whale", TEXT_WHALE), doc("tea", TEXT_TEA)};
+    ingest_ok(kb, d, 2, 0);
+    mc_kb_close(kb);
+    kb = kb_open(s, "t_b");
+    ingest_ok(kb, d, 1, 0);
+    mc_kb_close(kb);
+    assert_int_equal(mc_kbs_n_loaded(s), 2);
+
+    struct mc_err err = {0};
+    assert_int_equal(mc_store_tenant_delete(f->s, "t_a", &err), MC_OK);
+    static const char *const kinds[] = {"kb", "kbdoc"};
+    for (int i = 0; i < 2; i++) {
+        char **ids = NULL;
+        size_t n = 0;
+        int rc = mc_store_obj_list(f->s, "t_a", kinds[i], &ids, &n, &err);
+        assert_true(rc == MC_ENOTFOUND || (rc == MC_OK && n == 0));
+        mc_store_obj_list_free(ids, n);
+    }
+    assert_true(mc_kbs_unload(s, "t_a"));
+    assert_int_equal(mc_kbs_n_loaded(s), 1);
+
+    kb = kb_open(s, "t_a");
+    struct mc_kb_doc_info *docs = NULL;
+    size_t n = 0;
+    assert_int_equal(mc_kb_list(kb, &docs, &n, &err), MC_ENOTFOUND);
+    mc_kb_close(kb);
+    kb = kb_open(s, "t_b");
+    assert_int_equal(mc_kb_n_docs(kb), 1);
+    mc_kb_close(kb);
+    mc_kbs_free(s);
+}
+
+/* One document whose many chunks all beat every other document's best chunk: a
+ * per-document search must still return k documents whenever k exist, in every mode
+ * (the first candidate list, 8k chunks deep, holds only the crowding document). */
+static void test_kb_per_document_search_returns_k_documents(void **state) {
+    struct fx *f = *state;
+    struct mc_kbs *s = kbs_new(f, f->emb);
+    struct mc_kb *kb = kb_open(s, "t_a");
+    char *big = malloc(200000);
+    size_t n_big = 0;
+    for (int i = 0; i < 2000; i++)
+        n_big += (size_t)sprintf(big + n_big, "zebra quagga zebra stripes %d. ", i);
+    struct mc_kb_doc_in d[6] = {
+        doc("crowd", big),
+        doc("one", "zebra once, then many other words about the grassland and its weather"),
+        doc("two", "a zebra grazes near water holes in the dry season with the herd"),
+        doc("three", "zebra foals stand within an hour of birth and follow the mother"),
+        doc("four", "plains zebra migrate with wildebeest across the river crossings"),
+        doc("five", "the zebra is one animal among many in the national park tour"),
+    };
+    ingest_ok(kb, d, 6, 0);
+    assert_true(mc_kb_n_chunks(kb) > 200);
+    for (int mode = 0; mode < 3; mode++) {
+        struct mc_err err = {0};
+        struct mc_kb_query q = {"zebra", 5, mode, 6, true, false, 0};
+        struct mc_kb_results r;
+        if (mc_kb_search(kb, &q, &r, &err) != MC_OK)
+            fail_msg("search: %s", err.msg);
+        if (r.n != 6)
+            fail_msg("mode %s: %zu documents, want 6", mc_kb_mode_name(mode), r.n);
+        for (size_t i = 0; i < 6; i++)
+            for (size_t j = 0; j < i; j++)
+                assert_false(r.hits[i].doc_id_len == r.hits[j].doc_id_len &&
+                             !memcmp(r.hits[i].doc_id, r.hits[j].doc_id, r.hits[i].doc_id_len));
+        mc_kb_results_deinit(&r);
+    }
+    free(big);
     mc_kb_close(kb);
     mc_kbs_free(s);
 }
@@ -1047,6 +1159,11 @@ int main(void) {
         cmocka_unit_test(test_kb_prompt_numbers_sources),
         cmocka_unit_test(test_kb_retrieval_settings_parse),
         cmocka_unit_test_setup_teardown(test_kb_enterprise_docs_two_tenants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kb_per_document_search_returns_k_documents, setup,
+                                        teardown),
+        cmocka_unit_test(test_extract_html_deep_nesting_keeps_text_or_fails),
+        cmocka_unit_test_setup_teardown(test_kb_tenant_delete_removes_knowledge_base, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -145,6 +145,22 @@ static void progress_cb(void *user, size_t done, size_t total) {
 /* ---------------------------------------------------------------------------------------
  * Options */
 
+/* The name of a numeric option by its getopt code, for messages. */
+static const char *number_option(int c) {
+    switch (c) {
+    case 'k':
+        return "-k";
+    case 'b':
+        return "--batch";
+    case 'C':
+        return "--chunk-tokens";
+    case 'O':
+        return "--chunk-overlap";
+    default:
+        return "--threads";
+    }
+}
+
 static int parse_opts(int argc, char **argv, struct opts *o) {
     static const struct option longs[] = {
         {"data", required_argument, NULL, 'd'},
@@ -214,10 +230,11 @@ static int parse_opts(int argc, char **argv, struct opts *o) {
         case 'b':
         case 'C':
         case 'O':
-        case 'n':
-            if (cli_parse_long(optarg, c == 'O' ? 0 : 1, c == 'k' ? MC_KB_K_MAX : 1000000, &v)) {
-                fprintf(stderr, "mcai kb: '%s' is not a valid number for %s\n", optarg,
-                        argv[optind - 1]);
+        case 'n': {
+            long lo = c == 'O' ? 0 : 1, hi = c == 'k' ? MC_KB_K_MAX : 1000000;
+            if (cli_parse_long(optarg, lo, hi, &v)) {
+                fprintf(stderr, "mcai kb: %s must be an integer from %ld to %ld, got '%s'\n",
+                        number_option(c), lo, hi, optarg);
                 return CLI_USAGE;
             }
             if (c == 'k')
@@ -231,6 +248,7 @@ static int parse_opts(int argc, char **argv, struct opts *o) {
             else
                 o->threads = v;
             break;
+        }
         default:
             fprintf(stderr, "mcai kb: unknown or incomplete option '%s'\n", argv[optind - 1]);
             return CLI_USAGE;
@@ -546,15 +564,45 @@ static int add_jsonl(struct ingest *in, const char *file) {
     return rc;
 }
 
+/* Bytes of the files add_dir will ingest under path: the same walk (hidden entries and
+ * unknown extensions skipped, DIR_DEPTH_MAX levels). */
+static size_t dir_bytes(const char *path, int depth) {
+    if (depth > DIR_DEPTH_MAX)
+        return 0;
+    struct dirent **names = NULL;
+    int n = scandir(path, &names, NULL, alphasort);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        char full[8192];
+        struct stat st;
+        snprintf(full, sizeof(full), "%s/%s", path, name);
+        if (name[0] != '.' && stat(full, &st) == 0) {
+            if (S_ISDIR(st.st_mode))
+                total += dir_bytes(full, depth + 1);
+            else if (S_ISREG(st.st_mode) && mc_extract_type_from_path(name) != MC_EXTRACT_UNKNOWN)
+                total += (size_t)st.st_size;
+        }
+        free(names[i]);
+    }
+    free(names);
+    return total;
+}
+
 /* Bytes of input, for the progress bar (file sizes; the extracted text is a little less). */
 static size_t input_bytes(const struct opts *o) {
     size_t total = 0;
     struct stat st;
     if (o->jsonl && stat(o->jsonl, &st) == 0)
         total += (size_t)st.st_size;
-    for (int i = 0; i < o->n_args; i++)
-        if (stat(o->args[i], &st) == 0 && S_ISREG(st.st_mode))
+    for (int i = 0; i < o->n_args; i++) {
+        if (stat(o->args[i], &st) != 0)
+            continue;
+        if (S_ISREG(st.st_mode))
             total += (size_t)st.st_size;
+        else if (S_ISDIR(st.st_mode))
+            total += dir_bytes(o->args[i], 0);
+    }
     return total;
 }
 
@@ -587,8 +635,12 @@ static int cmd_ingest(const struct opts *o, struct env *e) {
     if (rc == CLI_OK)
         rc = flush(&in);
     batch_free(&in.b);
-    if (in.prog.on && rc == CLI_OK)
+    if (in.prog.on && rc == CLI_OK) {
+        /* File sizes overcount the extracted text a little: end the bar at 100%. */
+        in.prog.base = in.prog.total;
+        progress_cb(&in.prog, 0, 0);
         fputc('\n', stderr);
+    }
     if (in.n_docs)
         audit(e, "kb.ingest", in.n_docs, in.n_chunks);
     fprintf(stderr, "ingested %zu documents (%zu replaced), %zu chunks%s; %zu files skipped\n",

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SETTINGS 18
+#define N_SETTINGS 19
 
 /* One setting: its long flag name (also its config key, with '_' for '-'), short flag,
  * value (borrowed from argv, a config line or the environment) and help. */
@@ -61,6 +61,10 @@ static struct setting settings[N_SETTINGS] = {
     {"adapter-cache-mb", NULL, "N",
      "memory for resident LoRA adapters, MiB (default 256; least recently used ones "
      "not in use or pinned are evicted beyond it)",
+     NULL, false},
+    {"kb-cache-mb", NULL, "N",
+     "knowledge bases kept loaded in memory, MiB in all (default 256; the least recently "
+     "used are unloaded past it)",
      NULL, false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
     {"max-adapter-bytes", NULL, "N",
@@ -280,12 +284,13 @@ static int run(int argc, char **argv) {
         return CLI_USAGE;
     }
     long port = 8080, threads = 0, ctx = 0, seqs = 0, body = 0, conns = 0, drain = 0;
-    long queue = 0, kv_mb = 0, adapter_mb = 0, adapter_body = 0;
+    long queue = 0, kv_mb = 0, adapter_mb = 0, adapter_body = 0, kb_mb = 0;
     if (!int_setting("port", 0, 65535, &port) || !int_setting("threads", 0, 1024, &threads) ||
         !int_setting("ctx", 0, 1 << 20, &ctx) || !int_setting("max-seqs", 0, 4096, &seqs) ||
         !int_setting("max-queue", 0, 1 << 20, &queue) ||
         !int_setting("kv-budget-mb", 0, 1L << 30, &kv_mb) ||
         !int_setting("adapter-cache-mb", 0, 1L << 30, &adapter_mb) ||
+        !int_setting("kb-cache-mb", 0, 1L << 30, &kb_mb) ||
         !int_setting("max-body-bytes", 1024, 1L << 30, &body) ||
         !int_setting("max-adapter-bytes", 1024, 1L << 30, &adapter_body) ||
         !int_setting("max-connections", 0, 65536, &conns) ||
@@ -349,6 +354,7 @@ static int run(int argc, char **argv) {
         .max_adapter_bytes = (size_t)adapter_body,
         .max_connections = (unsigned)conns,
         .drain_timeout_ms = drain,
+        .kb_cache_bytes = (size_t)kb_mb << 20,
     };
     struct mc_server *srv = NULL;
     rc = mc_server_create(&cfg, &srv, &err);

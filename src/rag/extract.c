@@ -25,7 +25,11 @@
 #include <string.h>
 #include <strings.h>
 
-#define HTML_MAX_DEPTH   512        /* deeper elements are skipped */
+/* Elements nested deeper than this make the document an error (MC_EFORMAT) rather than
+ * lose their text. libxml2 stops at 256 levels unless told XML_PARSE_HUGE (passed
+ * below), and then has no limit of its own; this bound keeps our recursive walk's stack
+ * small. */
+#define HTML_MAX_DEPTH   1024
 #define FRONT_MATTER_MAX (64 << 10) /* bytes of front matter read as metadata */
 #define HTML_MAX_BYTES   ((size_t)INT32_MAX)
 
@@ -36,6 +40,7 @@ struct tbuf {
     char *p;
     size_t n, cap;
     bool oom;
+    bool deep; /* text nested deeper than HTML_MAX_DEPTH was met (and not taken) */
 };
 
 static void tb_put(struct tbuf *b, const char *s, size_t n) {
@@ -369,6 +374,8 @@ static void put_text(struct tbuf *b, const char *s, bool pre) {
 }
 
 static void collect_text(xmlNode *n, struct tbuf *b, int depth) {
+    if (n && depth >= HTML_MAX_DEPTH)
+        b->deep = true;
     for (; n && depth < HTML_MAX_DEPTH; n = n->next) {
         if ((n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE) && n->content)
             put_text(b, (const char *)n->content, false);
@@ -379,6 +386,8 @@ static void collect_text(xmlNode *n, struct tbuf *b, int depth) {
 
 /* Takes the text of the first title element under n (inside head, which is dropped). */
 static void find_title(xmlNode *n, struct tbuf *title, int depth) {
+    if (n && depth >= HTML_MAX_DEPTH)
+        title->deep = true;
     for (; n && depth < HTML_MAX_DEPTH && title->n == 0; n = n->next) {
         if (n->type != XML_ELEMENT_NODE || !n->name)
             continue;
@@ -391,8 +400,10 @@ static void find_title(xmlNode *n, struct tbuf *title, int depth) {
 
 static void walk(xmlNode *n, struct html_walk *w, int depth) {
     for (; n; n = n->next) {
-        if (depth >= HTML_MAX_DEPTH)
+        if (depth >= HTML_MAX_DEPTH) {
+            w->out.deep = true;
             return;
+        }
         if (n->type == XML_TEXT_NODE || n->type == XML_CDATA_SECTION_NODE) {
             if (n->content)
                 put_text(&w->out, (const char *)n->content, w->pre > 0);
@@ -418,6 +429,8 @@ static void walk(xmlNode *n, struct html_walk *w, int depth) {
             collect_text(n->children, &h, depth + 1);
             if (h.oom)
                 w->out.oom = true;
+            if (h.deep)
+                w->out.deep = true;
             size_t s = 0, e = h.n;
             while (s < e && h.p[s] == ' ')
                 s++;
@@ -467,8 +480,10 @@ static int extract_html(const char *data, size_t len, struct mc_extract_doc *out
         return mc_err_set(err, MC_EINVAL, "html document of %zu bytes exceeds the limit %zu", len,
                           HTML_MAX_BYTES);
     xmlInitParser();
+    /* XML_PARSE_HUGE lifts libxml2's nesting limit of 256, past which it would drop
+     * the deeper elements, text included, without an error we could see. */
     int opts = HTML_PARSE_RECOVER | HTML_PARSE_NOERROR | HTML_PARSE_NOWARNING | HTML_PARSE_NONET |
-               HTML_PARSE_NOBLANKS;
+               HTML_PARSE_NOBLANKS | XML_PARSE_HUGE;
     htmlDocPtr doc = htmlReadMemory(data, (int)len, NULL, "UTF-8", opts);
     if (!doc) {
         if (len == 0)
@@ -478,9 +493,15 @@ static int extract_html(const char *data, size_t len, struct mc_extract_doc *out
     struct html_walk w = {0};
     walk(xmlDocGetRootElement(doc), &w, 0);
     xmlFreeDoc(doc);
-    if (w.out.oom || w.title.oom) {
+    if (w.out.oom || w.title.oom || w.out.deep || w.title.deep) {
+        bool oom = w.out.oom || w.title.oom;
         mc_free(w.out.p);
         mc_free(w.title.p);
+        if (!oom)
+            return mc_err_set(err, MC_EFORMAT,
+                              "html elements are nested deeper than %d levels; flatten the "
+                              "markup or send the text as text/plain",
+                              HTML_MAX_DEPTH);
         return mc_err_set(err, MC_ENOMEM, "out of memory extracting html text");
     }
     tb_break(&w.out, false);

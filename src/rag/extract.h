@@ -9,7 +9,9 @@
  *   text/html, application/xhtml+xml  parsed with libxml2's HTML parser (tolerant of bad
  *                                 markup); script, style, noscript, template and head are
  *                                 dropped; h1..h6 become Markdown headings; block
- *                                 elements become line breaks; <title> is the title
+ *                                 elements become line breaks; <title> is the title;
+ *                                 elements nested deeper than 1024 levels make it an
+ *                                 MC_EFORMAT error (their text would otherwise be lost)
  * Anything else (PDF included: this build has no PDF reader) is MC_ENOTSUP, which the
  * server answers with 415. Input is untrusted: no format may crash or allocate beyond a
  * small multiple of its size. Thread-safe. */

@@ -17,8 +17,10 @@
 #include <jansson.h>
 #include <string.h>
 
-#define HYBRID_DEPTH   100 /* candidates per list before fusion */
-#define PER_DOC_FACTOR 8   /* chunk candidates per wanted hit when collapsing to documents */
+#define HYBRID_DEPTH 100 /* candidates per list before fusion */
+/* Chunk candidates per wanted hit when collapsing to documents: a first try, the search
+ * goes deeper when it finds too few documents. */
+#define PER_DOC_FACTOR 8
 
 int mc_kb_mode_parse(const char *s, int *mode, struct mc_err *err) {
     static const char *const names[] = {"bm25", "dense", "hybrid"};
@@ -178,6 +180,48 @@ static int make_hits(struct mc_kb *kb, const struct mc_kb_query *q, const struct
     return rc;
 }
 
+/* The candidates of q's mode, want of them (each list to at least HYBRID_DEPTH when
+ * hybrid), into a new array *c of *n. *more says a list was cut at its depth, so a
+ * deeper call could give more. With the lock held. */
+static int candidates(struct mc_kb *kb, const struct mc_kb_query *q, const float *qvec, size_t want,
+                      struct cand **c, size_t *n, bool *more, struct mc_err *err) {
+    bool dense = q->mode != MC_KB_MODE_BM25, lexical = q->mode != MC_KB_MODE_DENSE;
+    size_t depth = q->mode == MC_KB_MODE_HYBRID && want < HYBRID_DEPTH ? HYBRID_DEPTH : want;
+    struct cand *a = lexical ? mc_malloc(depth * sizeof(*a)) : NULL;
+    struct cand *b = dense ? mc_malloc(depth * sizeof(*b)) : NULL;
+    struct cand *f = NULL;
+    size_t na = 0, nb = 0, nf = 0;
+    int rc = (lexical && !a) || (dense && !b)
+                 ? mc_err_set(err, MC_ENOMEM, "out of memory searching")
+                 : MC_OK;
+    if (rc == MC_OK && lexical)
+        rc = bm25_cands(kb, q, depth, a, &na, err);
+    if (rc == MC_OK && dense)
+        rc = dense_cands(kb, q, qvec, depth, b, &nb, err);
+    if (rc == MC_OK && q->mode == MC_KB_MODE_HYBRID) {
+        if (!(f = mc_malloc(want * sizeof(*f))))
+            rc = mc_err_set(err, MC_ENOMEM, "out of memory searching");
+        if (rc == MC_OK)
+            rc = fuse(a, na, b, nb, want, f, &nf, err);
+    }
+    *more = (lexical && na == depth) || (dense && nb == depth) ||
+            (q->mode == MC_KB_MODE_HYBRID && nf == want);
+    *c = q->mode == MC_KB_MODE_HYBRID ? f : lexical ? a : b;
+    *n = q->mode == MC_KB_MODE_HYBRID ? nf : lexical ? na : nb;
+    if (*c != a)
+        mc_free(a);
+    if (*c != b)
+        mc_free(b);
+    if (*c != f)
+        mc_free(f);
+    if (rc != MC_OK) {
+        mc_free(*c);
+        *c = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
 static int query_check(const struct mc_kb *kb, const struct mc_kb_query *q, struct mc_err *err) {
     (void)kb;
     if (!q->text || q->len == 0)
@@ -220,40 +264,33 @@ int mc_kb_search(struct mc_kb *kb, const struct mc_kb_query *q, struct mc_kb_res
     }
 
     size_t want = q->per_doc ? q->k * PER_DOC_FACTOR : q->k;
-    size_t depth = q->mode == MC_KB_MODE_HYBRID && want < HYBRID_DEPTH ? HYBRID_DEPTH : want;
-    struct cand *a = mc_malloc(depth * sizeof(*a)), *b = mc_malloc(depth * sizeof(*b));
-    struct cand *f = mc_malloc(depth * sizeof(*f));
-    size_t na = 0, nb = 0, nf = 0;
-    if (!a || !b || !f)
-        rc = mc_err_set(err, MC_ENOMEM, "out of memory searching");
-    if (rc == MC_OK)
-        rc = kb_lock_synced(kb, err);
+    rc = kb_lock_synced(kb, err);
     if (rc != MC_OK)
         goto out_free;
-
     if (dense)
         rc = kb_check_dense(kb, err);
-    if (rc == MC_OK && q->mode != MC_KB_MODE_DENSE)
-        rc = bm25_cands(kb, q, depth, a, &na, err);
-    if (rc == MC_OK && dense)
-        rc = dense_cands(kb, q, qvec, depth, b, &nb, err);
-    const struct cand *use = q->mode == MC_KB_MODE_BM25 ? a : b;
-    size_t n_use = q->mode == MC_KB_MODE_BM25 ? na : nb;
-    if (rc == MC_OK && q->mode == MC_KB_MODE_HYBRID) {
-        rc = fuse(a, na, b, nb, want, f, &nf, err);
-        use = f;
-        n_use = nf;
+
+    /* Collapsing to documents leaves fewer than k when the best chunks crowd into a few
+     * documents: then look four times deeper, until k documents are found or no list
+     * has more candidates to give. */
+    while (rc == MC_OK) {
+        struct cand *c = NULL;
+        size_t n = 0;
+        bool more = false;
+        rc = candidates(kb, q, qvec, want, &c, &n, &more, err);
+        if (rc == MC_OK)
+            rc = make_hits(kb, q, c, n, out, err);
+        mc_free(c);
+        if (rc != MC_OK || !q->per_doc || out->n >= q->k || !more)
+            break;
+        mc_kb_results_deinit(out);
+        want *= 4;
     }
-    if (rc == MC_OK)
-        rc = make_hits(kb, q, use, n_use, out, err);
     kb_unlock(kb);
     if (rc != MC_OK)
         mc_kb_results_deinit(out);
 
 out_free:
-    mc_free(a);
-    mc_free(b);
-    mc_free(f);
     mc_free(qvec);
     return rc;
 }

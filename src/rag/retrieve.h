@@ -59,7 +59,7 @@ struct mc_kb_results {
 };
 
 /* Searches kb for q into *out (deinit it). Fewer than k hits come back when fewer chunks
- * match (bm25) or exist. MC_EINVAL for an empty or overlong query, a bad mode or k, or
+ * match (bm25) or exist; with per_doc, fewer than k only when fewer documents do. MC_EINVAL for an empty or overlong query, a bad mode or k, or
  * dense/hybrid on a knowledge base without vectors or a set without an embedder. */
 int mc_kb_search(struct mc_kb *kb, const struct mc_kb_query *q, struct mc_kb_results *out,
                  struct mc_err *err);

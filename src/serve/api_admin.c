@@ -278,6 +278,7 @@ static enum MHD_Result tenant_delete(struct mc_server *s, struct mc_http_req *r,
     if (rc != MC_OK)
         return reply_rc(r, rc, &err, NULL);
     mc_limit_forget(s->limiter, id);
+    mc_kb_serve_forget(s, id);
     MC_LOG_INFO("admin", "tenant_deleted", "tenant=%s id=%s", id, r->id);
     return mc_http_reply_json(
         r, 200, json_pack("{s:s,s:s,s:b}", "id", id, "object", "tenant.deleted", "deleted", 1));

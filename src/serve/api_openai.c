@@ -19,7 +19,14 @@
  * in order after the front's system prompt into one system message placed first
  * (joined with a blank line). The front's template, when set, wraps the last user message
  * (chat) or the prompt (completions): {{input}} is that text, {{tenant}} the tenant's
- * name, {{date}} today's UTC date. */
+ * name, {{date}} today's UTC date.
+ *
+ * Retrieval (api_kb.c), when the request or the front turns it on, searches the tenant's
+ * knowledge base for the last user message (or the prompt) and replaces that text with
+ * the grounded question before the front's template wraps it; sources are dropped from
+ * the end until the prompt leaves room for an answer. The sources used come back as
+ * "mcai_citations" on the response object, or in a chunk of their own just before the
+ * end of a stream. */
 #include "serve/serve_int.h"
 
 #include "base/log.h"
@@ -44,6 +51,7 @@ enum {
     ALIVE_EVERY_MS = 100, /* how often a waiting thread looks for a client hang-up */
     EMBED_CHUNK = 64,     /* rows per forward call when embedding */
     PIECE_MAX = 256,      /* bytes of one token's text in logprobs */
+    GROUND_ROOM = 64,     /* answer tokens a grounded prompt leaves room for by default */
 };
 
 static int64_t wall_ms(void) {
@@ -152,6 +160,7 @@ struct run {
     char *conv_id;
     struct mc_api_msg *conv_new;
     int n_conv_new;
+    json_t *citations; /* "mcai_citations", or NULL without retrieval */
 };
 
 /* Copies the text and logprobs of a TEXT event; false when memory runs out. */
@@ -514,6 +523,7 @@ static void run_finish(struct run *run) {
     mc_buf_free(&run->out);
     mc_free(run->conv_id);
     mc_api_msgs_free(run->conv_new, run->n_conv_new);
+    json_decref(run->citations);
     pthread_mutex_destroy(&run->lock);
     pthread_cond_destroy(&run->cond);
     mc_free(run);
@@ -529,6 +539,13 @@ static ssize_t stream_read(void *ctx, uint64_t pos, char *buf, size_t max) {
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (run->n_terminal == run->n_submitted) {
             if (!run->failed) {
+                if (run->citations) {
+                    json_t *o = chunk_base(run);
+                    json_object_set_new(o, "choices", json_array());
+                    json_object_set(o, "mcai_citations", run->citations);
+                    mc_sse_json(&run->out, o);
+                    json_decref(o);
+                }
                 if (run->include_usage) {
                     json_t *o = chunk_base(run);
                     json_object_set_new(o, "choices", json_array());
@@ -582,10 +599,10 @@ static char *render_template(const struct mc_front *f, const struct mc_auth *a, 
 
 /* Builds the chat prompt's token ids: front system prompt and every system message
  * merged first, then user and assistant turns in order, the template on the last user
- * turn. */
+ * turn, whose text is ground instead when ground is non-NULL (a grounded question). */
 static int chat_tokens(struct mc_server *s, const struct mc_front *f, const struct mc_auth *a,
-                       const struct mc_api_msg *msgs, int n, int32_t **ids, size_t *n_ids,
-                       struct mc_err *err) {
+                       const struct mc_api_msg *msgs, int n, const char *ground, int32_t **ids,
+                       size_t *n_ids, struct mc_err *err) {
     struct mc_chat_msg *cm = mc_calloc((size_t)n + 1, sizeof(*cm));
     struct mc_buf sys = {0};
     char *wrapped = NULL;
@@ -604,8 +621,11 @@ static int chat_tokens(struct mc_server *s, const struct mc_front *f, const stru
         if (msgs[i].role == MC_ROLE_USER)
             last_user = i;
     }
+    const char *last = last_user >= 0 && ground ? ground
+                       : last_user >= 0         ? msgs[last_user].content
+                                                : NULL;
     if (f->template && last_user >= 0) {
-        wrapped = render_template(f, a, msgs[last_user].content, err);
+        wrapped = render_template(f, a, last, err);
         if (!wrapped) {
             rc = err ? err->code : MC_EINVAL;
             goto out;
@@ -617,8 +637,8 @@ static int chat_tokens(struct mc_server *s, const struct mc_front *f, const stru
     for (int i = 0; i < n; i++) {
         if (msgs[i].role == MC_ROLE_SYSTEM)
             continue;
-        cm[k++] = (struct mc_chat_msg){mc_api_role_name(msgs[i].role),
-                                       i == last_user && wrapped ? wrapped : msgs[i].content};
+        const char *text = i != last_user ? msgs[i].content : wrapped ? wrapped : last;
+        cm[k++] = (struct mc_chat_msg){mc_api_role_name(msgs[i].role), text};
     }
     rc = mc_chat_tokenize(mc_model_tokenizer(s->model), mc_model_chat_template(s->model), cm, k,
                           true, ids, n_ids, err);
@@ -753,6 +773,8 @@ static enum MHD_Result reply_whole(struct mc_http_req *r, struct run *run) {
                           run->is_chat ? "chat.completion" : "text_completion", "created",
                           (json_int_t)run->created, "model", run->model, "system_fingerprint",
                           "choices", choices, "usage", usage_json(run));
+    if (run->citations)
+        json_object_set(o, "mcai_citations", run->citations);
     run_finish(run);
     return mc_http_reply_json(r, 200, o);
 }
@@ -793,10 +815,40 @@ static bool resolve_model(struct mc_server *s, struct mc_http_req *r, const stru
     return false;
 }
 
+/* The prompt's token ids: chat messages (all[0..n_all)) or the completion prompt, with
+ * the grounded question ground (may be NULL) in place of the last user text or prompt. */
+static int prompt_tokens(struct mc_server *s, const struct mc_front *f, const struct mc_auth *a,
+                         const struct mc_api_gen *g, const struct mc_api_msg *all, int n_all,
+                         const char *ground, int32_t **ids, size_t *n_ids, struct mc_err *err) {
+    if (g->is_chat)
+        return chat_tokens(s, f, a, all, n_all, ground, ids, n_ids, err);
+    const char *input = ground ? ground : g->prompt;
+    char *wrapped = f->template ? render_template(f, a, input, err) : NULL;
+    if (f->template && !wrapped)
+        return err->code;
+    const char *text = wrapped ? wrapped : input;
+    int rc =
+        mc_tokenize(mc_model_tokenizer(s->model), text, strlen(text), true, false, ids, n_ids, err);
+    mc_free(wrapped);
+    return rc;
+}
+
+/* The question retrieval searches for: the last user message, or the prompt. */
+static const char *ground_question(const struct mc_api_gen *g, const struct mc_api_msg *all,
+                                   int n_all) {
+    if (!g->is_chat)
+        return g->prompt;
+    for (int i = n_all - 1; i >= 0; i--)
+        if (all[i].role == MC_ROLE_USER)
+            return all[i].content;
+    return NULL;
+}
+
 static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                                 struct mc_api_gen *g) {
     enum MHD_Result ret = MHD_NO;
     struct mc_lora *adapter = NULL;
+    struct mc_ground gr = {0};
     struct mc_front f;
     struct mc_api_msg *hist = NULL, *all = NULL;
     int n_hist = 0;
@@ -830,14 +882,28 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         if (n_hist)
             memcpy(all, hist, (size_t)n_hist * sizeof(*all));
         memcpy(all + n_hist, g->msgs, (size_t)g->n_msgs * sizeof(*all));
-        rc = chat_tokens(s, &f, a, all, n_hist + g->n_msgs, &ids, &n_ids, &err);
-    } else {
-        char *wrapped = f.template ? render_template(&f, a, g->prompt, &err) : NULL;
-        const char *text = wrapped ? wrapped : g->prompt;
-        rc = f.template && !wrapped ? err.code
-                                    : mc_tokenize(mc_model_tokenizer(s->model), text, strlen(text),
-                                                  true, false, &ids, &n_ids, &err);
-        mc_free(wrapped);
+    }
+    int n_all = g->is_chat ? n_hist + g->n_msgs : 0;
+    if (!mc_ground_prepare(s, r, a, f.retrieval, ground_question(g, all, n_all), &gr, &ret))
+        goto out;
+
+    /* A grounded prompt sheds sources from the end until it leaves room for an answer
+     * (what max_tokens asks, or GROUND_ROOM tokens, at most half the context). */
+    int32_t ctx = s->n_ctx;
+    if (f.context_limit > 0 && f.context_limit < ctx)
+        ctx = f.context_limit;
+    int32_t want = g->max_tokens > 0  ? g->max_tokens
+                   : f.max_tokens > 0 ? f.max_tokens
+                                      : GROUND_ROOM;
+    if (want > ctx / 2)
+        want = ctx / 2;
+    for (;;) {
+        rc = prompt_tokens(s, &f, a, g, all, n_all, gr.prompt, &ids, &n_ids, &err);
+        if (rc != MC_OK || (int64_t)n_ids + want <= ctx || !mc_ground_shrink(&gr))
+            break;
+        mc_free(ids);
+        ids = NULL;
+        n_ids = 0;
     }
     if (rc == MC_EINVAL) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_prompt", NULL,
@@ -852,9 +918,6 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         goto out;
     }
 
-    int32_t ctx = s->n_ctx;
-    if (f.context_limit > 0 && f.context_limit < ctx)
-        ctx = f.context_limit;
     if ((int64_t)n_ids >= ctx) {
         r->reject = "context_length";
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "context_length_exceeded",
@@ -912,6 +975,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
      * one that reaches it ends with finish_reason "length". */
     if ((run->est_tokens - (int64_t)n_ids) / g->n < max_tokens)
         max_tokens = (int32_t)((run->est_tokens - (int64_t)n_ids) / g->n);
+    run->citations = mc_ground_citations(&gr);
     if (g->is_chat && g->conversation) {
         run->conv_id = mc_strdup(g->conversation);
         run->conv_new = g->msgs; /* taken over: freed with the run */
@@ -980,6 +1044,7 @@ out:
     mc_free(all);
     mc_api_msgs_free(hist, n_hist);
     mc_front_deinit(&f);
+    mc_ground_deinit(&gr);
     return ret;
 }
 

@@ -1,6 +1,6 @@
 /* serve_int.h - what the files of the serve module share with each other (http.c, sse.c,
- * api_req.c, api_openai.c, api_admin.c, api_conv.c, metrics.c, server.c). Other modules
- * use server.h only; tests of this module may include this header.
+ * api_req.c, api_openai.c, api_admin.c, api_conv.c, api_kb.c, metrics.c, server.c).
+ * Other modules use server.h only; tests of this module may include this header.
  *
  * Threading: libmicrohttpd runs one thread per connection. A handler runs on its
  * connection's thread, may block (it waits for the engine), and must queue exactly one
@@ -273,6 +273,8 @@ struct mc_store;
 struct mc_tenants;
 struct mc_limiter;
 struct mc_audit;
+struct mc_kbs;
+struct mc_embedder;
 
 struct mc_server {
     /* Configuration, copied at create. */
@@ -319,6 +321,12 @@ struct mc_server {
 
     /* Conversation appends are read-modify-write of one sealed object. */
     pthread_mutex_t conv_lock;
+
+    /* Knowledge bases (api_kb.c): one set over the store, created by mc_server_load
+     * with the model's tokenizer and an embedder over the model. */
+    size_t kb_budget_bytes;
+    struct mc_embedder *kb_emb;
+    struct mc_kbs *kbs;
 
     _Atomic int ready;    /* model loaded, engine running */
     _Atomic int draining; /* shutdown started: new work gets 503 */
@@ -377,6 +385,39 @@ enum MHD_Result mc_api_adapters(struct mc_server *s, struct mc_http_req *r, cons
  * /admin/tenants/{id}/adapters[/{name}[/pin]] (arg is what follows "adapters/", or ""). */
 enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r,
                                       const char *tenant, const char *arg);
+
+/* Knowledge bases (api_kb.c). mc_kb_serve_init runs once the model is loaded;
+ * mc_kb_serve_free accepts a server where it never ran. path is what follows "/v1/kb". */
+int mc_kb_serve_init(struct mc_server *s, struct mc_err *err);
+void mc_kb_serve_free(struct mc_server *s);
+enum MHD_Result mc_api_kb(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                          const char *path);
+/* Drops a deleted tenant's knowledge base from memory (its objects left with the tenant). */
+void mc_kb_serve_forget(struct mc_server *s, const char *tenant);
+/* Appends the knowledge-base gauges to a metrics exposition. */
+void mc_kb_serve_gauges(struct mc_server *s, struct mc_buf *out);
+
+/* Grounding a generation in the tenant's knowledge base (api_kb.c). */
+struct mc_ground {
+    bool on;      /* retrieval ran; prompt holds the grounded question */
+    char *prompt; /* the question with its sources, through the retrieval template */
+    void *impl;   /* settings and hits (api_kb.c) */
+};
+
+/* Decides whether retrieval is on for a request (its "retrieval" field, else the front's
+ * front_retrieval JSON), and when it is, searches the tenant's knowledge base for
+ * question and renders g->prompt. false after replying (400 for bad settings or a search
+ * the knowledge base cannot run, 500). g is initialised here; deinit it in every case. */
+bool mc_ground_prepare(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
+                       const char *front_retrieval, const char *question, struct mc_ground *g,
+                       enum MHD_Result *ret);
+/* Drops the last source and renders the prompt again, to fit a context; false when no
+ * source is left to drop (the prompt is then unchanged). */
+bool mc_ground_shrink(struct mc_ground *g);
+/* The sources in the prompt as the "mcai_citations" array (a new reference), or NULL
+ * when retrieval is off. */
+json_t *mc_ground_citations(const struct mc_ground *g);
+void mc_ground_deinit(struct mc_ground *g);
 
 /* Admin API (api_admin.c): path is what follows "/admin". */
 enum MHD_Result mc_api_admin(struct mc_server *s, struct mc_http_req *r, const char *path);

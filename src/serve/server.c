@@ -4,6 +4,7 @@
  *   GET  /healthz, /readyz, /metrics                  no credential
  *   *    /admin/...                                   Bearer admin key (api_admin.c)
  *   *    /v1/...                                      Bearer tenant API key (api_*.c)
+ *   *    /v1/kb/...                                   the tenant's knowledge base (api_kb.c)
  * A tenant's identity comes only from its key: mc_key_lookup runs on every request, so a
  * revoked key fails on the next request in any thread. Each finished request gives one
  * access-log line (request id, tenant, route, status, time), one metrics sample and, for
@@ -237,6 +238,7 @@ static void engine_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n,
                   (unsigned long long)st.n_preemptions);
     mc_buf_printf(o, "# TYPE mcai_kv_bytes_used gauge\nmcai_kv_bytes_used %zu\n", st.kv_bytes_used);
     adapter_gauges(o, s);
+    mc_kb_serve_gauges(s, o);
 }
 
 static enum MHD_Result route_public(struct mc_server *s, struct mc_http_req *r, const char *p) {
@@ -323,6 +325,8 @@ static enum MHD_Result route_tenant(struct mc_server *s, struct mc_http_req *r, 
         r->route = "/v1/completions";
         return is_method(r, "POST") ? mc_api_completions(s, r, &a) : method_not_allowed(r, "POST");
     }
+    if (strcmp(p, "/v1/kb") == 0 || strncmp(p, "/v1/kb/", 7) == 0)
+        return mc_api_kb(s, r, &a, p + 6);
     if (strcmp(p, "/v1/embeddings") == 0) {
         r->route = "/v1/embeddings";
         return is_method(r, "POST") ? mc_api_embeddings(s, r, &a) : method_not_allowed(r, "POST");
@@ -420,6 +424,7 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->max_adapter_bytes =
         cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;
+    s->kb_budget_bytes = cfg->kb_cache_bytes;
 
     if ((rc = mc_metrics_create(&s->metrics, err)) != MC_OK)
         goto fail;
@@ -505,6 +510,8 @@ int mc_server_load(struct mc_server *s, struct mc_err *err) {
     mc_lora_base_from_model(s->model, &s->lora_base);
     if ((rc = mc_adapter_cache_open(s, err)) != MC_OK)
         return rc;
+    if ((rc = mc_kb_serve_init(s, err)) != MC_OK)
+        return rc;
     atomic_store(&s->ready, 1);
     MC_LOG_INFO("serve", "ready", "model=%s n_ctx=%d n_embd=%d load_ms=%.0f", s->model_id, n_ctx,
                 s->n_embd, (double)(mc_now_ns() - t0) / 1e6);
@@ -543,6 +550,7 @@ void mc_server_free(struct mc_server *s) {
         mc_server_shutdown(s);
     mc_engine_free(s->engine);
     mc_lora_cache_free(s->adapters);
+    mc_kb_serve_free(s);
     if (s->embed_kv)
         mc_kv_free(s->embed_kv);
     if (s->embed_ctx)

@@ -39,6 +39,8 @@ struct mc_server_config {
     unsigned max_connections;               /* open connections (default 1024) */
     int64_t drain_timeout_ms;               /* on shutdown, time running requests get (default
                                              * 10000) */
+    size_t kb_cache_bytes;                  /* knowledge bases kept loaded, in all (default
+                                             * 256 MiB; see docs/knowledge-bases.md) */
 };
 
 /* Minimum length of an admin key; shorter ones are refused as weak. */

@@ -12,6 +12,7 @@
 #include "tenant/tenant.h"
 
 #include "base/mem.h"
+#include "rag/retrieve.h" /* mc_kb_retrieval_parse: a front's retrieval settings */
 
 #include <jansson.h>
 
@@ -241,6 +242,15 @@ static int check_front(const struct mc_front *f, bool check_vars, struct mc_err 
     if (rc == MC_OK && f->n_allowed_models > MC_FRONT_MAX_MODELS)
         rc = mc_err_set(err, MC_EINVAL, "front: allowed_models has %zu names, at most %d",
                         f->n_allowed_models, MC_FRONT_MAX_MODELS);
+    if (rc == MC_OK && f->retrieval) {
+        /* The same parser the server uses per request, so a front it would refuse
+         * there is refused here, when it is set. */
+        struct mc_kb_retrieval kr;
+        rc = mc_kb_retrieval_parse(f->retrieval, strlen(f->retrieval), &kr, err);
+        mc_kb_retrieval_deinit(&kr);
+        if (rc != MC_OK)
+            mc_err_prefix(err, "front");
+    }
     for (size_t i = 0; rc == MC_OK && i < f->n_allowed_models; i++) {
         const char *m = f->allowed_models[i];
         if (!m || !*m || strlen(m) > 256)

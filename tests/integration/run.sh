@@ -13,6 +13,10 @@
 #     tenants, revocation, limits, bad input while another tenant streams, disconnects,
 #     LoRA adapters (GGUF and PEFT uploads, model=<adapter> against `mcai generate
 #     --lora`, other tenants, bad uploads, replace, delete during a stream, publish, pin);
+#   - kb.mjs: the knowledge-base API (ingest, list, get, replace, delete, search),
+#     grounded chat with citations, isolation between tenants' knowledge bases;
+#   - `mcai kb ingest|search|list` on a data directory of its own (TREC output, the
+#     progress bar on a terminal, number errors);
 #   - SIGTERM during a stream: the stream gets one error event, the server exits 0;
 #   - a second server (--ctx 2048): /readyz while the model loads, a non-streaming client
 #     that leaves, queue_full, and a drain that keeps answering 503 shutting_down until
@@ -63,6 +67,7 @@ check "serve --help exits 0" 0 $?
 contains "--help documents the key files" "$DIR/help" "--master-key-file"
 contains "--help documents the config file" "$DIR/help" "--config"
 contains "--help documents the adapter cache" "$DIR/help" "--adapter-cache-mb"
+contains "--help documents the knowledge-base memory budget" "$DIR/help" "--kb-cache-mb"
 
 env -u MCAI_MASTER_KEY MCAI_ADMIN_KEY="$(hex 20)" \
     "$MCAI" serve -m "$MODEL" --data "$DIR/d0" --port 0 > /dev/null 2> "$DIR/e0"
@@ -242,12 +247,91 @@ else
 scripts/install-deps.sh (it runs npm ci in tests/integration)"
 fi
 
-# Conversations and fronts are sealed: their text appears nowhere under the data
-# directory (client.mjs stored "there was a cat." and the front "You are Alpha v2.").
-for secret in "there was a cat." "You are Alpha v2."; do
+if [ -f tests/integration/node_modules/openai/package.json ] && command -v node > /dev/null; then
+    MCAI_BASE=$BASE MCAI_ADMIN_KEY=$ADMIN timeout 240 node tests/integration/kb.mjs \
+        > "$DIR/node-kb" 2>&1
+    cat "$DIR/node-kb"
+    p=$(sed -n 's/^kb checks: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p' "$DIR/node-kb")
+    f=$(sed -n 's/^kb checks: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p' "$DIR/node-kb")
+    if [ -z "$p" ]; then
+        bad "knowledge-base checks" "kb.mjs did not finish"
+    else
+        passed=$((passed + p))
+        failed=$((failed + f))
+    fi
+fi
+
+# Conversations, fronts and documents are sealed: their text appears nowhere under the
+# data directory (client.mjs stored "there was a cat." and the front "You are Alpha v2.",
+# kb.mjs the document text "Cats sleep sixteen hours").
+for secret in "there was a cat." "You are Alpha v2." "Cats sleep sixteen hours"; do
     check "sealed at rest: '$secret' is not in any file under the data dir" "" \
         "$(grep -rlF -- "$secret" "$DIR/data" 2>/dev/null)"
 done
+
+# ---- mcai kb on a data directory -----------------------------------------------------
+
+KB="$DIR/kbcli"
+KBF="--data $KB/data --master-key-file $DIR/master"
+mkdir -p "$KB/docs/sub"
+printf 'Otters hold hands while they sleep in kelp forests.\n' > "$KB/docs/otters.txt"
+printf '# Volcanoes\n\nMagma rises through the crust and erupts as lava.\n' \
+    > "$KB/docs/sub/volcano.md"
+printf '<html><head><title>Tea</title></head><body><p>Oolong tea is partly oxidised.</p>' \
+    > "$KB/docs/tea.html"
+printf '%%PDF-1.4' > "$KB/docs/skipped.pdf"
+cat > "$KB/corpus.jsonl" <<'EOF'
+{"_id": "j1", "title": "Bees", "text": "Honey bees dance to tell where the flowers are."}
+{"_id": "j 2", "text": "Penguins huddle together against the antarctic wind."}
+EOF
+cat > "$KB/queries.jsonl" <<'EOF'
+{"_id": "q1", "text": "where do otters sleep"}
+{"_id": "q2", "text": "bees dance to show flowers"}
+{"_id": "q3", "text": "penguins huddle in the wind"}
+EOF
+# $KBF is split into words on purpose.
+"$MCAI" tenant create $KBF --name clitenant > /dev/null 2> "$KB/err"
+check "cli: tenant create" 0 $?
+"$MCAI" kb ingest $KBF --tenant clitenant "$KB/docs" --jsonl "$KB/corpus.jsonl" \
+    > /dev/null 2> "$KB/ingest"
+check "cli: kb ingest of a directory and jsonl exits 0" 0 $?
+contains "cli: kb ingest counts documents" "$KB/ingest" "ingested 5 documents (0 replaced)"
+contains "cli: kb ingest skips unknown types" "$KB/ingest" "1 files skipped"
+"$MCAI" kb search $KBF --tenant clitenant -k 2 "where do otters sleep" > "$KB/s1"
+check "cli: kb search ranks the right document first" "otters.txt" \
+    "$(head -n 1 "$KB/s1" | cut -f 3)"
+check "cli: kb search prints k lines" 2 "$(wc -l < "$KB/s1" | tr -d ' ')"
+"$MCAI" kb list $KBF --tenant clitenant > "$KB/list" 2> /dev/null
+check "cli: kb list shows every id, escaped" 'j1 j\x202 otters.txt sub/volcano.md tea.html' \
+    "$(cut -f 1 "$KB/list" | sort | tr '\n' ' ' | sed 's/ $//')"
+"$MCAI" kb search $KBF --tenant clitenant -k 3 --tag run1 --queries "$KB/queries.jsonl" \
+    > "$KB/trec"
+check "cli: --queries exits 0" 0 $?
+check "cli: every TREC line is 'qid Q0 docid rank score tag'" 0 \
+    "$(grep -cvE '^q[123] Q0 [^ ]+ [123] [0-9]+\.[0-9]+ run1$' "$KB/trec")"
+check "cli: TREC run ranks each query's document first" 'q1:otters.txt q2:j1 q3:j\x202' \
+    "$(awk '$4 == 1 { printf "%s%s:%s", sep, $1, $3; sep = " " }' "$KB/trec")"
+"$MCAI" kb search $KBF --tenant clitenant -k 2000 x > /dev/null 2> "$KB/e-k"
+check "cli: -k out of range exits 2" 2 $?
+contains "cli: a number error names the option and the range" "$KB/e-k" \
+    "-k must be an integer from 1 to 1000, got '2000'"
+"$MCAI" kb ingest $KBF --tenant clitenant --chunk-tokens abc x > /dev/null 2> "$KB/e-c"
+contains "cli: --chunk-tokens error names the option" "$KB/e-c" \
+    "--chunk-tokens must be an integer from 1 to 1000000, got 'abc'"
+if command -v script > /dev/null; then
+    script -qec "$MCAI kb ingest $KBF --tenant clitenant --upsert $KB/docs" "$KB/tty" \
+        > /dev/null 2>&1
+    check "cli: a directory ingest on a terminal draws the bar to 100%" 1 \
+        "$(tr '\r' '\n' < "$KB/tty" | grep -c '\] 100% ')"
+fi
+# With the model: vectors, and a dense document search returns k documents.
+"$MCAI" tenant create $KBF --name clidense > /dev/null 2>&1
+"$MCAI" kb ingest $KBF --tenant clidense -m "$MODEL" --threads 2 "$KB/docs" \
+    --jsonl "$KB/corpus.jsonl" > /dev/null 2> "$KB/ingest-m"
+contains "cli: kb ingest -m makes vectors" "$KB/ingest-m" "with vectors"
+check "cli: dense search returns k documents when k exist" 5 \
+    "$("$MCAI" kb search $KBF --tenant clidense -m "$MODEL" --mode dense -k 5 zzz | wc -l |
+        tr -d ' ')"
 
 # ---- SIGTERM during a stream ---------------------------------------------------------
 
