@@ -102,6 +102,32 @@ static void conv_pairs_q4_0(const float *x, void *dst, int64_t n) {
     conv_pairs(x, dst, n, 8, 1);
 }
 
+/* Fills n / 32 blocks as groups of 16 (struct q8_group) for packed weights; bias as
+ * above (8 for Q4_0 levels, 128 for Q8_0 quants stored + 128). */
+INLINE void conv_groups(const float *x, void *dst, int64_t n, int bias) {
+    struct q8_group *y = dst;
+    const int64_t nb = n / QK8_0;
+    for (int64_t g = 0; g < (nb + PACK_GROUP - 1) / PACK_GROUP; g++) {
+        memset(&y[g], 0, sizeof(y[g]));
+        for (int b = 0; b < PACK_GROUP && g * PACK_GROUP + b < nb; b++) {
+            int8_t q[32];
+            int sum;
+            y[g].d[b] = quantize_block(x + (g * PACK_GROUP + b) * QK8_0, q, &sum);
+            y[g].corr[b] = -bias * sum;
+            for (int k = 0; k < PACK_SLICES; k++)
+                memcpy(&y[g].qs[k][4 * b], q + 4 * k, 4);
+        }
+    }
+}
+
+static void conv_groups_q8_0(const float *x, void *dst, int64_t n) {
+    conv_groups(x, dst, n, 128);
+}
+
+static void conv_groups_q4_0(const float *x, void *dst, int64_t n) {
+    conv_groups(x, dst, n, 8);
+}
+
 /* ---- Weights ------------------------------------------------------------------------- */
 
 /* Scales of blocks b0 and b1 (b1 may be absent) spread to the lanes of the layout. */
@@ -195,6 +221,39 @@ DEFINE_PAIR_TILE(q8_0, block_q8_0, q8_0_pair, 1)
 DEFINE_PAIR_TILE(q4_0, block_q4_0, q4_0_pair, 0)
 DEFINE_GEMM(q8_0, 4, 4)
 DEFINE_GEMM(q4_0, 4, 4)
+
+/* ---- Packed Q8_0 and Q4_0 ---------------------------------------------------------------- */
+
+/* The eight weight slices of a packed group of n blocks at g (n fp16 scales, then slices
+ * of 4n bytes), one block per 32-bit lane; lanes of missing blocks are zero. Q4_0 has
+ * four slices of nibble bytes: low nibbles are quants 4k..4k+3, high ones 16+4k.. */
+INLINE void q8_0_slices(const uint8_t *g, int n, __m512i v[8]) {
+    const __mmask64 m = n == PACK_GROUP ? ~0ull : (1ull << (4 * n)) - 1;
+    UNROLL for (int k = 0; k < 8; k++) {
+        v[k] = _mm512_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);
+    }
+}
+
+INLINE void q4_0_slices(const uint8_t *g, int n, __m512i v[8]) {
+    const __mmask64 m = n == PACK_GROUP ? ~0ull : (1ull << (4 * n)) - 1;
+    const __m512i lo = _mm512_set1_epi8(0x0F);
+    UNROLL for (int k = 0; k < 4; k++) {
+        const __m512i raw = _mm512_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);
+        v[k] = _mm512_and_si512(raw, lo);
+        v[k + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo);
+    }
+}
+
+/* One group for RM rows x RN tokens: per (row, token) the block dots as integers (eight
+ * vpdpbusd, two chains), converted once and scaled by d_w * d_x per lane. Every (row,
+ * token) sees the same float operations whatever the tile, and integer sums are exact in
+ * any order, so batched tiles equal one-token ones bit for bit. */
+#define DEFINE_PACKED_GROUP(NAME, SLICES)                                                              INLINE void group_##NAME(int RM, int RN, int n, const uint8_t *w, size_t w_row,                                           const struct q8_group *const *ga, __m512 acc[4][4]) {                          UNROLL for (int i = 0; i < RM; i++) {                                                                  const uint8_t *g = w + i * w_row;                                                                  const __m512 dw = _mm512_cvtph_ps(                                                                     _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const void *)g));                       __m512i v[8];                                                                                      SLICES(g, n, v);                                                                                   UNROLL for (int j = 0; j < RN; j++) {                                                                  __m512i s0 = _mm512_loadu_si512(ga[j]->corr), s1 = _mm512_setzero_si512();                         UNROLL for (int k = 0; k < 8; k += 2) {                                                                s0 = _mm512_dpbusd_epi32(s0, v[k], _mm512_loadu_si512(ga[j]->qs[k]));                              s1 = _mm512_dpbusd_epi32(s1, v[k + 1], _mm512_loadu_si512(ga[j]->qs[k + 1]));                  }                                                                                                  const __m512 d = _mm512_mul_ps(dw, _mm512_loadu_ps(ga[j]->d));                                     acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d,                                                   acc[i][j]);                                                        }                                                                                              }                                                                                              }                                                                                                  INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                                   __m512 acc[4][4];                                                                                  UNROLL for (int i = 0; i < RM; i++) {                                                                  UNROLL for (int j = 0; j < RN; j++) {                                                                  acc[i][j] = _mm512_setzero_ps();                                                               }                                                                                              }                                                                                                  const int64_t nb = cols / QK8_0;                                                                   const size_t gbytes = w_row / (size_t)nb * PACK_GROUP;                                             const struct q8_group *ga[4];                                                                      UNROLL for (int j = 0; j < RN; j++) {                                                                  ga[j] = (const struct q8_group *)(a + j * a_row);                                              }                                                                                                  int64_t b = 0;                                                                                     for (; b + PACK_GROUP <= nb; b += PACK_GROUP) {                                                        group_##NAME(RM, RN, PACK_GROUP, w, w_row, ga, acc);                                               w += gbytes;                                                                                       UNROLL for (int j = 0; j < RN; j++) {                                                                  ga[j]++;                                                                                       }                                                                                              }                                                                                                  if (b < nb)                                                                                            group_##NAME(RM, RN, (int)(nb - b), w, w_row, ga, acc);                                        UNROLL for (int i = 0; i < RM; i++) {                                                                  UNROLL for (int j = 0; j < RN; j++) {                                                                  y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);                                              }                                                                                              }                                                                                              }
+
+DEFINE_PACKED_GROUP(q8_0_packed, q8_0_slices)
+DEFINE_PACKED_GROUP(q4_0_packed, q4_0_slices)
+DEFINE_GEMM(q8_0_packed, 4, 4)
+DEFINE_GEMM(q4_0_packed, 4, 4)
 
 /* ---- K-quants ------------------------------------------------------------------------- */
 
@@ -418,6 +477,10 @@ void mc_quant_kernels_avx512(struct quant_kernels *k) {
     k->convert[QKIND_Q4_0] = conv_pairs_q4_0;
     k->gemm[QKIND_Q8_0] = gemm_q8_0;
     k->gemm[QKIND_Q4_0] = gemm_q4_0;
+    k->convert[QKIND_Q8_0_PACKED] = conv_groups_q8_0;
+    k->convert[QKIND_Q4_0_PACKED] = conv_groups_q4_0;
+    k->gemm[QKIND_Q8_0_PACKED] = gemm_q8_0_packed;
+    k->gemm[QKIND_Q4_0_PACKED] = gemm_q4_0_packed;
     k->gemm[QKIND_Q4_K] = gemm_q4_k;
     k->gemm[QKIND_Q5_K] = gemm_q5_k;
     k->gemm[QKIND_Q6_K] = gemm_q6_k;
