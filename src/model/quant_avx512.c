@@ -226,32 +226,120 @@ DEFINE_GEMM(q4_0, 4, 4)
 
 /* The eight weight slices of a packed group of n blocks at g (n fp16 scales, then slices
  * of 4n bytes), one block per 32-bit lane; lanes of missing blocks are zero. Q4_0 has
- * four slices of nibble bytes: low nibbles are quants 4k..4k+3, high ones 16+4k.. */
-INLINE void q8_0_slices(const uint8_t *g, int n, __m512i v[8]) {
-    const __mmask64 m = n == PACK_GROUP ? ~0ull : (1ull << (4 * n)) - 1;
-    UNROLL for (int k = 0; k < 8; k++) {
-        v[k] = _mm512_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);
+ * four slices of nibble bytes: the low nibbles are quants 4k..4k+3 (slice k), the high
+ * ones quants 16+4k.. (slice k + 4), kept in place as 16 times the level: one and
+ * instead of a shift and an and, and the sum of those four slices is shifted back once
+ * (exactly: every term is a multiple of 16). Groups of up to 8 blocks use 256-bit
+ * registers (the 768-wide matrices end in such a group), whole ones 512-bit. */
+#define DEFINE_SLICES(W, VEC, MASK, ALL)                                                           \
+    INLINE void q8_0_slices##W(const uint8_t *g, int n, VEC v[8]) {                                \
+        const MASK m = n == W / 32 ? (MASK)ALL : (MASK)((1ull << (4 * n)) - 1);                   \
+        UNROLL for (int k = 0; k < 8; k++) {                                                       \
+            v[k] = _mm##W##_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);                            \
+        }                                                                                          \
+    }                                                                                              \
+    INLINE void q4_0_slices##W(const uint8_t *g, int n, VEC v[8]) {                                \
+        const MASK m = n == W / 32 ? (MASK)ALL : (MASK)((1ull << (4 * n)) - 1);                   \
+        UNROLL for (int k = 0; k < 4; k++) {                                                       \
+            VEC raw = _mm##W##_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);                         \
+            __asm__("" : "+v"(raw)); /* one load, not one per use as a memory operand */           \
+            v[k] = _mm##W##_and_si##W(raw, _mm##W##_set1_epi8(0x0F));                              \
+            v[k + 4] = _mm##W##_and_si##W(raw, _mm##W##_set1_epi8((char)0xF0));                    \
+        }                                                                                          \
     }
-}
+DEFINE_SLICES(512, __m512i, __mmask64, ~0ull)
+DEFINE_SLICES(256, __m256i, __mmask32, ~0u)
 
-INLINE void q4_0_slices(const uint8_t *g, int n, __m512i v[8]) {
-    const __mmask64 m = n == PACK_GROUP ? ~0ull : (1ull << (4 * n)) - 1;
-    const __m512i lo = _mm512_set1_epi8(0x0F);
-    UNROLL for (int k = 0; k < 4; k++) {
-        const __m512i raw = _mm512_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);
-        v[k] = _mm512_and_si512(raw, lo);
-        v[k + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo);
+/* Block dots of one (row, token) group as exact integers: four vpdpbusd chains of two
+ * (short chains, so one row's groups overlap in the pipeline), slices 4..7 shifted right
+ * by HI_SHIFT. */
+#define GROUP_DOTS(W, v, q, corr, HI_SHIFT, out)                                                   \
+    do {                                                                                           \
+        __m##W##i c0 = (corr), c1 = _mm##W##_setzero_si##W();                                     \
+        __m##W##i c2 = _mm##W##_setzero_si##W(), c3 = _mm##W##_setzero_si##W();                  \
+        c0 = _mm##W##_dpbusd_epi32(c0, v[0], _mm##W##_loadu_si##W((const void *)(q)[0]));                        \
+        c1 = _mm##W##_dpbusd_epi32(c1, v[1], _mm##W##_loadu_si##W((const void *)(q)[1]));                        \
+        c2 = _mm##W##_dpbusd_epi32(c2, v[4], _mm##W##_loadu_si##W((const void *)(q)[4]));                        \
+        c3 = _mm##W##_dpbusd_epi32(c3, v[5], _mm##W##_loadu_si##W((const void *)(q)[5]));                        \
+        c0 = _mm##W##_dpbusd_epi32(c0, v[2], _mm##W##_loadu_si##W((const void *)(q)[2]));                        \
+        c1 = _mm##W##_dpbusd_epi32(c1, v[3], _mm##W##_loadu_si##W((const void *)(q)[3]));                        \
+        c2 = _mm##W##_dpbusd_epi32(c2, v[6], _mm##W##_loadu_si##W((const void *)(q)[6]));                        \
+        c3 = _mm##W##_dpbusd_epi32(c3, v[7], _mm##W##_loadu_si##W((const void *)(q)[7]));                        \
+        __m##W##i hi = _mm##W##_add_epi32(c2, c3);                                                 \
+        if (HI_SHIFT)                                                                              \
+            hi = _mm##W##_srai_epi32(hi, HI_SHIFT);                                                \
+        (out) = _mm##W##_add_epi32(_mm##W##_add_epi32(c0, c1), hi);                                \
+    } while (0)
+
+/* One group for RM rows x RN tokens: per (row, token) the block dots as integers,
+ * converted once and scaled by d_w * d_x per lane. A group of up to 8 blocks runs on the
+ * low 256 bits and adds into the 512-bit accumulator with zero upper lanes, which leaves
+ * those lanes as they were. Every (row, token) sees the same float operations whatever
+ * the tile, and integer sums are exact in any order, so batched tiles equal one-token
+ * ones bit for bit. */
+#define DEFINE_PACKED_GROUP(NAME, HI_SHIFT, BLOCK)                                                 \
+    INLINE void group_##NAME(int RM, int RN, int n, const uint8_t *w, size_t w_row,              \
+                             const struct q8_group *const *ga, __m512 acc[4][4]) {                  \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            const uint8_t *g = w + i * w_row;                                                      \
+            if (n > 8) {                                                                           \
+                const __m512 dw = _mm512_cvtph_ps(                                                 \
+                    _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const void *)g));       \
+                __m512i v[8];                                                                      \
+                NAME##_slices512(g, n, v);                                                         \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    __m512i s;                                                                     \
+                    GROUP_DOTS(512, v, ga[j]->qs, _mm512_loadu_si512(ga[j]->corr), HI_SHIFT, s);   \
+                    const __m512 d = _mm512_mul_ps(dw, _mm512_loadu_ps(ga[j]->d));                 \
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[i][j]);              \
+                }                                                                                  \
+            } else {                                                                               \
+                const __m256 dw = _mm256_cvtph_ps(                                                 \
+                    _mm_maskz_loadu_epi16((__mmask8)((1u << n) - 1), (const void *)g));           \
+                __m256i v[8];                                                                      \
+                NAME##_slices256(g, n, v);                                                         \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    __m256i s;                                                                     \
+                    GROUP_DOTS(256, v, ga[j]->qs, _mm256_loadu_si256((const void *)ga[j]->corr),  \
+                               HI_SHIFT, s);                                                       \
+                    const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(ga[j]->d));                 \
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(s)),    \
+                                                _mm512_zextps256_ps512(d), acc[i][j]);             \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    INLINE void tile_##NAME##_packed(int RM, int RN, TILE_ARGS) {                                  \
+        __m512 acc[4][4];                                                                          \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                acc[i][j] = _mm512_setzero_ps();                                                   \
+            }                                                                                      \
+        }                                                                                          \
+        const int64_t nb = cols / QK8_0;                                                           \
+        const struct q8_group *ga[4];                                                              \
+        UNROLL for (int j = 0; j < RN; j++) {                                                      \
+            ga[j] = (const struct q8_group *)(a + j * a_row);                                      \
+        }                                                                                          \
+        int64_t b = 0;                                                                             \
+        for (; b + PACK_GROUP <= nb; b += PACK_GROUP) {                                            \
+            group_##NAME(RM, RN, PACK_GROUP, w, w_row, ga, acc);                                   \
+            w += PACK_GROUP * sizeof(struct BLOCK);                                                \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                ga[j]++;                                                                           \
+            }                                                                                      \
+        }                                                                                          \
+        if (b < nb)                                                                                \
+            group_##NAME(RM, RN, (int)(nb - b), w, w_row, ga, acc);                                \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);                                  \
+            }                                                                                      \
+        }                                                                                          \
     }
-}
 
-/* One group for RM rows x RN tokens: per (row, token) the block dots as integers (eight
- * vpdpbusd, two chains), converted once and scaled by d_w * d_x per lane. Every (row,
- * token) sees the same float operations whatever the tile, and integer sums are exact in
- * any order, so batched tiles equal one-token ones bit for bit. */
-#define DEFINE_PACKED_GROUP(NAME, SLICES)                                                              INLINE void group_##NAME(int RM, int RN, int n, const uint8_t *w, size_t w_row,                                           const struct q8_group *const *ga, __m512 acc[4][4]) {                          UNROLL for (int i = 0; i < RM; i++) {                                                                  const uint8_t *g = w + i * w_row;                                                                  const __m512 dw = _mm512_cvtph_ps(                                                                     _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const void *)g));                       __m512i v[8];                                                                                      SLICES(g, n, v);                                                                                   UNROLL for (int j = 0; j < RN; j++) {                                                                  __m512i s0 = _mm512_loadu_si512(ga[j]->corr), s1 = _mm512_setzero_si512();                         UNROLL for (int k = 0; k < 8; k += 2) {                                                                s0 = _mm512_dpbusd_epi32(s0, v[k], _mm512_loadu_si512(ga[j]->qs[k]));                              s1 = _mm512_dpbusd_epi32(s1, v[k + 1], _mm512_loadu_si512(ga[j]->qs[k + 1]));                  }                                                                                                  const __m512 d = _mm512_mul_ps(dw, _mm512_loadu_ps(ga[j]->d));                                     acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d,                                                   acc[i][j]);                                                        }                                                                                              }                                                                                              }                                                                                                  INLINE void tile_##NAME(int RM, int RN, TILE_ARGS) {                                                   __m512 acc[4][4];                                                                                  UNROLL for (int i = 0; i < RM; i++) {                                                                  UNROLL for (int j = 0; j < RN; j++) {                                                                  acc[i][j] = _mm512_setzero_ps();                                                               }                                                                                              }                                                                                                  const int64_t nb = cols / QK8_0;                                                                   const size_t gbytes = w_row / (size_t)nb * PACK_GROUP;                                             const struct q8_group *ga[4];                                                                      UNROLL for (int j = 0; j < RN; j++) {                                                                  ga[j] = (const struct q8_group *)(a + j * a_row);                                              }                                                                                                  int64_t b = 0;                                                                                     for (; b + PACK_GROUP <= nb; b += PACK_GROUP) {                                                        group_##NAME(RM, RN, PACK_GROUP, w, w_row, ga, acc);                                               w += gbytes;                                                                                       UNROLL for (int j = 0; j < RN; j++) {                                                                  ga[j]++;                                                                                       }                                                                                              }                                                                                                  if (b < nb)                                                                                            group_##NAME(RM, RN, (int)(nb - b), w, w_row, ga, acc);                                        UNROLL for (int i = 0; i < RM; i++) {                                                                  UNROLL for (int j = 0; j < RN; j++) {                                                                  y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);                                              }                                                                                              }                                                                                              }
-
-DEFINE_PACKED_GROUP(q8_0_packed, q8_0_slices)
-DEFINE_PACKED_GROUP(q4_0_packed, q4_0_slices)
+DEFINE_PACKED_GROUP(q8_0, 0, block_q8_0)
+DEFINE_PACKED_GROUP(q4_0, 4, block_q4_0)
 DEFINE_GEMM(q8_0_packed, 4, 4)
 DEFINE_GEMM(q4_0_packed, 4, 4)
 
