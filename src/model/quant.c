@@ -1094,10 +1094,19 @@ static size_t act_row_size(enum mc_type t, int64_t cols) {
     }
 }
 
+/* Converted activations start on a cache line: the AVX-512 kernels load them 64 bytes at
+ * a time, and a load split over two lines costs two (a large malloc is only 16-byte
+ * aligned, which made every activation load a split one). Row sizes of the 64-byte
+ * layouts are multiples of 64, so every row is aligned. */
+enum { ACT_ALIGN = 64 };
+
 size_t mc_matmul_work_size(enum mc_type t, int64_t cols, int64_t n_tok) {
     if (cols <= 0 || n_tok <= 0 || mc_type_row_size(t, cols) == 0)
         return 0;
-    return act_row_size(t, cols) * (size_t)n_tok;
+    if (t == MC_TYPE_F32)
+        return 0;
+    /* Plus room to start the rows on a cache line (see matmul_kind). */
+    return act_row_size(t, cols) * (size_t)n_tok + ACT_ALIGN;
 }
 
 struct mm_job {
@@ -1163,7 +1172,7 @@ static int matmul_kind(int kind, enum mc_type t, const void *w, int64_t rows, in
         .cols = cols,
         .n_tok = n_tok,
         .x = x,
-        .a_out = work,
+        .a_out = (uint8_t *)(((uintptr_t)work + ACT_ALIGN - 1) & ~(uintptr_t)(ACT_ALIGN - 1)),
         .a_row = act_row_size(t, cols),
         .y = y,
     };
