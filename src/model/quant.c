@@ -8,6 +8,9 @@
  * pool's threads; each thread calls one gemm kernel from the kernel table. The table is
  * filled once from the portable kernels below, then overridden by the AVX2 and AVX-512
  * files when the CPU has them (mc_simd_set can force a narrower set for tests).
+ * Packed Q8_0/Q4_0 rows (quant.h) are kernel kinds of their own: the portable kernels
+ * unpack each block and reuse the GGUF-layout arithmetic, so they are the reference for
+ * the AVX-512 packed kernels; the AVX2 set has none and keeps the portable ones.
  *
  * The activation quantizers (Q8_0, Q8_K) are written so that the SIMD versions produce
  * the same bytes: only the float summation order differs between kernel sets.

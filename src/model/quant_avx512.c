@@ -6,6 +6,9 @@
  * per entry with per-lane scales; for Q4_0 a correction for its unsigned levels, for
  * Q8_0 the weights' signs are moved onto the activations), so the inner loop is one
  * multiply-add of integers and one of floats per two blocks.
+ * Packed Q8_0 and Q4_0 (quant.h, "Packed weights"; what the model uses): one block per
+ * 32-bit lane, so per 16 blocks eight vpdpbusd, one scale conversion and one float
+ * multiply-add, with no shuffles and no per-pair reduction (see struct q8_group).
  * Q4_K, Q5_K, Q6_K: the AVX2 scheme on 512-bit registers (64 elements per step), with
  * each chunk unpacked once per tile. F32, F16 and BF16 keep their AVX2 kernels (the set
  * starts as a copy of the AVX2 one), which already run at memory speed.
@@ -138,8 +141,10 @@ INLINE __m512 pair_scales(uint16_t d0, uint16_t d1, __m512i lanes) {
 
 /* Q8_0 weights of a pair as magnitudes, with their signs in *neg (the activations take
  * the signs, as AVX2's vpsignb does). Biasing the weights by +128 instead would need a
- * -128 * sum(x) correction per block: exact in integers, but the large lane values then
- * cancel in float and cost about two decimal digits of the result. A missing b1 is 0. */
+ * -128 * sum(x) correction per block: exact in integers, but here a block spans 8 lanes,
+ * the large lane values then cancel in float and cost about two decimal digits of the
+ * result. (The packed layout has a whole block per lane and does use the bias.) A
+ * missing b1 is 0. */
 INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw, __mmask64 *neg) {
     const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i v;
