@@ -13,6 +13,7 @@
 #include "base/pool.h"
 #include "model/quant.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,8 +92,10 @@ static float frand(void) {
     return ((float)(rng >> 8) / 16777216.0f - 0.5f) * 0.1f;
 }
 
-/* n_copies copies of one random (rows, cols) matrix of type t, back to back. */
-static uint8_t *make_copies(enum mc_type t, int64_t rows, int64_t cols, int n_copies) {
+/* n_copies copies of one random (rows, cols) matrix of type t, back to back, packed if
+ * asked. */
+static uint8_t *make_copies(enum mc_type t, bool packed, int64_t rows, int64_t cols,
+                            int n_copies) {
     size_t rs = mc_type_row_size(t, cols), mat = rs * (size_t)rows;
     uint8_t *w = malloc(mat * (size_t)n_copies);
     float *row = malloc((size_t)cols * sizeof(float));
@@ -106,6 +109,12 @@ static uint8_t *make_copies(enum mc_type t, int64_t rows, int64_t cols, int n_co
             row[c] = frand();
         mc_quantize_row(t, row, w + (size_t)r * rs, cols, NULL);
     }
+    uint8_t *src = packed ? malloc(mat) : NULL;
+    if (src) {
+        memcpy(src, w, mat);
+        mc_pack_rows(t, src, w, rows, cols, NULL);
+    }
+    free(src);
     for (int k = 1; k < n_copies; k++)
         memcpy(w + mat * (size_t)k, w, mat);
     free(row);
@@ -114,6 +123,7 @@ static uint8_t *make_copies(enum mc_type t, int64_t rows, int64_t cols, int n_co
 
 struct run {
     enum mc_type t;
+    bool packed; /* w in the packed layout (quant.h) */
     const uint8_t *w;
     int64_t rows, cols;
     const float *x;
@@ -121,6 +131,13 @@ struct run {
     void *work;
     struct mc_pool *pool;
 };
+
+static void matmul(const struct run *r, const uint8_t *w, int64_t n_tok, struct mc_pool *pool) {
+    if (r->packed)
+        mc_matmul_packed(r->t, w, r->rows, r->cols, r->x, n_tok, r->y, r->work, pool, NULL);
+    else
+        mc_matmul(r->t, w, r->rows, r->cols, r->x, n_tok, r->y, r->work, pool, NULL);
+}
 
 /* Seconds per one-token product while sweeping n matrices: the fastest single call over
  * five sweeps (*mean gets the mean of the best sweep). On a machine shared with other
@@ -132,8 +149,7 @@ static double time_sweep(const struct run *r, int n, double *mean) {
     for (int rep = 0; rep < 5; rep++) {
         double t0 = now_s(), prev = t0;
         for (int k = 0; k < n; k++) {
-            mc_matmul(r->t, r->w + mat * (size_t)k, r->rows, r->cols, r->x, 1, r->y, r->work,
-                      r->pool, NULL);
+            matmul(r, r->w + mat * (size_t)k, 1, r->pool);
             double t = now_s();
             best = t - prev < best ? t - prev : best;
             prev = t;
@@ -150,7 +166,7 @@ static double time_cpu(const struct run *r, int64_t n_tok, int calls) {
     for (int rep = 0; rep < 5; rep++) {
         double t0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
         for (int k = 0; k < calls; k++)
-            mc_matmul(r->t, r->w, r->rows, r->cols, r->x, n_tok, r->y, r->work, NULL, NULL);
+            matmul(r, r->w, n_tok, NULL);
         double dt = (clock_s(CLOCK_THREAD_CPUTIME_ID) - t0) / calls;
         best = dt < best ? dt : best;
     }
@@ -162,7 +178,7 @@ static double time_wall(const struct run *r, int64_t n_tok, int reps) {
     double best = 1e9;
     for (int rep = 0; rep < reps; rep++) {
         double t0 = now_s();
-        mc_matmul(r->t, r->w, r->rows, r->cols, r->x, n_tok, r->y, r->work, r->pool, NULL);
+        matmul(r, r->w, n_tok, r->pool);
         double dt = now_s() - t0;
         best = dt < best ? dt : best;
     }
@@ -179,7 +195,7 @@ static void bench_memory(enum mc_type t, struct run *r, double gbs[2][2]) {
         r->cols = SHAPES[s][1];
         size_t mat = mc_type_row_size(t, r->cols) * (size_t)r->rows;
         int n_copies = (int)(SWEEP_BYTES / mat) + 1;
-        uint8_t *w = make_copies(t, r->rows, r->cols, n_copies);
+        uint8_t *w = make_copies(t, r->packed, r->rows, r->cols, n_copies);
         if (!w)
             return;
         r->w = w;
@@ -197,13 +213,13 @@ static void bench_compute(enum mc_type t, struct run *r, enum mc_simd top) {
     r->t = t;
     r->rows = 2048;
     r->cols = 768;
-    uint8_t *w = make_copies(t, r->rows, r->cols, 1);
+    uint8_t *w = make_copies(t, r->packed, r->rows, r->cols, 1);
     if (!w)
         return;
     r->w = w;
     size_t mat = mc_type_row_size(t, r->cols) * (size_t)r->rows;
     double macs = (double)r->rows * (double)r->cols * NTOK;
-    printf("%-5s", mc_type_name(t));
+    printf("%-4s%-1s", mc_type_name(t), r->packed ? "p" : "");
     for (int level = 0; level <= 2; level++) {
         if (level > (int)top) {
             printf(" %8s", "-");
@@ -233,8 +249,14 @@ int main(int argc, char **argv) {
         return 1;
     static const char *SIMD_NAMES[] = {"portable", "avx2", "avx512"};
     enum mc_simd simd = mc_simd_detect();
-    static const enum mc_type TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16, MC_TYPE_Q8_0,
-                                         MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K, MC_TYPE_Q6_K};
+    /* Q8_0 and Q4_0 twice: GGUF rows, then packed rows ("p", what the model runs with
+     * where the AVX-512 set is in use). */
+    static const enum mc_type TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16,
+                                         MC_TYPE_Q8_0, MC_TYPE_Q4_0, MC_TYPE_Q8_0,
+                                         MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K,
+                                         MC_TYPE_Q6_K};
+    static const bool PACKED[] = {false, false, false, false, false,
+                                  true,  true,  false, false, false};
     struct run r = {.pool = pool};
     float *x = malloc(sizeof(float) * NTOK * 2048);
     r.y = malloc(sizeof(float) * NTOK * 2048);
@@ -249,8 +271,10 @@ int main(int argc, char **argv) {
     enum { N_TYPES = sizeof(TYPES) / sizeof(TYPES[0]) };
     double gbs[N_TYPES][2][2];
     double bw0 = measure_read_gbs(pool);
-    for (size_t k = 0; k < N_TYPES; k++)
+    for (size_t k = 0; k < N_TYPES; k++) {
+        r.packed = PACKED[k];
         bench_memory(TYPES[k], &r, gbs[k]);
+    }
     double bw1 = measure_read_gbs(pool);
     double bw = bw0 > bw1 ? bw0 : bw1;
     printf("threads %d, kernels %s, read bandwidth %.1f GB/s (%.1f before, %.1f after)\n\n",
@@ -260,7 +284,8 @@ int main(int argc, char **argv) {
     printf("%-5s %-9s %8s %8s %7s\n", "type", "shape", "mean", "fastest", "of bw");
     for (size_t k = 0; k < N_TYPES; k++)
         for (int sh = 0; sh < 2; sh++)
-            printf("%-5s %-9s %8.1f %8.1f %6.0f%%\n", mc_type_name(TYPES[k]),
+            printf("%-4s%-1s %-9s %8.1f %8.1f %6.0f%%\n", mc_type_name(TYPES[k]),
+                   PACKED[k] ? "p" : "",
                    sh ? "2048x768" : "768x768", gbs[k][sh][0], gbs[k][sh][1],
                    100.0 * gbs[k][sh][1] / bw);
     printf("\n");
@@ -271,8 +296,10 @@ int main(int argc, char **argv) {
            "", "GMAC/s");
     printf("%-5s %8s %8s %8s | %8s %8s %8s | %8s\n", "type", "portable", "avx2", "avx512",
            "portable", "avx2", "avx512", SIMD_NAMES[simd]);
-    for (size_t k = 0; k < N_TYPES; k++)
+    for (size_t k = 0; k < N_TYPES; k++) {
+        r.packed = PACKED[k];
         bench_compute(TYPES[k], &r, simd);
+    }
     free(x);
     free(r.y);
     free(r.work);

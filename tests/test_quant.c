@@ -80,6 +80,20 @@ static uint8_t *make_matrix(enum mc_type t, int64_t rows, int64_t cols, float *d
     return w;
 }
 
+/* When set, the matmul tests run on packed weights (quant.h, "Packed weights"): Q8_0
+ * and Q4_0 only, the other types are skipped (see in_mode). */
+static bool packed_mode;
+
+static bool has_packed(enum mc_type t) {
+    return t == MC_TYPE_Q8_0 || t == MC_TYPE_Q4_0;
+}
+
+static bool in_mode(enum mc_type t) {
+    return !packed_mode || has_packed(t);
+}
+
+/* mc_matmul of the GGUF rows w at a kernel level; in packed mode, mc_matmul_packed of a
+ * packed copy of them. */
 static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t rows, int64_t cols,
                      const float *x, int64_t n_tok, float *y, struct mc_pool *pool) {
     enum mc_simd saved = mc_simd_get();
@@ -87,7 +101,17 @@ static int matmul_at(enum mc_simd level, enum mc_type t, const void *w, int64_t 
     size_t ws = mc_matmul_work_size(t, cols, n_tok);
     void *work = malloc(ws ? ws : 1);
     struct mc_err err = {0};
-    int rc = mc_matmul(t, w, rows, cols, x, n_tok, y, work, pool, &err);
+    int rc;
+    if (packed_mode && has_packed(t)) {
+        size_t bytes = mc_type_row_size(t, cols) * (size_t)rows;
+        void *p = malloc(bytes);
+        assert_non_null(p);
+        assert_int_equal(mc_pack_rows(t, w, p, rows, cols, NULL), MC_OK);
+        rc = mc_matmul_packed(t, p, rows, cols, x, n_tok, y, work, pool, &err);
+        free(p);
+    } else {
+        rc = mc_matmul(t, w, rows, cols, x, n_tok, y, work, pool, &err);
+    }
     free(work);
     mc_simd_set(saved);
     return rc;
@@ -423,7 +447,8 @@ static void check_against_reference(enum mc_type t, int rows, int cols, int ntok
 static void test_matmul_matches_double_reference(void **state) {
     (void)state;
     for (size_t k = 0; k < N_TYPES; k++)
-        check_against_reference(ALL_TYPES[k], 37, 768, 3);
+        if (in_mode(ALL_TYPES[k]))
+            check_against_reference(ALL_TYPES[k], 37, 768, 3);
 }
 
 /* Odd block counts (7 blocks of 32, 3 super-blocks of 256) and 5- and 6-token batches
@@ -433,10 +458,14 @@ static void test_matmul_odd_shapes_match_reference(void **state) {
     (void)state;
     for (size_t k = 0; k < N_TYPES; k++) {
         enum mc_type t = ALL_TYPES[k];
+        if (!in_mode(t))
+            continue;
         check_against_reference(t, 9, is_k_quant(t) ? 768 : 224, 5);
         check_against_reference(t, 6, is_k_quant(t) ? 256 : 32, 6);
+        check_against_reference(t, 5, is_k_quant(t) ? 512 : 544, 7); /* 17 blocks */
     }
-    check_against_reference(MC_TYPE_F32, 5, 13, 2);
+    if (!packed_mode)
+        check_against_reference(MC_TYPE_F32, 5, 13, 2);
 }
 
 /* Ordinary activations: Q8_0 weights times random x agree with the float product within
@@ -447,6 +476,8 @@ static void test_matmul_random_activations_close_to_float(void **state) {
     static float deq[ROWS * COLS], x[COLS], y[ROWS];
     static const enum mc_type TYPES[] = {MC_TYPE_Q8_0, MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q6_K};
     for (size_t k = 0; k < 4; k++) {
+        if (!in_mode(TYPES[k]))
+            continue;
         uint8_t *w = make_matrix(TYPES[k], ROWS, COLS, deq);
         for (int c = 0; c < COLS; c++)
             x[c] = rng_normal(1.0f);
@@ -473,6 +504,8 @@ static void test_matmul_zero_activations_give_zero(void **state) {
     enum { ROWS = 8, COLS = 512, NTOK = 5 };
     static float x[NTOK * COLS], y[NTOK * ROWS];
     for (size_t k = 0; k < N_TYPES; k++) {
+        if (!in_mode(ALL_TYPES[k]))
+            continue;
         uint8_t *w = make_matrix(ALL_TYPES[k], ROWS, COLS, NULL);
         for (int level = 0; level <= (int)mc_simd_detect(); level++) {
             memset(y, 0xFF, sizeof(y));
@@ -498,6 +531,8 @@ static void test_matmul_batched_equals_single_calls_exactly(void **state) {
     assert_int_equal(mc_pool_create(2, &pool, NULL), MC_OK);
     for (size_t k = 0; k < N_TYPES; k++) {
         enum mc_type t = ALL_TYPES[k];
+        if (!in_mode(t))
+            continue;
         const int cols = is_k_quant(t) ? COLS : COLS - 32; /* 15 blocks: an odd count */
         uint8_t *w = make_matrix(t, ROWS, cols, NULL);
         for (int i = 0; i < NTOK * cols; i++)
@@ -535,6 +570,8 @@ static void test_simd_matches_portable(void **state) {
         skip();
     for (size_t k = 0; k < N_TYPES; k++) {
         enum mc_type t = ALL_TYPES[k];
+        if (!in_mode(t))
+            continue;
         uint8_t *w = make_matrix(t, ROWS, COLS, deq);
         for (int i = 0; i < NTOK * COLS; i++)
             x[i] = rng_normal(1.0f);
@@ -557,6 +594,72 @@ static void test_simd_matches_portable(void **state) {
         }
         free(w);
     }
+}
+
+/* ---- Packed weights ------------------------------------------------------------------- */
+
+/* Packing keeps the bytes of a row and loses nothing: packed rows dequantize to exactly
+ * the GGUF rows' values, and the portable kernels give bit for bit the same products on
+ * both layouts. Block counts 1, 7, 16, 17, 24 and 48 cover a lone partial group, full
+ * groups and the tails after them. */
+static void test_packed_rows_keep_values_and_portable_results(void **state) {
+    (void)state;
+    static const int COLS[] = {32, 224, 512, 544, 768, 1536};
+    enum { ROWS = 5, NTOK = 3 };
+    static float deq[ROWS * 1536], back[1536], x[NTOK * 1536], yg[NTOK * ROWS], yp[NTOK * ROWS];
+    for (int ti = 0; ti < 2; ti++) {
+        enum mc_type t = ti ? MC_TYPE_Q4_0 : MC_TYPE_Q8_0;
+        for (size_t c = 0; c < sizeof(COLS) / sizeof(COLS[0]); c++) {
+            int cols = COLS[c];
+            size_t rs = mc_type_row_size(t, cols);
+            uint8_t *w = make_matrix(t, ROWS, cols, deq);
+            uint8_t *p = malloc(rs * ROWS);
+            assert_non_null(p);
+            assert_int_equal(mc_pack_rows(t, w, p, ROWS, cols, NULL), MC_OK);
+            for (int r = 0; r < ROWS; r++) {
+                assert_int_equal(mc_dequantize_row_packed(t, p + r * rs, back, cols, NULL), MC_OK);
+                assert_memory_equal(back, deq + r * cols, sizeof(float) * (size_t)cols);
+            }
+            for (int i = 0; i < NTOK * cols; i++)
+                x[i] = rng_normal(1.0f);
+            packed_mode = false;
+            assert_int_equal(matmul_at(MC_SIMD_PORTABLE, t, w, ROWS, cols, x, NTOK, yg, NULL),
+                             MC_OK);
+            packed_mode = true;
+            assert_int_equal(matmul_at(MC_SIMD_PORTABLE, t, w, ROWS, cols, x, NTOK, yp, NULL),
+                             MC_OK);
+            packed_mode = false;
+            assert_memory_equal(yg, yp, sizeof(float) * NTOK * ROWS);
+            free(p);
+            free(w);
+        }
+    }
+}
+
+static void test_packed_rejects_other_types_and_shapes(void **state) {
+    (void)state;
+    uint8_t buf[64] = {0};
+    float f[32];
+    struct mc_err err = {0};
+    assert_int_equal(mc_pack_rows(MC_TYPE_Q4_K, buf, buf + 32, 1, 256, &err), MC_ENOTSUP);
+    assert_non_null(strstr(err.msg, "Q4_K"));
+    assert_int_equal(mc_pack_rows(MC_TYPE_Q8_0, buf, buf + 32, 1, 31, &err), MC_EINVAL);
+    assert_int_equal(mc_dequantize_row_packed(MC_TYPE_F16, buf, f, 32, &err), MC_ENOTSUP);
+    assert_int_equal(mc_matmul_packed(MC_TYPE_Q6_K, buf, 1, 256, f, 1, f, buf, NULL, &err),
+                     MC_ENOTSUP);
+}
+
+/* The matmul tests above, on packed Q8_0 and Q4_0 weights: every kernel set against the
+ * double reference, batches against single calls bit for bit, SIMD against portable. */
+static void test_packed_matmul_matches_reference_batches_and_portable(void **state) {
+    packed_mode = true;
+    test_matmul_matches_double_reference(state);
+    test_matmul_odd_shapes_match_reference(state);
+    test_matmul_random_activations_close_to_float(state);
+    test_matmul_zero_activations_give_zero(state);
+    test_matmul_batched_equals_single_calls_exactly(state);
+    test_simd_matches_portable(state);
+    packed_mode = false;
 }
 
 static void test_simd_set_clamps_to_cpu(void **state) {
@@ -770,6 +873,9 @@ int main(void) {
         cmocka_unit_test(test_matmul_zero_activations_give_zero),
         cmocka_unit_test(test_matmul_batched_equals_single_calls_exactly),
         cmocka_unit_test(test_simd_matches_portable),
+        cmocka_unit_test(test_packed_rows_keep_values_and_portable_results),
+        cmocka_unit_test(test_packed_rejects_other_types_and_shapes),
+        cmocka_unit_test(test_packed_matmul_matches_reference_batches_and_portable),
         cmocka_unit_test(test_simd_set_clamps_to_cpu),
         cmocka_unit_test(test_rmsnorm_softmax_silu_known_values),
         cmocka_unit_test(test_quantize_cli_reproduces_reference_files),

@@ -31,6 +31,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h> /* the packed weights' mapping */
+#include <unistd.h>   /* sysconf */
 
 enum {
     MAX_LAYERS = 1024,
@@ -42,13 +44,15 @@ enum {
 
 static const char *const supported_archs = "llama, qwen2";
 
-/* A matrix view: rows of cols elements of type `type`, row-major in the mapping. */
+/* A matrix view: rows of cols elements of type `type`, row-major in the mapping, or in
+ * the model's packed copy when `packed` (quant.h, "Packed weights"; same row bytes). */
 struct weight {
     enum mc_type type;
     const void *data;
     int64_t rows;
     int64_t cols;
     size_t row_bytes;
+    bool packed;
 };
 
 struct layer {
@@ -77,6 +81,8 @@ struct mc_model {
     const float *out_norm;   /* (n_embd) */
     const float *rope_freqs; /* (n_rot / 2) or NULL: per-pair frequency divisors */
     struct layer *layers;    /* (n_layer) */
+    void *pack_map;          /* anonymous mapping holding the packed matrices, or NULL */
+    size_t pack_map_bytes;
 };
 
 struct mc_kv {
@@ -408,6 +414,91 @@ static int load_tensors(struct mc_model *m, struct mc_err *err) {
     return MC_OK;
 }
 
+/* ---- Packed weights ------------------------------------------------------------------
+ *
+ * Where the CPU's kernels read packed rows faster (mc_pack_is_fast: Q8_0 and Q4_0 with
+ * AVX-512), every such matrix is packed once at load into one anonymous mapping. The
+ * mapping asks for transparent huge pages: decoding streams all weights once per token,
+ * and on 4 KiB file pages the TLB misses and page-bounded prefetch cost a good part of
+ * the memory bandwidth. The file's pages of the packed matrices are then dropped, so the
+ * process holds one copy of the weights, as before. An unshared token_embd stays in the
+ * file (only one row per token is read from it); a tied one is packed with the output. */
+
+enum { HUGE_PAGE = 2 << 20 };
+
+static bool pack_wanted(const struct weight *w) {
+    return mc_pack_is_fast(w->type);
+}
+
+/* Calls fn on every matrix that the forward pass multiplies, each once (a tied output is
+ * the token embedding and is visited as the output). */
+static void for_each_matrix(struct mc_model *m, void (*fn)(struct mc_model *, struct weight *,
+                                                           void *),
+                            void *arg) {
+    fn(m, &m->output, arg);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        struct layer *L = &m->layers[il];
+        struct weight *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++)
+            fn(m, ws[i], arg);
+    }
+}
+
+static void pack_size(struct mc_model *m, struct weight *w, void *arg) {
+    (void)m;
+    if (pack_wanted(w))
+        *(size_t *)arg += (weight_bytes(w) + 63) & ~(size_t)63;
+}
+
+struct pack_cursor {
+    uint8_t *next; /* where the next packed matrix goes */
+};
+
+/* Copies w into the mapping at the cursor, then drops the file's pages of it (the
+ * file is mapped MAP_PRIVATE and never written, so a later read of them, as
+ * mc_lora_merge does, faults the same bytes back in from the file). */
+static void pack_one(struct mc_model *m, struct weight *w, void *arg) {
+    struct pack_cursor *cur = arg;
+    (void)m;
+    if (!pack_wanted(w))
+        return;
+    uint8_t *dst = cur->next;
+    if (mc_pack_rows(w->type, w->data, dst, w->rows, w->cols, NULL) != MC_OK)
+        return; /* cannot happen for a type pack_wanted accepts; the file copy stays */
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)w->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t hi = ((uintptr_t)w->data + weight_bytes(w)) & ~((uintptr_t)page - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    w->data = dst;
+    w->packed = true;
+    cur->next += (weight_bytes(w) + 63) & ~(size_t)63;
+}
+
+/* Packs the matrices pack_wanted picks. Not packing is never an error: without the
+ * mapping the weights are used from the file as they are. */
+static void pack_weights(struct mc_model *m) {
+    size_t bytes = 0;
+    for_each_matrix(m, pack_size, &bytes);
+    if (bytes == 0)
+        return;
+    /* Over-allocated by a huge page so the copy can start on a huge-page boundary. This
+     * one buffer bypasses mc_malloc: huge pages need a mapping of its own. */
+    size_t len = bytes + HUGE_PAGE;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        return;
+    uint8_t *start = (uint8_t *)(((uintptr_t)map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    madvise(start, bytes, MADV_HUGEPAGE); /* advice only: 4 KiB pages work too */
+    m->pack_map = map;
+    m->pack_map_bytes = len;
+    struct pack_cursor cur = {start};
+    for_each_matrix(m, pack_one, &cur);
+    if (m->hp.tied_output)
+        m->tok_embd = m->output;
+    mprotect(start, bytes, PROT_READ); /* shared by every context: nothing writes it */
+}
+
 static int load_chat_template(struct mc_model *m, struct mc_err *err) {
     const char *s;
     uint64_t len;
@@ -437,6 +528,7 @@ int mc_model_load(const char *path, struct mc_model **out, struct mc_err *err) {
         goto out_free;
     }
     read_name(m, path);
+    pack_weights(m);
     if ((rc = mc_tokenizer_load(m->gguf, &m->tok, err)) != MC_OK) {
         mc_err_prefix(err, "%s", path);
         goto out_free;
@@ -460,6 +552,8 @@ void mc_model_free(struct mc_model *m) {
     mc_tokenizer_free(m->tok);
     mc_free(m->chat_template);
     mc_free(m->layers);
+    if (m->pack_map)
+        munmap(m->pack_map, m->pack_map_bytes);
     mc_gguf_close(m->gguf);
     mc_free(m);
 }
@@ -662,6 +756,9 @@ static int ensure_scores(struct mc_ctx *c, int32_t n, struct mc_err *err) {
  * activations: per-row adapter deltas belong here. */
 static int proj(struct mc_ctx *c, const struct weight *w, const float *x, float *y, int32_t n,
                 struct mc_err *err) {
+    if (w->packed)
+        return mc_matmul_packed(w->type, w->data, w->rows, w->cols, x, n, y, c->work, c->pool,
+                                err);
     return mc_matmul(w->type, w->data, w->rows, w->cols, x, n, y, c->work, c->pool, err);
 }
 
@@ -699,7 +796,9 @@ static int embed(struct mc_ctx *c, struct mc_err *err) {
     const struct weight *e = &c->m->tok_embd;
     for (int32_t r = 0; r < c->n_rows; r++) {
         const uint8_t *src = (const uint8_t *)e->data + (size_t)c->rows[r].token * e->row_bytes;
-        int rc = mc_dequantize_row(e->type, src, c->x + (size_t)r * e->cols, e->cols, err);
+        float *dst = c->x + (size_t)r * e->cols;
+        int rc = e->packed ? mc_dequantize_row_packed(e->type, src, dst, e->cols, err)
+                           : mc_dequantize_row(e->type, src, dst, e->cols, err);
         if (rc != MC_OK)
             return rc;
     }
@@ -875,6 +974,8 @@ static int proj_rows(struct mc_ctx *c, const struct weight *w, const float *x, f
         return MC_OK;
     void *work = (uint8_t *)c->twork + (size_t)ith * c->twork_bytes;
     const uint8_t *data = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
+    if (w->packed)
+        return mc_matmul_packed(w->type, data, r1 - r0, w->cols, x, 1, y + r0, work, NULL, NULL);
     return mc_matmul(w->type, data, r1 - r0, w->cols, x, 1, y + r0, work, NULL, NULL);
 }
 

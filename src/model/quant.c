@@ -8,6 +8,9 @@
  * pool's threads; each thread calls one gemm kernel from the kernel table. The table is
  * filled once from the portable kernels below, then overridden by the AVX2 and AVX-512
  * files when the CPU has them (mc_simd_set can force a narrower set for tests).
+ * Packed Q8_0/Q4_0 rows (quant.h) are kernel kinds of their own: the portable kernels
+ * unpack each block and reuse the GGUF-layout arithmetic, so they are the reference for
+ * the AVX-512 packed kernels; the AVX2 set has none and keeps the portable ones.
  *
  * The activation quantizers (Q8_0, Q8_K) are written so that the SIMD versions produce
  * the same bytes: only the float summation order differs between kernel sets.
@@ -180,6 +183,86 @@ uint16_t mc_fp32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u)
         return (uint16_t)((u >> 16) | 64);
     return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+
+/* ---- Packed layout ------------------------------------------------------------------ */
+
+/* Block b of a packed row of nb blocks (q8: Q8_0, else Q4_0) to or from the GGUF block
+ * at blk. The layout is described in quant.h and quant_int.h. */
+static void packed_block_io(bool q8, bool to_packed, uint8_t *row, int64_t nb, int64_t b,
+                            void *blk) {
+    const size_t bb = q8 ? sizeof(struct block_q8_0) : sizeof(struct block_q4_0);
+    const int64_t n = pack_group_n(nb, b), i = b % PACK_GROUP;
+    uint8_t *g = row + (size_t)(b - i) * bb;
+    uint8_t *d = blk, *qs = d + 2;
+    uint8_t *sd = g + 2 * i;
+    if (to_packed)
+        memcpy(sd, d, 2);
+    else
+        memcpy(d, sd, 2);
+    for (size_t k = 0; k < (bb - 2) / 4; k++) {
+        uint8_t *sl = g + 2 * n + (size_t)(k * 4 * n + 4 * i);
+        for (int l = 0; l < 4; l++) {
+            /* Q8_0 quants are kept as q + 128: the unsigned operand of vpdpbusd. */
+            uint8_t flip = q8 ? 0x80 : 0;
+            if (to_packed)
+                sl[l] = qs[4 * k + l] ^ flip;
+            else
+                qs[4 * k + l] = sl[l] ^ flip;
+        }
+    }
+}
+
+static void packed_get(bool q8, const void *row, int64_t nb, int64_t b, void *blk) {
+    packed_block_io(q8, false, (uint8_t *)(uintptr_t)row, nb, b, blk);
+}
+
+bool mc_pack_is_fast(enum mc_type t) {
+    return (t == MC_TYPE_Q8_0 || t == MC_TYPE_Q4_0) && mc_simd_detect() == MC_SIMD_AVX512;
+}
+
+static int pack_check(const char *what, enum mc_type t, int64_t cols, struct mc_err *err) {
+    if (t != MC_TYPE_Q8_0 && t != MC_TYPE_Q4_0)
+        return mc_err_set(err, MC_ENOTSUP, "%s: type %s has no packed layout (Q8_0, Q4_0 do)",
+                          what, mc_type_name(t));
+    if (cols <= 0 || cols % QK8_0 != 0)
+        return mc_err_set(err, MC_EINVAL, "%s: %lld elements is not a multiple of 32", what,
+                          (long long)cols);
+    return MC_OK;
+}
+
+int mc_pack_rows(enum mc_type t, const void *src, void *dst, int64_t rows, int64_t cols,
+                 struct mc_err *err) {
+    int rc = pack_check("pack", t, cols, err);
+    if (rc != MC_OK)
+        return rc;
+    if (rows < 0)
+        return mc_err_set(err, MC_EINVAL, "pack: %lld rows", (long long)rows);
+    const bool q8 = t == MC_TYPE_Q8_0;
+    const size_t rs = mc_type_row_size(t, cols), bb = mc_type_block_bytes(t);
+    const int64_t nb = cols / QK8_0;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *s = (const uint8_t *)src + (size_t)r * rs;
+        for (int64_t b = 0; b < nb; b++)
+            packed_block_io(q8, true, (uint8_t *)dst + (size_t)r * rs, nb, b,
+                            (void *)(uintptr_t)(s + (size_t)b * bb));
+    }
+    return MC_OK;
+}
+
+int mc_dequantize_row_packed(enum mc_type t, const void *src, float *dst, int64_t n,
+                             struct mc_err *err) {
+    int rc = pack_check("dequantize", t, n, err);
+    if (rc != MC_OK)
+        return rc;
+    const bool q8 = t == MC_TYPE_Q8_0;
+    uint8_t blk[sizeof(struct block_q8_0)];
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        packed_get(q8, src, n / QK8_0, b, blk);
+        if ((rc = mc_dequantize_row(t, blk, dst + b * QK8_0, QK8_0, err)) != MC_OK)
+            return rc;
+    }
+    return MC_OK;
 }
 
 /* ---- Dequantization ------------------------------------------------------------- */
@@ -745,16 +828,28 @@ static float dot_bf16(int64_t n, const void *vw, const void *va) {
     return hsum8(acc);
 }
 
+static float block_dot_q8_0(const struct block_q8_0 *w, const struct block_q8_0 *a) {
+    int sumi = 0;
+    for (int j = 0; j < QK8_0; j++)
+        sumi += w->qs[j] * a->qs[j];
+    return sumi * (mc_fp16_to_fp32(w->d) * mc_fp16_to_fp32(a->d));
+}
+
+static float block_dot_q4_0(const struct block_q4_0 *w, const struct block_q8_0 *a) {
+    int sumi = 0;
+    for (int j = 0; j < QK4_0 / 2; j++) {
+        sumi += ((w->qs[j] & 0xF) - 8) * a->qs[j];
+        sumi += ((w->qs[j] >> 4) - 8) * a->qs[j + QK4_0 / 2];
+    }
+    return sumi * (mc_fp16_to_fp32(w->d) * mc_fp16_to_fp32(a->d));
+}
+
 static float dot_q8_0(int64_t n, const void *vw, const void *va) {
     const struct block_q8_0 *w = vw;
     const struct block_q8_0 *a = va;
     float sum = 0;
-    for (int64_t i = 0; i < n / QK8_0; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK8_0; j++)
-            sumi += w[i].qs[j] * a[i].qs[j];
-        sum += sumi * (mc_fp16_to_fp32(w[i].d) * mc_fp16_to_fp32(a[i].d));
-    }
+    for (int64_t i = 0; i < n / QK8_0; i++)
+        sum += block_dot_q8_0(&w[i], &a[i]);
     return sum;
 }
 
@@ -762,13 +857,31 @@ static float dot_q4_0(int64_t n, const void *vw, const void *va) {
     const struct block_q4_0 *w = vw;
     const struct block_q8_0 *a = va;
     float sum = 0;
+    for (int64_t i = 0; i < n / QK4_0; i++)
+        sum += block_dot_q4_0(&w[i], &a[i]);
+    return sum;
+}
+
+/* Packed rows: each block is taken back to the GGUF layout first, so the portable
+ * results on packed weights equal those on the original rows bit for bit. */
+static float dot_q8_0_packed(int64_t n, const void *vw, const void *va) {
+    const struct block_q8_0 *a = va;
+    struct block_q8_0 blk;
+    float sum = 0;
+    for (int64_t i = 0; i < n / QK8_0; i++) {
+        packed_get(true, vw, n / QK8_0, i, &blk);
+        sum += block_dot_q8_0(&blk, &a[i]);
+    }
+    return sum;
+}
+
+static float dot_q4_0_packed(int64_t n, const void *vw, const void *va) {
+    const struct block_q8_0 *a = va;
+    struct block_q4_0 blk;
+    float sum = 0;
     for (int64_t i = 0; i < n / QK4_0; i++) {
-        int sumi = 0;
-        for (int j = 0; j < QK4_0 / 2; j++) {
-            sumi += ((w[i].qs[j] & 0xF) - 8) * a[i].qs[j];
-            sumi += ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + QK4_0 / 2];
-        }
-        sum += sumi * (mc_fp16_to_fp32(w[i].d) * mc_fp16_to_fp32(a[i].d));
+        packed_get(false, vw, n / QK4_0, i, &blk);
+        sum += block_dot_q4_0(&blk, &a[i]);
     }
     return sum;
 }
@@ -876,11 +989,14 @@ PORTABLE_GEMM(q4_0)
 PORTABLE_GEMM(q4_k)
 PORTABLE_GEMM(q5_k)
 PORTABLE_GEMM(q6_k)
+PORTABLE_GEMM(q8_0_packed)
+PORTABLE_GEMM(q4_0_packed)
 
 static const struct quant_kernels PORTABLE = {
     .convert = {conv_f32, conv_f16, conv_bf16, conv_q8_0, conv_q8_0, conv_q8_k, conv_q8_k,
-                conv_q8_k},
-    .gemm = {gemm_f32, gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, gemm_q4_k, gemm_q5_k, gemm_q6_k},
+                conv_q8_k, conv_q8_0, conv_q8_0},
+    .gemm = {gemm_f32, gemm_f16, gemm_bf16, gemm_q8_0, gemm_q4_0, gemm_q4_k, gemm_q5_k, gemm_q6_k,
+             gemm_q8_0_packed, gemm_q4_0_packed},
 };
 
 /* ---- Kernel selection -------------------------------------------------------------- */
@@ -965,9 +1081,13 @@ static size_t act_row_size(enum mc_type t, int64_t cols) {
     case MC_TYPE_BF16:
         return (size_t)cols * 2;
     case MC_TYPE_Q8_0:
-    case MC_TYPE_Q4_0:
-        /* Room for the AVX-512 pair layout, the largest of the kernel sets' layouts. */
-        return sizeof(struct q8_pair) * (size_t)((cols / QK8_0 + 1) / 2);
+    case MC_TYPE_Q4_0: {
+        /* Room for the larger of the AVX-512 layouts (pairs for GGUF rows, groups for
+         * packed ones); the other sets' layouts are smaller. */
+        size_t pairs = sizeof(struct q8_pair) * (size_t)((cols / QK8_0 + 1) / 2);
+        size_t groups = sizeof(struct q8_group) * (size_t)((cols / QK8_0 + 15) / 16);
+        return pairs > groups ? pairs : groups;
+    }
     case MC_TYPE_Q4_K:
     case MC_TYPE_Q5_K:
     case MC_TYPE_Q6_K:
@@ -977,10 +1097,19 @@ static size_t act_row_size(enum mc_type t, int64_t cols) {
     }
 }
 
+/* Converted activations start on a cache line: the AVX-512 kernels load them 64 bytes at
+ * a time, and a load split over two lines costs two (a large malloc is only 16-byte
+ * aligned, which made every activation load a split one). Row sizes of the 64-byte
+ * layouts are multiples of 64, so every row is aligned. */
+enum { ACT_ALIGN = 64 };
+
 size_t mc_matmul_work_size(enum mc_type t, int64_t cols, int64_t n_tok) {
     if (cols <= 0 || n_tok <= 0 || mc_type_row_size(t, cols) == 0)
         return 0;
-    return act_row_size(t, cols) * (size_t)n_tok;
+    if (t == MC_TYPE_F32)
+        return 0;
+    /* Plus room to start the rows on a cache line (see matmul_kind). */
+    return act_row_size(t, cols) * (size_t)n_tok + ACT_ALIGN;
 }
 
 struct mm_job {
@@ -1020,9 +1149,10 @@ static void mm_gemm_part(void *ctx, int i, int n) {
                 j->y + r0, j->rows);
 }
 
-int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
-              int64_t n_tok, float *y, void *work, struct mc_pool *pool, struct mc_err *err) {
-    int kind = kind_of(t);
+/* mc_matmul with the kernels of kind (a GGUF kind of t, or its packed kind). */
+static int matmul_kind(int kind, enum mc_type t, const void *w, int64_t rows, int64_t cols,
+                       const float *x, int64_t n_tok, float *y, void *work, struct mc_pool *pool,
+                       struct mc_err *err) {
     if (kind < 0)
         return mc_err_set(err, MC_ENOTSUP, "matmul: weight type %s (%d) is not supported",
                           mc_type_name(t), (int)t);
@@ -1045,7 +1175,7 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
         .cols = cols,
         .n_tok = n_tok,
         .x = x,
-        .a_out = work,
+        .a_out = (uint8_t *)(((uintptr_t)work + ACT_ALIGN - 1) & ~(uintptr_t)(ACT_ALIGN - 1)),
         .a_row = act_row_size(t, cols),
         .y = y,
     };
@@ -1063,6 +1193,21 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
     }
     mc_pool_run(pool, mm_gemm_part, &job);
     return MC_OK;
+}
+
+int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
+              int64_t n_tok, float *y, void *work, struct mc_pool *pool, struct mc_err *err) {
+    return matmul_kind(kind_of(t), t, w, rows, cols, x, n_tok, y, work, pool, err);
+}
+
+int mc_matmul_packed(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
+                     int64_t n_tok, float *y, void *work, struct mc_pool *pool,
+                     struct mc_err *err) {
+    int rc = pack_check("matmul", t, cols, err);
+    if (rc != MC_OK)
+        return rc;
+    int kind = t == MC_TYPE_Q8_0 ? QKIND_Q8_0_PACKED : QKIND_Q4_0_PACKED;
+    return matmul_kind(kind, t, w, rows, cols, x, n_tok, y, work, pool, err);
 }
 
 /* ---- Element kernels ---------------------------------------------------------------- */

@@ -58,6 +58,27 @@ size_t mc_matmul_work_size(enum mc_type t, int64_t cols, int64_t n_tok);
 int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
               int64_t n_tok, float *y, void *work, struct mc_pool *pool, struct mc_err *err);
 
+/* Packed weights. Q8_0 and Q4_0 rows can be regrouped once (at model load) into a layout
+ * the AVX-512 kernels read with one load per 64 quant bytes and one conversion per 16
+ * scales: per row, groups of 16 blocks (the last group takes the rest), each holding its
+ * 16 fp16 scales, then the quants in 4-byte slices (slice k of every block side by side;
+ * Q8_0 quants stored as unsigned q + 128). A packed row has exactly the bytes of a GGUF
+ * row, so row offsets and slices of a matrix are unchanged. Kernel sets without packed
+ * kernels compute packed weights with the portable ones; the results equal the GGUF
+ * layout's up to float summation order, and batches equal single calls bit for bit.
+ * mc_pack_is_fast: the kernel set the CPU has reads packed t faster than GGUF rows.
+ * mc_pack_rows: rows x cols of type t from GGUF (src) to packed (dst); MC_ENOTSUP for a
+ * type without a packed layout, MC_EINVAL for a bad shape. src and dst must not overlap.
+ * mc_dequantize_row_packed and mc_matmul_packed: as the GGUF-layout calls, for packed w. */
+bool mc_pack_is_fast(enum mc_type t);
+int mc_pack_rows(enum mc_type t, const void *src, void *dst, int64_t rows, int64_t cols,
+                 struct mc_err *err);
+int mc_dequantize_row_packed(enum mc_type t, const void *src, float *dst, int64_t n,
+                             struct mc_err *err);
+int mc_matmul_packed(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
+                     int64_t n_tok, float *y, void *work, struct mc_pool *pool,
+                     struct mc_err *err);
+
 /* Element kernels used by the forward pass (portable; small next to the matmuls). */
 void mc_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 void mc_softmax(float *x, int64_t n);

@@ -6,6 +6,9 @@
  * per entry with per-lane scales; for Q4_0 a correction for its unsigned levels, for
  * Q8_0 the weights' signs are moved onto the activations), so the inner loop is one
  * multiply-add of integers and one of floats per two blocks.
+ * Packed Q8_0 and Q4_0 (quant.h, "Packed weights"; what the model uses): one block per
+ * 32-bit lane, so per 16 blocks eight vpdpbusd, one scale conversion and one float
+ * multiply-add, with no shuffles and no per-pair reduction (see struct q8_group).
  * Q4_K, Q5_K, Q6_K: the AVX2 scheme on 512-bit registers (64 elements per step), with
  * each chunk unpacked once per tile. F32, F16 and BF16 keep their AVX2 kernels (the set
  * starts as a copy of the AVX2 one), which already run at memory speed.
@@ -102,6 +105,32 @@ static void conv_pairs_q4_0(const float *x, void *dst, int64_t n) {
     conv_pairs(x, dst, n, 8, 1);
 }
 
+/* Fills n / 32 blocks as groups of 16 (struct q8_group) for packed weights; bias as
+ * above (8 for Q4_0 levels, 128 for Q8_0 quants stored + 128). */
+INLINE void conv_groups(const float *x, void *dst, int64_t n, int bias) {
+    struct q8_group *y = dst;
+    const int64_t nb = n / QK8_0;
+    for (int64_t g = 0; g < (nb + PACK_GROUP - 1) / PACK_GROUP; g++) {
+        memset(&y[g], 0, sizeof(y[g]));
+        for (int b = 0; b < PACK_GROUP && g * PACK_GROUP + b < nb; b++) {
+            int8_t q[32];
+            int sum;
+            y[g].d[b] = quantize_block(x + (g * PACK_GROUP + b) * QK8_0, q, &sum);
+            y[g].corr[b] = -bias * sum;
+            for (int k = 0; k < PACK_SLICES; k++)
+                memcpy(&y[g].qs[k][4 * b], q + 4 * k, 4);
+        }
+    }
+}
+
+static void conv_groups_q8_0(const float *x, void *dst, int64_t n) {
+    conv_groups(x, dst, n, 128);
+}
+
+static void conv_groups_q4_0(const float *x, void *dst, int64_t n) {
+    conv_groups(x, dst, n, 8);
+}
+
 /* ---- Weights ------------------------------------------------------------------------- */
 
 /* Scales of blocks b0 and b1 (b1 may be absent) spread to the lanes of the layout. */
@@ -112,8 +141,10 @@ INLINE __m512 pair_scales(uint16_t d0, uint16_t d1, __m512i lanes) {
 
 /* Q8_0 weights of a pair as magnitudes, with their signs in *neg (the activations take
  * the signs, as AVX2's vpsignb does). Biasing the weights by +128 instead would need a
- * -128 * sum(x) correction per block: exact in integers, but the large lane values then
- * cancel in float and cost about two decimal digits of the result. A missing b1 is 0. */
+ * -128 * sum(x) correction per block: exact in integers, but here a block spans 8 lanes,
+ * the large lane values then cancel in float and cost about two decimal digits of the
+ * result. (The packed layout has a whole block per lane and does use the bias.) A
+ * missing b1 is 0. */
 INLINE __m512i q8_0_pair(const struct block_q8_0 *bw, int full, __m512 *dw, __mmask64 *neg) {
     const __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     __m512i v;
@@ -195,6 +226,127 @@ DEFINE_PAIR_TILE(q8_0, block_q8_0, q8_0_pair, 1)
 DEFINE_PAIR_TILE(q4_0, block_q4_0, q4_0_pair, 0)
 DEFINE_GEMM(q8_0, 4, 4)
 DEFINE_GEMM(q4_0, 4, 4)
+
+/* ---- Packed Q8_0 and Q4_0 ---------------------------------------------------------------- */
+
+/* The eight weight slices of a packed group of n blocks at g (n fp16 scales, then slices
+ * of 4n bytes), one block per 32-bit lane; lanes of missing blocks are zero. Q4_0 has
+ * four slices of nibble bytes: the low nibbles are quants 4k..4k+3 (slice k), the high
+ * ones quants 16+4k.. (slice k + 4), kept in place as 16 times the level: one and
+ * instead of a shift and an and, and the sum of those four slices is shifted back once
+ * (exactly: every term is a multiple of 16). Groups of up to 8 blocks use 256-bit
+ * registers (the 768-wide matrices end in such a group), whole ones 512-bit. */
+#define DEFINE_SLICES(W, VEC, MASK, ALL)                                                           \
+    INLINE void q8_0_slices##W(const uint8_t *g, int n, VEC v[8]) {                                \
+        const MASK m = n == W / 32 ? (MASK)ALL : (MASK)((1ull << (4 * n)) - 1);                   \
+        UNROLL for (int k = 0; k < 8; k++) {                                                       \
+            v[k] = _mm##W##_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);                            \
+        }                                                                                          \
+    }                                                                                              \
+    INLINE void q4_0_slices##W(const uint8_t *g, int n, VEC v[8]) {                                \
+        const MASK m = n == W / 32 ? (MASK)ALL : (MASK)((1ull << (4 * n)) - 1);                   \
+        UNROLL for (int k = 0; k < 4; k++) {                                                       \
+            VEC raw = _mm##W##_maskz_loadu_epi8(m, g + 2 * n + 4 * n * k);                         \
+            __asm__("" : "+v"(raw)); /* one load, not one per use as a memory operand */           \
+            v[k] = _mm##W##_and_si##W(raw, _mm##W##_set1_epi8(0x0F));                              \
+            v[k + 4] = _mm##W##_and_si##W(raw, _mm##W##_set1_epi8((char)0xF0));                    \
+        }                                                                                          \
+    }
+DEFINE_SLICES(512, __m512i, __mmask64, ~0ull)
+DEFINE_SLICES(256, __m256i, __mmask32, ~0u)
+
+/* Block dots of one (row, token) group as exact integers: four vpdpbusd chains of two
+ * (short chains, so one row's groups overlap in the pipeline), slices 4..7 shifted right
+ * by HI_SHIFT. */
+#define GROUP_DOTS(W, v, q, corr, HI_SHIFT, out)                                                   \
+    do {                                                                                           \
+        __m##W##i c0 = (corr), c1 = _mm##W##_setzero_si##W();                                     \
+        __m##W##i c2 = _mm##W##_setzero_si##W(), c3 = _mm##W##_setzero_si##W();                  \
+        c0 = _mm##W##_dpbusd_epi32(c0, v[0], _mm##W##_loadu_si##W((const void *)(q)[0]));                        \
+        c1 = _mm##W##_dpbusd_epi32(c1, v[1], _mm##W##_loadu_si##W((const void *)(q)[1]));                        \
+        c2 = _mm##W##_dpbusd_epi32(c2, v[4], _mm##W##_loadu_si##W((const void *)(q)[4]));                        \
+        c3 = _mm##W##_dpbusd_epi32(c3, v[5], _mm##W##_loadu_si##W((const void *)(q)[5]));                        \
+        c0 = _mm##W##_dpbusd_epi32(c0, v[2], _mm##W##_loadu_si##W((const void *)(q)[2]));                        \
+        c1 = _mm##W##_dpbusd_epi32(c1, v[3], _mm##W##_loadu_si##W((const void *)(q)[3]));                        \
+        c2 = _mm##W##_dpbusd_epi32(c2, v[6], _mm##W##_loadu_si##W((const void *)(q)[6]));                        \
+        c3 = _mm##W##_dpbusd_epi32(c3, v[7], _mm##W##_loadu_si##W((const void *)(q)[7]));                        \
+        __m##W##i hi = _mm##W##_add_epi32(c2, c3);                                                 \
+        if (HI_SHIFT)                                                                              \
+            hi = _mm##W##_srai_epi32(hi, HI_SHIFT);                                                \
+        (out) = _mm##W##_add_epi32(_mm##W##_add_epi32(c0, c1), hi);                                \
+    } while (0)
+
+/* One group for RM rows x RN tokens: per (row, token) the block dots as integers,
+ * converted once and scaled by d_w * d_x per lane. A group of up to 8 blocks runs on the
+ * low 256 bits and adds into the 512-bit accumulator with zero upper lanes, which leaves
+ * those lanes as they were. Every (row, token) sees the same float operations whatever
+ * the tile, and integer sums are exact in any order, so batched tiles equal one-token
+ * ones bit for bit. */
+#define DEFINE_PACKED_GROUP(NAME, HI_SHIFT, BLOCK)                                                 \
+    INLINE void group_##NAME(int RM, int RN, int n, const uint8_t *w, size_t w_row,              \
+                             const struct q8_group *const *ga, __m512 acc[4][4]) {                  \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            const uint8_t *g = w + i * w_row;                                                      \
+            if (n > 8) {                                                                           \
+                const __m512 dw = _mm512_cvtph_ps(                                                 \
+                    _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), (const void *)g));       \
+                __m512i v[8];                                                                      \
+                NAME##_slices512(g, n, v);                                                         \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    __m512i s;                                                                     \
+                    GROUP_DOTS(512, v, ga[j]->qs, _mm512_loadu_si512(ga[j]->corr), HI_SHIFT, s);   \
+                    const __m512 d = _mm512_mul_ps(dw, _mm512_loadu_ps(ga[j]->d));                 \
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), d, acc[i][j]);              \
+                }                                                                                  \
+            } else {                                                                               \
+                const __m256 dw = _mm256_cvtph_ps(                                                 \
+                    _mm_maskz_loadu_epi16((__mmask8)((1u << n) - 1), (const void *)g));           \
+                __m256i v[8];                                                                      \
+                NAME##_slices256(g, n, v);                                                         \
+                UNROLL for (int j = 0; j < RN; j++) {                                              \
+                    __m256i s;                                                                     \
+                    GROUP_DOTS(256, v, ga[j]->qs, _mm256_loadu_si256((const void *)ga[j]->corr),  \
+                               HI_SHIFT, s);                                                       \
+                    const __m256 d = _mm256_mul_ps(dw, _mm256_loadu_ps(ga[j]->d));                 \
+                    acc[i][j] = _mm512_fmadd_ps(_mm512_zextps256_ps512(_mm256_cvtepi32_ps(s)),    \
+                                                _mm512_zextps256_ps512(d), acc[i][j]);             \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    INLINE void tile_##NAME##_packed(int RM, int RN, TILE_ARGS) {                                  \
+        __m512 acc[4][4];                                                                          \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                acc[i][j] = _mm512_setzero_ps();                                                   \
+            }                                                                                      \
+        }                                                                                          \
+        const int64_t nb = cols / QK8_0;                                                           \
+        const struct q8_group *ga[4];                                                              \
+        UNROLL for (int j = 0; j < RN; j++) {                                                      \
+            ga[j] = (const struct q8_group *)(a + j * a_row);                                      \
+        }                                                                                          \
+        int64_t b = 0;                                                                             \
+        for (; b + PACK_GROUP <= nb; b += PACK_GROUP) {                                            \
+            group_##NAME(RM, RN, PACK_GROUP, w, w_row, ga, acc);                                   \
+            w += PACK_GROUP * sizeof(struct BLOCK);                                                \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                ga[j]++;                                                                           \
+            }                                                                                      \
+        }                                                                                          \
+        if (b < nb)                                                                                \
+            group_##NAME(RM, RN, (int)(nb - b), w, w_row, ga, acc);                                \
+        UNROLL for (int i = 0; i < RM; i++) {                                                      \
+            UNROLL for (int j = 0; j < RN; j++) {                                                  \
+                y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]);                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_PACKED_GROUP(q8_0, 0, block_q8_0)
+DEFINE_PACKED_GROUP(q4_0, 4, block_q4_0)
+DEFINE_GEMM(q8_0_packed, 4, 4)
+DEFINE_GEMM(q4_0_packed, 4, 4)
 
 /* ---- K-quants ------------------------------------------------------------------------- */
 
@@ -418,6 +570,10 @@ void mc_quant_kernels_avx512(struct quant_kernels *k) {
     k->convert[QKIND_Q4_0] = conv_pairs_q4_0;
     k->gemm[QKIND_Q8_0] = gemm_q8_0;
     k->gemm[QKIND_Q4_0] = gemm_q4_0;
+    k->convert[QKIND_Q8_0_PACKED] = conv_groups_q8_0;
+    k->convert[QKIND_Q4_0_PACKED] = conv_groups_q4_0;
+    k->gemm[QKIND_Q8_0_PACKED] = gemm_q8_0_packed;
+    k->gemm[QKIND_Q4_0_PACKED] = gemm_q4_0_packed;
     k->gemm[QKIND_Q4_K] = gemm_q4_k;
     k->gemm[QKIND_Q5_K] = gemm_q5_k;
     k->gemm[QKIND_Q6_K] = gemm_q6_k;

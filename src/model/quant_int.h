@@ -69,6 +69,32 @@ struct q8_pair {
     float d[16];
 };
 
+/* Activations of products with packed Q8_0/Q4_0 weights (quant.h, "Packed weights") as
+ * the AVX-512 kernels read them: 16 Q8_0 blocks per group, one block per 32-bit lane.
+ * qs[k] holds quants 4k..4k+3 of each block in its lane, so one vpdpbusd with slice k of
+ * the weights adds four products of every block into that block's lane, and after the
+ * eight slices each lane holds one whole block dot. The weights enter as unsigned bytes
+ * (Q4_0 levels 0..15, Q8_0 quants + 128), so corr starts each lane from -bias times the
+ * block's quant sum (bias 8 or 128): the integer lane then equals the signed block dot
+ * exactly, before any float rounding. d holds each block's scale; missing blocks of the
+ * last group are all zeros. */
+enum { PACK_GROUP = 16, PACK_SLICES = 8 };
+
+struct q8_group {
+    int8_t qs[PACK_SLICES][64];
+    int32_t corr[PACK_GROUP];
+    float d[PACK_GROUP];
+};
+
+/* Where a packed row keeps block b: the group starts at (b / 16) * 16 blocks' bytes,
+ * holds n (16, or fewer in the last group) fp16 scales, then slices of 4 * n bytes
+ * (4 for Q4_0: bytes 4k..4k+3 of qs; 8 for Q8_0: quants 4k..4k+3, + 128). */
+static inline int64_t pack_group_n(int64_t nb, int64_t b) {
+    int64_t g0 = b / PACK_GROUP * PACK_GROUP;
+    return nb - g0 < PACK_GROUP ? nb - g0 : PACK_GROUP;
+}
+
+_Static_assert(sizeof(struct q8_group) == 640, "q8_group size");
 _Static_assert(sizeof(struct block_q4_0) == 18, "block_q4_0 size");
 _Static_assert(sizeof(struct block_q8_0) == 34, "block_q8_0 size");
 _Static_assert(sizeof(struct block_q4_k) == 144, "block_q4_k size");
@@ -88,6 +114,8 @@ enum quant_kind {
     QKIND_Q4_K,
     QKIND_Q5_K,
     QKIND_Q6_K,
+    QKIND_Q8_0_PACKED, /* the layouts of quant.h's "Packed weights" */
+    QKIND_Q4_0_PACKED,
     QKIND_COUNT
 };
 
