@@ -216,6 +216,18 @@ static void test_reference_stories260k_q4_0_portable(void **state) {
     mc_simd_set(saved);
 }
 
+/* Every reference file with the AVX2 kernels, loaded as on a CPU without AVX-512 (GGUF
+ * rows, no packed copy): greedy ids exact and logits within each file's tolerance. On a
+ * CPU without AVX2 this runs the portable set. */
+static void test_reference_every_model_with_avx2_kernels(void **state) {
+    (void)state;
+    enum mc_simd saved = mc_simd_get();
+    mc_simd_set(MC_SIMD_AVX2);
+    for (size_t i = 0; i < sizeof(ref_files) / sizeof(ref_files[0]); i++)
+        check_reference(&ref_files[i]);
+    mc_simd_set(saved);
+}
+
 /* Perplexity as the reference's perplexity tool computes it: the text tokenized with
  * BOS (654 tokens; the README's "no BOS" count of 654 includes it), chunks of 128 tokens
  * with the first replaced by BOS, scoring positions 64..126. The reference ran with an
@@ -867,6 +879,7 @@ int main(void) {
         cmocka_unit_test(test_reference_stories260k_q4_0),
         cmocka_unit_test(test_reference_llama2_tiny_random_f16),
         cmocka_unit_test(test_reference_stories260k_q4_0_portable),
+        cmocka_unit_test(test_reference_every_model_with_avx2_kernels),
         cmocka_unit_test(test_reference_every_greedy_file),
         cmocka_unit_test(test_perplexity_matches_reference),
         cmocka_unit_test(test_batched_prefill_equals_token_by_token),

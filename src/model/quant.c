@@ -218,7 +218,7 @@ static void packed_get(bool q8, const void *row, int64_t nb, int64_t b, void *bl
 }
 
 bool mc_pack_is_fast(enum mc_type t) {
-    return (t == MC_TYPE_Q8_0 || t == MC_TYPE_Q4_0) && mc_simd_detect() == MC_SIMD_AVX512;
+    return (t == MC_TYPE_Q8_0 || t == MC_TYPE_Q4_0) && mc_simd_get() == MC_SIMD_AVX512;
 }
 
 static int pack_check(const char *what, enum mc_type t, int64_t cols, struct mc_err *err) {

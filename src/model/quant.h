@@ -66,7 +66,9 @@ int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const f
  * row, so row offsets and slices of a matrix are unchanged. Kernel sets without packed
  * kernels compute packed weights with the portable ones; the results equal the GGUF
  * layout's up to float summation order, and batches equal single calls bit for bit.
- * mc_pack_is_fast: the kernel set the CPU has reads packed t faster than GGUF rows.
+ * mc_pack_is_fast: the kernel set in use (mc_simd_get) reads packed t faster than GGUF
+ * rows; a model loaded after mc_simd_set(MC_SIMD_AVX2) keeps GGUF rows, as on a CPU
+ * without AVX-512.
  * mc_pack_rows: rows x cols of type t from GGUF (src) to packed (dst); MC_ENOTSUP for a
  * type without a packed layout, MC_EINVAL for a bad shape. src and dst must not overlap.
  * mc_dequantize_row_packed and mc_matmul_packed: as the GGUF-layout calls, for packed w. */
