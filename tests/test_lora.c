@@ -224,6 +224,104 @@ static void test_peft_permutation(void **state) {
     mc_lora_release(g);
 }
 
+/* A safetensors file in memory: n F32 tensors, tensor i named names[i] with shape
+ * (rows[i], cols[i]) and values vals[i], stored one after another. Free with mc_free. */
+static uint8_t *make_safetensors(int n, const char *const *names, const int64_t *rows,
+                                 const int64_t *cols, const float *const *vals, size_t *size) {
+    char hdr[2048];
+    size_t len = 0, off = 0;
+    len += (size_t)snprintf(hdr + len, sizeof(hdr) - len, "{");
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)(rows[i] * cols[i]) * sizeof(float);
+        len += (size_t)snprintf(hdr + len, sizeof(hdr) - len,
+                                "%s\"%s\": {\"dtype\": \"F32\", \"shape\": [%lld, %lld], "
+                                "\"data_offsets\": [%zu, %zu]}",
+                                i ? ", " : "", names[i], (long long)rows[i], (long long)cols[i],
+                                off, off + bytes);
+        off += bytes;
+    }
+    len += (size_t)snprintf(hdr + len, sizeof(hdr) - len, "}");
+    assert_true(len < sizeof(hdr));
+    uint64_t hlen = len;
+    *size = 8 + len + off;
+    uint8_t *buf = mc_malloc(*size), *at = buf + 8 + len;
+    assert_non_null(buf);
+    memcpy(buf, &hlen, 8);
+    memcpy(buf + 8, hdr, len);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)(rows[i] * cols[i]) * sizeof(float);
+        memcpy(at, vals[i], bytes);
+        at += bytes;
+    }
+    return buf;
+}
+
+/* The reference adapter adapts only q and v, so k's permutation is checked here with a
+ * PEFT adapter built in memory: layer 1's k_proj and v_proj, rank 2, lora_B row o
+ * holding 100·o + k + 1 in column k. Bound to stories260K (8 query heads, 4 KV heads of
+ * 8 rows), k's rows must come out as convert_hf_to_gguf permutes them with n_head_kv:
+ * within each head of 8 rows, HF rows 0, 4, 1, 5, 2, 6, 3, 7. Permuting with n_head
+ * instead (heads of 4 rows: 0, 2, 1, 3, ...) or not at all fails; v is never permuted. */
+static void test_peft_k_permutation(void **state) {
+    (void)state;
+    enum { R = 2, N_IN = 64, N_KV = 32 };
+    assert_int_equal(base.head_dim, 8);
+    assert_int_equal(base.n_head_kv * base.head_dim, N_KV);
+    assert_true(base.n_head != base.n_head_kv); /* else n_head would give the same order */
+    static float a[R * N_IN], b[N_KV * R];
+    for (int i = 0; i < R * N_IN; i++)
+        a[i] = (float)(i % 7) * 0.125f;
+    for (int o = 0; o < N_KV; o++)
+        for (int k = 0; k < R; k++)
+            b[o * R + k] = (float)(100 * o + k + 1);
+    const char *const names[4] = {"base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight",
+                                  "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight",
+                                  "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight",
+                                  "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"};
+    const int64_t rows[4] = {R, N_KV, R, N_KV}, cols[4] = {N_IN, R, N_IN, R};
+    const float *const vals[4] = {a, b, a, b};
+    size_t st_len;
+    uint8_t *st = make_safetensors(4, names, rows, cols, vals, &st_len);
+    static const char cfg[] = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4,"
+                              " \"target_modules\": [\"k_proj\", \"v_proj\"]}";
+    struct mc_err err = {0};
+    struct mc_lora *l, *raw;
+    int rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "kv", &base, &l, &err);
+    if (rc != MC_OK)
+        fail_msg("open: %s", err.msg);
+    rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "kv", NULL, &raw, &err);
+    if (rc != MC_OK)
+        fail_msg("open without base: %s", err.msg);
+    mc_free(st);
+    assert_int_equal(mc_lora_n_pairs(l), 2);
+    assert_false(mc_lora_info(l)->hf_row_order);
+    assert_true(mc_lora_info(raw)->hf_row_order);
+
+    static const int in_head[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    struct mc_lora_pair_info k, v, kr;
+    mc_lora_pair(l, 0, &k);
+    mc_lora_pair(l, 1, &v);
+    mc_lora_pair(raw, 0, &kr);
+    assert_string_equal(k.name, "blk.1.attn_k.weight");
+    assert_string_equal(v.name, "blk.1.attn_v.weight");
+    assert_int_equal(k.type, MC_TYPE_F32);
+    assert_int_equal(k.n_out, N_KV);
+    assert_memory_equal(k.a, a, sizeof(a));
+    const float *kb = k.bt, *vb = v.bt, *rb = kr.bt; /* (R, N_KV) */
+    for (int g = 0; g < N_KV; g++) {
+        int hf = g / 8 * 8 + in_head[g % 8];
+        for (int c = 0; c < R; c++) {
+            if (kb[c * N_KV + g] != (float)(100 * hf + c + 1))
+                fail_msg("k GGUF row %d column %d holds %g: HF row %g, want HF row %d", g, c,
+                         kb[c * N_KV + g], (kb[c * N_KV + g] - (float)(c + 1)) / 100, hf);
+            assert_float_near(vb[c * N_KV + g], 100 * g + c + 1, 0);
+            assert_float_near(rb[c * N_KV + g], 100 * g + c + 1, 0);
+        }
+    }
+    mc_lora_release(raw);
+    mc_lora_release(l);
+}
+
 /* PEFT -> GGUF conversion writes the same tensors as the reference GGUF file. */
 static void test_convert_roundtrip(void **state) {
     (void)state;
@@ -906,6 +1004,7 @@ int main(void) {
         cmocka_unit_test(test_reference_gguf),
         cmocka_unit_test(test_reference_peft),
         cmocka_unit_test(test_peft_permutation),
+        cmocka_unit_test(test_peft_k_permutation),
         cmocka_unit_test(test_convert_roundtrip),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_merge_equals_adapter),
