@@ -1,7 +1,8 @@
 /* test_lora.c - LoRA adapters: the reference outputs of llama.cpp with the GGUF adapter
- * and its PEFT twin, adapter == merged model, 16 adapters in one batch == each alone,
- * scale arithmetic (alpha/r, rsLoRA, request scale, no alpha), errors that name the
- * tensor, and the residency cache (LRU order, pinning, in-use protection, versions).
+ * and its PEFT twin, the rope permutation of PEFT q and k lora_B rows, adapter == merged
+ * model, 16 different adapters in one batch == each alone, scale arithmetic (alpha/r,
+ * rsLoRA, request scale, no alpha), errors that name the tensor, the residency cache
+ * (LRU order, pinning, in-use protection, versions).
  *
  * Reference: ../shared/reference/stories260K-lora-r4.greedy.json (llama.cpp, F32 KV);
  * greedy ids must match exactly, logits within 1e-3 (values 5..20; the reference README
@@ -526,13 +527,15 @@ static void test_merge_equals_adapter(void **state) {
 
 /* ---- Many adapters in one batch ------------------------------------------------------ */
 
-enum { N_SEQ = 16, N_STEPS = 12 };
+/* The batch test: 20 rows, 16 of them with 16 different adapters, 4 without. */
+enum { N_ADAPTERS = 16, N_ROWS = 20, N_STEPS = 12 };
 
 /* Greedy decode of N_STEPS tokens for seqs[0..n) in one batch per step; tokens out. */
 static void decode_batch(struct mc_ctx *ctx, struct seq *seqs, int n, int32_t *tokens) {
     int32_t nv = mc_model_hparams(model)->n_vocab;
     float *logits = mc_malloc((size_t)n * nv * sizeof(float));
-    struct mc_batch_row rows[N_SEQ];
+    struct mc_batch_row rows[N_ROWS];
+    assert_true(n <= N_ROWS);
     for (int step = 0; step < N_STEPS; step++) {
         for (int i = 0; i < n; i++) {
             int32_t t = mc_argmax(seqs[i].logits, nv);
@@ -547,44 +550,27 @@ static void decode_batch(struct mc_ctx *ctx, struct seq *seqs, int n, int32_t *t
     mc_free(logits);
 }
 
-static void test_batch_16_adapters(void **state) {
-    (void)state;
-    struct mc_err err = {0};
-    struct mc_lora *ad[N_SEQ] = {0};
-    struct mc_lora *ref = open_ok(shared("models/stories260K-lora-r4.gguf"), &base);
-    uint32_t masks[4] = {(1u << MC_PROJ_COUNT) - 1, 1u << MC_PROJ_Q | 1u << MC_PROJ_V,
-                         1u << MC_PROJ_GATE | 1u << MC_PROJ_DOWN, 1u << MC_PROJ_O};
-    for (int i = 0; i < N_SEQ; i++) {
-        if (i % 4 == 3)
-            continue; /* rows 3, 7, 11, 15: no adapter */
-        if (i == 13 || i == 14) {
-            /* 13: the reference adapter; 14: shares row 1's adapter (a group of two). */
-            ad[i] = mc_lora_retain(i == 13 ? ref : ad[1]);
-            continue;
-        }
-        assert_int_equal(
-            mc_lora_synth(&base, 2 + i % 5, masks[i % 4], 0, 100 + (uint64_t)i, "s", &ad[i], &err),
-            MC_OK);
+/* Decodes rows [0, n) (row i: adapter ad[i] or none, at scale[i]) together after the
+ * same prompt, then each row alone, and fails unless every row gets exactly the same
+ * greedy tokens and, within 1e-5, the same final logits both ways. Returns the number
+ * of rows whose tokens differ from those of row base_row. */
+static int check_batch_equals_alone(struct mc_ctx *ctx, struct mc_lora *const *ad,
+                                    const float *scale, int n, int base_row) {
+    size_t n_ids;
+    int32_t *ids = tokenize("Once upon a time", &n_ids);
+    struct seq batch[N_ROWS], alone;
+    int32_t got[N_ROWS * N_STEPS], want[N_STEPS];
+    assert_true(n <= N_ROWS);
+    for (int i = 0; i < n; i++) {
+        seq_init(&batch[i], ad[i], scale[i]);
+        seq_prompt(ctx, &batch[i], ids, n_ids);
     }
-
-    struct mc_ctx *ctx;
-    struct mc_lora_runner *run;
-    assert_int_equal(mc_ctx_create(model, N_SEQ, 2, &ctx, &err), MC_OK);
-    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
-    size_t n;
-    int32_t *ids = tokenize("Once upon a time", &n);
-    struct seq batch[N_SEQ], alone;
-    int32_t got[N_SEQ * N_STEPS], want[N_STEPS];
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_init(&batch[i], ad[i], i == 14 ? 0.5f : 1.0f);
-        seq_prompt(ctx, &batch[i], ids, n);
-    }
-    decode_batch(ctx, batch, N_SEQ, got);
+    decode_batch(ctx, batch, n, got);
 
     int n_differ = 0;
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_init(&alone, ad[i], i == 14 ? 0.5f : 1.0f);
-        seq_prompt(ctx, &alone, ids, n);
+    for (int i = 0; i < n; i++) {
+        seq_init(&alone, ad[i], scale[i]);
+        seq_prompt(ctx, &alone, ids, n_ids);
         decode_batch(ctx, &alone, 1, want);
         for (int s = 0; s < N_STEPS; s++)
             if (got[i * N_STEPS + s] != want[s])
@@ -592,11 +578,47 @@ static void test_batch_16_adapters(void **state) {
                          want[s]);
         for (int32_t v = 0; v < mc_model_hparams(model)->n_vocab; v++)
             assert_float_near(batch[i].logits[v], alone.logits[v], 1e-5);
-        n_differ += memcmp(got + i * N_STEPS, got + 3 * N_STEPS, sizeof(want)) != 0;
+        n_differ += memcmp(got + i * N_STEPS, got + base_row * N_STEPS, sizeof(want)) != 0;
         seq_free(&alone);
     }
-    /* Most adapters must change the output, or the test would not see a mix-up. */
-    assert_true(n_differ >= 8);
+    for (int i = 0; i < n; i++)
+        seq_free(&batch[i]);
+    mc_free(ids);
+    return n_differ;
+}
+
+/* 16 different adapters in one batch of 20 rows: 15 random ones (ranks 2 to 6, four
+ * target sets, scales 1 and 0.5) and the reference adapter, with rows 4, 9, 14 and 19
+ * left without. Then one adapter shared by two rows at different scales (one group of
+ * two rows, each with its own scale) beside a row without. */
+static void test_batch_16_adapters(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_lora *ad[N_ADAPTERS], *rows[N_ROWS];
+    float scale[N_ROWS];
+    uint32_t masks[4] = {(1u << MC_PROJ_COUNT) - 1, 1u << MC_PROJ_Q | 1u << MC_PROJ_V,
+                         1u << MC_PROJ_GATE | 1u << MC_PROJ_DOWN, 1u << MC_PROJ_O};
+    for (int a = 0; a < N_ADAPTERS - 1; a++)
+        assert_int_equal(mc_lora_synth(&base, 2 + a % 5, masks[a % 4], 0, 100 + (uint64_t)a, "s",
+                                       &ad[a], &err),
+                         MC_OK);
+    ad[N_ADAPTERS - 1] = open_ok(shared("models/stories260K-lora-r4.gguf"), &base);
+    for (int i = 0, a = 0; i < N_ROWS; i++) {
+        rows[i] = i % 5 == 4 ? NULL : ad[a++];
+        scale[i] = i % 3 == 2 ? 0.5f : 1.0f;
+    }
+
+    struct mc_ctx *ctx;
+    struct mc_lora_runner *run;
+    assert_int_equal(mc_ctx_create(model, N_ROWS, 2, &ctx, &err), MC_OK);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    /* Most adapters must change the output, or the test would not see a mix-up (13 of
+     * the 16 change the 12 greedy tokens). */
+    assert_true(check_batch_equals_alone(ctx, rows, scale, N_ROWS, 4) >= 12);
+
+    struct mc_lora *shared_rows[3] = {ad[1], NULL, ad[1]};
+    const float shared_scale[3] = {1.0f, 1.0f, 0.5f};
+    assert_int_equal(check_batch_equals_alone(ctx, shared_rows, shared_scale, 3, 1), 2);
 
     /* An adapter bound to another shape is refused by the hook. */
     struct mc_lora_base other = base;
@@ -612,12 +634,8 @@ static void test_batch_16_adapters(void **state) {
     seq_free(&s2);
     mc_lora_release(bad);
 
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_free(&batch[i]);
-        mc_lora_release(ad[i]);
-    }
-    mc_lora_release(ref);
-    mc_free(ids);
+    for (int a = 0; a < N_ADAPTERS; a++)
+        mc_lora_release(ad[a]);
     mc_lora_runner_free(run);
     mc_ctx_free(ctx);
 }
