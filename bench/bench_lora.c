@@ -352,9 +352,26 @@ static void bench_residency(struct bench *b, struct blobs *bl) {
     mc_lora_cache_free(c);
 }
 
+static void usage(FILE *f) {
+    fprintf(f, "usage: bench_lora [MODEL] [--threads N] [--steps N] [--rounds N] [--rank R]\n"
+               "                  [--type f16|f32] [--resident f32|f16|q8_0]\n"
+               "\n"
+               "MODEL (default /tmp/synth.gguf) is made by\n"
+               "  mcai model synth --like ../shared/tokenizer-tests/ggml-vocab-llama-spm.gguf \\\n"
+               "      --embd 768 --layers 12 --heads 12 --kv-heads 4 --ff 2048 --type Q4_0 \\\n"
+               "      -o /tmp/synth.gguf\n"
+               "Defaults: 2 threads, 6 steps, 3 rounds, rank 16, F16 adapters kept as F16.\n");
+}
+
 int main(int argc, char **argv) {
     struct bench b = {.threads = 2, .steps = 6, .rounds = 3, .rank = 16, .type = MC_TYPE_F16};
     const char *path = "/tmp/synth.gguf", *resident = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        }
+    }
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--threads"))
             b.threads = atoi(argv[++i]);
@@ -368,8 +385,13 @@ int main(int argc, char **argv) {
             resident = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--rank"))
             b.rank = atoi(argv[++i]);
-        else
+        else if (argv[i][0] != '-')
             path = argv[i];
+        else {
+            fprintf(stderr, "bench_lora: unknown option or missing value: %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
     }
     b.resident = b.type;
     if (resident && mc_type_from_name(resident, &b.resident) != MC_OK) {

@@ -2,7 +2,7 @@
  * and its PEFT twin, the rope permutation of PEFT q and k lora_B rows, adapter == merged
  * model, 16 different adapters in one batch == each alone, scale arithmetic (alpha/r,
  * rsLoRA, request scale, no alpha), errors that name the tensor, the residency cache
- * (LRU order, pinning, in-use protection, versions).
+ * (LRU order, pinning, in-use protection, versions) and the lora command lines.
  *
  * Reference: ../shared/reference/stories260K-lora-r4.greedy.json (llama.cpp, F32 KV);
  * greedy ids must match exactly, logits within 1e-3 (values 5..20; the reference README
@@ -21,6 +21,7 @@
 #include <jansson.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h> /* WIFEXITED */
 #include <unistd.h>
 
 #define REF_TOL 1e-3
@@ -1017,6 +1018,71 @@ static void test_cache_byte_budget(void **state) {
     mc_lora_cache_free(c);
 }
 
+/* ---- Command lines ---------------------------------------------------------------- */
+
+/* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
+static int run_cmd(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Exit codes 0 ok, 1 runtime error, 2 usage error: mcai's help lists every lora
+ * subcommand, a bad --targets and a bad --lora scale are usage errors with a message
+ * naming the value, a colon in an existing path is still a path, and bench_lora --help
+ * prints its usage. */
+static void test_cli_lora_usage_and_exit_codes(void **state) {
+    (void)state;
+    const char *mcai = getenv("MCAI"), *build = getenv("BUILD");
+    if (!mcai || !*mcai)
+        mcai = "build/mcai";
+    char cmd[2048], out[8192], link[64];
+    const char *m = shared("models/stories260K.gguf");
+    const char *a = shared("models/stories260K-lora-r4.gguf");
+
+    snprintf(cmd, sizeof(cmd), "%s --help 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "(info, convert, merge, synth)"));
+
+    snprintf(cmd, sizeof(cmd), "%s lora synth --like %s --rank 2 --targets foo -o /dev/null 2>&1",
+             mcai, m);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "unknown target 'foo'"));
+
+    static const char *const bad_scales[] = {"inf", "1e40", "abc", "nan"};
+    for (size_t i = 0; i < sizeof(bad_scales) / sizeof(bad_scales[0]); i++) {
+        char want[64];
+        snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --lora %s:%s 2>&1", mcai, m, a,
+                 bad_scales[i]);
+        assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+        snprintf(want, sizeof(want), "scale '%s' is not a finite number", bad_scales[i]);
+        if (!strstr(out, want) || strstr(out, "No such file"))
+            fail_msg("--lora FILE:%s: output lacks \"%s\": %.300s", bad_scales[i], want, out);
+    }
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>/dev/null",
+             mcai, m, a);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    snprintf(link, sizeof(link), "/tmp/test_lora_cli_%d:v2.gguf", (int)getpid());
+    char target[1024];
+    assert_non_null(realpath(a, target));
+    assert_int_equal(symlink(target, link), 0);
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s 2>&1", mcai, m, link);
+    int rc = run_cmd(cmd, out, sizeof(out));
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>&1", mcai, m,
+             link);
+    int rc_scaled = run_cmd(cmd, out, sizeof(out));
+    unlink(link);
+    assert_int_equal(rc, 0);
+    assert_int_equal(rc_scaled, 0);
+
+    snprintf(cmd, sizeof(cmd), "%s/bench/bench_lora --help 2>&1", build && *build ? build : "build");
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "usage: bench_lora [MODEL]"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_gguf),
@@ -1034,6 +1100,7 @@ int main(void) {
         cmocka_unit_test(test_gguf_errors),
         cmocka_unit_test(test_cache_lru_pin_inuse),
         cmocka_unit_test(test_cache_byte_budget),
+        cmocka_unit_test(test_cli_lora_usage_and_exit_codes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

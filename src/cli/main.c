@@ -22,7 +22,7 @@ static const struct command commands[] = {
     {"tenant", cmd_tenant, "create, list, show, update and delete tenants"},
     {"key", cmd_key, "create, list and revoke tenant API keys"},
     {"audit", cmd_audit, "verify the hash-chained audit log"},
-    {"lora", cmd_lora, "LoRA adapter tools (info, convert, merge)"},
+    {"lora", cmd_lora, "LoRA adapter tools (info, convert, merge, synth)"},
     {"kb", cmd_kb, "knowledge-base tools (ingest, search)"},
 };
 
