@@ -769,6 +769,80 @@ static void test_q8_residency(void **state) {
     mc_lora_release(back);
 }
 
+/* Both converted to Q8_0 under each SIMD level; fails unless the bytes are equal. */
+static void check_q8_same_bytes(const struct mc_lora *l) {
+    struct mc_err err = {0};
+    struct mc_lora *fast, *ref;
+    enum mc_simd was = mc_simd_get();
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &fast, &err), MC_OK);
+    mc_simd_set(MC_SIMD_PORTABLE);
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &ref, &err), MC_OK);
+    mc_simd_set(was);
+    for (int32_t i = 0; i < mc_lora_n_pairs(l); i++) {
+        struct mc_lora_pair_info f, r;
+        mc_lora_pair(fast, i, &f);
+        mc_lora_pair(ref, i, &r);
+        assert_memory_equal(f.a, r.a, (size_t)f.rank * mc_type_row_size(MC_TYPE_Q8_0, f.n_in));
+        assert_memory_equal(f.bt, r.bt, (size_t)f.rank * mc_type_row_size(MC_TYPE_Q8_0, f.n_out));
+    }
+    mc_lora_release(fast);
+    mc_lora_release(ref);
+}
+
+/* The AVX2 Q8_0 conversion writes the bytes of the generic one (mc_quantize_row), from
+ * F32 and from F16, including halves, which round away from zero as roundf does: a
+ * block whose largest value is 127 has scale 1, so its values are quantized as is. */
+static void test_q8_convert_matches_reference(void **state) {
+    (void)state;
+    enum { R = 2, N_IN = 64, N_KV = 32 };
+    static const float ties[] = {127, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f,
+                                 0.49999997f, -0.49999997f, 3.5f, -126.5f, 0, -0.0f};
+    static const int8_t want[] = {127, 1, 2, 3, -1, -2, -3, 127, 0, 0, 4, -127, 0, 0};
+    static float a[R * N_IN], b[N_KV * R];
+    for (int i = 0; i < R * N_IN; i++)
+        a[i] = i < (int)(sizeof(ties) / sizeof(ties[0])) ? ties[i] : (float)((i * 37) % 19) - 9.0f;
+    for (int i = 32; i < 64; i++)
+        a[i] = 0; /* a block of zeros: scale 0 */
+    for (int i = 0; i < N_KV * R; i++)
+        b[i] = (float)(i % 11) * 0.3f - 1.0f;
+    const char *const names[2] = {"base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+                                  "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"};
+    const int64_t rows[2] = {R, N_KV}, cols[2] = {N_IN, R};
+    const float *const vals[2] = {a, b};
+    size_t st_len;
+    uint8_t *st = make_safetensors(2, names, rows, cols, vals, &st_len);
+    static const char cfg[] = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2}";
+    struct mc_err err = {0};
+    struct mc_lora *l, *q, *s, *h;
+    int rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "ties", &base, &l, &err);
+    mc_free(st);
+    if (rc != MC_OK)
+        fail_msg("open: %s", err.msg);
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &q, &err), MC_OK);
+    struct mc_lora_pair_info p;
+    mc_lora_pair(q, 0, &p);
+    const uint8_t *blk = p.a;
+    uint16_t d;
+    memcpy(&d, blk, 2);
+    assert_float_near(mc_fp16_to_fp32(d), 1.0, 0);
+    for (size_t i = 0; i < sizeof(want); i++)
+        if ((int8_t)blk[2 + i] != want[i])
+            fail_msg("value %.9g quantized to %d, want %d", ties[i], (int8_t)blk[2 + i], want[i]);
+    memcpy(&d, blk + 34, 2);
+    assert_int_equal(d, 0);
+    mc_lora_release(q);
+    check_q8_same_bytes(l);
+
+    uint32_t attn = (1u << MC_PROJ_Q) | (1u << MC_PROJ_K) | (1u << MC_PROJ_V) | (1u << MC_PROJ_O);
+    assert_int_equal(mc_lora_synth(&base, 8, attn, 0, 11, "s", &s, &err), MC_OK);
+    assert_int_equal(mc_lora_convert(s, MC_TYPE_F16, &h, &err), MC_OK);
+    check_q8_same_bytes(s);
+    check_q8_same_bytes(h);
+    mc_lora_release(h);
+    mc_lora_release(s);
+    mc_lora_release(l);
+}
+
 /* ---- Errors ------------------------------------------------------------------------- */
 
 static void expect_peft_error(const char *config, int code, const char *needle) {
@@ -1095,6 +1169,7 @@ int main(void) {
         cmocka_unit_test(test_batch_16_adapters),
         cmocka_unit_test(test_f16_storage_and_kernels),
         cmocka_unit_test(test_q8_residency),
+        cmocka_unit_test(test_q8_convert_matches_reference),
         cmocka_unit_test(test_no_hook_is_error),
         cmocka_unit_test(test_peft_config_errors),
         cmocka_unit_test(test_gguf_errors),

@@ -6,7 +6,8 @@
  * and an expand y[j] += Σ_k t[k]·Bᵀ[k][j] over an output range. Every output of the
  * expand gets one fused multiply-add per rank row, in order, in the vector body and in
  * the scalar tail alike (fmaf), so a result does not depend on where a thread's range
- * starts. */
+ * starts. A third kernel quantizes F32 or F16 rows to Q8_0 for mc_lora_convert, with the
+ * reference quantizer's arithmetic, so that it writes the bytes mc_quantize_row would. */
 #include "adapter/lora_int.h"
 
 #include <immintrin.h>
@@ -118,5 +119,47 @@ void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt,
             axpy_q8(y + j0, t[k], row, j1 - j0);
         else
             axpy(y + j0, t[k], row, wt, j1 - j0);
+    }
+}
+
+/* ---- Q8_0 conversion ---------------------------------------------------------------- */
+
+/* roundf for |x| < 2^23: truncate, then step one away from zero when the part dropped
+ * (x - trunc(x), exact) is at least one half. */
+static __m256 round_away(__m256 x) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 step = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(x, sign_bit));
+    __m256 dropped = _mm256_andnot_ps(sign_bit, _mm256_sub_ps(x, t));
+    __m256 up = _mm256_cmp_ps(dropped, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm256_add_ps(t, _mm256_and_ps(up, step));
+}
+
+/* As quant_q8_0 in quant.c: d = amax / 127 stored as F16 (round to nearest even, as
+ * mc_fp32_to_fp16), q = roundf(x · (1 / d)), 0 for a block of zeros. */
+void lora_q8_row_avx2(const void *w, enum mc_type t, uint8_t *dst, int64_t n) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += LORA_Q8_BLOCK, dst += LORA_Q8_BYTES) {
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = load8(w, t, i + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[j]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d = _mm_cvtss_f32(m) / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        memcpy(dst, &dh, 2);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[j], _mm256_set1_ps(id))));
+        /* The packs work within 128-bit lanes; the permutation puts the 32 bytes back
+         * in order. */
+        __m256i q16a = _mm256_packs_epi32(q[0], q[1]), q16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i q8 = _mm256_packs_epi16(q16a, q16b);
+        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(dst + 2), q8);
     }
 }
