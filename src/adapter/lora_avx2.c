@@ -108,12 +108,38 @@ float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n) {
     return s;
 }
 
-/* One axpy per rank row: each Bᵀ row segment is read as one sequential stream, which
- * matters more than re-reading y from L1 (a group of one row, the common case with many
- * adapters, is bound by reading the adapter from memory). */
+/* y[0..n) += Σ t[k] · w[k][0..n) over four rows w[k] of F32 or F16, with the four
+ * fused multiply-adds of each output in the order k = 0..3: the results of four axpy
+ * calls, for one load and one store of y instead of four. */
+static void axpy4(float *y, const float *t, const void *const *w, enum mc_type wt, int64_t n) {
+    __m256 a0 = _mm256_set1_ps(t[0]), a1 = _mm256_set1_ps(t[1]);
+    __m256 a2 = _mm256_set1_ps(t[2]), a3 = _mm256_set1_ps(t[3]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_fmadd_ps(a0, load8(w[0], wt, i), _mm256_loadu_ps(y + i));
+        acc = _mm256_fmadd_ps(a1, load8(w[1], wt, i), acc);
+        acc = _mm256_fmadd_ps(a2, load8(w[2], wt, i), acc);
+        acc = _mm256_fmadd_ps(a3, load8(w[3], wt, i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int k = 0; k < 4; k++)
+            y[i] = fmaf(t[k], get1(w[k], wt, i), y[i]);
+}
+
+/* Rank rows four at a time for F32 and F16 (four sequential streams of Bᵀ, y loaded and
+ * stored once per four rows), one at a time for Q8_0 and for the last rank % 4 rows.
+ * Either way every output gets its multiply-adds in rank order. */
 void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
                       int64_t n_out, int64_t j0, int64_t j1) {
-    for (int32_t k = 0; k < rank; k++) {
+    int32_t k = 0;
+    for (; wt != MC_TYPE_Q8_0 && k + 4 <= rank; k += 4) {
+        const void *w[4];
+        for (int i = 0; i < 4; i++)
+            w[i] = (const uint8_t *)bt + lora_offset(wt, (size_t)((k + i) * n_out + j0));
+        axpy4(y + j0, t + k, w, wt, j1 - j0);
+    }
+    for (; k < rank; k++) {
         const uint8_t *row = (const uint8_t *)bt + lora_offset(wt, (size_t)(k * n_out + j0));
         if (wt == MC_TYPE_Q8_0)
             axpy_q8(y + j0, t[k], row, j1 - j0);
