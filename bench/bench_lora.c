@@ -13,7 +13,8 @@
  * 3. Residency: 1,000 registered adapters behind a 64-adapter cache, requests picking
  *    their adapter from a Zipf(1.0) distribution: first 4,000 requests through the cache
  *    alone (steady-state hit rate, cost per miss), then decoding with 32 slots, each
- *    request running 16 tokens, throughput with cache work included, against base only.
+ *    request running 16 tokens, throughput with cache work included, against base-only
+ *    steps interleaved with it in blocks of 4.
  *
  * MODEL defaults to /tmp/synth.gguf, made by
  *   mcai model synth --like ../shared/tokenizer-tests/ggml-vocab-llama-spm.gguf \
@@ -296,8 +297,9 @@ static void print_cache(const char *what, const struct mc_lora_cache_stats *a,
 
 /* Phase 1 runs WARM_REQUESTS requests through the cache alone (steady-state hit rate and
  * load cost); phase 2 decodes with 32 slots, each request holding its adapter for
- * REQ_TOKENS steps, and measures throughput with the cache work included. */
-enum { WARM_REQUESTS = 4000 };
+ * REQ_TOKENS steps, and measures throughput with the cache work included, against as
+ * many base-only steps run in alternating blocks of BLOCK_STEPS. */
+enum { WARM_REQUESTS = 4000, BLOCK_STEPS = 4 };
 
 static void bench_residency(struct bench *b, struct blobs *bl) {
     struct mc_err err = {0};
@@ -320,41 +322,64 @@ static void bench_residency(struct bench *b, struct blobs *bl) {
     mc_lora_cache_stats(c, &s1);
     print_cache("cache only", &s0, &s1, WARM_REQUESTS, t_load);
 
+    /* Blocks of BLOCK_STEPS steps with adapters alternate with as many base-only steps
+     * (no row holds an adapter), so that both see the same share of a load that changes
+     * from second to second on a shared machine. */
+    struct mc_lora *none[BATCH] = {0};
     int left[BATCH], n_steps = b->steps * b->rounds * 4, n_req = 0;
     for (int i = 0; i < BATCH; i++)
         left[i] = i % REQ_TOKENS; /* staggered: about 2 new requests per step */
-    double base_t = 0, t0 = now_s();
+    double dt = 0, base_t = 0;
     t_load = 0;
-    for (int s = 0; s < n_steps; s++) {
-        for (int i = 0; i < BATCH; i++) {
-            if (left[i]-- > 0)
-                continue;
-            t_load += admit(c, &z, &ad[i]);
-            left[i] = REQ_TOKENS - 1;
-            n_req++;
+    for (int done = 0; done < n_steps; done += BLOCK_STEPS) {
+        int n = n_steps - done < BLOCK_STEPS ? n_steps - done : BLOCK_STEPS;
+        double t0 = now_s();
+        for (int s = 0; s < n; s++) {
+            for (int i = 0; i < BATCH; i++) {
+                if (left[i]-- > 0)
+                    continue;
+                t_load += admit(c, &z, &ad[i]);
+                left[i] = REQ_TOKENS - 1;
+                n_req++;
+            }
+            step(b, ad);
         }
-        step(b, ad);
+        double t1 = now_s();
+        for (int s = 0; s < n; s++)
+            step(b, none);
+        base_t += now_s() - t1;
+        dt += t1 - t0;
     }
-    double dt = now_s() - t0;
     mc_lora_cache_stats(c, &s2);
-    for (int i = 0; i < BATCH; i++) {
+    for (int i = 0; i < BATCH; i++)
         mc_lora_release(ad[i]);
-        ad[i] = NULL;
-    }
-    double t1 = now_s();
-    for (int s = 0; s < n_steps; s++)
-        step(b, ad);
-    base_t = now_s() - t1;
     print_cache("decoding", &s1, &s2, n_req, t_load);
-    printf("  decode with adapters: %.1f tok/s over %d steps of batch %d (base only, same steps: "
-           "%.1f tok/s, ratio %.3f)\n",
+    printf("  decode with adapters: %.1f tok/s over %d steps of batch %d (base only, as many "
+           "steps interleaved: %.1f tok/s, ratio %.3f)\n",
            BATCH * n_steps / dt, n_steps, BATCH, BATCH * n_steps / base_t, base_t / dt);
     mc_lora_cache_free(c);
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: bench_lora [MODEL] [--threads N] [--steps N] [--rounds N] [--rank R]\n"
+               "                  [--type f16|f32] [--resident f32|f16|q8_0]\n"
+               "\n"
+               "MODEL (default /tmp/synth.gguf) is made by\n"
+               "  mcai model synth --like ../shared/tokenizer-tests/ggml-vocab-llama-spm.gguf \\\n"
+               "      --embd 768 --layers 12 --heads 12 --kv-heads 4 --ff 2048 --type Q4_0 \\\n"
+               "      -o /tmp/synth.gguf\n"
+               "Defaults: 2 threads, 6 steps, 3 rounds, rank 16, F16 adapters kept as F16.\n");
 }
 
 int main(int argc, char **argv) {
     struct bench b = {.threads = 2, .steps = 6, .rounds = 3, .rank = 16, .type = MC_TYPE_F16};
     const char *path = "/tmp/synth.gguf", *resident = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        }
+    }
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--threads"))
             b.threads = atoi(argv[++i]);
@@ -368,8 +393,13 @@ int main(int argc, char **argv) {
             resident = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--rank"))
             b.rank = atoi(argv[++i]);
-        else
+        else if (argv[i][0] != '-')
             path = argv[i];
+        else {
+            fprintf(stderr, "bench_lora: unknown option or missing value: %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
     }
     b.resident = b.type;
     if (resident && mc_type_from_name(resident, &b.resident) != MC_OK) {

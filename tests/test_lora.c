@@ -1,7 +1,8 @@
 /* test_lora.c - LoRA adapters: the reference outputs of llama.cpp with the GGUF adapter
- * and its PEFT twin, adapter == merged model, 16 adapters in one batch == each alone,
- * scale arithmetic (alpha/r, rsLoRA, request scale, no alpha), errors that name the
- * tensor, and the residency cache (LRU order, pinning, in-use protection, versions).
+ * and its PEFT twin, the rope permutation of PEFT q and k lora_B rows, adapter == merged
+ * model, 16 different adapters in one batch == each alone, scale arithmetic (alpha/r,
+ * rsLoRA, request scale, no alpha), errors that name the tensor, the residency cache
+ * (LRU order, pinning, in-use protection, versions) and the lora command lines.
  *
  * Reference: ../shared/reference/stories260K-lora-r4.greedy.json (llama.cpp, F32 KV);
  * greedy ids must match exactly, logits within 1e-3 (values 5..20; the reference README
@@ -20,6 +21,7 @@
 #include <jansson.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h> /* WIFEXITED */
 #include <unistd.h>
 
 #define REF_TOL 1e-3
@@ -222,6 +224,104 @@ static void test_peft_permutation(void **state) {
     mc_lora_release(raw);
     mc_lora_release(p);
     mc_lora_release(g);
+}
+
+/* A safetensors file in memory: n F32 tensors, tensor i named names[i] with shape
+ * (rows[i], cols[i]) and values vals[i], stored one after another. Free with mc_free. */
+static uint8_t *make_safetensors(int n, const char *const *names, const int64_t *rows,
+                                 const int64_t *cols, const float *const *vals, size_t *size) {
+    char hdr[2048];
+    size_t len = 0, off = 0;
+    len += (size_t)snprintf(hdr + len, sizeof(hdr) - len, "{");
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)(rows[i] * cols[i]) * sizeof(float);
+        len += (size_t)snprintf(hdr + len, sizeof(hdr) - len,
+                                "%s\"%s\": {\"dtype\": \"F32\", \"shape\": [%lld, %lld], "
+                                "\"data_offsets\": [%zu, %zu]}",
+                                i ? ", " : "", names[i], (long long)rows[i], (long long)cols[i],
+                                off, off + bytes);
+        off += bytes;
+    }
+    len += (size_t)snprintf(hdr + len, sizeof(hdr) - len, "}");
+    assert_true(len < sizeof(hdr));
+    uint64_t hlen = len;
+    *size = 8 + len + off;
+    uint8_t *buf = mc_malloc(*size), *at = buf + 8 + len;
+    assert_non_null(buf);
+    memcpy(buf, &hlen, 8);
+    memcpy(buf + 8, hdr, len);
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)(rows[i] * cols[i]) * sizeof(float);
+        memcpy(at, vals[i], bytes);
+        at += bytes;
+    }
+    return buf;
+}
+
+/* The reference adapter adapts only q and v, so k's permutation is checked here with a
+ * PEFT adapter built in memory: layer 1's k_proj and v_proj, rank 2, lora_B row o
+ * holding 100·o + k + 1 in column k. Bound to stories260K (8 query heads, 4 KV heads of
+ * 8 rows), k's rows must come out as convert_hf_to_gguf permutes them with n_head_kv:
+ * within each head of 8 rows, HF rows 0, 4, 1, 5, 2, 6, 3, 7. Permuting with n_head
+ * instead (heads of 4 rows: 0, 2, 1, 3, ...) or not at all fails; v is never permuted. */
+static void test_peft_k_permutation(void **state) {
+    (void)state;
+    enum { R = 2, N_IN = 64, N_KV = 32 };
+    assert_int_equal(base.head_dim, 8);
+    assert_int_equal(base.n_head_kv * base.head_dim, N_KV);
+    assert_true(base.n_head != base.n_head_kv); /* else n_head would give the same order */
+    static float a[R * N_IN], b[N_KV * R];
+    for (int i = 0; i < R * N_IN; i++)
+        a[i] = (float)(i % 7) * 0.125f;
+    for (int o = 0; o < N_KV; o++)
+        for (int k = 0; k < R; k++)
+            b[o * R + k] = (float)(100 * o + k + 1);
+    const char *const names[4] = {"base_model.model.model.layers.1.self_attn.k_proj.lora_A.weight",
+                                  "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight",
+                                  "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight",
+                                  "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"};
+    const int64_t rows[4] = {R, N_KV, R, N_KV}, cols[4] = {N_IN, R, N_IN, R};
+    const float *const vals[4] = {a, b, a, b};
+    size_t st_len;
+    uint8_t *st = make_safetensors(4, names, rows, cols, vals, &st_len);
+    static const char cfg[] = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4,"
+                              " \"target_modules\": [\"k_proj\", \"v_proj\"]}";
+    struct mc_err err = {0};
+    struct mc_lora *l, *raw;
+    int rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "kv", &base, &l, &err);
+    if (rc != MC_OK)
+        fail_msg("open: %s", err.msg);
+    rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "kv", NULL, &raw, &err);
+    if (rc != MC_OK)
+        fail_msg("open without base: %s", err.msg);
+    mc_free(st);
+    assert_int_equal(mc_lora_n_pairs(l), 2);
+    assert_false(mc_lora_info(l)->hf_row_order);
+    assert_true(mc_lora_info(raw)->hf_row_order);
+
+    static const int in_head[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    struct mc_lora_pair_info k, v, kr;
+    mc_lora_pair(l, 0, &k);
+    mc_lora_pair(l, 1, &v);
+    mc_lora_pair(raw, 0, &kr);
+    assert_string_equal(k.name, "blk.1.attn_k.weight");
+    assert_string_equal(v.name, "blk.1.attn_v.weight");
+    assert_int_equal(k.type, MC_TYPE_F32);
+    assert_int_equal(k.n_out, N_KV);
+    assert_memory_equal(k.a, a, sizeof(a));
+    const float *kb = k.bt, *vb = v.bt, *rb = kr.bt; /* (R, N_KV) */
+    for (int g = 0; g < N_KV; g++) {
+        int hf = g / 8 * 8 + in_head[g % 8];
+        for (int c = 0; c < R; c++) {
+            if (kb[c * N_KV + g] != (float)(100 * hf + c + 1))
+                fail_msg("k GGUF row %d column %d holds %g: HF row %g, want HF row %d", g, c,
+                         kb[c * N_KV + g], (kb[c * N_KV + g] - (float)(c + 1)) / 100, hf);
+            assert_float_near(vb[c * N_KV + g], 100 * g + c + 1, 0);
+            assert_float_near(rb[c * N_KV + g], 100 * g + c + 1, 0);
+        }
+    }
+    mc_lora_release(raw);
+    mc_lora_release(l);
 }
 
 /* PEFT -> GGUF conversion writes the same tensors as the reference GGUF file. */
@@ -428,13 +528,15 @@ static void test_merge_equals_adapter(void **state) {
 
 /* ---- Many adapters in one batch ------------------------------------------------------ */
 
-enum { N_SEQ = 16, N_STEPS = 12 };
+/* The batch test: 20 rows, 16 of them with 16 different adapters, 4 without. */
+enum { N_ADAPTERS = 16, N_ROWS = 20, N_STEPS = 12 };
 
 /* Greedy decode of N_STEPS tokens for seqs[0..n) in one batch per step; tokens out. */
 static void decode_batch(struct mc_ctx *ctx, struct seq *seqs, int n, int32_t *tokens) {
     int32_t nv = mc_model_hparams(model)->n_vocab;
     float *logits = mc_malloc((size_t)n * nv * sizeof(float));
-    struct mc_batch_row rows[N_SEQ];
+    struct mc_batch_row rows[N_ROWS];
+    assert_true(n <= N_ROWS);
     for (int step = 0; step < N_STEPS; step++) {
         for (int i = 0; i < n; i++) {
             int32_t t = mc_argmax(seqs[i].logits, nv);
@@ -449,44 +551,27 @@ static void decode_batch(struct mc_ctx *ctx, struct seq *seqs, int n, int32_t *t
     mc_free(logits);
 }
 
-static void test_batch_16_adapters(void **state) {
-    (void)state;
-    struct mc_err err = {0};
-    struct mc_lora *ad[N_SEQ] = {0};
-    struct mc_lora *ref = open_ok(shared("models/stories260K-lora-r4.gguf"), &base);
-    uint32_t masks[4] = {(1u << MC_PROJ_COUNT) - 1, 1u << MC_PROJ_Q | 1u << MC_PROJ_V,
-                         1u << MC_PROJ_GATE | 1u << MC_PROJ_DOWN, 1u << MC_PROJ_O};
-    for (int i = 0; i < N_SEQ; i++) {
-        if (i % 4 == 3)
-            continue; /* rows 3, 7, 11, 15: no adapter */
-        if (i == 13 || i == 14) {
-            /* 13: the reference adapter; 14: shares row 1's adapter (a group of two). */
-            ad[i] = mc_lora_retain(i == 13 ? ref : ad[1]);
-            continue;
-        }
-        assert_int_equal(
-            mc_lora_synth(&base, 2 + i % 5, masks[i % 4], 0, 100 + (uint64_t)i, "s", &ad[i], &err),
-            MC_OK);
+/* Decodes rows [0, n) (row i: adapter ad[i] or none, at scale[i]) together after the
+ * same prompt, then each row alone, and fails unless every row gets exactly the same
+ * greedy tokens and, within 1e-5, the same final logits both ways. Returns the number
+ * of rows whose tokens differ from those of row base_row. */
+static int check_batch_equals_alone(struct mc_ctx *ctx, struct mc_lora *const *ad,
+                                    const float *scale, int n, int base_row) {
+    size_t n_ids;
+    int32_t *ids = tokenize("Once upon a time", &n_ids);
+    struct seq batch[N_ROWS], alone;
+    int32_t got[N_ROWS * N_STEPS], want[N_STEPS];
+    assert_true(n <= N_ROWS);
+    for (int i = 0; i < n; i++) {
+        seq_init(&batch[i], ad[i], scale[i]);
+        seq_prompt(ctx, &batch[i], ids, n_ids);
     }
-
-    struct mc_ctx *ctx;
-    struct mc_lora_runner *run;
-    assert_int_equal(mc_ctx_create(model, N_SEQ, 2, &ctx, &err), MC_OK);
-    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
-    size_t n;
-    int32_t *ids = tokenize("Once upon a time", &n);
-    struct seq batch[N_SEQ], alone;
-    int32_t got[N_SEQ * N_STEPS], want[N_STEPS];
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_init(&batch[i], ad[i], i == 14 ? 0.5f : 1.0f);
-        seq_prompt(ctx, &batch[i], ids, n);
-    }
-    decode_batch(ctx, batch, N_SEQ, got);
+    decode_batch(ctx, batch, n, got);
 
     int n_differ = 0;
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_init(&alone, ad[i], i == 14 ? 0.5f : 1.0f);
-        seq_prompt(ctx, &alone, ids, n);
+    for (int i = 0; i < n; i++) {
+        seq_init(&alone, ad[i], scale[i]);
+        seq_prompt(ctx, &alone, ids, n_ids);
         decode_batch(ctx, &alone, 1, want);
         for (int s = 0; s < N_STEPS; s++)
             if (got[i * N_STEPS + s] != want[s])
@@ -494,11 +579,47 @@ static void test_batch_16_adapters(void **state) {
                          want[s]);
         for (int32_t v = 0; v < mc_model_hparams(model)->n_vocab; v++)
             assert_float_near(batch[i].logits[v], alone.logits[v], 1e-5);
-        n_differ += memcmp(got + i * N_STEPS, got + 3 * N_STEPS, sizeof(want)) != 0;
+        n_differ += memcmp(got + i * N_STEPS, got + base_row * N_STEPS, sizeof(want)) != 0;
         seq_free(&alone);
     }
-    /* Most adapters must change the output, or the test would not see a mix-up. */
-    assert_true(n_differ >= 8);
+    for (int i = 0; i < n; i++)
+        seq_free(&batch[i]);
+    mc_free(ids);
+    return n_differ;
+}
+
+/* 16 different adapters in one batch of 20 rows: 15 random ones (ranks 2 to 6, four
+ * target sets, scales 1 and 0.5) and the reference adapter, with rows 4, 9, 14 and 19
+ * left without. Then one adapter shared by two rows at different scales (one group of
+ * two rows, each with its own scale) beside a row without. */
+static void test_batch_16_adapters(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    struct mc_lora *ad[N_ADAPTERS], *rows[N_ROWS];
+    float scale[N_ROWS];
+    uint32_t masks[4] = {(1u << MC_PROJ_COUNT) - 1, 1u << MC_PROJ_Q | 1u << MC_PROJ_V,
+                         1u << MC_PROJ_GATE | 1u << MC_PROJ_DOWN, 1u << MC_PROJ_O};
+    for (int a = 0; a < N_ADAPTERS - 1; a++)
+        assert_int_equal(mc_lora_synth(&base, 2 + a % 5, masks[a % 4], 0, 100 + (uint64_t)a, "s",
+                                       &ad[a], &err),
+                         MC_OK);
+    ad[N_ADAPTERS - 1] = open_ok(shared("models/stories260K-lora-r4.gguf"), &base);
+    for (int i = 0, a = 0; i < N_ROWS; i++) {
+        rows[i] = i % 5 == 4 ? NULL : ad[a++];
+        scale[i] = i % 3 == 2 ? 0.5f : 1.0f;
+    }
+
+    struct mc_ctx *ctx;
+    struct mc_lora_runner *run;
+    assert_int_equal(mc_ctx_create(model, N_ROWS, 2, &ctx, &err), MC_OK);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    /* Most adapters must change the output, or the test would not see a mix-up (13 of
+     * the 16 change the 12 greedy tokens). */
+    assert_true(check_batch_equals_alone(ctx, rows, scale, N_ROWS, 4) >= 12);
+
+    struct mc_lora *shared_rows[3] = {ad[1], NULL, ad[1]};
+    const float shared_scale[3] = {1.0f, 1.0f, 0.5f};
+    assert_int_equal(check_batch_equals_alone(ctx, shared_rows, shared_scale, 3, 1), 2);
 
     /* An adapter bound to another shape is refused by the hook. */
     struct mc_lora_base other = base;
@@ -514,12 +635,8 @@ static void test_batch_16_adapters(void **state) {
     seq_free(&s2);
     mc_lora_release(bad);
 
-    for (int i = 0; i < N_SEQ; i++) {
-        seq_free(&batch[i]);
-        mc_lora_release(ad[i]);
-    }
-    mc_lora_release(ref);
-    mc_free(ids);
+    for (int a = 0; a < N_ADAPTERS; a++)
+        mc_lora_release(ad[a]);
     mc_lora_runner_free(run);
     mc_ctx_free(ctx);
 }
@@ -650,6 +767,80 @@ static void test_q8_residency(void **state) {
     mc_lora_release(s);
     mc_lora_release(q);
     mc_lora_release(back);
+}
+
+/* Both converted to Q8_0 under each SIMD level; fails unless the bytes are equal. */
+static void check_q8_same_bytes(const struct mc_lora *l) {
+    struct mc_err err = {0};
+    struct mc_lora *fast, *ref;
+    enum mc_simd was = mc_simd_get();
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &fast, &err), MC_OK);
+    mc_simd_set(MC_SIMD_PORTABLE);
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &ref, &err), MC_OK);
+    mc_simd_set(was);
+    for (int32_t i = 0; i < mc_lora_n_pairs(l); i++) {
+        struct mc_lora_pair_info f, r;
+        mc_lora_pair(fast, i, &f);
+        mc_lora_pair(ref, i, &r);
+        assert_memory_equal(f.a, r.a, (size_t)f.rank * mc_type_row_size(MC_TYPE_Q8_0, f.n_in));
+        assert_memory_equal(f.bt, r.bt, (size_t)f.rank * mc_type_row_size(MC_TYPE_Q8_0, f.n_out));
+    }
+    mc_lora_release(fast);
+    mc_lora_release(ref);
+}
+
+/* The AVX2 Q8_0 conversion writes the bytes of the generic one (mc_quantize_row), from
+ * F32 and from F16, including halves, which round away from zero as roundf does: a
+ * block whose largest value is 127 has scale 1, so its values are quantized as is. */
+static void test_q8_convert_matches_reference(void **state) {
+    (void)state;
+    enum { R = 2, N_IN = 64, N_KV = 32 };
+    static const float ties[] = {127, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f,
+                                 0.49999997f, -0.49999997f, 3.5f, -126.5f, 0, -0.0f};
+    static const int8_t want[] = {127, 1, 2, 3, -1, -2, -3, 127, 0, 0, 4, -127, 0, 0};
+    static float a[R * N_IN], b[N_KV * R];
+    for (int i = 0; i < R * N_IN; i++)
+        a[i] = i < (int)(sizeof(ties) / sizeof(ties[0])) ? ties[i] : (float)((i * 37) % 19) - 9.0f;
+    for (int i = 32; i < 64; i++)
+        a[i] = 0; /* a block of zeros: scale 0 */
+    for (int i = 0; i < N_KV * R; i++)
+        b[i] = (float)(i % 11) * 0.3f - 1.0f;
+    const char *const names[2] = {"base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+                                  "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"};
+    const int64_t rows[2] = {R, N_KV}, cols[2] = {N_IN, R};
+    const float *const vals[2] = {a, b};
+    size_t st_len;
+    uint8_t *st = make_safetensors(2, names, rows, cols, vals, &st_len);
+    static const char cfg[] = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 2}";
+    struct mc_err err = {0};
+    struct mc_lora *l, *q, *s, *h;
+    int rc = mc_lora_open_peft_buffers(cfg, strlen(cfg), st, st_len, "ties", &base, &l, &err);
+    mc_free(st);
+    if (rc != MC_OK)
+        fail_msg("open: %s", err.msg);
+    assert_int_equal(mc_lora_convert(l, MC_TYPE_Q8_0, &q, &err), MC_OK);
+    struct mc_lora_pair_info p;
+    mc_lora_pair(q, 0, &p);
+    const uint8_t *blk = p.a;
+    uint16_t d;
+    memcpy(&d, blk, 2);
+    assert_float_near(mc_fp16_to_fp32(d), 1.0, 0);
+    for (size_t i = 0; i < sizeof(want); i++)
+        if ((int8_t)blk[2 + i] != want[i])
+            fail_msg("value %.9g quantized to %d, want %d", ties[i], (int8_t)blk[2 + i], want[i]);
+    memcpy(&d, blk + 34, 2);
+    assert_int_equal(d, 0);
+    mc_lora_release(q);
+    check_q8_same_bytes(l);
+
+    uint32_t attn = (1u << MC_PROJ_Q) | (1u << MC_PROJ_K) | (1u << MC_PROJ_V) | (1u << MC_PROJ_O);
+    assert_int_equal(mc_lora_synth(&base, 8, attn, 0, 11, "s", &s, &err), MC_OK);
+    assert_int_equal(mc_lora_convert(s, MC_TYPE_F16, &h, &err), MC_OK);
+    check_q8_same_bytes(s);
+    check_q8_same_bytes(h);
+    mc_lora_release(h);
+    mc_lora_release(s);
+    mc_lora_release(l);
 }
 
 /* ---- Errors ------------------------------------------------------------------------- */
@@ -901,22 +1092,90 @@ static void test_cache_byte_budget(void **state) {
     mc_lora_cache_free(c);
 }
 
+/* ---- Command lines ---------------------------------------------------------------- */
+
+/* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
+static int run_cmd(const char *cmd, char *out, size_t size) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Exit codes 0 ok, 1 runtime error, 2 usage error: mcai's help lists every lora
+ * subcommand, a bad --targets and a bad --lora scale are usage errors with a message
+ * naming the value, a colon in an existing path is still a path, and bench_lora --help
+ * prints its usage. */
+static void test_cli_lora_usage_and_exit_codes(void **state) {
+    (void)state;
+    const char *mcai = getenv("MCAI"), *build = getenv("BUILD");
+    if (!mcai || !*mcai)
+        mcai = "build/mcai";
+    char cmd[2048], out[8192], link[64];
+    const char *m = shared("models/stories260K.gguf");
+    const char *a = shared("models/stories260K-lora-r4.gguf");
+
+    snprintf(cmd, sizeof(cmd), "%s --help 2>&1", mcai);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "(info, convert, merge, synth)"));
+
+    snprintf(cmd, sizeof(cmd), "%s lora synth --like %s --rank 2 --targets foo -o /dev/null 2>&1",
+             mcai, m);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "unknown target 'foo'"));
+
+    static const char *const bad_scales[] = {"inf", "1e40", "abc", "nan"};
+    for (size_t i = 0; i < sizeof(bad_scales) / sizeof(bad_scales[0]); i++) {
+        char want[64];
+        snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --lora %s:%s 2>&1", mcai, m, a,
+                 bad_scales[i]);
+        assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+        snprintf(want, sizeof(want), "scale '%s' is not a finite number", bad_scales[i]);
+        if (!strstr(out, want) || strstr(out, "No such file"))
+            fail_msg("--lora FILE:%s: output lacks \"%s\": %.300s", bad_scales[i], want, out);
+    }
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>/dev/null",
+             mcai, m, a);
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    snprintf(link, sizeof(link), "/tmp/test_lora_cli_%d:v2.gguf", (int)getpid());
+    char target[1024];
+    assert_non_null(realpath(a, target));
+    assert_int_equal(symlink(target, link), 0);
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s 2>&1", mcai, m, link);
+    int rc = run_cmd(cmd, out, sizeof(out));
+    snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>&1", mcai, m,
+             link);
+    int rc_scaled = run_cmd(cmd, out, sizeof(out));
+    unlink(link);
+    assert_int_equal(rc, 0);
+    assert_int_equal(rc_scaled, 0);
+
+    snprintf(cmd, sizeof(cmd), "%s/bench/bench_lora --help 2>&1", build && *build ? build : "build");
+    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "usage: bench_lora [MODEL]"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reference_gguf),
         cmocka_unit_test(test_reference_peft),
         cmocka_unit_test(test_peft_permutation),
+        cmocka_unit_test(test_peft_k_permutation),
         cmocka_unit_test(test_convert_roundtrip),
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_merge_equals_adapter),
         cmocka_unit_test(test_batch_16_adapters),
         cmocka_unit_test(test_f16_storage_and_kernels),
         cmocka_unit_test(test_q8_residency),
+        cmocka_unit_test(test_q8_convert_matches_reference),
         cmocka_unit_test(test_no_hook_is_error),
         cmocka_unit_test(test_peft_config_errors),
         cmocka_unit_test(test_gguf_errors),
         cmocka_unit_test(test_cache_lru_pin_inuse),
         cmocka_unit_test(test_cache_byte_budget),
+        cmocka_unit_test(test_cli_lora_usage_and_exit_codes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,13 +1,13 @@
 /* lora.c - the LoRA adapter object: building it from parsed pairs, reference counting,
  * inspection, random adapters and writing GGUF LoRA files.
  *
- * Data structure: every A and B of an adapter lives in one F32 block (A (r, n_in) then
- * B (n_out, r) for each pair, in (layer, proj) order), and a slot table indexed by
+ * Data structure: every A and Bᵀ of an adapter lives in one block (A (r, n_in) then
+ * Bᵀ (r, n_out) for each pair, in (layer, proj) order), and a slot table indexed by
  * layer * MC_PROJ_COUNT + proj points at the pair of that projection, so the forward
- * hook finds a pair in O(1). Whatever type the file had (F32, F16, BF16, Q8_0) is
- * converted to F32 at load: the low-rank product is a few percent of a layer's work, and
- * one type keeps the hook simple and exact. PEFT's q/k lora_B rows are permuted into
- * GGUF's rope order while copying.
+ * hook finds a pair in O(1). The block is F16 when every tensor of the file was F16 and
+ * F32 otherwise (BF16 and Q8_0 files are widened, F32 stays exact); mc_lora_convert
+ * makes F32, F16 or Q8_0 copies. PEFT's q/k lora_B rows are permuted into GGUF's rope
+ * order while B is transposed.
  *
  * Invariants: an adapter never changes after lora_build returns; refs only changes
  * atomically, so adapters may be shared by any threads. Not here: file parsing
@@ -195,24 +195,47 @@ static int64_t hf_row(const struct lora_src *s, int64_t o) {
     return h * hd + j * half + i;
 }
 
+/* Bᵀ rows per block of the same-type transpose: one cache line of F16 output (half a
+ * line of F32) per rank row. */
+enum { BT_BLOCK = 32 };
+
+/* Bᵀ from B of the storage type: GGUF row o of B (rank values) becomes column o of Bᵀ
+ * (rank, n_out). The outputs are written in blocks of BT_BLOCK columns, one rank row
+ * after the other: column by column, the rank rows' stores are n_out elements apart,
+ * and with n_out = 2048 F16 every one of them falls in the same L1 set, which made the
+ * transpose most of an adapter's load time. The source is read with memcpy because
+ * safetensors data may be unaligned. */
+static void copy_bt(const struct lora_src *s, size_t es, void *dst) {
+    const uint8_t *src = s->b;
+    uint8_t *d = dst;
+    size_t rank = (size_t)s->rank, n_out = (size_t)s->n_out;
+    for (size_t o0 = 0; o0 < n_out; o0 += BT_BLOCK) {
+        size_t o1 = o0 + BT_BLOCK < n_out ? o0 + BT_BLOCK : n_out;
+        const uint8_t *row[BT_BLOCK];
+        for (size_t o = o0; o < o1; o++)
+            row[o - o0] = src + (size_t)hf_row(s, (int64_t)o) * rank * es;
+        for (size_t k = 0; k < rank; k++) {
+            uint8_t *at = d + (k * n_out + o0) * es;
+            /* Constant-size copies that compile to moves. */
+            for (size_t o = 0; o < o1 - o0 && es == 2; o++)
+                memcpy(at + 2 * o, row[o] + 2 * k, 2);
+            for (size_t o = 0; o < o1 - o0 && es == 4; o++)
+                memcpy(at + 4 * o, row[o] + 4 * k, 4);
+        }
+    }
+}
+
 /* Bᵀ: GGUF row o of B (rank values) becomes column o of Bᵀ (rank, n_out). */
 static int load_bt(const struct lora_src *s, enum mc_type wt, void *dst, float *row,
                    struct mc_err *err) {
     char what[64];
     snprintf(what, sizeof(what), "%s.lora_b", s->name);
-    size_t es = el_size(wt);
+    if (s->b_type == wt) {
+        copy_bt(s, el_size(wt), dst);
+        return MC_OK;
+    }
     for (int64_t o = 0; o < s->n_out; o++) {
-        int64_t r = hf_row(s, o);
-        if (s->b_type == wt) {
-            /* Constant-size copies (the source may be unaligned) that compile to moves. */
-            const uint8_t *p = (const uint8_t *)s->b + (size_t)r * s->rank * es;
-            for (int64_t k = 0; k < s->rank && es == 2; k++)
-                memcpy((uint16_t *)dst + (size_t)k * s->n_out + o, p + 2 * k, 2);
-            for (int64_t k = 0; k < s->rank && es == 4; k++)
-                memcpy((float *)dst + (size_t)k * s->n_out + o, p + 4 * k, 4);
-            continue;
-        }
-        int rc = src_row(s->b_type, s->b, r, s->rank, row, what, err);
+        int rc = src_row(s->b_type, s->b, hf_row(s, o), s->rank, row, what, err);
         if (rc != MC_OK)
             return rc;
         for (int64_t k = 0; k < s->rank; k++)
@@ -324,9 +347,19 @@ out_free:
 
 /* ---- Converting the storage type ----------------------------------------------- */
 
+/* Converts one half (rows, cols) from storage type st to dt; row holds cols floats. F32 or
+ * F16 to Q8_0 has an AVX2 kernel that writes the same bytes as the generic path (widen
+ * each row to F32, then mc_quantize_row) about ten times faster, which is most of what
+ * a load with conversion to Q8_0 costs. */
 static int convert_half(const void *src, enum mc_type st, void *dst, enum mc_type dt, int64_t rows,
                         int64_t cols, float *row, struct mc_err *err) {
     size_t rb = mc_type_row_size(dt, cols);
+    if (dt == MC_TYPE_Q8_0 && st != MC_TYPE_Q8_0 && mc_simd_get() >= MC_SIMD_AVX2) {
+        for (int64_t r = 0; r < rows; r++)
+            lora_q8_row_avx2((const uint8_t *)src + lora_offset(st, (size_t)(r * cols)), st,
+                             (uint8_t *)dst + (size_t)r * rb, cols);
+        return MC_OK;
+    }
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t i = 0; i < cols; i++)
             row[i] = lora_get(src, st, (size_t)(r * cols + i));

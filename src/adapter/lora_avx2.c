@@ -6,7 +6,8 @@
  * and an expand y[j] += Σ_k t[k]·Bᵀ[k][j] over an output range. Every output of the
  * expand gets one fused multiply-add per rank row, in order, in the vector body and in
  * the scalar tail alike (fmaf), so a result does not depend on where a thread's range
- * starts. */
+ * starts. A third kernel quantizes F32 or F16 rows to Q8_0 for mc_lora_convert, with the
+ * reference quantizer's arithmetic, so that it writes the bytes mc_quantize_row would. */
 #include "adapter/lora_int.h"
 
 #include <immintrin.h>
@@ -107,16 +108,84 @@ float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n) {
     return s;
 }
 
-/* One axpy per rank row: each Bᵀ row segment is read as one sequential stream, which
- * matters more than re-reading y from L1 (a group of one row, the common case with many
- * adapters, is bound by reading the adapter from memory). */
+/* y[0..n) += Σ t[k] · w[k][0..n) over four rows w[k] of F32 or F16, with the four
+ * fused multiply-adds of each output in the order k = 0..3: the results of four axpy
+ * calls, for one load and one store of y instead of four. */
+static void axpy4(float *y, const float *t, const void *const *w, enum mc_type wt, int64_t n) {
+    __m256 a0 = _mm256_set1_ps(t[0]), a1 = _mm256_set1_ps(t[1]);
+    __m256 a2 = _mm256_set1_ps(t[2]), a3 = _mm256_set1_ps(t[3]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_fmadd_ps(a0, load8(w[0], wt, i), _mm256_loadu_ps(y + i));
+        acc = _mm256_fmadd_ps(a1, load8(w[1], wt, i), acc);
+        acc = _mm256_fmadd_ps(a2, load8(w[2], wt, i), acc);
+        acc = _mm256_fmadd_ps(a3, load8(w[3], wt, i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++)
+        for (int k = 0; k < 4; k++)
+            y[i] = fmaf(t[k], get1(w[k], wt, i), y[i]);
+}
+
+/* Rank rows four at a time for F32 and F16 (four sequential streams of Bᵀ, y loaded and
+ * stored once per four rows), one at a time for Q8_0 and for the last rank % 4 rows.
+ * Either way every output gets its multiply-adds in rank order. */
 void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
                       int64_t n_out, int64_t j0, int64_t j1) {
-    for (int32_t k = 0; k < rank; k++) {
+    int32_t k = 0;
+    for (; wt != MC_TYPE_Q8_0 && k + 4 <= rank; k += 4) {
+        const void *w[4];
+        for (int i = 0; i < 4; i++)
+            w[i] = (const uint8_t *)bt + lora_offset(wt, (size_t)((k + i) * n_out + j0));
+        axpy4(y + j0, t + k, w, wt, j1 - j0);
+    }
+    for (; k < rank; k++) {
         const uint8_t *row = (const uint8_t *)bt + lora_offset(wt, (size_t)(k * n_out + j0));
         if (wt == MC_TYPE_Q8_0)
             axpy_q8(y + j0, t[k], row, j1 - j0);
         else
             axpy(y + j0, t[k], row, wt, j1 - j0);
+    }
+}
+
+/* ---- Q8_0 conversion ---------------------------------------------------------------- */
+
+/* roundf for |x| < 2^23: truncate, then step one away from zero when the part dropped
+ * (x - trunc(x), exact) is at least one half. */
+static __m256 round_away(__m256 x) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 t = _mm256_round_ps(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 step = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(x, sign_bit));
+    __m256 dropped = _mm256_andnot_ps(sign_bit, _mm256_sub_ps(x, t));
+    __m256 up = _mm256_cmp_ps(dropped, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm256_add_ps(t, _mm256_and_ps(up, step));
+}
+
+/* As quant_q8_0 in quant.c: d = amax / 127 stored as F16 (round to nearest even, as
+ * mc_fp32_to_fp16), q = roundf(x · (1 / d)), 0 for a block of zeros. */
+void lora_q8_row_avx2(const void *w, enum mc_type t, uint8_t *dst, int64_t n) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n; i += LORA_Q8_BLOCK, dst += LORA_Q8_BYTES) {
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = load8(w, t, i + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[j]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d = _mm_cvtss_f32(m) / 127.0f;
+        const float id = d ? 1.0f / d : 0.0f;
+        uint16_t dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        memcpy(dst, &dh, 2);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvtps_epi32(round_away(_mm256_mul_ps(v[j], _mm256_set1_ps(id))));
+        /* The packs work within 128-bit lanes; the permutation puts the 32 bytes back
+         * in order. */
+        __m256i q16a = _mm256_packs_epi32(q[0], q[1]), q16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i q8 = _mm256_packs_epi16(q16a, q16b);
+        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(dst + 2), q8);
     }
 }

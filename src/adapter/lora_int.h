@@ -66,6 +66,10 @@ float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n);
 void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
                       int64_t n_out, int64_t j0, int64_t j1);
 
+/* Quantizes n values (a multiple of 32) of w, F32 or F16 (t), to Q8_0 blocks at dst,
+ * giving the bytes mc_quantize_row(MC_TYPE_Q8_0) gives for the same values as F32. */
+void lora_q8_row_avx2(const void *w, enum mc_type t, uint8_t *dst, int64_t n);
+
 /* A pair being collected by a parser before the adapter is built: data pointers are
  * views into the file (any supported type), converted when the adapter is built. */
 struct lora_src {

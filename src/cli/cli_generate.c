@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h> /* access */
 
 static void usage(FILE *f) {
     fprintf(
@@ -78,14 +79,20 @@ static int parse_int_opt(struct opts *o, const char *opt, const char *val) {
     return 1;
 }
 
-/* FILE or FILE:SCALE (a suffix that is not a number stays part of the path). */
+/* FILE or FILE:SCALE. A path that exists is taken whole, and so is a suffix with a '/' in
+ * it, so that paths containing colons still work; any other suffix must be a finite
+ * number, so that "a.gguf:inf" or "a.gguf:abc" is a usage error rather than a missing
+ * file. */
 static int parse_lora(struct opts *o, const char *v) {
     const char *colon = strrchr(v, ':');
     o->lora_scale = 1.0f;
     o->lora = v;
-    if (!colon || cli_parse_float(colon + 1, &o->lora_scale) != 0) {
-        o->lora_scale = 1.0f;
+    if (!colon || strchr(colon, '/') || access(v, F_OK) == 0)
         return 0;
+    if (cli_parse_float(colon + 1, &o->lora_scale) != 0) {
+        fprintf(stderr, "mcai generate: --lora %s: scale '%s' is not a finite number\n", v,
+                colon + 1);
+        return -1;
     }
     if ((size_t)(colon - v) >= sizeof(o->lora_buf)) {
         fprintf(stderr, "mcai generate: --lora path too long\n");

@@ -44,7 +44,7 @@ struct opts {
     int n_pos;
     const char *model;
     const char *out;
-    const char *targets;
+    uint32_t targets; /* mask from --targets; 0 when not given */
     enum mc_type type;
     long rank;
     long seed;
@@ -62,9 +62,11 @@ static int parse_opt(struct opts *o, const char *a, const char *v) {
         o->model = v;
     else if (!strcmp(a, "-o") || !strcmp(a, "--out"))
         o->out = v;
-    else if (!strcmp(a, "--targets"))
-        o->targets = v;
-    else if (!strcmp(a, "--type")) {
+    else if (!strcmp(a, "--targets")) {
+        struct mc_err err = {0};
+        if (mc_lora_parse_targets(v, &o->targets, &err) != MC_OK)
+            return bad("--targets", err.msg);
+    } else if (!strcmp(a, "--type")) {
         if (mc_type_from_name(v, &o->type) != MC_OK)
             return bad("unknown type", v);
     } else if (!strcmp(a, "--rank")) {
@@ -164,11 +166,8 @@ static int run(const char *cmd, const struct opts *o, struct mc_err *err) {
     if (rc != MC_OK)
         return rc;
     if (!strcmp(cmd, "synth")) {
-        uint32_t targets;
-        rc = mc_lora_parse_targets(o->targets, &targets, err);
-        if (rc == MC_OK)
-            rc = mc_lora_synth(&base, (int32_t)o->rank, targets, o->alpha, (uint64_t)o->seed,
-                               "synth", &l, err);
+        rc = mc_lora_synth(&base, (int32_t)o->rank, o->targets, o->alpha, (uint64_t)o->seed,
+                           "synth", &l, err);
         if (rc == MC_OK)
             rc = mc_lora_save_gguf(l, o->type, o->out, err);
     } else if (!strcmp(cmd, "merge")) {

@@ -23,7 +23,7 @@ static const struct command commands[] = {
     {"key", cmd_key, "create, list and revoke tenant API keys"},
     {"adapter", cmd_adapter, "add, publish, list, delete and pin tenants' LoRA adapters"},
     {"audit", cmd_audit, "verify the hash-chained audit log"},
-    {"lora", cmd_lora, "LoRA adapter tools (info, convert, merge)"},
+    {"lora", cmd_lora, "LoRA adapter tools (info, convert, merge, synth)"},
     {"kb", cmd_kb, "knowledge-base tools (ingest, search)"},
 };
 
