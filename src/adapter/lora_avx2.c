@@ -33,8 +33,9 @@ static float get1(const void *w, enum mc_type t, int64_t i) {
     return ((const float *)w)[i];
 }
 
-/* The 32 values of a Q8_0 block as four vectors of 8 floats (without the scale). */
-static void q8_load(const uint8_t *b, __m256 *v) {
+/* The 32 values of a Q8_0 block as four vectors of 8 floats (without the scale). Always
+ * inlined: as a call, the four vectors go through memory. */
+static inline __attribute__((always_inline)) void q8_load(const uint8_t *b, __m256 *v) {
     for (int i = 0; i < 4; i++) {
         __m128i q = _mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i));
         v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
@@ -127,17 +128,40 @@ static void axpy4(float *y, const float *t, const void *const *w, enum mc_type w
             y[i] = fmaf(t[k], get1(w[k], wt, i), y[i]);
 }
 
-/* Rank rows four at a time for F32 and F16 (four sequential streams of Bᵀ, y loaded and
- * stored once per four rows), one at a time for Q8_0 and for the last rank % 4 rows.
- * Either way every output gets its multiply-adds in rank order. */
+/* As axpy4 for Q8_0 rows (n a multiple of 32, each w[k] starting at a block): per block,
+ * y is loaded once, gets the four rows' fused multiply-adds in the order k = 0..3 with
+ * the same scale products as axpy_q8, and is stored once. */
+static void axpy4_q8(float *y, const float *t, const uint8_t *const *w, int64_t n) {
+    for (int64_t i = 0, off = 0; i < n; i += LORA_Q8_BLOCK, off += LORA_Q8_BYTES) {
+        __m256 acc[4];
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm256_loadu_ps(y + i + 8 * j);
+        for (int k = 0; k < 4; k++) {
+            __m256 v[4];
+            __m256 ad = _mm256_set1_ps(t[k] * q8_scale(w[k] + off));
+            q8_load(w[k] + off, v);
+            for (int j = 0; j < 4; j++)
+                acc[j] = _mm256_fmadd_ps(ad, v[j], acc[j]);
+        }
+        for (int j = 0; j < 4; j++)
+            _mm256_storeu_ps(y + i + 8 * j, acc[j]);
+    }
+}
+
+/* Rank rows four at a time (four sequential streams of Bᵀ, y loaded and stored once per
+ * four rows), one at a time for the last rank % 4 rows. Either way every output gets its
+ * multiply-adds in rank order. */
 void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
                       int64_t n_out, int64_t j0, int64_t j1) {
     int32_t k = 0;
-    for (; wt != MC_TYPE_Q8_0 && k + 4 <= rank; k += 4) {
+    for (; k + 4 <= rank; k += 4) {
         const void *w[4];
         for (int i = 0; i < 4; i++)
             w[i] = (const uint8_t *)bt + lora_offset(wt, (size_t)((k + i) * n_out + j0));
-        axpy4(y + j0, t + k, w, wt, j1 - j0);
+        if (wt == MC_TYPE_Q8_0)
+            axpy4_q8(y + j0, t + k, (const uint8_t *const *)w, j1 - j0);
+        else
+            axpy4(y + j0, t + k, w, wt, j1 - j0);
     }
     for (; k < rank; k++) {
         const uint8_t *row = (const uint8_t *)bt + lora_offset(wt, (size_t)(k * n_out + j0));
