@@ -659,17 +659,19 @@ static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const 
         json_decref(o);
         return reply_e(r, &e);
     }
-    json_decref(o);
-    if (!s->kb_emb && q.mode != MC_KB_MODE_BM25)
+    if (!s->kb_emb && q.mode != MC_KB_MODE_BM25) {
+        json_decref(o);
         return mc_http_reply_error(r, 400, "invalid_request_error", "embeddings_off", "mode",
                                    "%s search needs vectors, and this server runs knowledge "
                                    "bases without embeddings (--kb-embeddings off); use mode "
                                    "bm25",
                                    mc_kb_mode_name(q.mode));
+    }
     struct mc_kb_results res;
     struct mc_err err = {0};
     int64_t t0 = mc_now_ns();
     int rc = mc_kb_search(kb, &q, &res, &err);
+    json_decref(o); /* q.text pointed into it */
     if (rc != MC_OK)
         return reply_kb(r, a, rc, &err);
     MC_LOG_INFO("kb", "search", "tenant=%s id=%s mode=%s k=%zu hits=%zu ms=%.1f", a->tenant, r->id,
