@@ -2,9 +2,9 @@
  *
  * One struct mc_kbs per server over the store (kb.h): the model's tokenizer cuts chunks
  * and an embedder over the embedding model (the base model unless --embed-model names
- * another; none with --kb-embeddings off) makes the vectors (embed.h, the same recipe as
- * the CLI's `-m`), so a knowledge base filled by `mcai kb ingest -m MODEL` and one filled here
- * are the same thing. The tenant comes only from the credential (server.c); every call
+ * another; none with --kb-embeddings off) makes the vectors (embed.h, the same recipe
+ * as the CLI's `-m`), so a knowledge base filled by `mcai kb ingest -m MODEL` and one
+ * filled here are the same thing. The tenant comes only from the credential (server.c); every call
  * opens that tenant's own handle, so another tenant's document id answers 404 exactly
  * like an id that never existed, and a search can only return the caller's chunks.
  * Routes, under /v1/kb (docs/api.md has the bodies and errors):

@@ -1181,8 +1181,7 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
      * the front's allowed_models. */
     const char *name = m.model ? m.model : s->emb_model_id;
     bool known = strcmp(name, s->emb_model_id) == 0 || strcmp(name, s->model_id) == 0;
-    if (!known || !mc_front_allows_model(&f, name) ||
-        !mc_front_allows_model(&f, s->emb_model_id)) {
+    if (!known || !mc_front_allows_model(&f, name) || !mc_front_allows_model(&f, s->emb_model_id)) {
         ret = reply_model_not_found(r, name);
         goto out;
     }
@@ -1242,9 +1241,9 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
     json_t *data = json_array();
     for (int i = 0; i < m.n_inputs; i++) {
         const float *v = vecs + (size_t)i * (size_t)s->emb_n_embd;
-        json_array_append_new(data, json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i,
-                                              "embedding",
-                                              embedding_json(v, s->emb_n_embd, m.base64)));
+        json_array_append_new(data,
+                              json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i,
+                                        "embedding", embedding_json(v, s->emb_n_embd, m.base64)));
     }
     r->n_prompt = total;
     ret = mc_http_reply_json(r, 200,
@@ -1287,8 +1286,7 @@ static json_t *model_json(struct mc_server *s) {
 /* The --embed-model model, marked as serving embeddings only. */
 static json_t *embed_model_json(struct mc_server *s) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", s->emb_model_id, "object", "model", "created",
-                     (json_int_t)s->emb_created, "owned_by", "mcai", "mcai_purpose",
-                     "embeddings");
+                     (json_int_t)s->emb_created, "owned_by", "mcai", "mcai_purpose", "embeddings");
 }
 
 /* One of the tenant's adapters as a model: "parent" names the base it runs on. */

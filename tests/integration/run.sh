@@ -573,7 +573,9 @@ jq3() {
 KB_DOCS='[{"id":"dogs","text":"Dogs bark at the mailman every morning."},
     {"id":"cats","text":"Cats sleep in the warm sun all afternoon."}]'
 
-start3 data3 --embed-model "$EMBED_MODEL"
+# The embedding model comes from the config file's embed_model key.
+echo "embed_model = $EMBED_MODEL" > "$DIR/embed.conf"
+start3 data3 --config "$DIR/embed.conf"
 check "embed-model: embeddings are 200" 200 \
     "$(post3 /v1/embeddings '{"input":["a cat","a dog"]}' "$DIR/e3")"
 check "embed-model: the answer names the embedding model" llama-2-tiny-random \
@@ -599,13 +601,17 @@ contains "embed-model: 404 model_not_found" "$DIR/e3b" '"code":"model_not_found"
 $C -H "Authorization: Bearer $K3" "$BASE2/v1/models" > "$DIR/m3"
 check "embed-model: /v1/models lists both, the embedding model marked" \
     "stories260K llama-2-tiny-random:embeddings" \
-    "$(jq3 "$DIR/m3" 'j.data.map(m => m.id + (m.mcai_purpose ? ":" + m.mcai_purpose : "")).join(" ")')"
+    "$(jq3 "$DIR/m3" 'j.data.map(m => m.id + (m.mcai_purpose ? ":" + m.mcai_purpose : ""))
+        .join(" ")')"
 check "embed-model: GET /v1/models/llama-2-tiny-random" 200 \
     "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K3" \
         "$BASE2/v1/models/llama-2-tiny-random")"
 check "embed-model: chat still runs on the base model" "200 stories260K" \
     "$(post3 /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' \
         "$DIR/c3") $(jq3 "$DIR/c3" j.model)"
+check "embed-model: chat naming the embedding model is 404" 404 \
+    "$(post3 /v1/chat/completions '{"model":"llama-2-tiny-random","max_tokens":2,
+        "messages":[{"role":"user","content":"Hi"}]}' "$DIR/c3b")"
 check "embed-model: knowledge-base ingest" 200 "$(post3 /v1/kb/documents "$KB_DOCS" "$DIR/i3")"
 check "embed-model: dense search finds a document" "200 dense 2" \
     "$(post3 /v1/kb/search '{"query":"dogs bark","mode":"dense"}' "$DIR/s3") \
