@@ -606,6 +606,9 @@ check "embed-model: /v1/models lists both, the embedding model marked" \
 check "embed-model: GET /v1/models/llama-2-tiny-random" 200 \
     "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K3" \
         "$BASE2/v1/models/llama-2-tiny-random")"
+check "embed-model: an adapter of its name is 409" 409 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K3" \
+        -F name=llama-2-tiny-random -F file=@"$LORA" "$BASE2/v1/adapters")"
 check "embed-model: chat still runs on the base model" "200 stories260K" \
     "$(post3 /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' \
         "$DIR/c3") $(jq3 "$DIR/c3" j.model)"
@@ -629,6 +632,19 @@ check "embed-model: a front without it gets 404 for embeddings" 404 \
 kill -TERM "$PID2"
 wait "$PID2"
 check "embed-model: the server exits 0" 0 $?
+PID2=""
+
+# The same data without embeddings: the knowledge base that holds vectors still answers
+# BM25, and refuses an ingest that would leave chunks without vectors.
+K3E=$K3
+start3 data3 --kb-embeddings off
+K3=$K3E
+check "kb-embeddings off: a knowledge base with vectors answers bm25" "200 2" \
+    "$(post3 /v1/kb/search '{"query":"dogs bark cats"}' "$DIR/s3c") $(jq3 "$DIR/s3c" j.data.length)"
+check "kb-embeddings off: and refuses an ingest without vectors" 400 \
+    "$(post3 /v1/kb/documents '[{"id":"birds","text":"Birds sing."}]' "$DIR/i3c")"
+kill -TERM "$PID2"
+wait "$PID2"
 PID2=""
 
 start3 data4 --kb-embeddings off
