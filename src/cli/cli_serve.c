@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define N_SETTINGS 19
+#define N_SETTINGS 21
 
 /* One setting: its long flag name (also its config key, with '_' for '-'), short flag,
  * value (borrowed from argv, a config line or the environment) and help. */
@@ -39,6 +39,9 @@ struct setting {
 
 static struct setting settings[N_SETTINGS] = {
     {"model", "-m", "FILE", "GGUF model to serve (required)", NULL, false},
+    {"embed-model", NULL, "FILE",
+     "GGUF model for /v1/embeddings and knowledge-base vectors (default: the served model)", NULL,
+     false},
     {"data", NULL, "DIR", "data directory: store and audit log (required)", NULL, false},
     {"port", "-p", "N", "TCP port (default 8080; 0 picks a free one)", NULL, false},
     {"host", NULL, "ADDR", "IPv4 address to listen on (default 127.0.0.1)", NULL, false},
@@ -66,6 +69,9 @@ static struct setting settings[N_SETTINGS] = {
      "knowledge bases kept loaded in memory, MiB in all (default 256; the least recently "
      "used are unloaded past it)",
      NULL, false},
+    {"kb-embeddings", NULL, "on|off",
+     "knowledge-base vectors (default on; off: BM25 only, dense and hybrid searches are 400)", NULL,
+     false},
     {"max-body-bytes", NULL, "N", "request body limit (default 1048576)", NULL, false},
     {"max-adapter-bytes", NULL, "N",
      "body limit of an adapter upload with a valid key (default 268435456)", NULL, false},
@@ -296,6 +302,11 @@ static int run(int argc, char **argv) {
         !int_setting("max-connections", 0, 65536, &conns) ||
         !int_setting("drain-timeout-ms", 0, 3600000, &drain))
         return CLI_USAGE;
+    const char *kb_emb = get("kb-embeddings");
+    if (kb_emb && strcmp(kb_emb, "on") != 0 && strcmp(kb_emb, "off") != 0) {
+        fprintf(stderr, "mcai serve: --kb-embeddings must be on or off, got '%s'\n", kb_emb);
+        return CLI_USAGE;
+    }
 
     struct mc_err err = {0};
     if (mc_crypto_init(&err) != MC_OK) {
@@ -339,6 +350,7 @@ static int run(int argc, char **argv) {
 
     struct mc_server_config cfg = {
         .model_path = get("model"),
+        .embed_model_path = get("embed-model"),
         .data_dir = get("data"),
         .host = get("host"),
         .port = (int)port,
@@ -355,6 +367,7 @@ static int run(int argc, char **argv) {
         .max_connections = (unsigned)conns,
         .drain_timeout_ms = drain,
         .kb_cache_bytes = (size_t)kb_mb << 20,
+        .kb_no_embeddings = kb_emb && strcmp(kb_emb, "off") == 0,
     };
     struct mc_server *srv = NULL;
     rc = mc_server_create(&cfg, &srv, &err);

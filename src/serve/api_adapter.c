@@ -408,9 +408,10 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, 
                                    "'name' must be 1..%d characters of A-Z a-z 0-9 . _ - "
                                    "starting with a letter or digit",
                                    MC_ADAPTER_NAME_MAX);
-    if (strcmp(name, s->model_id) == 0)
+    if (strcmp(name, s->model_id) == 0 || strcmp(name, s->emb_model_id) == 0)
         return mc_http_reply_error(r, 409, "invalid_request_error", "conflict", "name",
-                                   "'%s' is the base model's name; choose another", name);
+                                   "'%s' is the %s model's name; choose another", name,
+                                   strcmp(name, s->model_id) == 0 ? "base" : "embedding");
     struct mc_adapter_files u;
     if (!form_upload(r, fm, &u, &ret))
         return ret;
@@ -536,10 +537,11 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     int n = fm.f[F_TENANTS].len < sizeof(tbuf) ? split_tenants(tbuf, ids, PUBLISH_MAX_TENANTS) : -1;
     struct mc_adapter_files u;
     struct mc_err err = {0};
-    if (!mc_adapter_name_ok(name) || strcmp(name, s->model_id) == 0) {
+    if (!mc_adapter_name_ok(name) || strcmp(name, s->model_id) == 0 ||
+        strcmp(name, s->emb_model_id) == 0) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value", "name",
                                   "'name' must be 1..%d characters of A-Z a-z 0-9 . _ - and not "
-                                  "the base model's name",
+                                  "the base or embedding model's name",
                                   MC_ADAPTER_NAME_MAX);
         goto out;
     }

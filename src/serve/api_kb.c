@@ -1,9 +1,10 @@
 /* api_kb.c - the tenant's knowledge base over HTTP, and grounding generations in it.
  *
  * One struct mc_kbs per server over the store (kb.h): the model's tokenizer cuts chunks
- * and an embedder over the model (embed.h, the same recipe as the CLI's `-m`) makes the
- * vectors, so a knowledge base filled by `mcai kb ingest -m MODEL` and one filled here
- * are the same thing. The tenant comes only from the credential (server.c); every call
+ * and an embedder over the embedding model (the base model unless --embed-model names
+ * another; none with --kb-embeddings off) makes the vectors (embed.h, the same recipe
+ * as the CLI's `-m`), so a knowledge base filled by `mcai kb ingest -m MODEL` and one
+ * filled here are the same thing. The tenant comes only from the credential (server.c); every call
  * opens that tenant's own handle, so another tenant's document id answers 404 exactly
  * like an id that never existed, and a search can only return the caller's chunks.
  * Routes, under /v1/kb (docs/api.md has the bodies and errors):
@@ -55,7 +56,9 @@ int mc_kb_serve_init(struct mc_server *s, struct mc_err *err) {
     mc_kb_config_default(&cfg);
     if (s->kb_budget_bytes)
         cfg.budget_bytes = s->kb_budget_bytes;
-    int rc = mc_embedder_create(s->model, s->n_threads, 0, &s->kb_emb, err);
+    int rc = MC_OK;
+    if (!s->kb_no_embeddings)
+        rc = mc_embedder_create(s->emb_model, s->n_threads, 0, &s->kb_emb, err);
     if (rc == MC_OK)
         rc = mc_kbs_create(s->store, &cfg, mc_model_tokenizer(s->model), s->kb_emb, &s->kbs, err);
     if (rc != MC_OK) {
@@ -64,7 +67,8 @@ int mc_kb_serve_init(struct mc_server *s, struct mc_err *err) {
         return rc;
     }
     MC_LOG_INFO("kb", "ready", "budget_bytes=%zu embedder=%s dim=%d", cfg.budget_bytes,
-                mc_embedder_name(s->kb_emb), mc_embedder_dim(s->kb_emb));
+                s->kb_emb ? mc_embedder_name(s->kb_emb) : "none",
+                s->kb_emb ? mc_embedder_dim(s->kb_emb) : 0);
     return MC_OK;
 }
 
@@ -655,11 +659,19 @@ static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const 
         json_decref(o);
         return reply_e(r, &e);
     }
+    if (!s->kb_emb && q.mode != MC_KB_MODE_BM25) {
+        json_decref(o);
+        return mc_http_reply_error(r, 400, "invalid_request_error", "embeddings_off", "mode",
+                                   "%s search needs vectors, and this server runs knowledge "
+                                   "bases without embeddings (--kb-embeddings off); use mode "
+                                   "bm25",
+                                   mc_kb_mode_name(q.mode));
+    }
     struct mc_kb_results res;
     struct mc_err err = {0};
     int64_t t0 = mc_now_ns();
     int rc = mc_kb_search(kb, &q, &res, &err);
-    json_decref(o);
+    json_decref(o); /* q.text pointed into it */
     if (rc != MC_OK)
         return reply_kb(r, a, rc, &err);
     MC_LOG_INFO("kb", "search", "tenant=%s id=%s mode=%s k=%zu hits=%zu ms=%.1f", a->tenant, r->id,
@@ -840,6 +852,10 @@ bool mc_ground_prepare(struct mc_server *s, struct mc_http_req *r, const struct 
     /* The tenant's own knowledge base, and nobody else's: the handle is the caller's. */
     struct mc_kb *kb;
     struct mc_err err = {0};
+    /* Without embeddings every retrieval is BM25: a front's settings may predate the flag,
+     * and a grounded answer from one list beats a refusal. */
+    if (!s->kb_emb)
+        im->cfg.mode = MC_KB_MODE_BM25;
     struct mc_kb_query q = {question, strlen(question), im->cfg.mode, im->cfg.k, false, true, 0};
     if (q.len > MC_KB_QUERY_MAX)
         q.len = MC_KB_QUERY_MAX;

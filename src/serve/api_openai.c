@@ -1071,16 +1071,17 @@ enum MHD_Result mc_api_completions(struct mc_server *s, struct mc_http_req *r,
 
 /* ---- Embeddings ------------------------------------------------------------------- */
 
-/* Mean of the final-norm hidden states of every token of ids, L2-normalised, into out
- * (n_embd floats). Called with embed_lock held. */
+/* Mean of the final-norm hidden states of every token of ids under the embedding model,
+ * L2-normalised, into out (emb_n_embd floats). Called with embed_lock held. */
 static int embed_one(struct mc_server *s, const int32_t *ids, size_t n, float *out,
                      struct mc_err *err) {
     int rc;
-    const struct mc_hparams *hp = mc_model_hparams(s->model);
+    const struct mc_hparams *hp = mc_model_hparams(s->emb_model);
     if (!s->embed_ctx) {
-        if ((rc = mc_ctx_create(s->model, EMBED_CHUNK, s->n_threads, &s->embed_ctx, err)) != MC_OK)
+        rc = mc_ctx_create(s->emb_model, EMBED_CHUNK, s->n_threads, &s->embed_ctx, err);
+        if (rc != MC_OK)
             return rc;
-        if ((rc = mc_kv_create(s->model, s->n_ctx, &s->embed_kv, err)) != MC_OK)
+        if ((rc = mc_kv_create(s->emb_model, s->emb_n_ctx, &s->embed_kv, err)) != MC_OK)
             return rc;
     }
     float *logits = mc_malloc((size_t)EMBED_CHUNK * (size_t)hp->n_vocab * sizeof(float));
@@ -1175,34 +1176,35 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
         mc_api_embed_free(&m);
         return ret;
     }
-    if (m.model && (strcmp(m.model, s->model_id) != 0 || !mc_front_allows_model(&f, m.model))) {
-        ret = reply_model_not_found(r, m.model);
+    /* The embedding model answers to its own name and, for clients written before it
+     * existed, the base model's; the name given and the embedding model must both pass
+     * the front's allowed_models. */
+    const char *name = m.model ? m.model : s->emb_model_id;
+    bool known = strcmp(name, s->emb_model_id) == 0 || strcmp(name, s->model_id) == 0;
+    if (!known || !mc_front_allows_model(&f, name) || !mc_front_allows_model(&f, s->emb_model_id)) {
+        ret = reply_model_not_found(r, name);
         goto out;
     }
-    if (!m.model && !mc_front_allows_model(&f, s->model_id)) {
-        ret = reply_model_not_found(r, s->model_id);
-        goto out;
-    }
-    if (m.dimensions && m.dimensions != s->n_embd) {
+    if (m.dimensions && m.dimensions != s->emb_n_embd) {
         ret =
             mc_http_reply_error(r, 400, "invalid_request_error", "unsupported_value", "dimensions",
                                 "'dimensions' is %d; this model's embeddings have "
                                 "%d dimensions and cannot be shortened",
-                                m.dimensions, s->n_embd);
+                                m.dimensions, s->emb_n_embd);
         goto out;
     }
 
     /* Tokenize everything first, so a too-long input fails before any work. */
     ids = mc_calloc((size_t)m.n_inputs, sizeof(*ids));
     n_ids = mc_calloc((size_t)m.n_inputs, sizeof(*n_ids));
-    vecs = mc_malloc((size_t)m.n_inputs * (size_t)s->n_embd * sizeof(float));
+    vecs = mc_malloc((size_t)m.n_inputs * (size_t)s->emb_n_embd * sizeof(float));
     if (!ids || !n_ids || !vecs)
         goto fail_500;
     for (int i = 0; i < m.n_inputs; i++) {
-        if (mc_tokenize(mc_model_tokenizer(s->model), m.inputs[i], strlen(m.inputs[i]), true, false,
-                        &ids[i], &n_ids[i], &err) != MC_OK)
+        if (mc_tokenize(mc_model_tokenizer(s->emb_model), m.inputs[i], strlen(m.inputs[i]), true,
+                        false, &ids[i], &n_ids[i], &err) != MC_OK)
             goto fail_500;
-        if ((int64_t)n_ids[i] > s->n_ctx) {
+        if ((int64_t)n_ids[i] > s->emb_n_ctx) {
             char param[32];
             snprintf(param, sizeof(param), m.n_inputs > 1 ? "input[%d]" : "input", i);
             r->reject = "context_length";
@@ -1210,7 +1212,7 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
                                       param,
                                       "'%s' has %zu tokens; this model's maximum context "
                                       "length is %d tokens",
-                                      param, n_ids[i], s->n_ctx);
+                                      param, n_ids[i], s->emb_n_ctx);
             goto out;
         }
         total += (int64_t)n_ids[i];
@@ -1231,21 +1233,22 @@ enum MHD_Result mc_api_embeddings(struct mc_server *s, struct mc_http_req *r,
     pthread_mutex_lock(&s->embed_lock);
     rc = MC_OK;
     for (int i = 0; i < m.n_inputs && rc == MC_OK; i++)
-        rc = embed_one(s, ids[i], n_ids[i], vecs + (size_t)i * (size_t)s->n_embd, &err);
+        rc = embed_one(s, ids[i], n_ids[i], vecs + (size_t)i * (size_t)s->emb_n_embd, &err);
     pthread_mutex_unlock(&s->embed_lock);
     if (rc != MC_OK)
         goto fail_500;
 
     json_t *data = json_array();
-    for (int i = 0; i < m.n_inputs; i++)
-        json_array_append_new(
-            data,
-            json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i, "embedding",
-                      embedding_json(vecs + (size_t)i * (size_t)s->n_embd, s->n_embd, m.base64)));
+    for (int i = 0; i < m.n_inputs; i++) {
+        const float *v = vecs + (size_t)i * (size_t)s->emb_n_embd;
+        json_array_append_new(data,
+                              json_pack("{s:s,s:i,s:o}", "object", "embedding", "index", i,
+                                        "embedding", embedding_json(v, s->emb_n_embd, m.base64)));
+    }
     r->n_prompt = total;
     ret = mc_http_reply_json(r, 200,
                              json_pack("{s:s,s:o,s:s,s:{s:I,s:I}}", "object", "list", "data", data,
-                                       "model", s->model_id, "usage", "prompt_tokens",
+                                       "model", s->emb_model_id, "usage", "prompt_tokens",
                                        (json_int_t)total, "total_tokens", (json_int_t)total));
     goto out;
 
@@ -1280,6 +1283,12 @@ static json_t *model_json(struct mc_server *s) {
                      (json_int_t)s->model_created, "owned_by", "mcai");
 }
 
+/* The --embed-model model, marked as serving embeddings only. */
+static json_t *embed_model_json(struct mc_server *s) {
+    return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", s->emb_model_id, "object", "model", "created",
+                     (json_int_t)s->emb_created, "owned_by", "mcai", "mcai_purpose", "embeddings");
+}
+
 /* One of the tenant's adapters as a model: "parent" names the base it runs on. */
 static json_t *adapter_model_json(struct mc_server *s, const struct mc_auth *a,
                                   const struct mc_adapter_meta *m) {
@@ -1294,6 +1303,7 @@ enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const 
     if (!load_front(s, r, a, &f, &ret))
         return ret;
     bool allowed = mc_front_allows_model(&f, s->model_id);
+    bool emb_allowed = s->emb_model != s->model && mc_front_allows_model(&f, s->emb_model_id);
     struct mc_adapter_meta *rows = NULL;
     size_t n = 0;
     struct mc_err err = {0};
@@ -1309,6 +1319,8 @@ enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const 
     json_t *data = json_array();
     if (allowed)
         json_array_append_new(data, model_json(s));
+    if (emb_allowed)
+        json_array_append_new(data, embed_model_json(s));
     for (size_t i = 0; i < n; i++) {
         if (!front_allows_adapter(s, &f, rows[i].name))
             continue;
@@ -1323,6 +1335,8 @@ enum MHD_Result mc_api_models(struct mc_server *s, struct mc_http_req *r, const 
         json_decref(data);
         if (!one && allowed && strcmp(model_id, s->model_id) == 0)
             one = model_json(s);
+        if (!one && emb_allowed && strcmp(model_id, s->emb_model_id) == 0)
+            one = embed_model_json(s);
         return one ? mc_http_reply_json(r, 200, one) : reply_model_not_found(r, model_id);
     }
     return mc_http_reply_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", data));

@@ -314,6 +314,16 @@ struct mc_server {
     struct mc_lora_base lora_base;
     struct mc_lora_cache *adapters;
 
+    /* The model embeddings come from (/v1/embeddings and knowledge-base vectors): the
+     * base model, or the one --embed-model names (then loaded and owned here). Its id is
+     * made like model_id; n_ctx bounds its inputs. Set by mc_server_load. */
+    char *embed_model_path; /* NULL: the base model */
+    struct mc_model *emb_model;
+    char emb_model_id[96];
+    int32_t emb_n_ctx;
+    int32_t emb_n_embd;
+    int64_t emb_created;
+
     /* Embeddings run outside the engine on their own context, one request at a time. */
     pthread_mutex_t embed_lock;
     struct mc_ctx *embed_ctx;
@@ -323,8 +333,10 @@ struct mc_server {
     pthread_mutex_t conv_lock;
 
     /* Knowledge bases (api_kb.c): one set over the store, created by mc_server_load
-     * with the model's tokenizer and an embedder over the model. */
+     * with the model's tokenizer and an embedder over emb_model (none when
+     * kb_no_embeddings). */
     size_t kb_budget_bytes;
+    bool kb_no_embeddings; /* --kb-embeddings off: no embedder, BM25 only */
     struct mc_embedder *kb_emb;
     struct mc_kbs *kbs;
 

@@ -406,6 +406,11 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     pthread_mutex_init(&s->conv_lock, NULL);
     s->model_path = mc_strdup(cfg->model_path);
     s->data_dir = mc_strdup(cfg->data_dir);
+    if (cfg->embed_model_path && *cfg->embed_model_path &&
+        !(s->embed_model_path = mc_strdup(cfg->embed_model_path))) {
+        rc = mc_err_set(err, MC_ENOMEM, "out of memory");
+        goto fail;
+    }
     s->host = mc_strdup(cfg->host && *cfg->host ? cfg->host : "127.0.0.1");
     s->admin_key_len = strlen(cfg->admin_key);
     s->admin_key = mc_secret_alloc(s->admin_key_len + 1);
@@ -425,6 +430,7 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
         cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;
     s->kb_budget_bytes = cfg->kb_cache_bytes;
+    s->kb_no_embeddings = cfg->kb_no_embeddings;
 
     if ((rc = mc_metrics_create(&s->metrics, err)) != MC_OK)
         goto fail;
@@ -472,29 +478,74 @@ static void on_token(void *user, const char *tenant, bool first, double seconds)
         mc_metrics_inter_token(s->metrics, tenant, seconds);
 }
 
+/* Clients name a model by its file's base name ("stories260K"): general.name is often
+ * just the architecture ("llama") and would not tell two models apart. */
+static void model_id_from_path(const char *path, char *id, size_t id_size) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t blen = strlen(base);
+    if (blen > 5 && strcmp(base + blen - 5, ".gguf") == 0)
+        blen -= 5;
+    snprintf(id, id_size, "%.*s", (int)blen, base);
+}
+
+/* The context a model gets: n_ctx_cfg when set, else its training context up to
+ * DEFAULT_CTX_CAP. */
+static int32_t model_n_ctx(const struct mc_hparams *hp, int32_t n_ctx_cfg) {
+    int32_t n_ctx = n_ctx_cfg > 0 ? n_ctx_cfg : hp->n_ctx_train;
+    if (n_ctx_cfg <= 0 && n_ctx > DEFAULT_CTX_CAP)
+        n_ctx = DEFAULT_CTX_CAP;
+    return n_ctx <= 1 ? 2048 : n_ctx;
+}
+
+static int64_t file_mtime(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_mtime : 0;
+}
+
+/* Loads the --embed-model model, or points the embedding fields at the base model. */
+static int load_embed_model(struct mc_server *s, struct mc_err *err) {
+    if (!s->embed_model_path) {
+        s->emb_model = s->model;
+        memcpy(s->emb_model_id, s->model_id, sizeof(s->emb_model_id));
+        s->emb_n_ctx = s->n_ctx;
+        s->emb_n_embd = s->n_embd;
+        s->emb_created = s->model_created;
+        return MC_OK;
+    }
+    int rc = mc_model_load(s->embed_model_path, &s->emb_model, err);
+    if (rc != MC_OK) {
+        mc_err_prefix(err, "embedding model %s", s->embed_model_path);
+        return rc;
+    }
+    model_id_from_path(s->embed_model_path, s->emb_model_id, sizeof(s->emb_model_id));
+    if (strcmp(s->emb_model_id, s->model_id) == 0)
+        return mc_err_set(err, MC_EINVAL,
+                          "embedding model and served model are both named '%s'; rename one "
+                          "file",
+                          s->model_id);
+    const struct mc_hparams *hp = mc_model_hparams(s->emb_model);
+    s->emb_n_ctx = model_n_ctx(hp, 0);
+    s->emb_n_embd = hp->n_embd;
+    s->emb_created = file_mtime(s->embed_model_path);
+    MC_LOG_INFO("serve", "embed_model", "model=%s n_ctx=%d n_embd=%d", s->emb_model_id,
+                s->emb_n_ctx, s->emb_n_embd);
+    return MC_OK;
+}
+
 int mc_server_load(struct mc_server *s, struct mc_err *err) {
     int64_t t0 = mc_now_ns();
     int rc = mc_model_load(s->model_path, &s->model, err);
     if (rc != MC_OK)
         return rc;
     const struct mc_hparams *hp = mc_model_hparams(s->model);
-    int32_t n_ctx = s->n_ctx_cfg > 0 ? s->n_ctx_cfg : hp->n_ctx_train;
-    if (s->n_ctx_cfg <= 0 && n_ctx > DEFAULT_CTX_CAP)
-        n_ctx = DEFAULT_CTX_CAP;
-    if (n_ctx <= 1)
-        n_ctx = 2048;
+    int32_t n_ctx = model_n_ctx(hp, s->n_ctx_cfg);
     s->n_ctx = n_ctx;
     s->n_embd = hp->n_embd;
-    /* Clients name the model by its file's base name ("stories260K"): general.name is
-     * often just the architecture ("llama") and would not tell two models apart. */
-    const char *base = strrchr(s->model_path, '/');
-    base = base ? base + 1 : s->model_path;
-    size_t blen = strlen(base);
-    if (blen > 5 && strcmp(base + blen - 5, ".gguf") == 0)
-        blen -= 5;
-    snprintf(s->model_id, sizeof(s->model_id), "%.*s", (int)blen, base);
-    struct stat st;
-    s->model_created = stat(s->model_path, &st) == 0 ? (int64_t)st.st_mtime : 0;
+    model_id_from_path(s->model_path, s->model_id, sizeof(s->model_id));
+    s->model_created = file_mtime(s->model_path);
+    if ((rc = load_embed_model(s, err)) != MC_OK)
+        return rc;
 
     struct mc_engine_config ec = {
         .max_seqs = s->max_seqs,
@@ -555,6 +606,8 @@ void mc_server_free(struct mc_server *s) {
         mc_kv_free(s->embed_kv);
     if (s->embed_ctx)
         mc_ctx_free(s->embed_ctx);
+    if (s->emb_model && s->emb_model != s->model)
+        mc_model_free(s->emb_model);
     mc_model_free(s->model);
     mc_limiter_free(s->limiter);
     mc_tenants_free(s->tenants);
@@ -564,6 +617,7 @@ void mc_server_free(struct mc_server *s) {
     if (s->admin_key)
         mc_secret_free(s->admin_key);
     mc_free(s->model_path);
+    mc_free(s->embed_model_path);
     mc_free(s->data_dir);
     mc_free(s->host);
     pthread_mutex_destroy(&s->embed_lock);

@@ -12,6 +12,7 @@
 #include "base/err.h"
 #include "store/crypto.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,8 @@ struct mc_server;
 /* Zero in a numeric field means the default given beside it. */
 struct mc_server_config {
     const char *model_path;                 /* GGUF model (required) */
+    const char *embed_model_path;           /* GGUF model for embeddings and knowledge-base
+                                             * vectors (default NULL: the model) */
     const char *data_dir;                   /* store and audit log (required) */
     const char *host;                       /* listen address (default 127.0.0.1) */
     int port;                               /* 0 picks a free port; mc_server_port tells which */
@@ -41,6 +44,7 @@ struct mc_server_config {
                                              * 10000) */
     size_t kb_cache_bytes;                  /* knowledge bases kept loaded, in all (default
                                              * 256 MiB; see docs/knowledge-bases.md) */
+    bool kb_no_embeddings;                  /* knowledge bases BM25 only: no embedder */
 };
 
 /* Minimum length of an admin key; shorter ones are refused as weak. */

@@ -20,7 +20,9 @@
 #   - SIGTERM during a stream: the stream gets one error event, the server exits 0;
 #   - a second server (--ctx 2048): /readyz while the model loads, a non-streaming client
 #     that leaves, queue_full, and a drain that keeps answering 503 shutting_down until
-#     the running generation ends.
+#     the running generation ends;
+#   - a third server with --embed-model (embeddings and knowledge-base vectors from
+#     another model) and a fourth with --kb-embeddings off (BM25-only knowledge bases).
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
 # automatically for the ASan build). Prints "ok - ..." / "FAIL - ..." lines and a final
@@ -68,6 +70,8 @@ contains "--help documents the key files" "$DIR/help" "--master-key-file"
 contains "--help documents the config file" "$DIR/help" "--config"
 contains "--help documents the adapter cache" "$DIR/help" "--adapter-cache-mb"
 contains "--help documents the knowledge-base memory budget" "$DIR/help" "--kb-cache-mb"
+contains "--help documents the embedding model" "$DIR/help" "--embed-model FILE"
+contains "--help documents BM25-only knowledge bases" "$DIR/help" "--kb-embeddings on|off"
 
 env -u MCAI_MASTER_KEY MCAI_ADMIN_KEY="$(hex 20)" \
     "$MCAI" serve -m "$MODEL" --data "$DIR/d0" --port 0 > /dev/null 2> "$DIR/e0"
@@ -522,6 +526,151 @@ check "draining: then nothing listens" 000 \
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log"; then
     bad "sanitizers (second server)" \
         "$(grep -h -m 3 "AddressSanitizer\|runtime error:" "$DIR/data-load.log" "$DIR/data2.log")"
+fi
+
+# ---- A third and fourth server: --embed-model, --kb-embeddings off ------------------
+# stories260K serves, llama-2-tiny-random (another width than stories260K's 64) embeds:
+# /v1/embeddings and the knowledge base's vectors come from it. Then a server whose
+# knowledge bases are BM25 only.
+
+EMBED_MODEL=$SHARED/models/llama-2-tiny-random.gguf
+# start3 NAME FLAGS...: starts a server, waits for /readyz; sets PID2 and BASE2, and K3,
+# the key of a new tenant.
+start3() {
+    name=$1
+    shift
+    MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/$name" --port 0 \
+        --master-key-file "$DIR/master" "$@" > "$DIR/$name.out" 2> "$DIR/$name.log" &
+    PID2=$!
+    PORT2=""
+    i=0
+    while [ $i -lt 300 ] && [ -z "$PORT2" ]; do
+        PORT2=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
+            "$DIR/$name.out" 2> /dev/null)
+        [ -z "$PORT2" ] && sleep 0.05
+        i=$((i + 1))
+    done
+    BASE2="http://127.0.0.1:$PORT2"
+    i=0
+    while [ $i -lt 300 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" != 200 ]; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+    T3=$($C -X POST -H "Authorization: Bearer $ADMIN" -d '{"name":"e"}' "$BASE2/admin/tenants" |
+        sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+    K3=$($C -X POST -H "Authorization: Bearer $ADMIN" "$BASE2/admin/tenants/$T3/keys" |
+        sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+}
+# post3 PATH BODY OUT: POSTs as tenant K3, body to OUT; prints the status.
+post3() {
+    $C -o "$3" -w '%{http_code}' -H "Authorization: Bearer $K3" -d "$2" "$BASE2$1"
+}
+# jq3 FILE EXPR: evaluates a JavaScript expression over the JSON in FILE (as j).
+jq3() {
+    node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+        process.stdout.write(String(eval(process.argv[2])))' "$1" "$2" 2> /dev/null
+}
+KB_DOCS='[{"id":"dogs","text":"Dogs bark at the mailman every morning."},
+    {"id":"cats","text":"Cats sleep in the warm sun all afternoon."}]'
+
+# The embedding model comes from the config file's embed_model key.
+echo "embed_model = $EMBED_MODEL" > "$DIR/embed.conf"
+start3 data3 --config "$DIR/embed.conf"
+check "embed-model: embeddings are 200" 200 \
+    "$(post3 /v1/embeddings '{"input":["a cat","a dog"]}' "$DIR/e3")"
+check "embed-model: the answer names the embedding model" llama-2-tiny-random \
+    "$(jq3 "$DIR/e3" j.model)"
+DIM3=$(jq3 "$DIR/e3" 'j.data[0].embedding.length')
+if [ "${DIM3:-0}" -gt 0 ] && [ "$DIM3" != 64 ]; then
+    ok "embed-model: vectors have the embedding model's width ($DIM3, not stories260K's 64)"
+else
+    bad "embed-model: vectors have the embedding model's width" "got '$DIM3'"
+fi
+check "embed-model: 'dimensions' of its width is 200" 200 \
+    "$(post3 /v1/embeddings '{"input":"a cat","dimensions":'"${DIM3:-0}"'}' "$DIR/e3b")"
+check "embed-model: 'dimensions' 64 (the base model's) is 400" 400 \
+    "$(post3 /v1/embeddings '{"input":"a cat","dimensions":64}' "$DIR/e3b")"
+check "embed-model: by its name" 200 \
+    "$(post3 /v1/embeddings '{"input":"a cat","model":"llama-2-tiny-random"}' "$DIR/e3b")"
+check "embed-model: the base model's name is accepted" "200 llama-2-tiny-random $DIM3" \
+    "$(post3 /v1/embeddings '{"input":"a cat","model":"stories260K"}' "$DIR/e3b") \
+$(jq3 "$DIR/e3b" 'j.model + " " + j.data[0].embedding.length')"
+check "embed-model: another name is 404" 404 \
+    "$(post3 /v1/embeddings '{"input":"a cat","model":"nope"}' "$DIR/e3b")"
+contains "embed-model: 404 model_not_found" "$DIR/e3b" '"code":"model_not_found"'
+$C -H "Authorization: Bearer $K3" "$BASE2/v1/models" > "$DIR/m3"
+check "embed-model: /v1/models lists both, the embedding model marked" \
+    "stories260K llama-2-tiny-random:embeddings" \
+    "$(jq3 "$DIR/m3" 'j.data.map(m => m.id + (m.mcai_purpose ? ":" + m.mcai_purpose : ""))
+        .join(" ")')"
+check "embed-model: GET /v1/models/llama-2-tiny-random" 200 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K3" \
+        "$BASE2/v1/models/llama-2-tiny-random")"
+check "embed-model: an adapter of its name is 409" 409 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K3" \
+        -F name=llama-2-tiny-random -F file=@"$LORA" "$BASE2/v1/adapters")"
+check "embed-model: chat still runs on the base model" "200 stories260K" \
+    "$(post3 /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}' \
+        "$DIR/c3") $(jq3 "$DIR/c3" j.model)"
+check "embed-model: chat naming the embedding model is 404" 404 \
+    "$(post3 /v1/chat/completions '{"model":"llama-2-tiny-random","max_tokens":2,
+        "messages":[{"role":"user","content":"Hi"}]}' "$DIR/c3b")"
+check "embed-model: knowledge-base ingest" 200 "$(post3 /v1/kb/documents "$KB_DOCS" "$DIR/i3")"
+check "embed-model: dense search finds a document" "200 dense 2" \
+    "$(post3 /v1/kb/search '{"query":"dogs bark","mode":"dense"}' "$DIR/s3") \
+$(jq3 "$DIR/s3" 'j.mode + " " + j.data.length')"
+contains "embed-model: the knowledge bases embed with it" "$DIR/data3.log" "dim=$DIM3"
+# A front that allows only the base model does not reach the embedding model.
+T4=$($C -X POST -H "Authorization: Bearer $ADMIN" \
+    -d '{"name":"f","front":{"allowed_models":["stories260K"]}}' "$BASE2/admin/tenants" |
+    sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
+K4=$($C -X POST -H "Authorization: Bearer $ADMIN" "$BASE2/admin/tenants/$T4/keys" |
+    sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
+check "embed-model: a front without it gets 404 for embeddings" 404 \
+    "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $K4" \
+        -d '{"input":"a cat"}' "$BASE2/v1/embeddings")"
+kill -TERM "$PID2"
+wait "$PID2"
+check "embed-model: the server exits 0" 0 $?
+PID2=""
+
+# The same data without embeddings: the knowledge base that holds vectors still answers
+# BM25, and refuses an ingest that would leave chunks without vectors.
+K3E=$K3
+start3 data3 --kb-embeddings off
+K3=$K3E
+check "kb-embeddings off: a knowledge base with vectors answers bm25" "200 2" \
+    "$(post3 /v1/kb/search '{"query":"dogs bark cats"}' "$DIR/s3c") $(jq3 "$DIR/s3c" j.data.length)"
+check "kb-embeddings off: and refuses an ingest without vectors" 400 \
+    "$(post3 /v1/kb/documents '[{"id":"birds","text":"Birds sing."}]' "$DIR/i3c")"
+kill -TERM "$PID2"
+wait "$PID2"
+PID2=""
+
+start3 data4 --kb-embeddings off
+check "kb-embeddings off: ingest" 200 "$(post3 /v1/kb/documents "$KB_DOCS" "$DIR/i4")"
+check "kb-embeddings off: bm25 search finds the document" "200 bm25 dogs" \
+    "$(post3 /v1/kb/search '{"query":"mailman"}' "$DIR/s4") \
+$(jq3 "$DIR/s4" 'j.mode + " " + j.data[0].document_id')"
+check "kb-embeddings off: dense search is 400" 400 \
+    "$(post3 /v1/kb/search '{"query":"mailman","mode":"dense"}' "$DIR/s4b")"
+contains "kb-embeddings off: it says why" "$DIR/s4b" '"code":"embeddings_off"'
+check "kb-embeddings off: hybrid search is 400" 400 \
+    "$(post3 /v1/kb/search '{"query":"mailman","mode":"hybrid"}' "$DIR/s4b")"
+check "kb-embeddings off: grounded chat falls back to bm25" "200 dogs" \
+    "$(post3 /v1/chat/completions '{"messages":[{"role":"user","content":"mailman"}],
+        "max_tokens":2,"retrieval":{"mode":"hybrid","k":1}}' "$DIR/c4") \
+$(jq3 "$DIR/c4" 'j.mcai_citations[0].document_id')"
+check "kb-embeddings off: /v1/embeddings still runs on the base model" "200 stories260K 64" \
+    "$(post3 /v1/embeddings '{"input":"a cat"}' "$DIR/e4") \
+$(jq3 "$DIR/e4" 'j.model + " " + j.data[0].embedding.length')"
+kill -TERM "$PID2"
+wait "$PID2"
+check "kb-embeddings off: the server exits 0" 0 $?
+PID2=""
+if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/data3.log" "$DIR/data4.log"; then
+    bad "sanitizers (embedding servers)" \
+        "$(grep -h -m 3 "AddressSanitizer\|runtime error:" "$DIR/data3.log" "$DIR/data4.log")"
 fi
 
 echo "integration: $passed passed, $failed failed"
