@@ -94,6 +94,21 @@ struct load_src {
 };
 static _Thread_local const struct load_src *tls_src;
 
+/* Replaces *l by its Q8_0 copy; false (l kept as loaded) when a tensor's width is not a
+ * multiple of 32 or memory runs out, which only costs the memory saving. */
+static bool to_q8_0(const char *tenant, const char *name, struct mc_lora **l) {
+    struct mc_lora *q = NULL;
+    struct mc_err err = {0};
+    if (mc_lora_convert(*l, MC_TYPE_Q8_0, &q, &err) != MC_OK) {
+        MC_LOG_WARN("adapter", "adapter_kept_as_file", "tenant=%s adapter=%s err=\"%s\"", tenant,
+                    name, err.msg);
+        return false;
+    }
+    mc_lora_release(*l);
+    *l = q;
+    return true;
+}
+
 static int loader(void *user, const char *id, uint64_t version, struct mc_lora **out,
                   struct mc_err *err) {
     struct mc_server *s = user;
@@ -117,8 +132,10 @@ static int loader(void *user, const char *id, uint64_t version, struct mc_lora *
         name = slash + 1;
         rc = mc_adapter_load(s->store, &s->lora_base, tenant, name, version, NULL, out, err);
     }
-    MC_LOG_INFO("adapter", "adapter_loaded", "tenant=%s adapter=%s shared=%d rc=%d ms=%.2f", tenant,
-                name, id[0] == 'd', rc, (double)(mc_now_ns() - t0) / 1e6);
+    bool q8 = rc == MC_OK && s->adapter_q8_0 && to_q8_0(tenant, name, out);
+    MC_LOG_INFO("adapter", "adapter_loaded",
+                "tenant=%s adapter=%s shared=%d format=%s rc=%d ms=%.2f", tenant, name,
+                id[0] == 'd', q8 ? "q8_0" : "file", rc, (double)(mc_now_ns() - t0) / 1e6);
     return rc;
 }
 

@@ -290,6 +290,7 @@ struct mc_server {
     int32_t max_queue;
     size_t kv_budget_bytes;
     size_t adapter_cache_bytes;
+    bool adapter_q8_0;        /* --adapter-format q8_0: resident adapters converted on load */
     size_t max_adapter_bytes; /* body cap of adapter uploads (authenticated callers) */
     int64_t drain_timeout_ms;
 

@@ -426,6 +426,7 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->max_queue = cfg->max_queue;
     s->kv_budget_bytes = cfg->kv_budget_bytes;
     s->adapter_cache_bytes = cfg->adapter_cache_bytes;
+    s->adapter_q8_0 = cfg->adapter_q8_0;
     s->max_adapter_bytes =
         cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
     s->drain_timeout_ms = cfg->drain_timeout_ms > 0 ? cfg->drain_timeout_ms : DEFAULT_DRAIN_MS;

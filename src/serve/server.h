@@ -36,6 +36,7 @@ struct mc_server_config {
     size_t kv_budget_bytes;                 /* KV memory of running sequences (default: no
                                              * limit beyond max_seqs full contexts) */
     size_t adapter_cache_bytes;             /* resident LoRA adapters (default 256 MiB) */
+    bool adapter_q8_0;                      /* keep resident adapters as Q8_0 */
     size_t max_body_bytes;                  /* request body cap (default 1 MiB) */
     size_t max_adapter_bytes;               /* body cap of an adapter upload by a caller
                                              * with a valid key (default 256 MiB) */

@@ -22,7 +22,8 @@
 #     that leaves, queue_full, and a drain that keeps answering 503 shutting_down until
 #     the running generation ends;
 #   - a third server with --embed-model (embeddings and knowledge-base vectors from
-#     another model) and a fourth with --kb-embeddings off (BM25-only knowledge bases).
+#     another model) and a fourth with --kb-embeddings off (BM25-only knowledge bases)
+#     and --adapter-format q8_0 (resident adapters converted to Q8_0).
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
 # automatically for the ASan build). Prints "ok - ..." / "FAIL - ..." lines and a final
@@ -647,7 +648,7 @@ kill -TERM "$PID2"
 wait "$PID2"
 PID2=""
 
-start3 data4 --kb-embeddings off
+start3 data4 --kb-embeddings off --adapter-format q8_0
 check "kb-embeddings off: ingest" 200 "$(post3 /v1/kb/documents "$KB_DOCS" "$DIR/i4")"
 check "kb-embeddings off: bm25 search finds the document" "200 bm25 dogs" \
     "$(post3 /v1/kb/search '{"query":"mailman"}' "$DIR/s4") \
@@ -664,6 +665,21 @@ $(jq3 "$DIR/c4" 'j.mcai_citations[0].document_id')"
 check "kb-embeddings off: /v1/embeddings still runs on the base model" "200 stories260K 64" \
     "$(post3 /v1/embeddings '{"input":"a cat"}' "$DIR/e4") \
 $(jq3 "$DIR/e4" 'j.model + " " + j.data[0].embedding.length')"
+# The same server keeps resident adapters as Q8_0: the F32 reference adapter (17,920
+# bytes of weights) is held in about a quarter of that, and still answers.
+check "adapter-format q8_0: upload" 201 "$($C -o "$DIR/u4" -w '%{http_code}' \
+    -H "Authorization: Bearer $K3" -F name=story -F file=@"$SHARED/models/stories260K-lora-r4.gguf" \
+    "$BASE2/v1/adapters")"
+check "adapter-format q8_0: completion with the adapter" "200 story 8" \
+    "$(post3 /v1/completions '{"model":"story","prompt":"Once upon a time","max_tokens":8,
+        "temperature":0}' "$DIR/c4q") $(jq3 "$DIR/c4q" 'j.model + " " + j.usage.completion_tokens')"
+RES4=$($C "$BASE2/metrics" | sed -n 's/^mcai_adapter_cache_resident_bytes \([0-9]*\)$/\1/p')
+if [ -n "$RES4" ] && [ "$RES4" -gt 0 ] && [ "$RES4" -lt 9000 ]; then
+    ok "adapter-format q8_0: resident bytes $RES4 (F32 weights: 17920)"
+else
+    bad "adapter-format q8_0: resident bytes" "got '$RES4', want 1..8999"
+fi
+contains "adapter-format q8_0: the load is logged as q8_0" "$DIR/data4.log" "format=q8_0"
 kill -TERM "$PID2"
 wait "$PID2"
 check "kb-embeddings off: the server exits 0" 0 $?
