@@ -291,6 +291,13 @@ static void env_close(struct env *e) {
 static int env_open(const struct opts *o, struct env *e) {
     struct mc_err err = {0};
     memset(e, 0, sizeof(*e));
+    /* A mistyped --data must not become a new, empty data directory. */
+    if (access(o->data, F_OK) != 0) {
+        fprintf(stderr,
+                "mcai kb: data directory %s does not exist (`mcai tenant create` makes it)\n",
+                o->data);
+        return CLI_ERR;
+    }
     if (cli_data_open(o->data, o->key_file, &e->data) != CLI_OK)
         return CLI_ERR;
     int rc = mc_tenant_resolve(e->data.tn, o->tenant, &e->tenant, &err);
@@ -689,6 +696,7 @@ static int search_queries(const struct opts *o, struct env *e) {
     size_t cap = 0, no = 0;
     ssize_t n;
     int rc = CLI_OK;
+    json_t *seen = json_object(); /* query id -> its line, so a repeat is refused */
     while (rc == CLI_OK && (n = getline(&line, &cap, fp)) >= 0) {
         no++;
         if (strspn(line, " \t\r\n") == (size_t)n)
@@ -700,17 +708,26 @@ static int search_queries(const struct opts *o, struct env *e) {
             fprintf(stderr, "mcai kb: %s:%zu: %s at byte %d\n", o->queries, no, je.text,
                     je.position);
             rc = CLI_ERR;
-        } else if (!json_is_string(id) || !json_is_string(text) ||
+        } else if (!json_is_string(id) || !json_is_string(text) || json_string_length(id) == 0 ||
                    strpbrk(json_string_value(id), " \t\r\n")) {
-            fprintf(stderr, "mcai kb: %s:%zu: want {\"_id\": str without spaces, \"text\": str}\n",
+            fprintf(stderr,
+                    "mcai kb: %s:%zu: want {\"_id\": non-empty str without spaces, "
+                    "\"text\": str}\n",
                     o->queries, no);
             rc = CLI_ERR;
+        } else if (json_object_get(seen, json_string_value(id))) {
+            fprintf(stderr, "mcai kb: %s:%zu: query id \"%s\" repeats line %lld\n", o->queries, no,
+                    json_string_value(id),
+                    (long long)json_integer_value(json_object_get(seen, json_string_value(id))));
+            rc = CLI_ERR;
         } else {
+            json_object_set_new(seen, json_string_value(id), json_integer((json_int_t)no));
             rc = search_one(o, e, json_string_value(text), json_string_length(text),
                             json_string_value(id));
         }
         json_decref(j);
     }
+    json_decref(seen);
     free(line);
     fclose(fp);
     return rc;

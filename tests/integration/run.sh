@@ -316,6 +316,18 @@ check "cli: every TREC line is 'qid Q0 docid rank score tag'" 0 \
     "$(grep -cvE '^q[123] Q0 [^ ]+ [123] [0-9]+\.[0-9]+ run1$' "$KB/trec")"
 check "cli: TREC run ranks each query's document first" 'q1:otters.txt q2:j1 q3:j\x202' \
     "$(awk '$4 == 1 { printf "%s%s:%s", sep, $1, $3; sep = " " }' "$KB/trec")"
+printf '{"_id": "q1", "text": "otters"}\n{"_id": "q1", "text": "bees"}\n' > "$KB/q-dup.jsonl"
+"$MCAI" kb search $KBF --tenant clitenant --queries "$KB/q-dup.jsonl" > /dev/null 2> "$KB/e-dup"
+check "cli: a repeated query id exits 1" 1 $?
+contains "cli: and names both lines" "$KB/e-dup" 'q-dup.jsonl:2: query id "q1" repeats line 1'
+printf '{"_id": "", "text": "otters"}\n' > "$KB/q-empty.jsonl"
+"$MCAI" kb search $KBF --tenant clitenant --queries "$KB/q-empty.jsonl" > "$KB/o-empty" 2> /dev/null
+check "cli: an empty query id exits 1 and prints no TREC line" "1 0" \
+    "$? $(wc -l < "$KB/o-empty" | tr -d ' ')"
+"$MCAI" kb list --data "$KB/no-such-dir" --master-key-file "$DIR/master" --tenant x \
+    > /dev/null 2> "$KB/e-nodir"
+check "cli: kb on a missing data directory exits 1" 1 $?
+check "cli: and creates nothing" no "$([ -e "$KB/no-such-dir" ] && echo yes || echo no)"
 "$MCAI" kb search $KBF --tenant clitenant -k 2000 x > /dev/null 2> "$KB/e-k"
 check "cli: -k out of range exits 2" 2 $?
 contains "cli: a number error names the option and the range" "$KB/e-k" \
