@@ -1638,6 +1638,14 @@ size_t mc_kb_n_docs(struct mc_kb *kb) {
     return n;
 }
 
+bool mc_kb_has_vectors(struct mc_kb *kb) {
+    if (kb_lock_synced(kb, NULL) != MC_OK)
+        return false;
+    bool v = kb->hnsw && kb->embed_name[0];
+    kb_unlock(kb);
+    return v;
+}
+
 size_t mc_kb_n_chunks(struct mc_kb *kb) {
     if (kb_lock_synced(kb, NULL) != MC_OK)
         return 0;

@@ -166,5 +166,7 @@ int mc_kb_delete(struct mc_kb *kb, const char *id, size_t id_len, struct mc_err 
 /* Documents and live chunks in the knowledge base (loading it if needed; 0 on error). */
 size_t mc_kb_n_docs(struct mc_kb *kb);
 size_t mc_kb_n_chunks(struct mc_kb *kb);
+/* True once any chunk has a vector (dense and hybrid searches need them). */
+bool mc_kb_has_vectors(struct mc_kb *kb);
 
 #endif

@@ -651,8 +651,11 @@ static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const 
                               struct mc_kb *kb) {
     struct mc_api_error e = {0};
     json_t *o = parse_json(r->body, r->body_len, &e);
+    /* Without a mode: hybrid where the knowledge base has vectors, else bm25 (one filled
+     * by `mcai kb ingest` without a model has none), as the command line does. */
     struct mc_kb_query q = {
-        .mode = s->kb_emb ? MC_KB_MODE_HYBRID : MC_KB_MODE_BM25,
+        .mode = s->kb_emb && (mc_kb_n_chunks(kb) == 0 || mc_kb_has_vectors(kb)) ? MC_KB_MODE_HYBRID
+                                                                                : MC_KB_MODE_BM25,
         .k = SEARCH_K_DEFAULT,
     };
     if (!o || search_parse(o, &q, &e) != MC_OK) {

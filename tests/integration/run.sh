@@ -696,6 +696,19 @@ kill -TERM "$PID2"
 wait "$PID2"
 check "kb-embeddings off: the server exits 0" 0 $?
 PID2=""
+# A server (with embeddings) on the knowledge bases `mcai kb ingest` filled without a
+# model: a search that names no mode runs bm25 there instead of failing for vectors.
+KCLI=$("$MCAI" key create $KBF --tenant clitenant 2> /dev/null)
+start3 kbcli/data
+K3=$KCLI
+check "kb without vectors: a search without mode is bm25 and finds the document" \
+    "200 bm25 otters.txt" "$(post3 /v1/kb/search '{"query":"where do otters sleep"}' "$DIR/s5") \
+$(jq3 "$DIR/s5" 'j.mode + " " + j.data[0].document_id')"
+check "kb without vectors: hybrid, asked for, is a 400" 400 \
+    "$(post3 /v1/kb/search '{"query":"otters","mode":"hybrid"}' "$DIR/s5b")"
+kill -TERM "$PID2"
+wait "$PID2"
+PID2=""
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$DIR/data3.log" "$DIR/data4.log"; then
     bad "sanitizers (embedding servers)" \
         "$(grep -h -m 3 "AddressSanitizer\|runtime error:" "$DIR/data3.log" "$DIR/data4.log")"
