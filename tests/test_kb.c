@@ -943,6 +943,32 @@ static void test_kb_embedder_mismatch_and_backfill(void **state) {
     mc_kbs_free(s);
 }
 
+/* Two models with the same general.name ("llama") and width (64), stories260K in F32 and
+ * in Q8_0, make embedders of different names, so a knowledge base never mixes their
+ * vectors; the same model always makes the same name. */
+static void test_embedder_name_tells_models_apart(void **state) {
+    (void)state;
+    const char *files[3] = {"models/stories260K.gguf", "models/stories260K.gguf",
+                            "models/stories260K-Q8_0.gguf"};
+    char names[3][MC_EMBED_NAME_MAX + 1];
+    for (int i = 0; i < 3; i++) {
+        char path[512];
+        struct mc_model *m = NULL;
+        struct mc_embedder *emb = NULL;
+        struct mc_err err = {0};
+        if (mc_model_load(test_shared_path(path, sizeof(path), files[i]), &m, &err) != MC_OK)
+            fail_msg("model: %s", err.msg);
+        assert_string_equal(mc_model_hparams(m)->name, "llama");
+        assert_int_equal(mc_embedder_create(m, 1, 0, &emb, &err), MC_OK);
+        snprintf(names[i], sizeof(names[i]), "%s", mc_embedder_name(emb));
+        mc_embedder_free(emb);
+        mc_model_free(m);
+    }
+    assert_string_equal(names[0], names[1]);
+    assert_string_not_equal(names[0], names[2]);
+    assert_int_equal(strncmp(names[0], "llama#", 6), 0);
+}
+
 static void test_kb_dense_search_with_stories260k(void **state) {
     struct fx *f = *state;
     char path[512];
@@ -1155,6 +1181,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_kb_caller_ids_round_trip_byte_for_byte, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_kb_embedder_mismatch_and_backfill, setup, teardown),
+        cmocka_unit_test(test_embedder_name_tells_models_apart),
         cmocka_unit_test_setup_teardown(test_kb_dense_search_with_stories260k, setup, teardown),
         cmocka_unit_test(test_kb_prompt_numbers_sources),
         cmocka_unit_test(test_kb_retrieval_settings_parse),

@@ -15,9 +15,11 @@
 #include "rag/embed.h"
 
 #include "base/mem.h"
+#include "model/gguf.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <sodium.h> /* crypto_generichash: the weights' fingerprint */
 #include <stdio.h>
 #include <string.h>
 
@@ -43,6 +45,26 @@ struct mc_embedder {
     float *hidden; /* (MAX_ROWS, dim) */
 };
 
+/* The embedder's name: the model's general.name and a fingerprint of its weights (the
+ * first 4 MiB of the token embeddings, with their type and shape), so that vectors of
+ * two different models that share a name and a width are never mixed in one index. */
+static void model_embed_name(const struct mc_model *m, char *out, size_t size) {
+    const struct mc_gguf_tensor *t = mc_gguf_find_tensor(mc_model_gguf(m), "token_embd.weight");
+    uint8_t h[8] = {0};
+    if (t) {
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, NULL, 0, sizeof(h));
+        int64_t shape[3] = {(int64_t)t->type, t->ne[0], t->ne[1]};
+        crypto_generichash_update(&st, (const uint8_t *)shape, sizeof(shape));
+        size_t n = t->size_bytes < ((size_t)4 << 20) ? t->size_bytes : (size_t)4 << 20;
+        crypto_generichash_update(&st, t->data, n);
+        crypto_generichash_final(&st, h, sizeof(h));
+    }
+    const char *name = mc_model_hparams(m)->name;
+    snprintf(out, size, "%.*s#%02x%02x%02x%02x%02x%02x%02x%02x", MC_EMBED_NAME_MAX - 17, name, h[0],
+             h[1], h[2], h[3], h[4], h[5], h[6], h[7]);
+}
+
 int mc_embedder_create(const struct mc_model *m, int n_threads, int max_tokens,
                        struct mc_embedder **out, struct mc_err *err) {
     *out = NULL;
@@ -56,7 +78,7 @@ int mc_embedder_create(const struct mc_model *m, int n_threads, int max_tokens,
     struct mc_embedder *e = mc_calloc(1, sizeof(*e));
     if (!e)
         return mc_err_set(err, MC_ENOMEM, "out of memory creating an embedder");
-    snprintf(e->name, sizeof(e->name), "%s", hp->name);
+    model_embed_name(m, e->name, sizeof(e->name));
     e->dim = hp->n_embd;
     e->model = m;
     e->n_threads = n_threads;

@@ -31,7 +31,8 @@ typedef int (*mc_embed_fn)(void *ctx, const char *const *texts, const size_t *le
 
 /* An embedder over model m (borrowed; it must outlive the embedder) using n_threads
  * threads (<= 0: all CPUs), cutting texts at max_tokens tokens (0: 512, and never beyond
- * the model's training context). Its name is the model's name. */
+ * the model's training context). Its name is the model's general.name, '#' and 16 hex
+ * digits of a hash of its token embeddings, so two models that share a name differ. */
 int mc_embedder_create(const struct mc_model *m, int n_threads, int max_tokens,
                        struct mc_embedder **out, struct mc_err *err);
 
