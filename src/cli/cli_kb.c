@@ -747,6 +747,10 @@ static int cmd_search(struct opts *o, struct env *e) {
         fprintf(stderr, "mcai kb search: give one QUERY (quote it) or --queries FILE\n");
         return CLI_USAGE;
     }
+    if (o->args[0][strspn(o->args[0], " \t\r\n")] == '\0') {
+        fprintf(stderr, "mcai kb search: the query is empty\n");
+        return CLI_USAGE;
+    }
     return search_one(o, e, o->args[0], strlen(o->args[0]), NULL);
 }
 

@@ -208,9 +208,12 @@ static int quantize_all(const struct mc_gguf *g, const struct target *tg, struct
     bool has_output = mc_gguf_find_tensor(g, "output.weight") != NULL;
 
     *out_bytes = 0;
+    int64_t n_matrices = 0, n_converted = 0;
     for (int64_t i = 0; i < mc_gguf_n_tensors(g) && rc == MC_OK; i++) {
         const struct mc_gguf_tensor *t = mc_gguf_tensor(g, i);
         enum mc_type to = choose_type(tg, t, has_output, n_layer);
+        n_matrices += t->n_dims >= 2;
+        n_converted += to != t->type;
         if (to == t->type)
             rc = mc_gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
         else
@@ -223,6 +226,13 @@ static int quantize_all(const struct mc_gguf *g, const struct target *tg, struct
                mc_type_name(to), (long long)t->ne[0], (long long)(t->ne[1] * t->ne[2] * t->ne[3]),
                bytes / 1e6);
     }
+    /* Rows narrower than a K-quant block of 256 (small models) keep their type: say so
+     * rather than name a type the file does not hold. */
+    if (rc == MC_OK && n_matrices > 0 && n_converted == 0)
+        fprintf(stderr,
+                "mcai quantize: warning: no tensor was converted: every row is too short or "
+                "not a multiple of the block size of %s\n",
+                tg->q4_k_m ? "Q4_K_M" : mc_type_name(tg->type));
     return rc;
 }
 

@@ -328,6 +328,8 @@ check "cli: an empty query id exits 1 and prints no TREC line" "1 0" \
     > /dev/null 2> "$KB/e-nodir"
 check "cli: kb on a missing data directory exits 1" 1 $?
 check "cli: and creates nothing" no "$([ -e "$KB/no-such-dir" ] && echo yes || echo no)"
+"$MCAI" kb search $KBF --tenant clitenant " " > /dev/null 2> /dev/null
+check "cli: an empty query exits 2" 2 $?
 "$MCAI" kb search $KBF --tenant clitenant -k 2000 x > /dev/null 2> "$KB/e-k"
 check "cli: -k out of range exits 2" 2 $?
 contains "cli: a number error names the option and the range" "$KB/e-k" \
