@@ -23,7 +23,10 @@
 #     the running generation ends;
 #   - a third server with --embed-model (embeddings and knowledge-base vectors from
 #     another model) and a fourth with --kb-embeddings off (BM25-only knowledge bases)
-#     and --adapter-format q8_0 (resident adapters converted to Q8_0).
+#     and --adapter-format q8_0 (resident adapters converted to Q8_0);
+#   - a server killed (SIGKILL) during a large knowledge-base ingest comes back with the
+#     knowledge base as it was before the batch; a server on knowledge bases filled
+#     without vectors answers searches without a mode with bm25.
 # Environment: MCAI (the mcai binary, default build/mcai), MODEL (default
 # $MCAI_SHARED/models/stories260K.gguf), MCAI_QUICK=1 for shorter generations (set
 # automatically for the ASan build). Prints "ok - ..." / "FAIL - ..." lines and a final
@@ -698,6 +701,52 @@ kill -TERM "$PID2"
 wait "$PID2"
 check "kb-embeddings off: the server exits 0" 0 $?
 PID2=""
+# An ingest is one transaction: a server killed (SIGKILL) in the middle of a large batch
+# comes back with the knowledge base exactly as it was before that batch.
+start3 data6
+K6=$K3
+check "kill -9 mid-ingest: two documents first" 200 "$(post3 /v1/kb/documents "$KB_DOCS" "$DIR/i6")"
+node -e 'const docs = [];
+    for (let i = 0; i < 300; i++)
+        docs.push({ id: "big" + i, text: ("word" + i + " ").repeat(300) });
+    process.stdout.write(JSON.stringify(docs));' > "$DIR/big.json"
+$C -o /dev/null -H "Authorization: Bearer $K6" --data-binary @"$DIR/big.json" \
+    "$BASE2/v1/kb/documents" 2> /dev/null &
+CURL6=$!
+sleep 1
+kill -KILL "$PID2"
+wait "$PID2" 2> /dev/null
+wait "$CURL6" 2> /dev/null
+CURL6_RC=$?
+PID2=""
+# curl ends without an answer (52: empty reply, 56: reset) only if the server died
+# while it was still working on the batch, not after refusing or finishing it.
+check "kill -9 mid-ingest: the batch was still running when the server died" yes \
+    "$([ "$CURL6_RC" -eq 52 ] || [ "$CURL6_RC" -eq 56 ] && echo yes || echo "no ($CURL6_RC)")"
+MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/data6" --port 0 \
+    --master-key-file "$DIR/master" > "$DIR/data6b.out" 2> "$DIR/data6b.log" &
+PID2=$!
+PORT2=""
+i=0
+while [ $i -lt 300 ] && [ -z "$PORT2" ]; do
+    PORT2=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
+        "$DIR/data6b.out" 2> /dev/null)
+    [ -z "$PORT2" ] && sleep 0.05
+    i=$((i + 1))
+done
+BASE2="http://127.0.0.1:$PORT2"
+i=0
+while [ $i -lt 300 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" != 200 ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+check "kill -9 mid-ingest: after a restart the knowledge base holds the two documents only" \
+    "200 2" "$($C -o "$DIR/l6" -w '%{http_code}' -H "Authorization: Bearer $K6" \
+        "$BASE2/v1/kb/documents") $(jq3 "$DIR/l6" j.data.length)"
+kill -TERM "$PID2"
+wait "$PID2"
+PID2=""
+
 # A server (with embeddings) on the knowledge bases `mcai kb ingest` filled without a
 # model: a search that names no mode runs bm25 there instead of failing for vectors.
 KCLI=$("$MCAI" key create $KBF --tenant clitenant 2> /dev/null)
