@@ -199,6 +199,26 @@ check "curl: the same upload without a valid key is 413" 413 \
     "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer mcai_nope" -F name=junk \
         -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
 
+# A form field sent twice is refused, not glued to the first (name "t11t12", two files as
+# one); a tenant listed twice in a publish gets one copy.
+check "curl: a repeated 'name' field is 400" 400 "$($C -o "$DIR/rrep" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t11 -F name=t12 -F file=@"$LORA" \
+    "$BASE/v1/adapters")"
+contains "curl: ... invalid_upload naming the field" "$DIR/rrep" '"param":"name","code":"invalid_upload"'
+check "curl: a repeated 'file' field is 400" 400 "$($C -o "$DIR/rrep" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t11 -F file=@"$LORA" -F file=@"$LORA" \
+    "$BASE/v1/adapters")"
+contains "curl: ... naming 'file'" "$DIR/rrep" '"param":"file","code":"invalid_upload"'
+check "curl: publish with a repeated 'tenants' field is 400" 400 \
+    "$($C -o "$DIR/rrep" -w '%{http_code}' -H "Authorization: Bearer $ADMIN" -F name=dup \
+        -F tenants="$TID" -F tenants="$TID" -F file=@"$LORA" "$BASE/admin/adapters")"
+contains "curl: ... naming 'tenants'" "$DIR/rrep" '"param":"tenants","code":"invalid_upload"'
+check "curl: publish to one tenant listed twice is 201" 201 \
+    "$($C -o "$DIR/rrep" -w '%{http_code}' -H "Authorization: Bearer $ADMIN" -F name=dup \
+        -F tenants="$TID,$TID" -F file=@"$LORA" "$BASE/admin/adapters")"
+check "curl: ... with one copy for that tenant" 1 "$(grep -o '"tenant":' "$DIR/rrep" | wc -l)"
+$C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/dup"
+
 # The same objects from the command line, on the running server's data directory.
 MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
 "$MCAI" adapter add cli-peft -m "$MODEL" --peft "$LORA_PEFT" $MK > "$DIR/cli-add" 2>&1
