@@ -58,6 +58,7 @@ struct mc_http_req {
     size_t body_cap; /* bytes allocated for body */
     size_t max_body; /* this request's body cap (config body_limit, else max_body_bytes) */
     bool body_too_large;
+    bool path_nul; /* the path decoded to hold a NUL byte (%00), which url stops at */
     bool started;
     int64_t t_start_ns;
     /* Filled by handlers, read by the access log and metrics when the request ends. */

@@ -219,6 +219,25 @@ check "curl: publish to one tenant listed twice is 201" 201 \
 check "curl: ... with one copy for that tenant" 1 "$(grep -o '"tenant":' "$DIR/rrep" | wc -l)"
 $C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/dup"
 
+# libmicrohttpd decodes the path before we see it: a %00 must not cut an id short and
+# reach another object (t10%00junk is not t10, story%00xyz is not the model list).
+$C -o /dev/null -H "Authorization: Bearer $KEY" -F name=t10 -F file=@"$LORA" "$BASE/v1/adapters"
+check "curl: DELETE /v1/adapters/t10%00junk is 404" 404 "$($C -o "$DIR/rnul" -w '%{http_code}' \
+    -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10%00junk")"
+contains "curl: ... naming the NUL" "$DIR/rnul" 'NUL byte (%00)'
+check "curl: ... and t10 is still there" 200 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10")"
+$C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10"
+check "curl: GET /v1/models/stories260K%00xyz is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/models/stories260K%00xyz")"
+check "curl: GET /v1/models/%00 is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/models/%00")"
+check "curl: GET /admin/tenants/<id>%00zz is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $ADMIN" "$BASE/admin/tenants/$TID%00zz")"
+check "curl: a NUL in a query value still reaches the handler (400)" 400 \
+    "$($C -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: text/plain' --data-binary x "$BASE/v1/kb/documents?id=x%00y")"
+
 # The same objects from the command line, on the running server's data directory.
 MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
 "$MCAI" adapter add cli-peft -m "$MODEL" --peft "$LORA_PEFT" $MK > "$DIR/cli-add" 2>&1
