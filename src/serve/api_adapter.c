@@ -342,6 +342,14 @@ static bool form_upload(struct mc_http_req *r, const struct form *fm, struct mc_
     return true;
 }
 
+/* The form field a failed mc_adapter_open blames: the loader prefixes what it says
+ * about the PEFT config with "<name>/adapter_config.json:". */
+static const char *open_param(const struct mc_adapter_files *u, const struct mc_err *err) {
+    if (u->format == MC_LORA_FORMAT_GGUF)
+        return "file";
+    return strstr(err->msg, "/adapter_config.json:") ? "adapter_config" : "adapter_model";
+}
+
 /* ---- Storing, with the cache kept in step ---------------------------------------- */
 
 /* mc_adapter_put, then the old version leaves the cache (running sequences keep theirs)
@@ -440,8 +448,7 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, 
         if (rc == MC_ENOMEM || rc == MC_EIO)
             return reply_internal(r, tenant, &err);
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                   u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
-                                   err.msg);
+                                   open_param(&u, &err), "%s", err.msg);
     }
     struct mc_adapter_meta m;
     bool replaced = false;
@@ -590,8 +597,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     int rc = mc_adapter_open(&u, name, &s->lora_base, &l, &err);
     if (rc != MC_OK) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                  u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
-                                  err.msg);
+                                  open_param(&u, &err), "%s", err.msg);
         goto out;
     }
     json_t *data = json_array();

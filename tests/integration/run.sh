@@ -219,6 +219,12 @@ check "curl: publish to one tenant listed twice is 201" 201 \
 check "curl: ... with one copy for that tenant" 1 "$(grep -o '"tenant":' "$DIR/rrep" | wc -l)"
 $C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/dup"
 
+# A PEFT upload whose config is not JSON blames adapter_config, not adapter_model.
+check "curl: a bad adapter_config is 400" 400 "$($C -o "$DIR/rcfg" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@"$LORA" \
+    -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
+contains "curl: ... with param adapter_config" "$DIR/rcfg" '"param":"adapter_config"'
+
 # libmicrohttpd decodes the path before we see it: a %00 must not cut an id short and
 # reach another object (t10%00junk is not t10, story%00xyz is not the model list).
 $C -o /dev/null -H "Authorization: Bearer $KEY" -F name=t10 -F file=@"$LORA" "$BASE/v1/adapters"
