@@ -226,8 +226,8 @@ static json_t *parse_json(const char *body, size_t len, struct mc_api_error *e) 
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
         fail(e, 400, NULL, "invalid_json",
-             "request body is not valid JSON: %s at byte %d (line %d, column %d)", je.text,
-             je.position, je.line, je.column);
+             "request body is not valid JSON: %s at byte %d (line %d, column %d)",
+             mc_api_json_what(&je), je.position, je.line, je.column);
     return root;
 }
 
