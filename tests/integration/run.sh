@@ -59,6 +59,12 @@ contains() { if grep -qF -- "$3" "$2"; then ok "$1"; else bad "$1" "no '$3' in $
 
 hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
 
+# scripts/demo.sh reads answers with its field() when node is absent: an escaped quote
+# in the answer must not cut it short.
+eval "$(awk '/^field\(\) \{/ { f = 1 } f { print } f && /\}$/ { exit }' scripts/demo.sh)"
+check "demo.sh field() reads past escaped quotes" 'He said "hi" \ ok' \
+    "$(printf '%s\n' '{"id":"x","content":"He said \"hi\" \\ ok","n":1}' | field content)"
+
 [ -x "$MCAI" ] || { echo "FAIL - no mcai binary at $MCAI (run make)"; exit 1; }
 [ -f "$MODEL" ] || { echo "FAIL - no model at $MODEL (set MCAI_SHARED or MODEL)"; exit 1; }
 
