@@ -25,7 +25,13 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
-field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+# field NAME: the string value of NAME in the one-line JSON on stdin, unescaped. A value
+# may hold escaped quotes ("He said \"hi\""), so the match steps over \x pairs; \uXXXX
+# escapes stay as they are.
+field() {
+    sed -n "s/.*\"$1\":\"\(\([^\"\\\\]\|\\\\.\)*\)\".*/\1/p" |
+        sed 's/\\n/\n/g; s/\\t/\t/g; s/\\"/"/g; s/\\\//\//g; s/\\\\/\\/g'
+}
 
 # 1. Keys: the master key lives in a file outside the data directory, mode 0600.
 hex 32 > "$DIR/master.key"

@@ -105,6 +105,18 @@ static void test_chat_rejects_invalid_utf8_with_offset(void **state) {
     expect_chat_error("{\"a\":\"\\ud800\"}", "", "invalid_json", "not valid JSON");
 }
 
+/* jansson's message names its JSON_ALLOW_NUL flag; the client gets plain words. */
+static void test_chat_rejects_nul_in_a_string_in_plain_words(void **state) {
+    (void)state;
+    const char *b = "{\"messages\":\"a\\u0000b\"}";
+    expect_chat_error(b, "", "invalid_json", "a NUL character (\\u0000) is not allowed in strings");
+    expect_chat_error(b, "", "invalid_json", "at byte ");
+    struct mc_api_gen g;
+    struct mc_api_error e;
+    assert_int_equal(parse_chat(b, &g, &e), MC_EINVAL);
+    assert_null(strstr(e.msg, "JSON_ALLOW_NUL"));
+}
+
 static void test_chat_rejects_wrong_types_naming_the_field(void **state) {
     (void)state;
     const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
@@ -591,6 +603,7 @@ int main(void) {
         cmocka_unit_test(test_chat_defaults_and_stop_string),
         cmocka_unit_test(test_chat_rejects_malformed_json_with_offset),
         cmocka_unit_test(test_chat_rejects_invalid_utf8_with_offset),
+        cmocka_unit_test(test_chat_rejects_nul_in_a_string_in_plain_words),
         cmocka_unit_test(test_chat_rejects_wrong_types_naming_the_field),
         cmocka_unit_test(test_chat_rejects_absurd_numbers),
         cmocka_unit_test(test_chat_rejects_unsupported_parts_and_features),

@@ -245,7 +245,8 @@ struct form {
     bool allowed[F_COUNT];
     struct mc_buf f[F_COUNT];
     bool seen[F_COUNT];
-    char unknown[48]; /* first field not allowed, "" if none */
+    char unknown[48];  /* first field not allowed, "" if none */
+    char repeated[48]; /* first field sent twice, "" if none */
     bool oom;
 };
 
@@ -253,11 +254,19 @@ static enum MHD_Result form_iter(void *cls, enum MHD_ValueKind kind, const char 
                                  const char *filename, const char *content_type,
                                  const char *transfer_encoding, const char *data, uint64_t off,
                                  size_t size) {
-    (void)kind, (void)filename, (void)content_type, (void)transfer_encoding, (void)off;
+    (void)kind, (void)filename, (void)content_type, (void)transfer_encoding;
     struct form *fm = cls;
     for (int i = 0; i < F_COUNT; i++) {
         if (!fm->allowed[i] || strcmp(key, field_names[i]) != 0)
             continue;
+        /* libmicrohttpd hands a value over in pieces at growing offsets; a field that
+         * starts again at offset 0 after data arrived is a second field of that name,
+         * which would otherwise be appended to the first. */
+        if (fm->seen[i] && off == 0 && fm->f[i].len > 0) {
+            if (!fm->repeated[0])
+                snprintf(fm->repeated, sizeof(fm->repeated), "%s", key);
+            return MHD_YES;
+        }
         fm->seen[i] = true;
         if (size && mc_buf_append(&fm->f[i], data, size) != MC_OK) {
             fm->oom = true;
@@ -313,6 +322,12 @@ static bool form_parse(struct mc_http_req *r, struct form *fm, enum MHD_Result *
                                    "unknown form field '%s'", fm->unknown);
         return false;
     }
+    if (fm->repeated[0]) {
+        *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_upload", fm->repeated,
+                                   "form field '%s' is sent more than once; send it once",
+                                   fm->repeated);
+        return false;
+    }
     return true;
 }
 
@@ -342,6 +357,14 @@ static bool form_upload(struct mc_http_req *r, const struct form *fm, struct mc_
         return false;
     }
     return true;
+}
+
+/* The form field a failed mc_adapter_open blames: the loader prefixes what it says
+ * about the PEFT config with "<name>/adapter_config.json:". */
+static const char *open_param(const struct mc_adapter_files *u, const struct mc_err *err) {
+    if (u->format == MC_LORA_FORMAT_GGUF)
+        return "file";
+    return strstr(err->msg, "/adapter_config.json:") ? "adapter_config" : "adapter_model";
 }
 
 /* ---- Storing, with the cache kept in step ---------------------------------------- */
@@ -442,8 +465,7 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, 
         if (rc == MC_ENOMEM || rc == MC_EIO)
             return reply_internal(r, tenant, &err);
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                   u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
-                                   err.msg);
+                                   open_param(&u, &err), "%s", err.msg);
     }
     struct mc_adapter_meta m;
     bool replaced = false;
@@ -519,7 +541,8 @@ static void audit(struct mc_server *s, const char *action, const char *tenant, c
 }
 
 /* Splits the comma-separated tenant ids of "tenants" into ids (pointers into buf, which
- * is modified). Returns the count, or -1 for an empty item or too many. */
+ * is modified), keeping the first of repeated ids so each tenant gets one copy. Returns
+ * the count, or -1 for an empty item or too many. */
 static int split_tenants(char *buf, char **ids, int max) {
     int n = 0;
     for (char *p = buf; p;) {
@@ -531,9 +554,15 @@ static int split_tenants(char *buf, char **ids, int max) {
         size_t len = strlen(p);
         while (len && p[len - 1] == ' ')
             p[--len] = '\0';
-        if (!len || n == max)
+        if (!len)
             return -1;
-        ids[n++] = p;
+        bool dup = false;
+        for (int i = 0; i < n && !dup; i++)
+            dup = strcmp(ids[i], p) == 0;
+        if (!dup && n == max)
+            return -1;
+        if (!dup)
+            ids[n++] = p;
         p = comma ? comma + 1 : NULL;
     }
     return n;
@@ -585,8 +614,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     int rc = mc_adapter_open(&u, name, &s->lora_base, &l, &err);
     if (rc != MC_OK) {
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                  u.format == MC_LORA_FORMAT_GGUF ? "file" : "adapter_model", "%s",
-                                  err.msg);
+                                  open_param(&u, &err), "%s", err.msg);
         goto out;
     }
     json_t *data = json_array();

@@ -90,6 +90,16 @@ static enum MHD_Result bad(struct mc_http_req *r, const char *param, const char 
     return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value", param, fmt, arg);
 }
 
+/* A 400 unknown_field whose param is the field's JSON path (limits.rpn), as the
+ * knowledge-base routes answer; known lists the names allowed there. */
+static enum MHD_Result bad_field(struct mc_http_req *r, const char *where, const char *field,
+                                 const char *known) {
+    char param[96];
+    snprintf(param, sizeof(param), "%s%s%.40s", where, where[0] ? "." : "", field);
+    return mc_http_reply_error(r, 400, "invalid_request_error", "unknown_field", param,
+                               "unknown field '%s' (known: %s)", param, known);
+}
+
 /* ---- Body fields ------------------------------------------------------------------ */
 
 /* Fails on the first key of o that is not in allowed (NULL-terminated). */
@@ -116,10 +126,7 @@ static bool parse_limits(struct mc_http_req *r, json_t *v, struct mc_limits *l,
     }
     const char *u = unknown_field(v, names);
     if (u) {
-        *ret = bad(r, "limits",
-                   "unknown field 'limits.%.40s' (known: rpm, tpm, tpd, "
-                   "concurrency)",
-                   u);
+        *ret = bad_field(r, "limits", u, "rpm, tpm, tpd, concurrency");
         return false;
     }
     int64_t *dst[] = {&l->rpm, &l->tpm, &l->tpd, &l->concurrency};
@@ -178,7 +185,7 @@ static enum MHD_Result tenant_create(struct mc_server *s, struct mc_http_req *r,
     enum MHD_Result ret;
     const char *u = unknown_field(o, allowed);
     if (u)
-        return bad(r, NULL, "unknown field '%.40s' (known: name, front, limits, weight)", u);
+        return bad_field(r, "", u, "name, front, limits, weight");
     json_t *name = json_object_get(o, "name");
     if (!json_is_string(name))
         return bad(r, "name", "'name' is required and must be a string%s", "");
@@ -232,7 +239,7 @@ static enum MHD_Result tenant_patch(struct mc_server *s, struct mc_http_req *r, 
     enum MHD_Result ret;
     const char *u = unknown_field(o, allowed);
     if (u)
-        return bad(r, NULL, "unknown field '%.40s' (known: name, front, limits, weight)", u);
+        return bad_field(r, "", u, "name, front, limits, weight");
     struct mc_tenant_info t;
     struct mc_err err = {0};
     int rc = mc_tenant_get(s->tenants, id, &t, &err);

@@ -226,8 +226,8 @@ static json_t *parse_json(const char *body, size_t len, struct mc_api_error *e) 
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!root)
         fail(e, 400, NULL, "invalid_json",
-             "request body is not valid JSON: %s at byte %d (line %d, column %d)", je.text,
-             je.position, je.line, je.column);
+             "request body is not valid JSON: %s at byte %d (line %d, column %d)",
+             mc_api_json_what(&je), je.position, je.line, je.column);
     return root;
 }
 
@@ -440,6 +440,15 @@ static enum MHD_Result ingest_batch(struct mc_http_req *r, const struct mc_auth 
     json_t *root = parse_json(r->body, r->body_len, &e);
     json_t *arr = root;
     int rc = root ? MC_OK : MC_EINVAL;
+    /* A file's own type (curl's form default aside) that is not JSON is a raw upload
+     * that forgot its id, not a malformed batch. */
+    const char *ct = mc_http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!root && ct && *ct && !is_json_ctype(ct) &&
+        strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0)
+        rc = fail(&e, 400, "id", "missing_field",
+                  "a raw upload (Content-Type %.60s) is one document and needs ?id=ID; a batch "
+                  "is JSON sent as application/json",
+                  ct);
     if (rc == MC_OK && json_is_object(root)) {
         const char *k;
         json_t *v;

@@ -98,6 +98,13 @@ static bool big_integer_error(const char *body, size_t len, size_t pos, struct m
     return true;
 }
 
+const char *mc_api_json_what(const json_error_t *je) {
+    /* jansson refuses "\u0000" unless given JSON_ALLOW_NUL, and says so in those words. */
+    if (strstr(je->text, "JSON_ALLOW_NUL"))
+        return "a NUL character (\\u0000) is not allowed in strings";
+    return je->text;
+}
+
 json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e) {
     if (!body || len == 0) {
         fail(e, NULL, "invalid_json", "request body is empty; send a JSON object");
@@ -118,7 +125,7 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
         fail(e, NULL, "invalid_json",
              "request body is not valid JSON: %s at byte %d (line %d, "
              "column %d)",
-             je.text, je.position, je.line, je.column);
+             mc_api_json_what(&je), je.position, je.line, je.column);
         return NULL;
     }
     if (!json_is_object(root)) {

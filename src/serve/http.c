@@ -47,6 +47,40 @@ int64_t mc_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* ---- URL decoding ----------------------------------------------------------------- */
+
+/* libmicrohttpd decodes the path in place and hands it over as a C string, so a %00
+ * would cut an id short and the request would act on another object. The decoder
+ * notes each string that decoded to hold a NUL; each connection has a thread of its
+ * own, so the notes are thread-local and the request's first on_access call reads
+ * them (whether its url is one of them) and clears them. */
+enum { NUL_NOTES_MAX = 8 };
+static _Thread_local const char *nul_notes[NUL_NOTES_MAX];
+static _Thread_local int n_nul_notes;
+static _Thread_local bool nul_notes_full; /* more than fit: treat the path as holding one */
+
+static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *s) {
+    (void)cls, (void)conn;
+    size_t n = MHD_http_unescape(s);
+    if (memchr(s, '\0', n)) {
+        if (n_nul_notes < NUL_NOTES_MAX)
+            nul_notes[n_nul_notes++] = s;
+        else
+            nul_notes_full = true;
+    }
+    return n;
+}
+
+/* Whether url decoded to hold a NUL; forgets the notes, ready for the next request. */
+static bool take_nul_note(const char *url) {
+    bool nul = nul_notes_full;
+    for (int i = 0; i < n_nul_notes; i++)
+        nul |= nul_notes[i] == url;
+    n_nul_notes = 0;
+    nul_notes_full = false;
+    return nul;
+}
+
 /* ---- Requests --------------------------------------------------------------------- */
 
 static struct mc_http_req *req_new(struct mc_http *h, struct MHD_Connection *conn,
@@ -255,6 +289,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (!r)
             return MHD_NO;
         *con_cls = r;
+        r->path_nul = take_nul_note(url);
         r->max_body = h->cfg.max_body_bytes;
         if (h->cfg.body_limit) {
             size_t lim = h->cfg.body_limit(r);
@@ -304,6 +339,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     r->started = true;
     if (r->body_too_large)
         return too_large(r);
+    if (r->path_nul)
+        return mc_http_reply_error(r, 404, "invalid_request_error", "unknown_url", NULL,
+                                   "the path holds a NUL byte (%%00); no route or id does");
     return h->cfg.handler(r);
 }
 
@@ -358,7 +396,8 @@ int mc_http_start(const struct mc_http_config *cfg, struct mc_http **out, struct
                      MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     h->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_UNESCAPE_CALLBACK, on_unescape,
+        NULL, MHD_OPTION_CONNECTION_LIMIT,
         cfg->max_connections ? cfg->max_connections : 1024u, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)120, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1u << 20), MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, NULL, MHD_OPTION_END);

@@ -58,6 +58,7 @@ struct mc_http_req {
     size_t body_cap; /* bytes allocated for body */
     size_t max_body; /* this request's body cap (config body_limit, else max_body_bytes) */
     bool body_too_large;
+    bool path_nul; /* the path decoded to hold a NUL byte (%00), which url stops at */
     bool started;
     int64_t t_start_ns;
     /* Filled by handlers, read by the access log and metrics when the request ends. */
@@ -227,6 +228,9 @@ void mc_api_embed_free(struct mc_api_embed *m);
 /* Parses body as a JSON object (any other top-level value is an error); NULL and e
  * filled on failure, with the byte offset of a syntax error. */
 json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e);
+/* What a jansson parse error says, in words for a client: jansson's own text, except
+ * where it names one of its flags. The result is borrowed from je or static. */
+const char *mc_api_json_what(const json_error_t *je);
 /* Replies with e as an OpenAI error body. */
 enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e);
 

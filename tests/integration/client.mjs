@@ -131,6 +131,11 @@ async function adminChecks() {
   r = await admin("POST", "/tenants", { name: "delta", limts: { rpm: 1 } });
   check("unknown admin field is 400 naming it", r.status === 400 &&
     errorOf(r).message.includes("'limts'"), r.text);
+  check("unknown admin field is unknown_field with its name as param",
+    errorOf(r).code === "unknown_field" && errorOf(r).param === "limts", r.text);
+  r = await admin("POST", "/tenants", { name: "delta", limits: { rpn: 5 } });
+  check("unknown limit is 400 unknown_field with param limits.rpn", r.status === 400 &&
+    errorOf(r).code === "unknown_field" && errorOf(r).param === "limits.rpn", r.text);
   r = await admin("POST", "/tenants", { name: "delta", limits: { rpm: -1 } });
   check("negative limit is 400", r.status === 400 && errorOf(r).param === "limits", r.text);
   r = await admin("POST", "/tenants", { name: "delta", front: { sampling: { temperature: 99 } } });

@@ -157,6 +157,15 @@ async function ingestChecks(A) {
   r = await http("POST", "/v1/kb/documents", { key: A.key, raw: '[{"id": "x",',
     ctype: "application/json" });
   check("malformed JSON is 400", r.status === 400 && err(r).code === "invalid_json", r.text);
+  r = await http("POST", "/v1/kb/documents", { key: A.key, raw: "x", ctype: "text/plain" });
+  check("a raw upload without ?id= is 400 asking for the id", r.status === 400 &&
+    err(r).code === "missing_field" && err(r).param === "id" &&
+    err(r).message.includes("needs ?id="), r.text);
+  r = await http("POST", "/v1/kb/documents", { key: A.key, raw: '[{"id":"x","text":"a\\u0000b"}]',
+    ctype: "application/json" });
+  check("a \\u0000 in a string is 400 in plain words", r.status === 400 &&
+    err(r).message.includes("a NUL character (\\u0000) is not allowed in strings") &&
+    !err(r).message.includes("JSON_ALLOW_NUL"), r.text);
   r = await http("POST", "/v1/kb/documents", { key: A.key,
     raw: Buffer.from('[{"id":"x","text":"\xc3\x28"}]', "latin1"), ctype: "application/json" });
   check("bad UTF-8 is 400", r.status === 400 && err(r).code === "invalid_utf8", r.text);

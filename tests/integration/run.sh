@@ -63,6 +63,12 @@ contains() { if grep -qF -- "$3" "$2"; then ok "$1"; else bad "$1" "no '$3' in $
 
 hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
 
+# scripts/demo.sh reads answers with its field() when node is absent: an escaped quote
+# in the answer must not cut it short.
+eval "$(awk '/^field\(\) \{/ { f = 1 } f { print } f && /\}$/ { exit }' scripts/demo.sh)"
+check "demo.sh field() reads past escaped quotes" 'He said "hi" \ ok' \
+    "$(printf '%s\n' '{"id":"x","content":"He said \"hi\" \\ ok","n":1}' | field content)"
+
 [ -x "$MCAI" ] || { echo "FAIL - no mcai binary at $MCAI (run make)"; exit 1; }
 [ -f "$MODEL" ] || { echo "FAIL - no model at $MODEL (set MCAI_SHARED or MODEL)"; exit 1; }
 
@@ -202,6 +208,51 @@ contains "curl: ... as an invalid adapter" "$DIR/rjunk" '"code":"invalid_adapter
 check "curl: the same upload without a valid key is 413" 413 \
     "$($C -o /dev/null -w '%{http_code}' -H "Authorization: Bearer mcai_nope" -F name=junk \
         -F file=@"$DIR/junk.gguf" "$BASE/v1/adapters")"
+
+# A form field sent twice is refused, not glued to the first (name "t11t12", two files as
+# one); a tenant listed twice in a publish gets one copy.
+check "curl: a repeated 'name' field is 400" 400 "$($C -o "$DIR/rrep" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t11 -F name=t12 -F file=@"$LORA" \
+    "$BASE/v1/adapters")"
+contains "curl: ... invalid_upload naming the field" "$DIR/rrep" '"param":"name","code":"invalid_upload"'
+check "curl: a repeated 'file' field is 400" 400 "$($C -o "$DIR/rrep" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t11 -F file=@"$LORA" -F file=@"$LORA" \
+    "$BASE/v1/adapters")"
+contains "curl: ... naming 'file'" "$DIR/rrep" '"param":"file","code":"invalid_upload"'
+check "curl: publish with a repeated 'tenants' field is 400" 400 \
+    "$($C -o "$DIR/rrep" -w '%{http_code}' -H "Authorization: Bearer $ADMIN" -F name=dup \
+        -F tenants="$TID" -F tenants="$TID" -F file=@"$LORA" "$BASE/admin/adapters")"
+contains "curl: ... naming 'tenants'" "$DIR/rrep" '"param":"tenants","code":"invalid_upload"'
+check "curl: publish to one tenant listed twice is 201" 201 \
+    "$($C -o "$DIR/rrep" -w '%{http_code}' -H "Authorization: Bearer $ADMIN" -F name=dup \
+        -F tenants="$TID,$TID" -F file=@"$LORA" "$BASE/admin/adapters")"
+check "curl: ... with one copy for that tenant" 1 "$(grep -o '"tenant":' "$DIR/rrep" | wc -l)"
+$C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/dup"
+
+# A PEFT upload whose config is not JSON blames adapter_config, not adapter_model.
+check "curl: a bad adapter_config is 400" 400 "$($C -o "$DIR/rcfg" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@"$LORA" \
+    -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
+contains "curl: ... with param adapter_config" "$DIR/rcfg" '"param":"adapter_config"'
+
+# libmicrohttpd decodes the path before we see it: a %00 must not cut an id short and
+# reach another object (t10%00junk is not t10, story%00xyz is not the model list).
+$C -o /dev/null -H "Authorization: Bearer $KEY" -F name=t10 -F file=@"$LORA" "$BASE/v1/adapters"
+check "curl: DELETE /v1/adapters/t10%00junk is 404" 404 "$($C -o "$DIR/rnul" -w '%{http_code}' \
+    -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10%00junk")"
+contains "curl: ... naming the NUL" "$DIR/rnul" 'NUL byte (%00)'
+check "curl: ... and t10 is still there" 200 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10")"
+$C -o /dev/null -X DELETE -H "Authorization: Bearer $KEY" "$BASE/v1/adapters/t10"
+check "curl: GET /v1/models/stories260K%00xyz is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/models/stories260K%00xyz")"
+check "curl: GET /v1/models/%00 is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" "$BASE/v1/models/%00")"
+check "curl: GET /admin/tenants/<id>%00zz is 404" 404 "$($C -o /dev/null -w '%{http_code}' \
+    -H "Authorization: Bearer $ADMIN" "$BASE/admin/tenants/$TID%00zz")"
+check "curl: a NUL in a query value still reaches the handler (400)" 400 \
+    "$($C -o /dev/null -w '%{http_code}' -X PUT -H "Authorization: Bearer $KEY" \
+        -H 'Content-Type: text/plain' --data-binary x "$BASE/v1/kb/documents?id=x%00y")"
 
 # The same objects from the command line, on the running server's data directory.
 MK="--data $DIR/data --tenant omega --master-key-file $DIR/master"
