@@ -603,9 +603,9 @@ fi
 # knowledge bases are BM25 only.
 
 EMBED_MODEL=$SHARED/models/llama-2-tiny-random.gguf
-# start3 NAME FLAGS...: starts a server, waits for /readyz; sets PID2 and BASE2, and K3,
-# the key of a new tenant.
-start3() {
+# launch3 NAME FLAGS...: starts a server on $DIR/NAME, waits for /readyz; sets PID2 and
+# BASE2. start3 does the same and also sets K3, the key of a new tenant.
+launch3() {
     name=$1
     shift
     MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/$name" --port 0 \
@@ -625,6 +625,9 @@ start3() {
         sleep 0.05
         i=$((i + 1))
     done
+}
+start3() {
+    launch3 "$@"
     T3=$($C -X POST -H "Authorization: Bearer $ADMIN" -d '{"name":"e"}' "$BASE2/admin/tenants" |
         sed -n 's/^{"id":"\([^"]*\)".*/\1/p')
     K3=$($C -X POST -H "Authorization: Bearer $ADMIN" "$BASE2/admin/tenants/$T3/keys" |
@@ -774,23 +777,7 @@ PID2=""
 # while it was still working on the batch, not after refusing or finishing it.
 check "kill -9 mid-ingest: the batch was still running when the server died" yes \
     "$([ "$CURL6_RC" -eq 52 ] || [ "$CURL6_RC" -eq 56 ] && echo yes || echo "no ($CURL6_RC)")"
-MCAI_ADMIN_KEY=$ADMIN "$MCAI" serve -m "$MODEL" --data "$DIR/data6" --port 0 \
-    --master-key-file "$DIR/master" > "$DIR/data6b.out" 2> "$DIR/data6b.log" &
-PID2=$!
-PORT2=""
-i=0
-while [ $i -lt 300 ] && [ -z "$PORT2" ]; do
-    PORT2=$(sed -n 's/^mcai serve: listening on http:\/\/[0-9.]*:\([0-9]*\)$/\1/p' \
-        "$DIR/data6b.out" 2> /dev/null)
-    [ -z "$PORT2" ] && sleep 0.05
-    i=$((i + 1))
-done
-BASE2="http://127.0.0.1:$PORT2"
-i=0
-while [ $i -lt 300 ] && [ "$($C -o /dev/null -w '%{http_code}' "$BASE2/readyz")" != 200 ]; do
-    sleep 0.05
-    i=$((i + 1))
-done
+launch3 data6
 check "kill -9 mid-ingest: after a restart the knowledge base holds the two documents only" \
     "200 2" "$($C -o "$DIR/l6" -w '%{http_code}' -H "Authorization: Bearer $K6" \
         "$BASE2/v1/kb/documents") $(jq3 "$DIR/l6" j.data.length)"
