@@ -432,71 +432,118 @@ static enum MHD_Result ingest_run(struct mc_http_req *r, const struct mc_auth *a
     return mc_http_reply_json(r, 200, ingest_json(&st, in, n));
 }
 
-/* POST /documents with a JSON batch: a top-level array, or {"documents", "upsert"}. */
+struct mc_kb_batch {
+    json_t *root; /* the parsed body; in's ids and texts point into it or into d */
+    struct doc *d;
+    struct mc_kb_doc_in *in;
+    size_t n;
+    bool upsert; /* the body's "upsert" field */
+};
+
+void mc_kb_batch_free(struct mc_kb_batch *b) {
+    if (!b)
+        return;
+    docs_free(b->d, b->n);
+    mc_free(b->in);
+    json_decref(b->root);
+    mc_free(b);
+}
+
+size_t mc_kb_batch_size(const struct mc_kb_batch *b) {
+    return b->n;
+}
+
+/* The body of a batch: a top-level array, or {"documents", "upsert"}; every document
+ * checked and extracted, ids distinct. */
+static int batch_from_json(struct mc_kb_batch *b, struct mc_api_error *e) {
+    json_t *arr = b->root;
+    int rc = MC_OK;
+    if (json_is_object(b->root)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(b->root, k, v) {
+            if (rc == MC_OK && strcmp(k, "documents") && strcmp(k, "upsert"))
+                rc = fail(e, 400, NULL, "unknown_field",
+                          "unknown field '%.40s' (known: documents, upsert)", k);
+        }
+        json_t *u = json_object_get(b->root, "upsert");
+        if (rc == MC_OK && u && !json_is_boolean(u))
+            rc = fail(e, 400, "upsert", "invalid_type", "'upsert' must be a boolean");
+        b->upsert = json_is_true(u);
+        arr = json_object_get(b->root, "documents");
+    }
+    if (rc == MC_OK && !json_is_array(arr))
+        rc = fail(e, 400, "documents", "invalid_type",
+                  "send a JSON array of documents, or {\"documents\": [...]}");
+    size_t n = rc == MC_OK ? json_array_size(arr) : 0;
+    if (rc == MC_OK && (n == 0 || n > MC_KB_BATCH_MAX))
+        rc = fail(e, 400, "documents", "invalid_value", "a batch holds 1..%d documents, got %zu",
+                  MC_KB_BATCH_MAX, n);
+    if (rc != MC_OK)
+        return rc;
+
+    b->d = mc_calloc(n, sizeof(*b->d));
+    b->in = mc_calloc(n, sizeof(*b->in));
+    if (!b->d || !b->in)
+        return fail(e, 500, NULL, NULL, "out of memory for %zu documents", n);
+    for (size_t i = 0; i < n && rc == MC_OK; i++) {
+        char where[32];
+        snprintf(where, sizeof(where), "documents[%zu]", i);
+        rc = doc_from_json(json_array_get(arr, i), where, NULL, 0, &b->d[i], &b->in[i], e);
+        b->n = i + 1; /* what docs_free must release */
+    }
+    size_t i1, i2;
+    bool oom = false;
+    if (rc == MC_OK && find_duplicate(b->in, n, &i1, &i2, &oom)) {
+        char param[48];
+        snprintf(param, sizeof(param), "documents[%zu].id", i2);
+        rc = fail(e, 400, param, "duplicate_id",
+                  "documents %zu and %zu of the batch have the same id; nothing was written", i1,
+                  i2);
+    }
+    if (rc == MC_OK && oom)
+        rc = fail(e, 500, NULL, NULL, "out of memory checking ids");
+    return rc;
+}
+
+int mc_kb_batch_parse(const char *body, size_t len, struct mc_kb_batch **out,
+                      struct mc_api_error *e) {
+    *out = NULL;
+    struct mc_kb_batch *b = mc_calloc(1, sizeof(*b));
+    if (!b)
+        return fail(e, 500, NULL, NULL, "out of memory for a batch");
+    b->root = parse_json(body, len, e);
+    int rc = b->root ? batch_from_json(b, e) : MC_EINVAL;
+    if (rc != MC_OK) {
+        mc_kb_batch_free(b);
+        return rc;
+    }
+    *out = b;
+    return MC_OK;
+}
+
+/* POST /documents with a JSON batch. */
 static enum MHD_Result ingest_batch(struct mc_http_req *r, const struct mc_auth *a,
                                     struct mc_kb *kb) {
     struct mc_api_error e = {0};
-    bool upsert = false;
-    json_t *root = parse_json(r->body, r->body_len, &e);
-    json_t *arr = root;
-    int rc = root ? MC_OK : MC_EINVAL;
+    struct mc_kb_batch *b = NULL;
+    int rc = mc_kb_batch_parse(r->body, r->body_len, &b, &e);
     /* A file's own type (curl's form default aside) that is not JSON is a raw upload
      * that forgot its id, not a malformed batch. */
     const char *ct = mc_http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
-    if (!root && ct && *ct && !is_json_ctype(ct) &&
+    bool unparsed = !strcmp(e.code, "invalid_json") || !strcmp(e.code, "invalid_utf8");
+    if (rc != MC_OK && unparsed && ct && *ct && !is_json_ctype(ct) &&
         strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0)
         rc = fail(&e, 400, "id", "missing_field",
                   "a raw upload (Content-Type %.60s) is one document and needs ?id=ID; a batch "
                   "is JSON sent as application/json",
                   ct);
-    if (rc == MC_OK && json_is_object(root)) {
-        const char *k;
-        json_t *v;
-        json_object_foreach(root, k, v) {
-            if (rc == MC_OK && strcmp(k, "documents") && strcmp(k, "upsert"))
-                rc = fail(&e, 400, NULL, "unknown_field",
-                          "unknown field '%.40s' (known: documents, upsert)", k);
-        }
-        json_t *u = json_object_get(root, "upsert");
-        if (rc == MC_OK && u && !json_is_boolean(u))
-            rc = fail(&e, 400, "upsert", "invalid_type", "'upsert' must be a boolean");
-        upsert = json_is_true(u);
-        arr = json_object_get(root, "documents");
-    }
-    if (rc == MC_OK && !json_is_array(arr))
-        rc = fail(&e, 400, "documents", "invalid_type",
-                  "send a JSON array of documents, or {\"documents\": [...]}");
-    size_t n = rc == MC_OK ? json_array_size(arr) : 0;
-    if (rc == MC_OK && (n == 0 || n > MC_KB_BATCH_MAX))
-        rc = fail(&e, 400, "documents", "invalid_value", "a batch holds 1..%d documents, got %zu",
-                  MC_KB_BATCH_MAX, n);
+    bool upsert = b && b->upsert;
     if (rc == MC_OK)
         rc = upsert_param(r, &upsert, &e);
-
-    struct doc *d = rc == MC_OK ? mc_calloc(n, sizeof(*d)) : NULL;
-    struct mc_kb_doc_in *in = rc == MC_OK ? mc_calloc(n, sizeof(*in)) : NULL;
-    if (rc == MC_OK && (!d || !in))
-        rc = fail(&e, 500, NULL, NULL, "out of memory for %zu documents", n);
-    for (size_t i = 0; i < n && rc == MC_OK; i++) {
-        char where[32];
-        snprintf(where, sizeof(where), "documents[%zu]", i);
-        rc = doc_from_json(json_array_get(arr, i), where, NULL, 0, &d[i], &in[i], &e);
-    }
-    size_t i1, i2;
-    bool oom = false;
-    if (rc == MC_OK && find_duplicate(in, n, &i1, &i2, &oom)) {
-        char param[48];
-        snprintf(param, sizeof(param), "documents[%zu].id", i2);
-        rc = fail(&e, 400, param, "duplicate_id",
-                  "documents %zu and %zu of the batch have the same id; nothing was written", i1,
-                  i2);
-    }
-    if (rc == MC_OK && oom)
-        rc = fail(&e, 500, NULL, NULL, "out of memory checking ids");
-    enum MHD_Result ret = rc == MC_OK ? ingest_run(r, a, kb, in, n, upsert) : reply_e(r, &e);
-    docs_free(d, n);
-    mc_free(in);
-    json_decref(root);
+    enum MHD_Result ret =
+        rc == MC_OK ? ingest_run(r, a, kb, b->in, b->n, upsert) : reply_e(r, &e);
+    mc_kb_batch_free(b);
     return ret;
 }
 
@@ -654,6 +701,19 @@ static int search_parse(json_t *o, struct mc_kb_query *q, struct mc_api_error *e
     q->per_doc = json_is_true(pd);
     q->want_text = !tx || json_is_true(tx);
     return MC_OK;
+}
+
+int mc_kb_search_parse(const char *body, size_t len, struct mc_kb_query *q, json_t **holder,
+                       struct mc_api_error *e) {
+    *holder = parse_json(body, len, e);
+    if (!*holder)
+        return MC_EINVAL;
+    int rc = search_parse(*holder, q, e);
+    if (rc != MC_OK) {
+        json_decref(*holder);
+        *holder = NULL;
+    }
+    return rc;
 }
 
 static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,

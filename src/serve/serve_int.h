@@ -407,6 +407,20 @@ enum MHD_Result mc_api_admin_adapters(struct mc_server *s, struct mc_http_req *r
  * mc_kb_serve_free accepts a server where it never ran. path is what follows "/v1/kb". */
 int mc_kb_serve_init(struct mc_server *s, struct mc_err *err);
 void mc_kb_serve_free(struct mc_server *s);
+/* The knowledge-base request bodies, parsed and checked without a server (for the routes
+ * and for fuzzing). A batch: a JSON array of documents or {"documents": [...],
+ * "upsert": bool}, each document extracted and every id distinct; free it with
+ * mc_kb_batch_free (accepts NULL). A search: q (preset with the defaults) gets the
+ * body's fields, and q->text points into *holder (json_decref it when done). Both return
+ * MC_EINVAL (or MC_ENOMEM) with e filled; *out / *holder are then NULL. */
+struct mc_kb_batch;
+struct mc_kb_query;
+int mc_kb_batch_parse(const char *body, size_t len, struct mc_kb_batch **out,
+                      struct mc_api_error *e);
+size_t mc_kb_batch_size(const struct mc_kb_batch *b);
+void mc_kb_batch_free(struct mc_kb_batch *b);
+int mc_kb_search_parse(const char *body, size_t len, struct mc_kb_query *q, json_t **holder,
+                       struct mc_api_error *e);
 enum MHD_Result mc_api_kb(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                           const char *path);
 /* Drops a deleted tenant's knowledge base from memory (its objects left with the tenant). */
