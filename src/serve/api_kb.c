@@ -121,29 +121,6 @@ static json_t *json_text(const char *s, size_t n) {
     return j;
 }
 
-static int fail(struct mc_api_error *e, unsigned status, const char *param, const char *code,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int fail(struct mc_api_error *e, unsigned status, const char *param, const char *code,
-                const char *fmt, ...) {
-    e->status = status;
-    snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
-    snprintf(e->code, sizeof(e->code), "%s", code ? code : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
-    va_end(ap);
-    return MC_EINVAL;
-}
-
-static enum MHD_Result reply_e(struct mc_http_req *r, const struct mc_api_error *e) {
-    if (!r->reject)
-        r->reject = "invalid_request";
-    const char *type = e->status >= 500 ? "server_error" : "invalid_request_error";
-    return mc_http_reply_error(r, e->status, type, e->code[0] ? e->code : NULL,
-                               e->param[0] ? e->param : NULL, "%s", e->msg);
-}
-
 static enum MHD_Result not_found(struct mc_http_req *r) {
     return mc_http_reply_error(r, 404, "invalid_request_error", "document_not_found", "id",
                                "no document with this id");
@@ -189,7 +166,7 @@ static int upsert_param(struct mc_http_req *r, bool *upsert, struct mc_api_error
     else if (!strcmp(v, "false") || !strcmp(v, "0"))
         *upsert = false;
     else
-        return fail(e, 400, "upsert", "invalid_value", "'upsert' must be true or false");
+        return mc_api_fail(e, 400, "upsert", "invalid_value", "'upsert' must be true or false");
     return MC_OK;
 }
 
@@ -200,35 +177,13 @@ static int id_param(struct mc_http_req *r, const char **id, size_t *n, bool *pre
     if (!*present)
         return MC_OK;
     if (*n == 0)
-        return fail(e, 400, "id", "invalid_value", "'id' is empty");
+        return mc_api_fail(e, 400, "id", "invalid_value", "'id' is empty");
     if (memchr(*id, 0, *n))
-        return fail(e, 400, "id", "invalid_value", "'id' holds a NUL byte; ids never do");
+        return mc_api_fail(e, 400, "id", "invalid_value", "'id' holds a NUL byte; ids never do");
     if (*n > MC_KB_ID_MAX)
-        return fail(e, 400, "id", "invalid_value", "'id' is %zu bytes, at most %d", *n,
-                    MC_KB_ID_MAX);
+        return mc_api_fail(e, 400, "id", "invalid_value", "'id' is %zu bytes, at most %d", *n,
+                           MC_KB_ID_MAX);
     return MC_OK;
-}
-
-/* Parses a body as JSON after checking its UTF-8; NULL with e filled on failure. */
-static json_t *parse_json(const char *body, size_t len, struct mc_api_error *e) {
-    if (!body || len == 0) {
-        fail(e, 400, NULL, "invalid_json", "request body is empty; send JSON");
-        return NULL;
-    }
-    ptrdiff_t bad = mc_utf8_invalid_at(body, len);
-    if (bad >= 0) {
-        fail(e, 400, NULL, "invalid_utf8",
-             "request body is not valid UTF-8 (byte 0x%02x at offset %td)",
-             (unsigned char)body[bad], bad);
-        return NULL;
-    }
-    json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root)
-        fail(e, 400, NULL, "invalid_json",
-             "request body is not valid JSON: %s at byte %d (line %d, column %d)",
-             mc_api_json_what(&je), je.position, je.line, je.column);
-    return root;
 }
 
 static bool is_json_ctype(const char *ct) {
@@ -262,15 +217,15 @@ static int extract_into(const char *ctype, const char *data, size_t len, const c
                         struct doc *d, struct mc_kb_doc_in *in, struct mc_api_error *e) {
     int type = mc_extract_type_from_media(ctype);
     if (type == MC_EXTRACT_UNKNOWN)
-        return fail(e, 415, param, "unsupported_media_type",
-                    "content type '%.80s' is not supported (supported: %s)", ctype,
-                    MC_EXTRACT_SUPPORTED);
+        return mc_api_fail(e, 415, param, "unsupported_media_type",
+                           "content type '%.80s' is not supported (supported: %s)", ctype,
+                           MC_EXTRACT_SUPPORTED);
     struct mc_err err = {0};
     int rc = mc_extract(type, data, len, &d->ext, &err);
     if (rc == MC_ENOMEM)
-        return fail(e, 500, NULL, NULL, "out of memory extracting the document");
+        return mc_api_fail(e, 500, NULL, NULL, "out of memory extracting the document");
     if (rc != MC_OK)
-        return fail(e, 400, param, "invalid_document", "%s", err.msg);
+        return mc_api_fail(e, 400, param, "invalid_document", "%s", err.msg);
     in->text = d->ext.text;
     in->text_len = d->ext.len;
     in->title = d->ext.title;
@@ -294,7 +249,7 @@ static int merge_meta(json_t *given, const char *param, struct doc *d, struct mc
     d->meta = text ? mc_strdup(text) : NULL;
     free(text);
     if (!d->meta)
-        return fail(e, 500, param, NULL, "out of memory");
+        return mc_api_fail(e, 500, param, NULL, "out of memory");
     in->meta = d->meta;
     return MC_OK;
 }
@@ -314,9 +269,10 @@ static int doc_from_json(json_t *o, const char *where, const char *id, size_t id
     const char *k;
     json_t *v;
     if (!json_is_object(o))
-        return fail(e, 400, where[0] ? where : NULL, "invalid_type",
-                    "%s must be a JSON object {id, title, text|content, content_type, metadata}",
-                    where[0] ? where : "the document");
+        return mc_api_fail(
+            e, 400, where[0] ? where : NULL, "invalid_type",
+            "%s must be a JSON object {id, title, text|content, content_type, metadata}",
+            where[0] ? where : "the document");
     json_object_foreach(o, k, v) {
         static const char *const known[] = {"id",           "title",    "text", "content",
                                             "content_type", "metadata", NULL};
@@ -325,40 +281,41 @@ static int doc_from_json(json_t *o, const char *where, const char *id, size_t id
             ok = strcmp(k, known[i]) == 0;
         if (!ok) {
             snprintf(param, sizeof(param), "%s%s%.40s", where, where[0] ? "." : "", k);
-            return fail(e, 400, param, "unknown_field",
-                        "unknown field '%s' (known: id, title, text, content, content_type, "
-                        "metadata)",
-                        param);
+            return mc_api_fail(e, 400, param, "unknown_field",
+                               "unknown field '%s' (known: id, title, text, content, content_type, "
+                               "metadata)",
+                               param);
         }
     }
     json_t *jid = json_object_get(o, "id"), *title = json_object_get(o, "title");
     json_t *text = json_object_get(o, "text"), *content = json_object_get(o, "content");
     json_t *ct = json_object_get(o, "content_type"), *meta = json_object_get(o, "metadata");
     if (jid && !json_is_string(jid))
-        return fail(e, 400, fld(param, where, "id"), "invalid_type", "'%s' must be a string",
-                    param);
+        return mc_api_fail(e, 400, fld(param, where, "id"), "invalid_type", "'%s' must be a string",
+                           param);
     if (!jid && !id)
-        return fail(e, 400, fld(param, where, "id"), "missing_field", "'%s' is required", param);
+        return mc_api_fail(e, 400, fld(param, where, "id"), "missing_field", "'%s' is required",
+                           param);
     if (jid && id &&
         (json_string_length(jid) != id_len || memcmp(json_string_value(jid), id, id_len) != 0))
-        return fail(e, 400, fld(param, where, "id"), "invalid_value",
-                    "'%s' differs from the id in the URL", param);
+        return mc_api_fail(e, 400, fld(param, where, "id"), "invalid_value",
+                           "'%s' differs from the id in the URL", param);
     if (title && !json_is_null(title) && !json_is_string(title))
-        return fail(e, 400, fld(param, where, "title"), "invalid_type", "'%s' must be a string",
-                    param);
+        return mc_api_fail(e, 400, fld(param, where, "title"), "invalid_type",
+                           "'%s' must be a string", param);
     if (ct && !json_is_null(ct) && !json_is_string(ct))
-        return fail(e, 400, fld(param, where, "content_type"), "invalid_type",
-                    "'%s' must be a string", param);
+        return mc_api_fail(e, 400, fld(param, where, "content_type"), "invalid_type",
+                           "'%s' must be a string", param);
     if (meta && !json_is_null(meta) && !json_is_object(meta))
-        return fail(e, 400, fld(param, where, "metadata"), "invalid_type", "'%s' must be an object",
-                    param);
+        return mc_api_fail(e, 400, fld(param, where, "metadata"), "invalid_type",
+                           "'%s' must be an object", param);
     if ((text && !json_is_string(text)) || (content && !json_is_string(content)))
-        return fail(e, 400, fld(param, where, text ? "text" : "content"), "invalid_type",
-                    "'%s' must be a string", param);
+        return mc_api_fail(e, 400, fld(param, where, text ? "text" : "content"), "invalid_type",
+                           "'%s' must be a string", param);
     if (!text == !content)
-        return fail(e, 400, fld(param, where, "text"), text ? "invalid_value" : "missing_field",
-                    "%s needs exactly one of 'text' and 'content'",
-                    where[0] ? where : "the document");
+        return mc_api_fail(
+            e, 400, fld(param, where, "text"), text ? "invalid_value" : "missing_field",
+            "%s needs exactly one of 'text' and 'content'", where[0] ? where : "the document");
     json_t *body = text ? text : content;
     const char *ctype = json_is_string(ct) ? json_string_value(ct) : "text/plain";
     int rc = extract_into(ctype, json_string_value(body), json_string_length(body),
@@ -463,29 +420,29 @@ static int batch_from_json(struct mc_kb_batch *b, struct mc_api_error *e) {
         json_t *v;
         json_object_foreach(b->root, k, v) {
             if (rc == MC_OK && strcmp(k, "documents") && strcmp(k, "upsert"))
-                rc = fail(e, 400, NULL, "unknown_field",
-                          "unknown field '%.40s' (known: documents, upsert)", k);
+                rc = mc_api_fail(e, 400, NULL, "unknown_field",
+                                 "unknown field '%.40s' (known: documents, upsert)", k);
         }
         json_t *u = json_object_get(b->root, "upsert");
         if (rc == MC_OK && u && !json_is_boolean(u))
-            rc = fail(e, 400, "upsert", "invalid_type", "'upsert' must be a boolean");
+            rc = mc_api_fail(e, 400, "upsert", "invalid_type", "'upsert' must be a boolean");
         b->upsert = json_is_true(u);
         arr = json_object_get(b->root, "documents");
     }
     if (rc == MC_OK && !json_is_array(arr))
-        rc = fail(e, 400, "documents", "invalid_type",
-                  "send a JSON array of documents, or {\"documents\": [...]}");
+        rc = mc_api_fail(e, 400, "documents", "invalid_type",
+                         "send a JSON array of documents, or {\"documents\": [...]}");
     size_t n = rc == MC_OK ? json_array_size(arr) : 0;
     if (rc == MC_OK && (n == 0 || n > MC_KB_BATCH_MAX))
-        rc = fail(e, 400, "documents", "invalid_value", "a batch holds 1..%d documents, got %zu",
-                  MC_KB_BATCH_MAX, n);
+        rc = mc_api_fail(e, 400, "documents", "invalid_value",
+                         "a batch holds 1..%d documents, got %zu", MC_KB_BATCH_MAX, n);
     if (rc != MC_OK)
         return rc;
 
     b->d = mc_calloc(n, sizeof(*b->d));
     b->in = mc_calloc(n, sizeof(*b->in));
     if (!b->d || !b->in)
-        return fail(e, 500, NULL, NULL, "out of memory for %zu documents", n);
+        return mc_api_fail(e, 500, NULL, NULL, "out of memory for %zu documents", n);
     for (size_t i = 0; i < n && rc == MC_OK; i++) {
         char where[32];
         snprintf(where, sizeof(where), "documents[%zu]", i);
@@ -497,12 +454,12 @@ static int batch_from_json(struct mc_kb_batch *b, struct mc_api_error *e) {
     if (rc == MC_OK && find_duplicate(b->in, n, &i1, &i2, &oom)) {
         char param[48];
         snprintf(param, sizeof(param), "documents[%zu].id", i2);
-        rc = fail(e, 400, param, "duplicate_id",
-                  "documents %zu and %zu of the batch have the same id; nothing was written", i1,
-                  i2);
+        rc = mc_api_fail(e, 400, param, "duplicate_id",
+                         "documents %zu and %zu of the batch have the same id; nothing was written",
+                         i1, i2);
     }
     if (rc == MC_OK && oom)
-        rc = fail(e, 500, NULL, NULL, "out of memory checking ids");
+        rc = mc_api_fail(e, 500, NULL, NULL, "out of memory checking ids");
     return rc;
 }
 
@@ -511,8 +468,8 @@ int mc_kb_batch_parse(const char *body, size_t len, struct mc_kb_batch **out,
     *out = NULL;
     struct mc_kb_batch *b = mc_calloc(1, sizeof(*b));
     if (!b)
-        return fail(e, 500, NULL, NULL, "out of memory for a batch");
-    b->root = parse_json(body, len, e);
+        return mc_api_fail(e, 500, NULL, NULL, "out of memory for a batch");
+    b->root = mc_api_parse_json(body, len, e);
     int rc = b->root ? batch_from_json(b, e) : MC_EINVAL;
     if (rc != MC_OK) {
         mc_kb_batch_free(b);
@@ -534,15 +491,16 @@ static enum MHD_Result ingest_batch(struct mc_http_req *r, const struct mc_auth 
     bool unparsed = !strcmp(e.code, "invalid_json") || !strcmp(e.code, "invalid_utf8");
     if (rc != MC_OK && unparsed && ct && *ct && !is_json_ctype(ct) &&
         strncasecmp(ct, "application/x-www-form-urlencoded", 33) != 0)
-        rc = fail(&e, 400, "id", "missing_field",
-                  "a raw upload (Content-Type %.60s) is one document and needs ?id=ID; a batch "
-                  "is JSON sent as application/json",
-                  ct);
+        rc = mc_api_fail(
+            &e, 400, "id", "missing_field",
+            "a raw upload (Content-Type %.60s) is one document and needs ?id=ID; a batch "
+            "is JSON sent as application/json",
+            ct);
     bool upsert = b && b->upsert;
     if (rc == MC_OK)
         rc = upsert_param(r, &upsert, &e);
     enum MHD_Result ret =
-        rc == MC_OK ? ingest_run(r, a, kb, b->in, b->n, upsert) : reply_e(r, &e);
+        rc == MC_OK ? ingest_run(r, a, kb, b->in, b->n, upsert) : mc_api_reply_error(r, &e);
     mc_kb_batch_free(b);
     return ret;
 }
@@ -555,7 +513,7 @@ static enum MHD_Result ingest_one(struct mc_http_req *r, const struct mc_auth *a
     bool upsert = replace;
     int rc = replace ? MC_OK : upsert_param(r, &upsert, &e);
     if (rc != MC_OK)
-        return reply_e(r, &e);
+        return mc_api_reply_error(r, &e);
     if (replace) {
         /* Existence first, so another tenant's id gives the same 404 whatever is sent. */
         struct mc_kb_doc_info info;
@@ -570,25 +528,26 @@ static enum MHD_Result ingest_one(struct mc_http_req *r, const struct mc_auth *a
     struct mc_kb_doc_in in = {.id = id, .id_len = id_len};
     json_t *root = NULL;
     if (is_json_ctype(ctype)) {
-        root = parse_json(r->body, r->body_len, &e);
+        root = mc_api_parse_json(r->body, r->body_len, &e);
         rc = root ? doc_from_json(root, "", id, id_len, &d, &in, &e) : MC_EINVAL;
     } else if (!ctype || !*ctype) {
-        rc =
-            fail(&e, 415, NULL, "unsupported_media_type",
-                 "send the document's Content-Type (%s) or application/json", MC_EXTRACT_SUPPORTED);
+        rc = mc_api_fail(&e, 415, NULL, "unsupported_media_type",
+                         "send the document's Content-Type (%s) or application/json",
+                         MC_EXTRACT_SUPPORTED);
     } else {
         rc = extract_into(ctype, r->body ? r->body : "", r->body_len, NULL, &d, &in, &e);
         const char *title;
         size_t n;
         if (rc == MC_OK && query_param(r, "title", &title, &n)) {
             if (mc_utf8_invalid_at(title, n) >= 0 || memchr(title, 0, n))
-                rc = fail(&e, 400, "title", "invalid_value", "'title' is not UTF-8 text");
+                rc = mc_api_fail(&e, 400, "title", "invalid_value", "'title' is not UTF-8 text");
             in.title = title;
         }
         if (rc == MC_OK)
             rc = merge_meta(NULL, "metadata", &d, &in, &e);
     }
-    enum MHD_Result ret = rc == MC_OK ? ingest_run(r, a, kb, &in, 1, upsert) : reply_e(r, &e);
+    enum MHD_Result ret =
+        rc == MC_OK ? ingest_run(r, a, kb, &in, 1, upsert) : mc_api_reply_error(r, &e);
     mc_extract_doc_deinit(&d.ext);
     mc_free(d.meta);
     json_decref(root);
@@ -667,37 +626,39 @@ static int search_parse(json_t *o, struct mc_kb_query *q, struct mc_api_error *e
     const char *k;
     json_t *v;
     if (!json_is_object(o))
-        return fail(e, 400, NULL, "invalid_json", "request body must be a JSON object");
+        return mc_api_fail(e, 400, NULL, "invalid_json", "request body must be a JSON object");
     json_object_foreach(o, k, v) {
         if (strcmp(k, "query") && strcmp(k, "mode") && strcmp(k, "k") &&
             strcmp(k, "per_document") && strcmp(k, "text"))
-            return fail(e, 400, k, "unknown_field",
-                        "unknown field '%.40s' (known: query, mode, k, per_document, text)", k);
+            return mc_api_fail(e, 400, k, "unknown_field",
+                               "unknown field '%.40s' (known: query, mode, k, per_document, text)",
+                               k);
     }
     json_t *query = json_object_get(o, "query"), *mode = json_object_get(o, "mode");
     json_t *kk = json_object_get(o, "k"), *pd = json_object_get(o, "per_document");
     json_t *tx = json_object_get(o, "text");
     if (!json_is_string(query) || json_string_length(query) == 0)
-        return fail(e, 400, "query", query ? "invalid_value" : "missing_field",
-                    "'query' must be a non-empty string");
+        return mc_api_fail(e, 400, "query", query ? "invalid_value" : "missing_field",
+                           "'query' must be a non-empty string");
     if (json_string_length(query) > MC_KB_QUERY_MAX)
-        return fail(e, 400, "query", "invalid_value", "'query' is longer than %d bytes",
-                    MC_KB_QUERY_MAX);
+        return mc_api_fail(e, 400, "query", "invalid_value", "'query' is longer than %d bytes",
+                           MC_KB_QUERY_MAX);
     q->text = json_string_value(query);
     q->len = json_string_length(query);
     struct mc_err err = {0};
     if (mode && (!json_is_string(mode) ||
                  mc_kb_mode_parse(json_string_value(mode), &q->mode, &err) != MC_OK))
-        return fail(e, 400, "mode", "invalid_value", "'mode' must be bm25, dense or hybrid");
+        return mc_api_fail(e, 400, "mode", "invalid_value", "'mode' must be bm25, dense or hybrid");
     if (kk && (!json_is_integer(kk) || json_integer_value(kk) < 1 ||
                json_integer_value(kk) > MC_KB_K_MAX))
-        return fail(e, 400, "k", "invalid_value", "'k' must be an integer from 1 to %d",
-                    MC_KB_K_MAX);
+        return mc_api_fail(e, 400, "k", "invalid_value", "'k' must be an integer from 1 to %d",
+                           MC_KB_K_MAX);
     if (kk)
         q->k = (size_t)json_integer_value(kk);
     if ((pd && !json_is_boolean(pd)) || (tx && !json_is_boolean(tx)))
-        return fail(e, 400, pd && !json_is_boolean(pd) ? "per_document" : "text", "invalid_type",
-                    "'%s' must be a boolean", pd && !json_is_boolean(pd) ? "per_document" : "text");
+        return mc_api_fail(e, 400, pd && !json_is_boolean(pd) ? "per_document" : "text",
+                           "invalid_type", "'%s' must be a boolean",
+                           pd && !json_is_boolean(pd) ? "per_document" : "text");
     q->per_doc = json_is_true(pd);
     q->want_text = !tx || json_is_true(tx);
     return MC_OK;
@@ -705,7 +666,7 @@ static int search_parse(json_t *o, struct mc_kb_query *q, struct mc_api_error *e
 
 int mc_kb_search_parse(const char *body, size_t len, struct mc_kb_query *q, json_t **holder,
                        struct mc_api_error *e) {
-    *holder = parse_json(body, len, e);
+    *holder = mc_api_parse_json(body, len, e);
     if (!*holder)
         return MC_EINVAL;
     int rc = search_parse(*holder, q, e);
@@ -719,7 +680,7 @@ int mc_kb_search_parse(const char *body, size_t len, struct mc_kb_query *q, json
 static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                               struct mc_kb *kb) {
     struct mc_api_error e = {0};
-    json_t *o = parse_json(r->body, r->body_len, &e);
+    json_t *o = mc_api_parse_json(r->body, r->body_len, &e);
     /* Without a mode: hybrid where the knowledge base has vectors, else bm25 (one filled
      * by `mcai kb ingest` without a model has none), as the command line does. */
     struct mc_kb_query q = {
@@ -729,7 +690,7 @@ static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const 
     };
     if (!o || search_parse(o, &q, &e) != MC_OK) {
         json_decref(o);
-        return reply_e(r, &e);
+        return mc_api_reply_error(r, &e);
     }
     if (!s->kb_emb && q.mode != MC_KB_MODE_BM25) {
         json_decref(o);
@@ -766,7 +727,7 @@ static enum MHD_Result documents(struct mc_http_req *r, const struct mc_auth *a,
     size_t id_len;
     bool has_id;
     if (id_param(r, &id, &id_len, &has_id, &e) != MC_OK)
-        return reply_e(r, &e);
+        return mc_api_reply_error(r, &e);
     const char *m = r->method;
     if (!strcmp(m, "GET"))
         return has_id ? doc_get(r, a, kb, id, id_len) : doc_list(r, a, kb);
@@ -869,8 +830,9 @@ static int ground_settings(struct mc_http_req *r, const char *front, struct mc_k
                 json_object_set_new(merged, "enabled", json_true());
             json_object_update(merged, req);
         } else {
-            rc = fail(e, 400, "retrieval", "invalid_type",
-                      "'retrieval' must be a boolean or an object {enabled, mode, k, template}");
+            rc = mc_api_fail(
+                e, 400, "retrieval", "invalid_type",
+                "'retrieval' must be a boolean or an object {enabled, mode, k, template}");
         }
         have = true;
     } else if (req) {
@@ -880,7 +842,7 @@ static int ground_settings(struct mc_http_req *r, const char *front, struct mc_k
     struct mc_err err = {0};
     if (text) {
         if (mc_kb_retrieval_parse(text, strlen(text), cfg, &err) != MC_OK)
-            rc = fail(e, 400, "retrieval", "invalid_value", "%s", err.msg);
+            rc = mc_api_fail(e, 400, "retrieval", "invalid_value", "%s", err.msg);
         else
             *on = cfg->enabled;
     }
@@ -915,7 +877,7 @@ bool mc_ground_prepare(struct mc_server *s, struct mc_http_req *r, const struct 
     g->impl = im;
     bool on = false;
     if (ground_settings(r, front_retrieval, &im->cfg, &on, &e) != MC_OK) {
-        *ret = reply_e(r, &e);
+        *ret = mc_api_reply_error(r, &e);
         return false;
     }
     if (!on || !question || !*question)

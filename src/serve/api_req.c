@@ -23,11 +23,9 @@
 
 /* ---- Errors ----------------------------------------------------------------------- */
 
-static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(struct mc_api_error *e, const char *param, const char *code, const char *fmt, ...) {
-    e->status = 400;
+int mc_api_fail(struct mc_api_error *e, unsigned status, const char *param, const char *code,
+                const char *fmt, ...) {
+    e->status = status;
     snprintf(e->param, sizeof(e->param), "%s", param ? param : "");
     snprintf(e->code, sizeof(e->code), "%s", code ? code : "");
     va_list ap;
@@ -36,6 +34,9 @@ static int fail(struct mc_api_error *e, const char *param, const char *code, con
     va_end(ap);
     return MC_EINVAL;
 }
+
+/* Every error of a request body parser is a 400. */
+#define fail(e, ...) mc_api_fail(e, 400, __VA_ARGS__)
 
 static const char *type_name(const json_t *v) {
     switch (json_typeof(v)) {
@@ -98,16 +99,18 @@ static bool big_integer_error(const char *body, size_t len, size_t pos, struct m
     return true;
 }
 
-const char *mc_api_json_what(const json_error_t *je) {
+/* What a jansson parse error says, in words for a client: jansson's own text, except
+ * where it names one of its flags. The result is borrowed from je or static. */
+static const char *json_what(const json_error_t *je) {
     /* jansson refuses "\u0000" unless given JSON_ALLOW_NUL, and says so in those words. */
     if (strstr(je->text, "JSON_ALLOW_NUL"))
         return "a NUL character (\\u0000) is not allowed in strings";
     return je->text;
 }
 
-json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e) {
+json_t *mc_api_parse_json(const char *body, size_t len, struct mc_api_error *e) {
     if (!body || len == 0) {
-        fail(e, NULL, "invalid_json", "request body is empty; send a JSON object");
+        fail(e, NULL, "invalid_json", "request body is empty; send JSON");
         return NULL;
     }
     ptrdiff_t bad = mc_utf8_invalid_at(body, len);
@@ -125,10 +128,19 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
         fail(e, NULL, "invalid_json",
              "request body is not valid JSON: %s at byte %d (line %d, "
              "column %d)",
-             mc_api_json_what(&je), je.position, je.line, je.column);
+             json_what(&je), je.position, je.line, je.column);
         return NULL;
     }
-    if (!json_is_object(root)) {
+    return root;
+}
+
+json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e) {
+    if (!body || len == 0) {
+        fail(e, NULL, "invalid_json", "request body is empty; send a JSON object");
+        return NULL;
+    }
+    json_t *root = mc_api_parse_json(body, len, e);
+    if (root && !json_is_object(root)) {
         fail(e, NULL, "invalid_json", "request body must be a JSON object, got %s",
              type_name(root));
         json_decref(root);
@@ -140,8 +152,9 @@ json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e
 enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e) {
     if (!r->reject)
         r->reject = "invalid_request";
-    return mc_http_reply_error(r, e->status ? e->status : 400, "invalid_request_error", e->code,
-                               e->param, "%s", e->msg);
+    unsigned status = e->status ? e->status : 400;
+    return mc_http_reply_error(r, status, status >= 500 ? "server_error" : "invalid_request_error",
+                               e->code, e->param, "%s", e->msg);
 }
 
 /* ---- Field readers: each returns MC_OK when the field is absent or null ------------ */

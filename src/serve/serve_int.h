@@ -225,13 +225,16 @@ int mc_api_parse_embed(const char *body, size_t len, struct mc_api_embed *out,
                        struct mc_api_error *e);
 void mc_api_gen_free(struct mc_api_gen *g);
 void mc_api_embed_free(struct mc_api_embed *m);
-/* Parses body as a JSON object (any other top-level value is an error); NULL and e
- * filled on failure, with the byte offset of a syntax error. */
+/* Fills e (status, param and code may be NULL: none) and returns MC_EINVAL, so that
+ * parsers can `return mc_api_fail(...)`. */
+int mc_api_fail(struct mc_api_error *e, unsigned status, const char *param, const char *code,
+                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Parses body as JSON of any top-level type after checking its UTF-8; NULL and e filled
+ * on failure, with the byte offset of a syntax error. */
+json_t *mc_api_parse_json(const char *body, size_t len, struct mc_api_error *e);
+/* The same, where anything but a JSON object is an error. */
 json_t *mc_api_parse_object(const char *body, size_t len, struct mc_api_error *e);
-/* What a jansson parse error says, in words for a client: jansson's own text, except
- * where it names one of its flags. The result is borrowed from je or static. */
-const char *mc_api_json_what(const json_error_t *je);
-/* Replies with e as an OpenAI error body. */
+/* Replies with e as an OpenAI error body (server_error for a 5xx status). */
 enum MHD_Result mc_api_reply_error(struct mc_http_req *r, const struct mc_api_error *e);
 
 /* Parses a JSON array of chat messages (as in a chat request) into a new array *out of
