@@ -5,20 +5,12 @@
  * MC_OK, or MC_EINVAL with a 4xx status and a non-empty, NUL-terminated message; the
  * parsed structs are freed on both paths so AddressSanitizer sees any leak or double
  * free. Seeds are in fuzz/corpus/fuzz_api_req/. */
+#include "api_error_check.h"
 #include "base/err.h"
 #include "serve/serve_int.h"
 
 #include <stdint.h>
 #include <string.h>
-
-static void check_error(int rc, const struct mc_api_error *e) {
-    if (rc == MC_OK)
-        return;
-    if (rc != MC_EINVAL || e->status < 400 || e->status > 499)
-        __builtin_trap();
-    if (memchr(e->msg, 0, sizeof(e->msg)) == NULL || e->msg[0] == '\0')
-        __builtin_trap();
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0)
@@ -31,19 +23,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     switch (data[0] % 3) {
     case 0: {
         struct mc_api_gen g;
-        check_error(mc_api_parse_chat(body, len, &g, &e), &e);
+        check_api_error(mc_api_parse_chat(body, len, &g, &e), &e);
         mc_api_gen_free(&g);
         break;
     }
     case 1: {
         struct mc_api_gen g;
-        check_error(mc_api_parse_completion(body, len, &g, &e), &e);
+        check_api_error(mc_api_parse_completion(body, len, &g, &e), &e);
         mc_api_gen_free(&g);
         break;
     }
     default: {
         struct mc_api_embed m;
-        check_error(mc_api_parse_embed(body, len, &m, &e), &e);
+        check_api_error(mc_api_parse_embed(body, len, &m, &e), &e);
         mc_api_embed_free(&m);
         break;
     }

@@ -6,6 +6,7 @@
  * accepted batch holds 1..MC_KB_BATCH_MAX documents, an accepted search a query of
  * 1..MC_KB_QUERY_MAX bytes and a k of 1..MC_KB_K_MAX. Everything is freed on both paths
  * so AddressSanitizer sees any leak or double free. Seeds are in fuzz/corpus/fuzz_kb_req/. */
+#include "api_error_check.h"
 #include "base/err.h"
 #include "rag/kb.h"
 #include "rag/retrieve.h"
@@ -13,15 +14,6 @@
 
 #include <stdint.h>
 #include <string.h>
-
-static void check_error(int rc, const struct mc_api_error *e) {
-    if (rc == MC_OK)
-        return;
-    if (rc != MC_EINVAL || e->status < 400 || e->status > 499)
-        __builtin_trap();
-    if (memchr(e->msg, 0, sizeof(e->msg)) == NULL || e->msg[0] == '\0')
-        __builtin_trap();
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0)
@@ -34,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (data[0] % 2 == 0) {
         struct mc_kb_batch *b = NULL;
         int rc = mc_kb_batch_parse(body, len, &b, &e);
-        check_error(rc, &e);
+        check_api_error(rc, &e);
         if (rc == MC_OK && (mc_kb_batch_size(b) < 1 || mc_kb_batch_size(b) > MC_KB_BATCH_MAX))
             __builtin_trap();
         if ((rc == MC_OK) != (b != NULL))
@@ -44,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct mc_kb_query q = {.mode = MC_KB_MODE_HYBRID, .k = 10};
         json_t *holder = NULL;
         int rc = mc_kb_search_parse(body, len, &q, &holder, &e);
-        check_error(rc, &e);
+        check_api_error(rc, &e);
         if (rc == MC_OK && (q.len < 1 || q.len > MC_KB_QUERY_MAX || q.k < 1 || q.k > MC_KB_K_MAX ||
                             strlen(q.text) > q.len))
             __builtin_trap();

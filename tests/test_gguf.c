@@ -1101,12 +1101,7 @@ static void test_gguf_allocation_failures_are_clean(void **state) {
 static int run_info(const char *path, char *out, size_t size) {
     char cmd[1024];
     snprintf(cmd, sizeof(cmd), "%s info '%s' 2>&1", getenv("MCAI"), path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_run_cmd(cmd, out, size);
 }
 
 static void test_gguf_cli_info_lists_metadata_and_tensors(void **state) {

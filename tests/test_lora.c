@@ -1095,15 +1095,6 @@ static void test_cache_byte_budget(void **state) {
 /* ---- Command lines ---------------------------------------------------------------- */
 
 /* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
-static int run_cmd(const char *cmd, char *out, size_t size) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* Exit codes 0 ok, 1 runtime error, 2 usage error: mcai's help lists every lora
  * subcommand, a bad --targets and a bad --lora scale are usage errors with a message
  * naming the value, a colon in an existing path is still a path, and bench_lora --help
@@ -1118,12 +1109,12 @@ static void test_cli_lora_usage_and_exit_codes(void **state) {
     const char *a = shared("models/stories260K-lora-r4.gguf");
 
     snprintf(cmd, sizeof(cmd), "%s --help 2>&1", mcai);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "(info, convert, merge, synth)"));
 
     snprintf(cmd, sizeof(cmd), "%s lora synth --like %s --rank 2 --targets foo -o /dev/null 2>&1",
              mcai, m);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
     assert_non_null(strstr(out, "unknown target 'foo'"));
 
     static const char *const bad_scales[] = {"inf", "1e40", "abc", "nan"};
@@ -1131,29 +1122,29 @@ static void test_cli_lora_usage_and_exit_codes(void **state) {
         char want[64];
         snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --lora %s:%s 2>&1", mcai, m, a,
                  bad_scales[i]);
-        assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+        assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
         snprintf(want, sizeof(want), "scale '%s' is not a finite number", bad_scales[i]);
         if (!strstr(out, want) || strstr(out, "No such file"))
             fail_msg("--lora FILE:%s: output lacks \"%s\": %.300s", bad_scales[i], want, out);
     }
     snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>/dev/null",
              mcai, m, a);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     snprintf(link, sizeof(link), "/tmp/test_lora_cli_%d:v2.gguf", (int)getpid());
     char target[1024];
     assert_non_null(realpath(a, target));
     assert_int_equal(symlink(target, link), 0);
     snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s 2>&1", mcai, m, link);
-    int rc = run_cmd(cmd, out, sizeof(out));
+    int rc = test_run_cmd(cmd, out, sizeof(out));
     snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>&1", mcai, m,
              link);
-    int rc_scaled = run_cmd(cmd, out, sizeof(out));
+    int rc_scaled = test_run_cmd(cmd, out, sizeof(out));
     unlink(link);
     assert_int_equal(rc, 0);
     assert_int_equal(rc_scaled, 0);
 
     snprintf(cmd, sizeof(cmd), "%s/bench/bench_lora --help 2>&1", build && *build ? build : "build");
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "usage: bench_lora [MODEL]"));
 }
 

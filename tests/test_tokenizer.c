@@ -931,15 +931,6 @@ static void test_one_tokenizer_shared_by_threads(void **state) {
 /* ---- mcai tokenize -------------------------------------------------------------- */
 
 /* Runs a shell command, captures stdout+stderr into out, returns the exit status. */
-static int run_cmd(const char *cmd, char *out, size_t size) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
     (void)state;
     const char *mcai = getenv("MCAI");
@@ -949,11 +940,11 @@ static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
     test_shared_path(vocab, sizeof(vocab), "tokenizer-tests/ggml-vocab-llama-spm.gguf");
 
     snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p 'Hello world' 2>&1", mcai, vocab);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     assert_string_equal(out, "1 15043 3186\n");
 
     snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -p 'Hello world' 2>&1", mcai, vocab);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     assert_string_equal(out, "15043 3186\n");
 
     /* -f takes the whole file, trailing newline included. */
@@ -964,22 +955,22 @@ static void test_cli_tokenize_prints_ids_and_exit_codes(void **state) {
     fputs("Hello world\n", f);
     fclose(f);
     snprintf(cmd, sizeof(cmd), "%s tokenize -m %s --no-special -f %s 2>&1", mcai, vocab, path);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 0);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
     assert_string_equal(out, "15043 3186 13\n");
     unlink(path);
 
     snprintf(cmd, sizeof(cmd), "%s tokenize -m /nonexistent/m.gguf -p x 2>&1", mcai);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "/nonexistent/m.gguf"));
 
     snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -f /nonexistent/t.txt 2>&1", mcai, vocab);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 1);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "/nonexistent/t.txt"));
 
     snprintf(cmd, sizeof(cmd), "%s tokenize -p x 2>&1", mcai);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
     snprintf(cmd, sizeof(cmd), "%s tokenize -m %s -p x -f y 2>&1", mcai, vocab);
-    assert_int_equal(run_cmd(cmd, out, sizeof(out)), 2);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
 }
 
 /* ---- Allocation failures -------------------------------------------------------- */
