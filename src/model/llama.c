@@ -432,9 +432,8 @@ static bool pack_wanted(const struct weight *w) {
 
 /* Calls fn on every matrix that the forward pass multiplies, each once (a tied output is
  * the token embedding and is visited as the output). */
-static void for_each_matrix(struct mc_model *m, void (*fn)(struct mc_model *, struct weight *,
-                                                           void *),
-                            void *arg) {
+static void for_each_matrix(struct mc_model *m,
+                            void (*fn)(struct mc_model *, struct weight *, void *), void *arg) {
     fn(m, &m->output, arg);
     for (int il = 0; il < m->hp.n_layer; il++) {
         struct layer *L = &m->layers[il];
@@ -752,14 +751,21 @@ static int ensure_scores(struct mc_ctx *c, int32_t n, struct mc_err *err) {
 
 /* ---- Forward steps --------------------------------------------------------------- */
 
+/* rows rows of w starting at data (inside w's matrix) times n rows of x, in w's layout
+ * (packed or GGUF). */
+static int weight_matmul(const struct weight *w, const void *data, int64_t rows, const float *x,
+                         int64_t n, float *y, void *work, struct mc_pool *pool,
+                         struct mc_err *err) {
+    if (w->packed)
+        return mc_matmul_packed(w->type, data, rows, w->cols, x, n, y, work, pool, err);
+    return mc_matmul(w->type, data, rows, w->cols, x, n, y, work, pool, err);
+}
+
 /* y (n, w->rows) = x (n, w->cols) · Wᵀ. The single place where a weight multiplies
  * activations: per-row adapter deltas belong here. */
 static int proj(struct mc_ctx *c, const struct weight *w, const float *x, float *y, int32_t n,
                 struct mc_err *err) {
-    if (w->packed)
-        return mc_matmul_packed(w->type, w->data, w->rows, w->cols, x, n, y, c->work, c->pool,
-                                err);
-    return mc_matmul(w->type, w->data, w->rows, w->cols, x, n, y, c->work, c->pool, err);
+    return weight_matmul(w, w->data, w->rows, x, n, y, c->work, c->pool, err);
 }
 
 /* A layer projection: the base product for all rows, then, when some row carries an
@@ -974,9 +980,7 @@ static int proj_rows(struct mc_ctx *c, const struct weight *w, const float *x, f
         return MC_OK;
     void *work = (uint8_t *)c->twork + (size_t)ith * c->twork_bytes;
     const uint8_t *data = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
-    if (w->packed)
-        return mc_matmul_packed(w->type, data, r1 - r0, w->cols, x, 1, y + r0, work, NULL, NULL);
-    return mc_matmul(w->type, data, r1 - r0, w->cols, x, 1, y + r0, work, NULL, NULL);
+    return weight_matmul(w, data, r1 - r0, x, 1, y + r0, work, NULL, NULL);
 }
 
 static void attn_decode_part(void *arg, int ith, int nth) {

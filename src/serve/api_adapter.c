@@ -36,7 +36,6 @@
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_CACHE_BYTES   ((size_t)256 << 20)
 #define FORM_BUFFER           (64 * 1024) /* libmicrohttpd post processor's work buffer */
 #define PUBLISH_MAX_TENANTS   256
 #define PUBLISH_TENANTS_BYTES 8192
@@ -174,7 +173,7 @@ void mc_adapter_forget_tenant(struct mc_server *s, const char *tenant) {
 
 int mc_adapter_cache_open(struct mc_server *s, struct mc_err *err) {
     struct mc_lora_cache_params p = {
-        .budget_bytes = s->adapter_cache_bytes ? s->adapter_cache_bytes : DEFAULT_CACHE_BYTES,
+        .budget_bytes = s->adapter_cache_bytes,
         .loader = loader,
         .user = s,
     };

@@ -680,7 +680,7 @@ int mc_kb_search_parse(const char *body, size_t len, struct mc_kb_query *q, json
 static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const struct mc_auth *a,
                               struct mc_kb *kb) {
     struct mc_api_error e = {0};
-    json_t *o = mc_api_parse_json(r->body, r->body_len, &e);
+    json_t *o = NULL;
     /* Without a mode: hybrid where the knowledge base has vectors, else bm25 (one filled
      * by `mcai kb ingest` without a model has none), as the command line does. */
     struct mc_kb_query q = {
@@ -688,10 +688,8 @@ static enum MHD_Result search(struct mc_server *s, struct mc_http_req *r, const 
                                                                                 : MC_KB_MODE_BM25,
         .k = SEARCH_K_DEFAULT,
     };
-    if (!o || search_parse(o, &q, &e) != MC_OK) {
-        json_decref(o);
+    if (mc_kb_search_parse(r->body, r->body_len, &q, &o, &e) != MC_OK)
         return mc_api_reply_error(r, &e);
-    }
     if (!s->kb_emb && q.mode != MC_KB_MODE_BM25) {
         json_decref(o);
         return mc_http_reply_error(r, 400, "invalid_request_error", "embeddings_off", "mode",
@@ -767,7 +765,7 @@ enum MHD_Result mc_api_kb(struct mc_server *s, struct mc_http_req *r, const stru
     if (rc == MC_ELIMIT) {
         r->reject = "rate_limit";
         return mc_http_reply_error_retry(r, 429, retry, "rate_limit_error", "rate_limit_exceeded",
-                                         "%s; retry after %d s", err.msg, retry);
+                                         "%s", err.msg);
     }
     if (rc != MC_OK)
         return reply_kb(r, a, rc, &err);

@@ -14,6 +14,8 @@
  * dimensions) are checked by the handlers. */
 #include "serve/serve_int.h"
 
+#include "serve/engine.h" /* MC_ENGINE_MAX_ADAPTER_SCALE */
+
 #include "base/mem.h"
 
 #include <math.h>
@@ -345,8 +347,8 @@ static int parse_common(json_t *o, struct mc_api_gen *g, struct mc_api_error *e)
     if ((rc = get_str(o, "conversation", &g->conversation, e)) != MC_OK)
         return rc;
     /* Extension: the multiplier of the adapter's alpha/r (0 turns the adapter off). */
-    if ((rc = get_num(o, "lora_scale", 0, MC_API_MAX_LORA_SCALE, &g->lora_scale, &g->has_lora_scale,
-                      e)) != MC_OK)
+    if ((rc = get_num(o, "lora_scale", 0, MC_ENGINE_MAX_ADAPTER_SCALE, &g->lora_scale,
+                      &g->has_lora_scale, e)) != MC_OK)
         return rc;
     return MC_OK;
 }

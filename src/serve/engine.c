@@ -291,7 +291,6 @@ static int gen_build(struct mc_engine *e, const struct mc_engine_params *p, stru
     g->seq.cost = (double)g->n_ctx_seq;
     g->adapter = mc_lora_retain(p->adapter);
     g->adapter_scale = p->adapter_scale != 0 ? p->adapter_scale : 1.0f;
-    g->seq.adapter = g->adapter;
     g->seq.owner = g;
     *out = g;
     return MC_OK;

@@ -33,15 +33,14 @@ struct sched_seq {
     struct sched_seq *prev, *next;         /* tenant queue, or tenant active list */
     struct sched_seq *act_prev, *act_next; /* global active list, admission order */
     enum sched_state state;
-    int32_t n_tokens;    /* in: tokens known (prompt, then prompt + sampled) */
-    int32_t n_kv;        /* tokens already written to its KV (0 while queued) */
-    size_t kv_bytes;     /* in: KV memory reserved while active */
-    double cost;         /* in: fair-queuing cost (tokens the request may occupy) */
-    uint64_t admit_seq;  /* order of the latest admission, 0 while queued */
-    bool preempt_mark;   /* scratch for sched_admit's preemption plan */
-    bool charged;        /* its cost was added to its tenant's finish tag */
-    const void *adapter; /* the request's adapter, NULL for the base model */
-    void *owner;         /* the engine's request */
+    int32_t n_tokens;   /* in: tokens known (prompt, then prompt + sampled) */
+    int32_t n_kv;       /* tokens already written to its KV (0 while queued) */
+    size_t kv_bytes;    /* in: KV memory reserved while active */
+    double cost;        /* in: fair-queuing cost (tokens the request may occupy) */
+    uint64_t admit_seq; /* order of the latest admission, 0 while queued */
+    bool preempt_mark;  /* scratch for sched_admit's preemption plan */
+    bool charged;       /* its cost was added to its tenant's finish tag */
+    void *owner;        /* the engine's request */
 };
 
 struct sched_tenant {

@@ -154,8 +154,7 @@ enum {
     MC_API_MAX_MESSAGES = 4096,
     MC_API_MAX_TOKENS = 1 << 20, /* max_tokens beyond this is absurd on any context */
     MC_API_MAX_TOP_LOGPROBS = 20,
-    MC_API_MAX_INPUTS = 2048,   /* embeddings inputs per request */
-    MC_API_MAX_LORA_SCALE = 16, /* = MC_ENGINE_MAX_ADAPTER_SCALE */
+    MC_API_MAX_INPUTS = 2048, /* embeddings inputs per request */
 };
 
 enum mc_api_role { MC_ROLE_SYSTEM, MC_ROLE_USER, MC_ROLE_ASSISTANT };

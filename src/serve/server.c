@@ -36,6 +36,7 @@
 enum {
     DEFAULT_MAX_BODY = 1 << 20,
     DEFAULT_MAX_ADAPTER_BODY = 256 << 20,
+    DEFAULT_ADAPTER_CACHE_BYTES = 256 << 20,
     DEFAULT_MAX_SEQS = 16,
     DEFAULT_CTX_CAP = 4096,
     DEFAULT_DRAIN_MS = 10000,
@@ -191,7 +192,7 @@ static void adapter_gauges(struct mc_buf *o, struct mc_server *s) {
     mc_buf_printf(o,
                   "# TYPE mcai_adapter_cache_budget_bytes gauge\n"
                   "mcai_adapter_cache_budget_bytes %zu\n",
-                  s->adapter_cache_bytes ? s->adapter_cache_bytes : (size_t)256 << 20);
+                  s->adapter_cache_bytes);
 }
 
 static void engine_gauges(struct mc_buf *o, const char (*tenants)[64], size_t n, void *user) {
@@ -425,7 +426,8 @@ int mc_server_create(const struct mc_server_config *cfg, struct mc_server **out,
     s->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : DEFAULT_MAX_SEQS;
     s->max_queue = cfg->max_queue;
     s->kv_budget_bytes = cfg->kv_budget_bytes;
-    s->adapter_cache_bytes = cfg->adapter_cache_bytes;
+    s->adapter_cache_bytes =
+        cfg->adapter_cache_bytes ? cfg->adapter_cache_bytes : DEFAULT_ADAPTER_CACHE_BYTES;
     s->adapter_q8_0 = cfg->adapter_q8_0;
     s->max_adapter_bytes =
         cfg->max_adapter_bytes ? cfg->max_adapter_bytes : DEFAULT_MAX_ADAPTER_BODY;
