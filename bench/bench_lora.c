@@ -378,18 +378,20 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return 0;
-        }
-    }
-    for (int i = 1; i < argc; i++) {
-        if (i + 1 < argc && !strcmp(argv[i], "--threads"))
+        } else if (i + 1 < argc && !strcmp(argv[i], "--threads"))
             b.threads = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--steps"))
             b.steps = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--rounds"))
             b.rounds = atoi(argv[++i]);
-        else if (i + 1 < argc && !strcmp(argv[i], "--type"))
-            b.type = !strcmp(argv[++i], "f32") ? MC_TYPE_F32 : MC_TYPE_F16;
-        else if (i + 1 < argc && !strcmp(argv[i], "--resident"))
+        else if (i + 1 < argc && !strcmp(argv[i], "--type")) {
+            i++;
+            if (strcmp(argv[i], "f16") != 0 && strcmp(argv[i], "f32") != 0) {
+                fprintf(stderr, "bench_lora: --type must be f16 or f32, got '%s'\n", argv[i]);
+                return 2;
+            }
+            b.type = !strcmp(argv[i], "f32") ? MC_TYPE_F32 : MC_TYPE_F16;
+        } else if (i + 1 < argc && !strcmp(argv[i], "--resident"))
             resident = argv[++i];
         else if (i + 1 < argc && !strcmp(argv[i], "--rank"))
             b.rank = atoi(argv[++i]);

@@ -94,8 +94,7 @@ static float frand(void) {
 
 /* n_copies copies of one random (rows, cols) matrix of type t, back to back, packed if
  * asked. */
-static uint8_t *make_copies(enum mc_type t, bool packed, int64_t rows, int64_t cols,
-                            int n_copies) {
+static uint8_t *make_copies(enum mc_type t, bool packed, int64_t rows, int64_t cols, int n_copies) {
     size_t rs = mc_type_row_size(t, cols), mat = rs * (size_t)rows;
     uint8_t *w = malloc(mat * (size_t)n_copies);
     float *row = malloc((size_t)cols * sizeof(float));
@@ -109,12 +108,18 @@ static uint8_t *make_copies(enum mc_type t, bool packed, int64_t rows, int64_t c
             row[c] = frand();
         mc_quantize_row(t, row, w + (size_t)r * rs, cols, NULL);
     }
-    uint8_t *src = packed ? malloc(mat) : NULL;
-    if (src) {
+    if (packed) {
+        /* Timing unpacked bytes with the packed kernel would be a wrong figure. */
+        uint8_t *src = malloc(mat);
+        if (!src) {
+            free(row);
+            free(w);
+            return NULL;
+        }
         memcpy(src, w, mat);
         mc_pack_rows(t, src, w, rows, cols, NULL);
+        free(src);
     }
-    free(src);
     for (int k = 1; k < n_copies; k++)
         memcpy(w + mat * (size_t)k, w, mat);
     free(row);
@@ -251,10 +256,9 @@ int main(int argc, char **argv) {
     enum mc_simd simd = mc_simd_detect();
     /* Q8_0 and Q4_0 twice: GGUF rows, then packed rows ("p", what the model runs with
      * where the AVX-512 set is in use). */
-    static const enum mc_type TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16,
-                                         MC_TYPE_Q8_0, MC_TYPE_Q4_0, MC_TYPE_Q8_0,
-                                         MC_TYPE_Q4_0, MC_TYPE_Q4_K, MC_TYPE_Q5_K,
-                                         MC_TYPE_Q6_K};
+    static const enum mc_type TYPES[] = {MC_TYPE_F32,  MC_TYPE_F16,  MC_TYPE_BF16, MC_TYPE_Q8_0,
+                                         MC_TYPE_Q4_0, MC_TYPE_Q8_0, MC_TYPE_Q4_0, MC_TYPE_Q4_K,
+                                         MC_TYPE_Q5_K, MC_TYPE_Q6_K};
     static const bool PACKED[] = {false, false, false, false, false,
                                   true,  true,  false, false, false};
     struct run r = {.pool = pool};
@@ -285,8 +289,7 @@ int main(int argc, char **argv) {
     for (size_t k = 0; k < N_TYPES; k++)
         for (int sh = 0; sh < 2; sh++)
             printf("%-4s%-1s %-9s %8.1f %8.1f %6.0f%%\n", mc_type_name(TYPES[k]),
-                   PACKED[k] ? "p" : "",
-                   sh ? "2048x768" : "768x768", gbs[k][sh][0], gbs[k][sh][1],
+                   PACKED[k] ? "p" : "", sh ? "2048x768" : "768x768", gbs[k][sh][0], gbs[k][sh][1],
                    100.0 * gbs[k][sh][1] / bw);
     printf("\n");
 
