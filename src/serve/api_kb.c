@@ -186,6 +186,48 @@ static int id_param(struct mc_http_req *r, const char **id, size_t *n, bool *pre
     return MC_OK;
 }
 
+/* The query parameters of the document routes: each known one at most once, no other
+ * (a misspelt ?titel= would silently lose the title, a second ?id= act on one id of two). */
+struct query_check {
+    unsigned seen; /* bit i: KNOWN_PARAMS[i] */
+    char bad[64];  /* the first parameter in error, "" when none */
+    bool repeated; /* bad is repeated (else unknown) */
+};
+
+static const char *const KNOWN_PARAMS[] = {"id", "upsert", "title"};
+
+static enum MHD_Result query_check_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value) {
+    (void)kind;
+    (void)value;
+    struct query_check *q = cls;
+    for (unsigned i = 0; i < sizeof(KNOWN_PARAMS) / sizeof(KNOWN_PARAMS[0]); i++) {
+        if (strcmp(key, KNOWN_PARAMS[i]) != 0)
+            continue;
+        if (!(q->seen & (1u << i))) {
+            q->seen |= 1u << i;
+            return MHD_YES;
+        }
+        q->repeated = true;
+        snprintf(q->bad, sizeof(q->bad), "%s", key);
+        return MHD_NO;
+    }
+    snprintf(q->bad, sizeof(q->bad), "%.60s", key);
+    return MHD_NO;
+}
+
+static int query_params_check(struct mc_http_req *r, struct mc_api_error *e) {
+    struct query_check q = {0};
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_check_one, &q);
+    if (!q.bad[0])
+        return MC_OK;
+    if (q.repeated)
+        return mc_api_fail(e, 400, q.bad, "invalid_value",
+                           "query parameter '%s' is sent more than once; send it once", q.bad);
+    return mc_api_fail(e, 400, q.bad, "unknown_field",
+                       "unknown query parameter '%s' (known: id, upsert, title)", q.bad);
+}
+
 static bool is_json_ctype(const char *ct) {
     if (!ct)
         return false;
@@ -420,7 +462,7 @@ static int batch_from_json(struct mc_kb_batch *b, struct mc_api_error *e) {
         json_t *v;
         json_object_foreach(b->root, k, v) {
             if (rc == MC_OK && strcmp(k, "documents") && strcmp(k, "upsert"))
-                rc = mc_api_fail(e, 400, NULL, "unknown_field",
+                rc = mc_api_fail(e, 400, k, "unknown_field",
                                  "unknown field '%.40s' (known: documents, upsert)", k);
         }
         json_t *u = json_object_get(b->root, "upsert");
@@ -724,7 +766,7 @@ static enum MHD_Result documents(struct mc_http_req *r, const struct mc_auth *a,
     const char *id;
     size_t id_len;
     bool has_id;
-    if (id_param(r, &id, &id_len, &has_id, &e) != MC_OK)
+    if (query_params_check(r, &e) != MC_OK || id_param(r, &id, &id_len, &has_id, &e) != MC_OK)
         return mc_api_reply_error(r, &e);
     const char *m = r->method;
     if (!strcmp(m, "GET"))

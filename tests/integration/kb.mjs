@@ -157,6 +157,22 @@ async function ingestChecks(A) {
   r = await http("POST", "/v1/kb/documents", { key: A.key, raw: '[{"id": "x",',
     ctype: "application/json" });
   check("malformed JSON is 400", r.status === 400 && err(r).code === "invalid_json", r.text);
+  r = await http("POST", "/v1/kb/documents?id=q1&id=q2", { key: A.key, raw: "x",
+    ctype: "text/plain" });
+  check("a repeated ?id= is 400 naming it", r.status === 400 && err(r).param === "id" &&
+    err(r).message.includes("more than once"), r.text);
+  r = await http("DELETE", "/v1/kb/documents?id=q1&id=q2", { key: A.key });
+  check("a DELETE with two ids is 400 too", r.status === 400 && err(r).param === "id", r.text);
+  r = await http("POST", "/v1/kb/documents?id=q3&titel=Notes", { key: A.key, raw: "x",
+    ctype: "text/plain" });
+  check("a misspelt query parameter is 400 unknown_field", r.status === 400 &&
+    err(r).code === "unknown_field" && err(r).param === "titel", r.text);
+  r = await http("GET", "/v1/kb/documents?id=q3", { key: A.key });
+  check("and nothing was stored", r.status === 404, r.text);
+  r = await http("POST", "/v1/kb/documents", { key: A.key,
+    raw: '{"documents":[{"id":"q4","text":"x"}],"upsrt":true}', ctype: "application/json" });
+  check("an unknown batch field names itself as param", r.status === 400 &&
+    err(r).code === "unknown_field" && err(r).param === "upsrt", r.text);
   r = await http("POST", "/v1/kb/documents", { key: A.key, raw: "x", ctype: "text/plain" });
   check("a raw upload without ?id= is 400 asking for the id", r.status === 400 &&
     err(r).code === "missing_field" && err(r).param === "id" &&
