@@ -901,26 +901,26 @@ static void test_gguf_rejects_bad_tensor_placement(void **state) {
     size_t ne_at = put_tensor(&b, "m", 2, ne, MC_TYPE_F32, 4);
     put_pad(&b, 32);
     put_zeros(&b, 128);
-    expect_bad(&b, "tensor 0 'm' offset", ne_at + 16 + 4);
+    expect_bad(&b, "tensor 0 'm' data offset", ne_at + 16 + 4);
     /* Extent past the end of the file, by one byte. */
     put_header(&b, 3, 1, 0);
     ne_at = put_tensor(&b, "e", 2, ne, MC_TYPE_F32, 0);
     put_pad(&b, 32);
     put_zeros(&b, 63);
-    expect_bad(&b, "tensor 0 'e' offset", ne_at + 16 + 4);
+    expect_bad(&b, "tensor 0 'e' data offset", ne_at + 16 + 4);
     /* Offset far past the end (no wraparound). */
     put_header(&b, 3, 1, 0);
     ne_at = put_tensor(&b, "w", 2, ne, MC_TYPE_F32, UINT64_MAX - 31);
     put_pad(&b, 32);
     put_zeros(&b, 64);
-    expect_bad(&b, "tensor 0 'w' offset", ne_at + 16 + 4);
+    expect_bad(&b, "tensor 0 'w' data offset", ne_at + 16 + 4);
     /* Overlap: b starts inside a. */
     put_header(&b, 3, 2, 0);
     put_tensor(&b, "a", 2, ne, MC_TYPE_F32, 0);
     ne_at = put_tensor(&b, "b", 2, ne, MC_TYPE_F32, 32);
     put_pad(&b, 32);
     put_zeros(&b, 128);
-    expect_bad(&b, "tensor 1 'b' offset", ne_at + 16 + 4);
+    expect_bad(&b, "tensor 1 'b' data offset", ne_at + 16 + 4);
     /* Duplicate names. */
     put_header(&b, 3, 3, 0);
     put_tensor(&b, "a", 2, ne, MC_TYPE_F32, 0);

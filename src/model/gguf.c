@@ -631,7 +631,7 @@ static int check_extents(struct parser *p) {
     for (int64_t i = 0; i < g->n_tensors; i++) {
         struct mc_gguf_tensor *t = &g->tensors[i];
         if (t->offset > data_size || t->size_bytes > data_size - t->offset) {
-            set_tensor_field(p, i, "offset");
+            set_tensor_field(p, i, "data offset");
             return fail_at(p, tensor_offset_field(p, i),
                            "data [%llu, +%zu) ends past the data section (%zu bytes at %zu)",
                            (unsigned long long)t->offset, t->size_bytes, data_size, g->data_start);
@@ -652,7 +652,7 @@ static int check_extents(struct parser *p) {
         if (b->offset < a->offset + a->size_bytes) {
             char q[GGUF_MSG_NAME_CHARS + 4];
             quote_name(q, sizeof(q), (const uint8_t *)a->name, strlen(a->name));
-            set_tensor_field(p, by_off[k].i, "offset");
+            set_tensor_field(p, by_off[k].i, "data offset");
             rc = fail_at(p, tensor_offset_field(p, by_off[k].i),
                          "data at %llu overlaps tensor %lld '%s' [%llu, %llu)",
                          (unsigned long long)b->offset, (long long)by_off[k - 1].i, q,
