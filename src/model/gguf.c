@@ -539,7 +539,7 @@ static int parse_tensor_info(struct parser *p, int64_t i) {
     if ((rc = parse_type(p, t, qname, i, ne0_at)))
         return rc;
 
-    set_field(p, "tensor %lld '%s' offset", (long long)i, qname);
+    set_field(p, "tensor %lld '%s' data offset", (long long)i, qname);
     size_t at = p->pos;
     if ((rc = read_u64(p, &t->offset)))
         return rc;
