@@ -10,6 +10,7 @@
 #include "test_util.h"
 
 #include "adapter/lora.h"
+#include "adapter/lora_int.h"
 #include "adapter/safetensors.h"
 #include "base/mem.h"
 #include "model/gguf.h"
@@ -641,6 +642,125 @@ static void test_batch_16_adapters(void **state) {
     mc_ctx_free(ctx);
 }
 
+/* Adapters of rank 40 give the hook enough work for the thread pool, so both ways of
+ * splitting it run: 16 distinct adapters over 20 rows split whole groups between the
+ * threads; one adapter on 13 of 20 rows (most of the work in one group) splits each
+ * group's rank rows and output columns. Q8_0 copies (attention only: the feed-forward
+ * width 172 is not a multiple of 32) take the same paths with the Q8_0 kernels. Every
+ * row must get exactly what it gets alone. */
+static void test_batch_pool_paths(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    uint32_t attn = (1u << MC_PROJ_Q) | (1u << MC_PROJ_K) | (1u << MC_PROJ_V) | (1u << MC_PROJ_O);
+    struct mc_lora *f16[N_ADAPTERS], *q8[N_ADAPTERS], *rows[N_ROWS];
+    float scale[N_ROWS];
+    for (int a = 0; a < N_ADAPTERS; a++) {
+        struct mc_lora *s, *sa;
+        assert_int_equal(mc_lora_synth(&base, 40, (1u << MC_PROJ_COUNT) - 1, 0, 300 + (uint64_t)a,
+                                       "s", &s, &err),
+                         MC_OK);
+        assert_int_equal(mc_lora_convert(s, MC_TYPE_F16, &f16[a], &err), MC_OK);
+        assert_int_equal(mc_lora_synth(&base, 40, attn, 0, 400 + (uint64_t)a, "q", &sa, &err),
+                         MC_OK);
+        assert_int_equal(mc_lora_convert(sa, MC_TYPE_Q8_0, &q8[a], &err), MC_OK);
+        mc_lora_release(s);
+        mc_lora_release(sa);
+    }
+    struct mc_ctx *ctx;
+    struct mc_lora_runner *run;
+    assert_int_equal(mc_ctx_create(model, N_ROWS, 2, &ctx, &err), MC_OK);
+    assert_int_equal(mc_lora_runner_create(ctx, &run, &err), MC_OK);
+    for (int kind = 0; kind < 2; kind++) {
+        struct mc_lora **ad = kind ? q8 : f16;
+        for (int i = 0, a = 0; i < N_ROWS; i++) {
+            rows[i] = i % 5 == 4 ? NULL : ad[a++];
+            scale[i] = i % 3 == 2 ? 0.5f : 1.0f;
+        }
+        assert_true(check_batch_equals_alone(ctx, rows, scale, N_ROWS, 4) >= 12);
+        for (int i = 0; i < N_ROWS; i++)
+            rows[i] = i < 13 ? ad[0] : i < 17 ? ad[i - 12] : NULL;
+        assert_true(check_batch_equals_alone(ctx, rows, scale, N_ROWS, 19) >= 12);
+    }
+    for (int a = 0; a < N_ADAPTERS; a++) {
+        mc_lora_release(f16[a]);
+        mc_lora_release(q8[a]);
+    }
+    mc_lora_runner_free(run);
+    mc_ctx_free(ctx);
+}
+
+/* Random rows of each storage type and n elements of it: F32/F16 values in [-1, 1), Q8_0
+ * blocks from them. */
+static void *kernel_rows(enum mc_type t, int rows, int64_t n, uint32_t *seed) {
+    float *v = mc_malloc((size_t)n * sizeof(float));
+    size_t rs = t == MC_TYPE_Q8_0 ? mc_type_row_size(t, n) : (size_t)n * (t == MC_TYPE_F16 ? 2 : 4);
+    uint8_t *out = mc_malloc(rs * (size_t)rows);
+    for (int r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < n; i++) {
+            *seed = *seed * 1664525u + 1013904223u;
+            v[i] = (float)(*seed >> 8) / (float)(1u << 23) - 1.0f;
+        }
+        uint8_t *dst = out + rs * (size_t)r;
+        if (t == MC_TYPE_Q8_0)
+            assert_int_equal(mc_quantize_row(t, v, dst, n, NULL), MC_OK);
+        else if (t == MC_TYPE_F16)
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t h = mc_fp32_to_fp16(v[i]);
+                memcpy(dst + 2 * i, &h, 2);
+            }
+        else
+            memcpy(dst, v, rs);
+    }
+    mc_free(v);
+    return out;
+}
+
+/* The hook's kernels at each SIMD level on random data, F32, F16 and Q8_0: expand results
+ * are bit for bit those of the AVX2 kernel (one fused multiply-add per rank row and
+ * output, in rank order) over any output range, and within float rounding of the
+ * portable one; dot products agree within float rounding. Rank 11 and widths that are
+ * not multiples of 16 exercise every tail. */
+static void test_kernels_agree(void **state) {
+    (void)state;
+    if (mc_simd_detect() < MC_SIMD_AVX2)
+        skip();
+    const enum mc_type types[3] = {MC_TYPE_F32, MC_TYPE_F16, MC_TYPE_Q8_0};
+    enum { RANK = 11 };
+    uint32_t seed = 7;
+    for (int k = 0; k < 3; k++) {
+        enum mc_type t = types[k];
+        const int64_t n = t == MC_TYPE_Q8_0 ? 224 : 217;
+        float *x = kernel_rows(MC_TYPE_F32, 1, n, &seed), *tk = kernel_rows(MC_TYPE_F32, 1, RANK, &seed);
+        uint8_t *w = kernel_rows(t, RANK, n, &seed);
+        float d2 = lora_dot_avx2(x, w, t, n), dp = lora_dot_portable(x, w, t, n);
+        assert_float_near(d2, dp, 1e-4);
+        if (mc_simd_detect() >= MC_SIMD_AVX512)
+            assert_float_near(lora_dot_avx512(x, w, t, n), dp, 1e-4);
+        /* Ranges: the whole row, and pieces starting and ending on multiples of 32 (the
+         * splits the hook makes), the last one ending at n. */
+        const int64_t cuts[][2] = {{0, n}, {0, 64}, {64, 160}, {160, n}};
+        float y2[224], y5[224], yp[224];
+        for (int c = 0; c < 4; c++) {
+            int64_t j0 = cuts[c][0], j1 = cuts[c][1];
+            for (int64_t j = 0; j < n; j++)
+                y2[j] = y5[j] = yp[j] = (float)j * 0.01f;
+            lora_expand_avx2(y2, tk, w, t, RANK, n, j0, j1);
+            lora_expand_portable(yp, tk, w, t, RANK, n, j0, j1);
+            for (int64_t j = 0; j < n; j++)
+                assert_float_near(y2[j], yp[j], 1e-4);
+            if (mc_simd_detect() >= MC_SIMD_AVX512) {
+                lora_expand_avx512(y5, tk, w, t, RANK, n, j0, j1);
+                if (memcmp(y2, y5, (size_t)n * sizeof(float)) != 0)
+                    fail_msg("%s expand [%lld, %lld): AVX-512 differs from AVX2", mc_type_name(t),
+                             (long long)j0, (long long)j1);
+            }
+        }
+        mc_free(x);
+        mc_free(tk);
+        mc_free(w);
+    }
+}
+
 /* Without a runner, a row with an adapter is an error, not silently ignored. */
 static void test_no_hook_is_error(void **state) {
     (void)state;
@@ -1158,6 +1278,8 @@ int main(void) {
         cmocka_unit_test(test_scales),
         cmocka_unit_test(test_merge_equals_adapter),
         cmocka_unit_test(test_batch_16_adapters),
+        cmocka_unit_test(test_batch_pool_paths),
+        cmocka_unit_test(test_kernels_agree),
         cmocka_unit_test(test_f16_storage_and_kernels),
         cmocka_unit_test(test_q8_residency),
         cmocka_unit_test(test_q8_convert_matches_reference),

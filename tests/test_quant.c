@@ -557,6 +557,64 @@ static void test_matmul_batched_equals_single_calls_exactly(void **state) {
     mc_pool_free(pool);
 }
 
+/* mc_matmul_prefetch gives mc_matmul's (or mc_matmul_packed's) results bit for bit,
+ * whatever it is asked to prefetch: spans of odd sizes, empty ones (one with a NULL
+ * pointer), more spans than threads and fewer. */
+static void test_matmul_prefetch_same_results(void **state) {
+    (void)state;
+    enum { ROWS = 53, COLS = 480, NTOK = 11 };
+    static float x[NTOK * COLS], want[NTOK * ROWS], got[NTOK * ROWS];
+    static uint8_t bytes[3][20000];
+    const struct mc_span spans[] = {{bytes[0], 1},     {NULL, 0},         {bytes[1], 20000},
+                                    {bytes[2], 4097},  {bytes[0] + 64, 0}, {bytes[2] + 5, 900}};
+    struct mc_pool *pool = NULL;
+    assert_int_equal(mc_pool_create(2, &pool, NULL), MC_OK);
+    const enum mc_type types[] = {MC_TYPE_Q4_0, MC_TYPE_Q8_0, MC_TYPE_F16, MC_TYPE_F32};
+    for (int packed = 0; packed < 2; packed++)
+        for (size_t k = 0; k < sizeof(types) / sizeof(types[0]); k++) {
+            enum mc_type t = types[k];
+            if (packed && !has_packed(t))
+                continue;
+            uint8_t *w = make_matrix(t, ROWS, COLS, NULL);
+            if (packed) {
+                size_t n = mc_type_row_size(t, COLS) * ROWS;
+                uint8_t *p = malloc(n);
+                assert_int_equal(mc_pack_rows(t, w, p, ROWS, COLS, NULL), MC_OK);
+                free(w);
+                w = p;
+            }
+            for (int i = 0; i < NTOK * COLS; i++)
+                x[i] = rng_normal(1.0f);
+            void *work = malloc(mc_matmul_work_size(t, COLS, NTOK) + 1);
+            struct mc_err err = {0};
+            for (int level = 0; level <= (int)mc_simd_detect(); level++) {
+                enum mc_simd saved = mc_simd_get();
+                mc_simd_set((enum mc_simd)level);
+                for (int nt = NTOK; nt > 0; nt = nt == NTOK ? 3 : 0)
+                    for (int32_t ns = 0; ns <= 6; ns += ns == 0 ? 1 : 5) {
+                        assert_int_equal(mc_matmul_prefetch(packed, t, w, ROWS, COLS, x, nt, want,
+                                                            work, pool, NULL, 0, &err),
+                                         MC_OK);
+                        assert_int_equal(mc_matmul_prefetch(packed, t, w, ROWS, COLS, x, nt, got,
+                                                            work, pool, spans, ns, &err),
+                                         MC_OK);
+                        if (memcmp(want, got, (size_t)nt * ROWS * sizeof(float)) != 0)
+                            fail_msg("%s%s simd=%d n_tok=%d spans=%d: results differ",
+                                     mc_type_name(t), packed ? " packed" : "", level, nt, ns);
+                    }
+                mc_simd_set(saved);
+            }
+            /* The packed entry point still checks its shape. */
+            if (packed)
+                assert_int_equal(mc_matmul_prefetch(true, t, w, ROWS, 31, x, 1, got, work, pool,
+                                                    spans, 6, &err),
+                                 MC_EINVAL);
+            free(work);
+            free(w);
+        }
+    mc_pool_free(pool);
+}
+
 /* ---- SIMD against portable ------------------------------------------------------------ */
 
 /* Each SIMD set against the portable one on random data: the integer parts are exact
@@ -872,6 +930,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_random_activations_close_to_float),
         cmocka_unit_test(test_matmul_zero_activations_give_zero),
         cmocka_unit_test(test_matmul_batched_equals_single_calls_exactly),
+        cmocka_unit_test(test_matmul_prefetch_same_results),
         cmocka_unit_test(test_simd_matches_portable),
         cmocka_unit_test(test_packed_rows_keep_values_and_portable_results),
         cmocka_unit_test(test_packed_rejects_other_types_and_shapes),

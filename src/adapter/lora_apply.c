@@ -5,14 +5,25 @@
  *   y[r] += (s · factor) · (x[r]·Aᵀ)·Bᵀ
  * Rows are grouped by adapter (a stable sort of row indices by adapter pointer), so each
  * group reads its A and B once per projection however many rows it has (the Punica /
- * S-LoRA shrink-expand scheme, here on the CPU). Two parallel phases over the context's
- * thread pool: "shrink" t = s·(x·Aᵀ) with work items (group, rank row), then "expand"
- * y += t·Bᵀ with items (group, output row); each phase splits the flat item range evenly
- * across threads, and every item writes only its own cells, so no locks are needed.
- * Small products run on the calling thread (waking the pool costs microseconds).
+ * S-LoRA shrink-expand scheme, here on the CPU). A group's work is a "shrink"
+ * t = s·(x·Aᵀ), then an "expand" y += t·Bᵀ. How it is spread over the context's threads
+ * depends on the batch:
+ * - many groups, none of them a large share of the work (many tenants' adapters, one or
+ *   a few rows each): each thread runs whole groups, shrink then expand, with no barrier
+ *   between the two; the groups are split by cost (bytes read plus rows' arithmetic);
+ * - otherwise (one adapter shared by most rows): two phases, shrink with work items
+ *   (group, rank row), then expand with items (group, output row), each phase's flat
+ *   item range split evenly across threads.
+ * Every item writes only its own cells, so no locks are needed. Small products run on
+ * the calling thread (waking the pool costs microseconds).
+ *
+ * With many different adapters the hook is bound by memory (each adapter's bytes are
+ * read once per step for one row's arithmetic) while the base product before it is bound
+ * by arithmetic, so the runner also tells the model which bytes the hook is going to
+ * read (prefetch) and the base product prefetches them while it computes.
  *
  * A row's result does not depend on which other rows share the batch: each dot product
- * runs over the same elements in the same order whatever the grouping.
+ * runs over the same elements in the same order whatever the grouping or the split.
  *
  * Threads: a runner belongs to one context and runs on the thread that calls mc_forward.
  * It holds no references; the caller keeps each row's adapter alive during the call. */
@@ -30,7 +41,8 @@ struct group {
     int32_t first;   /* into runner.idx */
     int32_t n;       /* rows in the group */
     size_t t_off;    /* into runner.t: (n, rank) */
-    int64_t item0;   /* first item of this group in the current phase */
+    int64_t item0;   /* first item (or first unit of cost) of this group */
+    int64_t cost;    /* bytes and arithmetic, for splitting whole groups */
     enum mc_type wt; /* the adapter's storage type */
 };
 
@@ -86,6 +98,9 @@ static float dot(const float *a, const float *b, int64_t n) {
 static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_batch_row *rows,
                 int32_t n_rows, const float *x, int64_t n_in, float *y, int64_t n_out,
                 struct mc_err *err);
+static int32_t prefetch(void *user, int32_t layer, enum mc_proj proj,
+                        const struct mc_batch_row *rows, int32_t n_rows, struct mc_span *spans,
+                        int32_t cap);
 
 int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struct mc_err *err) {
     *out = NULL;
@@ -103,10 +118,14 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
         mc_lora_runner_free(r);
         return mc_err_set(err, MC_ENOMEM, "lora runner buffers for %zu rows: allocation failed", n);
     }
-    bool avx2 = mc_simd_get() >= MC_SIMD_AVX2;
-    r->dot = avx2 ? lora_dot_avx2 : lora_dot_portable;
-    r->expand_fn = avx2 ? lora_expand_avx2 : lora_expand_portable;
-    mc_ctx_set_proj_hook(ctx, hook, r);
+    enum mc_simd simd = mc_simd_get();
+    r->dot = simd >= MC_SIMD_AVX512 ? lora_dot_avx512
+             : simd >= MC_SIMD_AVX2 ? lora_dot_avx2
+                                    : lora_dot_portable;
+    r->expand_fn = simd >= MC_SIMD_AVX512 ? lora_expand_avx512
+                   : simd >= MC_SIMD_AVX2 ? lora_expand_avx2
+                                          : lora_expand_portable;
+    mc_ctx_set_proj_hook(ctx, hook, prefetch, r);
     *out = r;
     return MC_OK;
 }
@@ -114,7 +133,7 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
 void mc_lora_runner_free(struct mc_lora_runner *r) {
     if (!r)
         return;
-    mc_ctx_set_proj_hook(r->ctx, NULL, NULL);
+    mc_ctx_set_proj_hook(r->ctx, NULL, NULL, NULL);
     mc_free(r->idx);
     mc_free(r->scale);
     mc_free(r->groups);
@@ -285,6 +304,21 @@ static void phase_part(void *arg, int ith, int nth) {
     }
 }
 
+/* Runs whole groups, shrink then expand, for the groups whose cost midpoints fall in
+ * this thread's share of the total cost. */
+static void groups_part(void *arg, int ith, int nth) {
+    struct mc_lora_runner *r = arg;
+    int64_t lo = r->n_items * ith / nth, hi = r->n_items * (ith + 1) / nth;
+    for (int32_t g = 0; g < r->n_groups; g++) {
+        const struct group *gr = &r->groups[g];
+        int64_t mid = gr->item0 + gr->cost / 2;
+        if (mid < lo || mid >= hi)
+            continue;
+        shrink_range(r, gr, 0, gr->p->rank);
+        expand_range(r, gr, 0, gr->p->n_out);
+    }
+}
+
 static void run_phase(struct mc_lora_runner *r, bool expand, int64_t macs) {
     r->expand = expand;
     r->n_items = 0;
@@ -319,7 +353,46 @@ static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_ba
     r->y = y;
     r->n_in = n_in;
     r->n_out = n_out;
+    /* An element of A or B costs about as much to fetch as one row's multiply-add on it
+     * (memory-bound with one row, compute-bound with many). Whole groups are split only
+     * when no group is more than half a thread's share, which keeps threads within about
+     * a group of each other. */
+    int64_t total = 0, most = 0;
+    for (int32_t g = 0; g < r->n_groups; g++) {
+        struct group *gr = &r->groups[g];
+        gr->cost = (int64_t)gr->p->rank * (n_in + n_out) * (1 + gr->n);
+        gr->item0 = total;
+        total += gr->cost;
+        if (gr->cost > most)
+            most = gr->cost;
+    }
+    int nth = r->pool ? mc_pool_n_threads(r->pool) : 1;
+    if (r->pool && macs_in + macs_out >= POOL_MIN_MACS && most * 2 * nth <= total) {
+        r->n_items = total;
+        mc_pool_run(r->pool, groups_part, r);
+        return MC_OK;
+    }
     run_phase(r, false, macs_in);
     run_phase(r, true, macs_out);
     return MC_OK;
+}
+
+/* The A and Bᵀ of every group the hook is about to run, for the base product to
+ * prefetch. A batch make_groups refuses prefetches nothing: the hook reports the error. */
+static int32_t prefetch(void *user, int32_t layer, enum mc_proj proj,
+                        const struct mc_batch_row *rows, int32_t n_rows, struct mc_span *spans,
+                        int32_t cap) {
+    struct mc_lora_runner *r = user;
+    struct mc_err err = {0};
+    r->rows = rows;
+    if (make_groups(r, layer, proj, n_rows, &err) != MC_OK)
+        return 0;
+    int32_t n = 0;
+    for (int32_t g = 0; g < r->n_groups && n + 2 <= cap; g++) {
+        const struct lora_pair *p = r->groups[g].p;
+        enum mc_type t = r->groups[g].wt;
+        spans[n++] = (struct mc_span){p->a, lora_offset(t, (size_t)p->rank * (size_t)p->n_in)};
+        spans[n++] = (struct mc_span){p->bt, lora_offset(t, (size_t)p->rank * (size_t)p->n_out)};
+    }
+    return n;
 }

@@ -65,6 +65,9 @@ void lora_expand_portable(float *y, const float *t, const void *bt, enum mc_type
 float lora_dot_avx2(const float *x, const void *w, enum mc_type t, int64_t n);
 void lora_expand_avx2(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
                       int64_t n_out, int64_t j0, int64_t j1);
+float lora_dot_avx512(const float *x, const void *w, enum mc_type t, int64_t n);
+void lora_expand_avx512(float *y, const float *t, const void *bt, enum mc_type wt, int32_t rank,
+                        int64_t n_out, int64_t j0, int64_t j1);
 
 /* Quantizes n values (a multiple of 32) of w, F32 or F16 (t), to Q8_0 blocks at dst,
  * giving the bytes mc_quantize_row(MC_TYPE_Q8_0) gives for the same values as F32. */

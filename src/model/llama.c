@@ -124,6 +124,8 @@ struct mc_ctx {
     int layer;
     /* Projection hook for per-row adapters (see mc_ctx_set_proj_hook). */
     mc_proj_hook_fn hook;
+    mc_proj_prefetch_fn prefetch; /* may be NULL */
+    struct mc_span *spans;        /* (2 * max_rows) what prefetch lists */
     void *hook_user;
     bool any_adapter; /* some row of the current batch has an adapter */
 };
@@ -691,8 +693,9 @@ int mc_ctx_create(const struct mc_model *m, int32_t max_rows, int n_threads, str
     c->twork = mc_malloc((size_t)nt * (c->twork_bytes ? c->twork_bytes : 64));
     c->trc = mc_calloc((size_t)nt, sizeof(int));
     c->work = mc_malloc(c->work_bytes ? c->work_bytes : 1);
+    c->spans = mc_malloc(2 * r * sizeof(*c->spans));
     if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up ||
-        !c->rope || !c->work) {
+        !c->rope || !c->work || !c->twork || !c->trc || !c->spans) {
         mc_ctx_free(c);
         return mc_err_set(err, MC_ENOMEM, "context buffers for %d rows: allocation failed",
                           max_rows);
@@ -712,6 +715,7 @@ void mc_ctx_free(struct mc_ctx *c) {
     mc_free(c->work);
     mc_free(c->twork);
     mc_free(c->trc);
+    mc_free(c->spans);
     mc_free(c);
 }
 
@@ -772,14 +776,22 @@ static int proj(struct mc_ctx *c, const struct weight *w, const float *x, float 
  * adapter, the hook adds the per-row low-rank terms. */
 static int layer_proj(struct mc_ctx *c, enum mc_proj which, const struct weight *w, const float *x,
                       float *y, int32_t n, struct mc_err *err) {
-    int rc = proj(c, w, x, y, n, err);
-    if (rc != MC_OK || !c->any_adapter)
+    if (!c->any_adapter)
+        return proj(c, w, x, y, n, err);
+    int32_t n_spans = 0;
+    if (c->prefetch)
+        n_spans = c->prefetch(c->hook_user, c->layer, which, c->rows, n, c->spans, 2 * c->max_rows);
+    int rc = mc_matmul_prefetch(w->packed, w->type, w->data, w->rows, w->cols, x, n, y, c->work,
+                                c->pool, c->spans, n_spans, err);
+    if (rc != MC_OK)
         return rc;
     return c->hook(c->hook_user, c->layer, which, c->rows, n, x, w->cols, y, w->rows, err);
 }
 
-void mc_ctx_set_proj_hook(struct mc_ctx *c, mc_proj_hook_fn fn, void *user) {
+void mc_ctx_set_proj_hook(struct mc_ctx *c, mc_proj_hook_fn fn, mc_proj_prefetch_fn prefetch,
+                          void *user) {
     c->hook = fn;
+    c->prefetch = fn ? prefetch : NULL;
     c->hook_user = fn ? user : NULL;
 }
 

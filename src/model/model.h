@@ -10,6 +10,7 @@
 #include "base/err.h"
 #include "base/pool.h"
 #include "model/gguf.h"
+#include "model/quant.h"
 #include "model/tokenizer.h"
 
 #include <stdbool.h>
@@ -124,10 +125,21 @@ typedef int (*mc_proj_hook_fn)(void *user, int32_t layer, enum mc_proj proj,
                                const struct mc_batch_row *rows, int32_t n_rows, const float *x,
                                int64_t n_in, float *y, int64_t n_out, struct mc_err *err);
 
-/* Installs (or with fn NULL removes) the projection hook of ctx; user is passed back to
- * fn. A batch whose rows carry an adapter while no hook is installed fails with
- * MC_EINVAL. The model itself knows nothing of adapters. */
-void mc_ctx_set_proj_hook(struct mc_ctx *ctx, mc_proj_hook_fn fn, void *user);
+/* Optional companion of the hook, called before the base product of the same projection:
+ * writes into spans (at most cap, which is 2 × max_rows) the memory the hook is going to
+ * read and returns how many it wrote (0: nothing). The base product prefetches them while
+ * it computes (mc_matmul_prefetch): at batch sizes where the product is bound by
+ * arithmetic and the hook, with many different adapters, by memory, the two overlap. The
+ * spans are only a hint; the hook must not rely on them. */
+typedef int32_t (*mc_proj_prefetch_fn)(void *user, int32_t layer, enum mc_proj proj,
+                                       const struct mc_batch_row *rows, int32_t n_rows,
+                                       struct mc_span *spans, int32_t cap);
+
+/* Installs (or with fn NULL removes) the projection hook of ctx and its optional
+ * prefetch; user is passed back to both. A batch whose rows carry an adapter while no
+ * hook is installed fails with MC_EINVAL. The model itself knows nothing of adapters. */
+void mc_ctx_set_proj_hook(struct mc_ctx *ctx, mc_proj_hook_fn fn, mc_proj_prefetch_fn prefetch,
+                          void *user);
 
 /* Runs the batch: appends each row's key and value to its cache and advances every
  * sequence by its rows. logits (may be NULL) receives n_vocab floats for each row with

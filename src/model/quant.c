@@ -976,9 +976,13 @@ static void gemm_with(dot_fn dot, int64_t cols, const void *w, size_t w_row, int
                 dot(cols, (const uint8_t *)w + r * w_row, (const uint8_t *)a + t * a_row);
 }
 
+/* The portable kernels ignore prefetch requests: they run where the SIMD ones cannot,
+ * and are not what a batch of adapters is tuned for. */
 #define PORTABLE_GEMM(name)                                                                        \
     static void gemm_##name(int64_t cols, const void *w, size_t w_row, int64_t n_rows,             \
-                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy) {   \
+                            const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy,     \
+                            struct quant_prefetch *pf) {                                           \
+        (void)pf;                                                                                  \
         gemm_with(dot_##name, cols, w, w_row, n_rows, a, a_row, n_tok, y, ldy);                    \
     }
 PORTABLE_GEMM(f32)
@@ -1123,6 +1127,8 @@ struct mm_job {
     uint8_t *a_out;
     size_t a_row;
     float *y; /* (n_tok, rows) */
+    const struct mc_span *spans; /* to prefetch while computing (mc_matmul_prefetch) */
+    int32_t n_spans;
 };
 
 /* Rows are split in multiples of 16 so each thread's share starts on a tile boundary
@@ -1140,19 +1146,52 @@ static void mm_convert_part(void *ctx, int i, int n) {
         j->convert(j->x + t * j->cols, j->a_out + (size_t)t * j->a_row, j->cols);
 }
 
+/* Points pf at the start of its current span. */
+static void prefetch_enter(struct quant_prefetch *pf) {
+    pf->p = pf->span->p;
+    pf->stop = pf->span->n ? pf->p + pf->span->n : pf->p;
+}
+
+void quant_prefetch_lines(struct quant_prefetch *pf, int64_t n) {
+    for (; n > 0; n--) {
+        while (pf->p >= pf->stop) {
+            if (++pf->span == pf->end) {
+                pf->per_tile = 0; /* the share is done */
+                return;
+            }
+            prefetch_enter(pf);
+        }
+        __builtin_prefetch(pf->p, 0, QUANT_PREFETCH_LOCALITY);
+        pf->p += QUANT_LINE;
+    }
+}
+
 static void mm_gemm_part(void *ctx, int i, int n) {
     const struct mm_job *j = ctx;
     int64_t r0, r1;
     mm_rows(j, i, n, &r0, &r1);
-    if (r1 > r0)
-        j->gemm(j->cols, j->w + (size_t)r0 * j->w_row, j->w_row, r1 - r0, j->a, j->a_row, j->n_tok,
-                j->y + r0, j->rows);
+    if (r1 <= r0)
+        return;
+    /* Thread i prefetches spans [s0, s1): whole spans, the hook's work items being
+     * similar in size. */
+    struct quant_prefetch pf = {0}, *use = NULL;
+    int32_t s0 = j->n_spans * i / n, s1 = j->n_spans * (i + 1) / n;
+    if (s1 > s0) {
+        pf.span = j->spans + s0;
+        pf.end = j->spans + s1;
+        prefetch_enter(&pf);
+        for (int32_t s = s0; s < s1; s++)
+            pf.lines += (int64_t)((j->spans[s].n + QUANT_LINE - 1) / QUANT_LINE);
+        use = &pf;
+    }
+    j->gemm(j->cols, j->w + (size_t)r0 * j->w_row, j->w_row, r1 - r0, j->a, j->a_row, j->n_tok,
+            j->y + r0, j->rows, use);
 }
 
 /* mc_matmul with the kernels of kind (a GGUF kind of t, or its packed kind). */
 static int matmul_kind(int kind, enum mc_type t, const void *w, int64_t rows, int64_t cols,
                        const float *x, int64_t n_tok, float *y, void *work, struct mc_pool *pool,
-                       struct mc_err *err) {
+                       const struct mc_span *spans, int32_t n_spans, struct mc_err *err) {
     if (kind < 0)
         return mc_err_set(err, MC_ENOTSUP, "matmul: weight type %s (%d) is not supported",
                           mc_type_name(t), (int)t);
@@ -1178,6 +1217,8 @@ static int matmul_kind(int kind, enum mc_type t, const void *w, int64_t rows, in
         .a_out = (uint8_t *)(((uintptr_t)work + ACT_ALIGN - 1) & ~(uintptr_t)(ACT_ALIGN - 1)),
         .a_row = act_row_size(t, cols),
         .y = y,
+        .spans = spans,
+        .n_spans = n_spans,
     };
 
     /* F32 weights read x in place; every other type converts it once for all threads. */
@@ -1197,17 +1238,26 @@ static int matmul_kind(int kind, enum mc_type t, const void *w, int64_t rows, in
 
 int mc_matmul(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
               int64_t n_tok, float *y, void *work, struct mc_pool *pool, struct mc_err *err) {
-    return matmul_kind(kind_of(t), t, w, rows, cols, x, n_tok, y, work, pool, err);
+    return matmul_kind(kind_of(t), t, w, rows, cols, x, n_tok, y, work, pool, NULL, 0, err);
 }
 
 int mc_matmul_packed(enum mc_type t, const void *w, int64_t rows, int64_t cols, const float *x,
                      int64_t n_tok, float *y, void *work, struct mc_pool *pool,
                      struct mc_err *err) {
-    int rc = pack_check("matmul", t, cols, err);
-    if (rc != MC_OK)
-        return rc;
-    int kind = t == MC_TYPE_Q8_0 ? QKIND_Q8_0_PACKED : QKIND_Q4_0_PACKED;
-    return matmul_kind(kind, t, w, rows, cols, x, n_tok, y, work, pool, err);
+    return mc_matmul_prefetch(true, t, w, rows, cols, x, n_tok, y, work, pool, NULL, 0, err);
+}
+
+int mc_matmul_prefetch(bool packed, enum mc_type t, const void *w, int64_t rows, int64_t cols,
+                       const float *x, int64_t n_tok, float *y, void *work, struct mc_pool *pool,
+                       const struct mc_span *spans, int32_t n_spans, struct mc_err *err) {
+    int kind = kind_of(t);
+    if (packed) {
+        int rc = pack_check("matmul", t, cols, err);
+        if (rc != MC_OK)
+            return rc;
+        kind = t == MC_TYPE_Q8_0 ? QKIND_Q8_0_PACKED : QKIND_Q4_0_PACKED;
+    }
+    return matmul_kind(kind, t, w, rows, cols, x, n_tok, y, work, pool, spans, n_spans, err);
 }
 
 /* ---- Element kernels ---------------------------------------------------------------- */

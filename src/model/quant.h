@@ -81,6 +81,20 @@ int mc_matmul_packed(enum mc_type t, const void *w, int64_t rows, int64_t cols, 
                      int64_t n_tok, float *y, void *work, struct mc_pool *pool,
                      struct mc_err *err);
 
+/* Bytes that a caller will read right after a product. */
+struct mc_span {
+    const void *p;
+    size_t n;
+};
+/* As mc_matmul (packed false) or mc_matmul_packed, and while the threads compute, each
+ * prefetches a share of the n_spans spans (whole spans, a few cache lines after each
+ * tile). A product of a batch of rows is bound by arithmetic, so memory that the caller
+ * would otherwise wait for right after it (the LoRA adapters of a batch) arrives mostly
+ * in its shadow. The results are those of the call without spans. */
+int mc_matmul_prefetch(bool packed, enum mc_type t, const void *w, int64_t rows, int64_t cols,
+                       const float *x, int64_t n_tok, float *y, void *work, struct mc_pool *pool,
+                       const struct mc_span *spans, int32_t n_spans, struct mc_err *err);
+
 /* Element kernels used by the forward pass (portable; small next to the matmuls). */
 void mc_rmsnorm(float *out, const float *x, const float *weight, int64_t n, float eps);
 void mc_softmax(float *x, int64_t n);
