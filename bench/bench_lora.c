@@ -33,7 +33,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_bw.h"
+
 enum { BATCH = 32, MAX_ADAPTERS = 32, N_REGISTERED = 1000, RESIDENT = 64, REQ_TOKENS = 16 };
+enum { BW_BYTES = 128 << 20 }; /* read by the bandwidth probe: four times the 32 MiB L3 */
 
 struct bench {
     struct mc_model *m;
@@ -149,13 +152,21 @@ static void bench_batching(struct bench *b, const struct blobs *bl) {
         if (open_blob(b, bl->buf[i % N_FILES], bl->len[i % N_FILES], "bench", &pool[i], &err) !=
             MC_OK)
             die("open", &err);
-    const int distinct[4] = {0, 1, 8, 32};
-    double best[4] = {1e30, 1e30, 1e30, 1e30}, best_cpu[4] = {1e30, 1e30, 1e30, 1e30};
+    /* The last configuration is the 32 distinct adapters again, with the runner's prefetch
+     * turned off: what the base product's prefetching is worth, in the same run. */
+    enum { N_CONF = 5 };
+    const int distinct[N_CONF] = {0, 1, 8, 32, 32};
+    const char *names[N_CONF] = {"base only", "1 adapter", "8 distinct adapters",
+                                 "32 distinct adapters", "32 distinct, no prefetch"};
+    double best[N_CONF], best_cpu[N_CONF];
+    for (int c = 0; c < N_CONF; c++)
+        best[c] = best_cpu[c] = 1e30;
     struct mc_lora *ad[BATCH];
     for (int r = 0; r < b->rounds; r++) {
-        for (int c = 0; c < 4; c++) {
+        for (int c = 0; c < N_CONF; c++) {
             for (int i = 0; i < BATCH; i++)
                 ad[i] = distinct[c] ? pool[i % distinct[c]] : NULL;
+            mc_lora_runner_set_prefetch(b->run, c != N_CONF - 1);
             step(b, ad); /* warm: pages, caches */
             double t0 = now_s(), c0 = cpu_s();
             for (int s = 0; s < b->steps; s++)
@@ -164,21 +175,32 @@ static void bench_batching(struct bench *b, const struct blobs *bl) {
             best_cpu[c] = fmin(best_cpu[c], cpu_s() - c0);
         }
     }
+    mc_lora_runner_set_prefetch(b->run, true);
     printf("decode, batch %d, %d threads, rank-%d adapters (%s file, %s resident) on "
            "q,k,v,o,gate,up,down (best of %d rounds of %d steps)\n",
            BATCH, b->threads, b->rank, mc_type_name(b->type), mc_type_name(b->resident), b->rounds,
            b->steps);
     double base_tps = BATCH * b->steps / best[0];
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < N_CONF; c++) {
         double tps = BATCH * b->steps / best[c];
-        printf("  %-22s %8.1f tok/s  %7.1f ms/step  ratio %.3f   cpu %7.1f ms/step  ratio %.3f\n",
-               c == 0   ? "base only"
-               : c == 1 ? "1 adapter"
-               : c == 2 ? "8 distinct adapters"
-                        : "32 distinct adapters",
-               tps, best[c] * 1e3 / b->steps, tps / base_tps, best_cpu[c] * 1e3 / b->steps,
-               best_cpu[0] / best_cpu[c]);
+        printf("  %-26s %8.1f tok/s  %7.1f ms/step  ratio %.3f   cpu %7.1f ms/step  ratio %.3f\n",
+               names[c], tps, best[c] * 1e3 / b->steps, tps / base_tps,
+               best_cpu[c] * 1e3 / b->steps, best_cpu[0] / best_cpu[c]);
     }
+    /* The bound: 32 distinct adapters cost at least the time to read their bytes once per
+     * step at the machine's read bandwidth, measured now with the same threads. */
+    double bytes = 0;
+    for (int i = 0; i < MAX_ADAPTERS; i++)
+        bytes += (double)mc_lora_info(pool[i])->resident_bytes;
+    double gbs = bench_read_gbs(mc_ctx_pool(b->ctx), BW_BYTES);
+    double base_step = best[0] / b->steps, step32 = best[3] / b->steps;
+    double floor_s = bytes / (gbs * 1e9);
+    printf("  32 distinct adapters read %.1f MB per step; read bandwidth %.1f GB/s: %.2f ms to "
+           "read them\n"
+           "  bound ratio %.3f (base only plus that time); measured %.3f: %.2f ms more than base "
+           "only, %.2f x the time to read them\n",
+           bytes / 1e6, gbs, floor_s * 1e3, base_step / (base_step + floor_s), base_step / step32,
+           (step32 - base_step) * 1e3, (step32 - base_step) / floor_s);
     for (int i = 0; i < MAX_ADAPTERS; i++)
         mc_lora_release(pool[i]);
 }

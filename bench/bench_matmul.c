@@ -13,6 +13,8 @@
 #include "base/pool.h"
 #include "model/quant.h"
 
+#include "bench_bw.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,56 +33,6 @@ static double clock_s(clockid_t id) {
 
 static double now_s(void) {
     return clock_s(CLOCK_MONOTONIC);
-}
-
-/* ---- Memory bandwidth --------------------------------------------------------------- */
-
-struct bw_job {
-    const uint64_t *buf;
-    size_t n;
-    uint64_t sums[256];
-};
-
-/* Eight independent sums so the loop is limited by loads, not by add latency; built
- * for AVX2 (32-byte loads) when the CPU has it, since narrower loads cannot saturate
- * the memory system from two cores. */
-#define BW_LOOP(NAME, ATTR)                                                                        \
-    ATTR static uint64_t NAME(const uint64_t *buf, size_t lo, size_t hi) {                         \
-        uint64_t s[8] = {0};                                                                       \
-        for (size_t k = lo; k < hi; k += 8)                                                        \
-            for (int l = 0; l < 8; l++)                                                            \
-                s[l] += buf[k + l];                                                                \
-        return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];                              \
-    }
-BW_LOOP(sum_plain, )
-BW_LOOP(sum_avx2, __attribute__((target("avx2"), optimize("tree-vectorize"))))
-
-static void bw_read_part(void *ctx, int i, int n) {
-    struct bw_job *j = ctx;
-    size_t lo = j->n * (size_t)i / (size_t)n / 8 * 8;
-    size_t hi = j->n * (size_t)(i + 1) / (size_t)n / 8 * 8;
-    j->sums[i & 255] =
-        __builtin_cpu_supports("avx2") ? sum_avx2(j->buf, lo, hi) : sum_plain(j->buf, lo, hi);
-}
-
-/* Best of seven read passes over SWEEP_BYTES, split across the pool. */
-static double measure_read_gbs(struct mc_pool *pool) {
-    struct bw_job job = {.n = SWEEP_BYTES / 8};
-    uint64_t *buf = malloc(SWEEP_BYTES);
-    if (!buf)
-        return 0;
-    for (size_t k = 0; k < job.n; k++)
-        buf[k] = k;
-    job.buf = buf;
-    double best = 1e9;
-    for (int rep = 0; rep < 7; rep++) {
-        double t0 = now_s();
-        mc_pool_run(pool, bw_read_part, &job);
-        double dt = now_s() - t0;
-        best = dt < best ? dt : best;
-    }
-    free(buf);
-    return SWEEP_BYTES / best / 1e9;
 }
 
 /* ---- Matrices ----------------------------------------------------------------------- */
@@ -274,12 +226,12 @@ int main(int argc, char **argv) {
     /* Bandwidth before and after the sweeps; the better one is the reference. */
     enum { N_TYPES = sizeof(TYPES) / sizeof(TYPES[0]) };
     double gbs[N_TYPES][2][2];
-    double bw0 = measure_read_gbs(pool);
+    double bw0 = bench_read_gbs(pool, SWEEP_BYTES);
     for (size_t k = 0; k < N_TYPES; k++) {
         r.packed = PACKED[k];
         bench_memory(TYPES[k], &r, gbs[k]);
     }
-    double bw1 = measure_read_gbs(pool);
+    double bw1 = bench_read_gbs(pool, SWEEP_BYTES);
     double bw = bw0 > bw1 ? bw0 : bw1;
     printf("threads %d, kernels %s, read bandwidth %.1f GB/s (%.1f before, %.1f after)\n\n",
            n_threads, SIMD_NAMES[simd], bw, bw0, bw1);

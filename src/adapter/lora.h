@@ -146,6 +146,9 @@ struct mc_lora_runner;
 int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struct mc_err *err);
 /* Removes the hook from its context and frees the runner; accepts NULL. */
 void mc_lora_runner_free(struct mc_lora_runner *r);
+/* Whether the base product prefetches the adapters the hook is about to read (on by
+ * default; see docs/lora.md). Off only to measure what the prefetch is worth. */
+void mc_lora_runner_set_prefetch(struct mc_lora_runner *r, bool on);
 
 /* ---- Residency cache ------------------------------------------------------------- */
 

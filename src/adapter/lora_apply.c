@@ -130,6 +130,10 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
     return MC_OK;
 }
 
+void mc_lora_runner_set_prefetch(struct mc_lora_runner *r, bool on) {
+    mc_ctx_set_proj_hook(r->ctx, hook, on ? prefetch : NULL, r);
+}
+
 void mc_lora_runner_free(struct mc_lora_runner *r) {
     if (!r)
         return;

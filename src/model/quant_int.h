@@ -121,14 +121,16 @@ enum quant_kind {
     QKIND_COUNT
 };
 
+struct quant_prefetch;
+
 /* Converts one activation row of cols floats into the weight type's vec_dot type. */
 typedef void (*quant_convert_fn)(const float *x, void *dst, int64_t cols);
 
 /* y[t * ldy + r] = dot(row r of w, row t of a) for r < n_rows and t < n_tok, w rows
  * being w_row bytes apart and activation rows a_row bytes apart. Every (r, t) result
  * must be computed by the same sequence of operations whatever n_rows and n_tok are, so
- * that a batched call equals separate calls bit for bit. */
-struct quant_prefetch;
+ * that a batched call equals separate calls bit for bit. pf (may be NULL) is memory to
+ * prefetch while the tiles run (struct quant_prefetch); it never changes the results. */
 typedef void (*quant_gemm_fn)(int64_t cols, const void *w, size_t w_row, int64_t n_rows,
                               const void *a, size_t a_row, int64_t n_tok, float *y, int64_t ldy,
                               struct quant_prefetch *pf);
