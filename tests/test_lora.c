@@ -730,7 +730,8 @@ static void test_kernels_agree(void **state) {
     for (int k = 0; k < 3; k++) {
         enum mc_type t = types[k];
         const int64_t n = t == MC_TYPE_Q8_0 ? 224 : 217;
-        float *x = kernel_rows(MC_TYPE_F32, 1, n, &seed), *tk = kernel_rows(MC_TYPE_F32, 1, RANK, &seed);
+        float *x = kernel_rows(MC_TYPE_F32, 1, n, &seed),
+              *tk = kernel_rows(MC_TYPE_F32, 1, RANK, &seed);
         uint8_t *w = kernel_rows(t, RANK, n, &seed);
         float d2 = lora_dot_avx2(x, w, t, n), dp = lora_dot_portable(x, w, t, n);
         assert_float_near(d2, dp, 1e-4);

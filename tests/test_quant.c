@@ -565,8 +565,8 @@ static void test_matmul_prefetch_same_results(void **state) {
     enum { ROWS = 53, COLS = 480, NTOK = 11 };
     static float x[NTOK * COLS], want[NTOK * ROWS], got[NTOK * ROWS];
     static uint8_t bytes[3][20000];
-    const struct mc_span spans[] = {{bytes[0], 1},     {NULL, 0},         {bytes[1], 20000},
-                                    {bytes[2], 4097},  {bytes[0] + 64, 0}, {bytes[2] + 5, 900}};
+    const struct mc_span spans[] = {{bytes[0], 1},    {NULL, 0},          {bytes[1], 20000},
+                                    {bytes[2], 4097}, {bytes[0] + 64, 0}, {bytes[2] + 5, 900}};
     struct mc_pool *pool = NULL;
     assert_int_equal(mc_pool_create(2, &pool, NULL), MC_OK);
     const enum mc_type types[] = {MC_TYPE_Q4_0, MC_TYPE_Q8_0, MC_TYPE_F16, MC_TYPE_F32};
@@ -606,9 +606,9 @@ static void test_matmul_prefetch_same_results(void **state) {
             }
             /* The packed entry point still checks its shape. */
             if (packed)
-                assert_int_equal(mc_matmul_prefetch(true, t, w, ROWS, 31, x, 1, got, work, pool,
-                                                    spans, 6, &err),
-                                 MC_EINVAL);
+                assert_int_equal(
+                    mc_matmul_prefetch(true, t, w, ROWS, 31, x, 1, got, work, pool, spans, 6, &err),
+                    MC_EINVAL);
             free(work);
             free(w);
         }

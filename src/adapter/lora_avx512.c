@@ -62,8 +62,7 @@ float lora_dot_avx512(const float *x, const void *w, enum mc_type t, int64_t n) 
  * in the order k with the scale product t[k] · d of lora_avx2.c's kernels, and is
  * stored once. */
 static inline __attribute__((always_inline)) void axpy_rows_q8(int R, float *y, const float *t,
-                                                                const uint8_t *const *w,
-                                                                int64_t n) {
+                                                               const uint8_t *const *w, int64_t n) {
     for (int64_t i = 0, off = 0; i < n; i += LORA_Q8_BLOCK, off += LORA_Q8_BYTES) {
         __m512 acc0 = _mm512_loadu_ps(y + i), acc1 = _mm512_loadu_ps(y + i + 16), v[2];
         for (int k = 0; k < R; k++) {

@@ -1126,7 +1126,7 @@ struct mm_job {
     const uint8_t *a; /* (n_tok, a_row bytes): x in the vec_dot type */
     uint8_t *a_out;
     size_t a_row;
-    float *y; /* (n_tok, rows) */
+    float *y;                    /* (n_tok, rows) */
     const struct mc_span *spans; /* to prefetch while computing (mc_matmul_prefetch) */
     int32_t n_spans;
 };
