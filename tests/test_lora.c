@@ -983,6 +983,10 @@ static void test_peft_config_errors(void **state) {
     expect_peft_error("{\"r\": 4}", MC_EFORMAT, "\"lora_alpha\" is missing");
     expect_peft_error("{\"r\": 4, \"lora_alpha\": \"8\"}", MC_EFORMAT, "positive number");
     expect_peft_error("{\"r\": 0, \"lora_alpha\": 8}", MC_EFORMAT, "\"r\" must be an integer");
+    expect_peft_error("{\"lora_alpha\": 8}", MC_EFORMAT, "\"r\" (the rank) is missing");
+    /* Above float's range alpha / r would be infinite: refused, not a 500 or NaN output. */
+    expect_peft_error("{\"r\": 4, \"lora_alpha\": 1e39}", MC_EFORMAT, "positive number up to 65536");
+    expect_peft_error("{\"r\": 4, \"lora_alpha\": 65537}", MC_EFORMAT, "up to 65536");
     expect_peft_error("{\"r\": 8, \"lora_alpha\": 8}", MC_EFORMAT,
                       "q_proj.lora_A.weight has shape [4, 64]: rank 4, but the config says r = 8");
     expect_peft_error("{\"r\": 4, \"lora_alpha\": 8, \"use_dora\": true}", MC_ENOTSUP, "use_dora");
@@ -1043,6 +1047,27 @@ static void fix_width(const char *name, int64_t *ne, const void **data, bool *sk
         ne[1] = 64; /* v maps to 32 in the model */
 }
 
+/* A NaN in one B, an infinity in one A (the reference adapter is F32). */
+static void fix_nan(const char *name, int64_t *ne, const void **data, bool *skip) {
+    (void)skip;
+    static float copy[64 * 64];
+    if (strcmp(name, "blk.1.attn_q.weight.lora_b") != 0)
+        return;
+    memcpy(copy, *data, (size_t)(ne[0] * ne[1]) * sizeof(float));
+    copy[ne[0] * ne[1] - 1] = NAN;
+    *data = copy;
+}
+
+static void fix_inf(const char *name, int64_t *ne, const void **data, bool *skip) {
+    (void)skip;
+    static float copy[64 * 64];
+    if (strcmp(name, "blk.4.attn_v.weight.lora_a") != 0)
+        return;
+    memcpy(copy, *data, (size_t)(ne[0] * ne[1]) * sizeof(float));
+    copy[3] = INFINITY;
+    *data = copy;
+}
+
 static void test_gguf_errors(void **state) {
     (void)state;
     struct mc_err err = {0};
@@ -1051,6 +1076,10 @@ static void test_gguf_errors(void **state) {
     assert_non_null(strstr(err.msg, "blk.2.attn_v.weight: lora_a has rank 4 but lora_b 8"));
     assert_int_equal(open_modified(fix_missing, &base, &l, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "blk.3.attn_q.weight.lora_a is missing"));
+    assert_int_equal(open_modified(fix_nan, &base, &l, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "blk.1.attn_q.weight.lora_b: a value is NaN or infinite"));
+    assert_int_equal(open_modified(fix_inf, &base, &l, &err), MC_EFORMAT);
+    assert_non_null(strstr(err.msg, "blk.4.attn_v.weight.lora_a: a value is NaN or infinite"));
     assert_int_equal(open_modified(fix_width, &base, &l, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "blk.1.attn_v.weight: adapter maps 64 -> 64 but the model's "
                                     "matrix is 64 -> 32"));

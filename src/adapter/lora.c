@@ -244,6 +244,23 @@ static int load_bt(const struct lora_src *s, enum mc_type wt, void *dst, float *
     return MC_OK;
 }
 
+/* Whether the n values at w (F32 or F16) are all finite. One pass that the compiler
+ * vectorizes; an adapter with a NaN or an infinity would turn every output it touches
+ * into NaN, and a sampler fed NaN logits returns token 0. */
+static bool all_finite(const void *w, enum mc_type t, size_t n) {
+    unsigned bad = 0;
+    if (t == MC_TYPE_F16) {
+        const uint16_t *h = w;
+        for (size_t i = 0; i < n; i++)
+            bad |= (h[i] & 0x7c00u) == 0x7c00u;
+    } else {
+        const uint32_t *f = w;
+        for (size_t i = 0; i < n; i++)
+            bad |= (f[i] & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
 static float pair_factor(const struct mc_lora_info *info, int32_t rank) {
     if (!info->has_alpha)
         return 1.0f;
@@ -268,6 +285,10 @@ static int fill_pair(struct mc_lora *l, struct lora_pair *p, const struct lora_s
     if (rc == MC_OK)
         rc = load_bt(s, l->wtype, p->bt, row, err);
     mc_free(row);
+    if (rc == MC_OK && !all_finite(p->a, l->wtype, (size_t)s->rank * (size_t)s->n_in))
+        rc = mc_err_set(err, MC_EFORMAT, "%s.lora_a: a value is NaN or infinite", s->name);
+    if (rc == MC_OK && !all_finite(p->bt, l->wtype, (size_t)s->rank * (size_t)s->n_out))
+        rc = mc_err_set(err, MC_EFORMAT, "%s.lora_b: a value is NaN or infinite", s->name);
     return rc;
 }
 

@@ -20,7 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { MC_LORA_MAX_RANK = 1024 };
+/* Limits on what an adapter may declare. Alpha: real adapters use up to a few hundred;
+ * the bound keeps alpha / r a finite float with room for the per-request scale. */
+enum { MC_LORA_MAX_RANK = 1024, MC_LORA_MAX_ALPHA = 65536 };
 
 /* The base-model shape an adapter is checked against (and bound to). */
 struct mc_lora_base {

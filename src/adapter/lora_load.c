@@ -97,9 +97,9 @@ static int gguf_meta(const struct mc_gguf *g, const char *file, const struct mc_
     rc = mc_gguf_get_f32(g, "adapter.lora.alpha", &alpha, err);
     if (rc != MC_OK && rc != MC_ENOTFOUND)
         return rc;
-    if (!isfinite(alpha) || alpha < 0.0f)
-        return mc_err_set(err, MC_EFORMAT, "%s: adapter.lora.alpha %g is not a finite value >= 0",
-                          file, alpha);
+    if (!isfinite(alpha) || alpha < 0.0f || alpha > MC_LORA_MAX_ALPHA)
+        return mc_err_set(err, MC_EFORMAT, "%s: adapter.lora.alpha %g is not a value in 0..%d",
+                          file, alpha, MC_LORA_MAX_ALPHA);
     /* llama.cpp: an absent (read as 0) alpha means "no alpha scaling", factor 1. */
     info->has_alpha = alpha != 0.0f;
     info->alpha = alpha;
@@ -284,6 +284,10 @@ static int peft_config(const char *json, size_t len, const char *name, struct mc
         goto out;
     }
     v = json_object_get(root, "r");
+    if (!v) {
+        rc = cfg_error(err, MC_EFORMAT, name, "\"r\" (the rank) is missing");
+        goto out;
+    }
     if (!json_is_integer(v) || json_integer_value(v) < 1 ||
         json_integer_value(v) > MC_LORA_MAX_RANK) {
         rc = mc_err_set(err, MC_EFORMAT,
@@ -294,9 +298,10 @@ static int peft_config(const char *json, size_t len, const char *name, struct mc
     }
     *rank = (int32_t)json_integer_value(v);
     v = json_object_get(root, "lora_alpha");
-    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0) {
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0 ||
+        json_number_value(v) > MC_LORA_MAX_ALPHA) {
         rc = cfg_error(err, MC_EFORMAT, name,
-                       v ? "\"lora_alpha\" must be a positive number"
+                       v ? "\"lora_alpha\" must be a positive number up to 65536"
                          : "\"lora_alpha\" is missing (the scale alpha/r cannot be computed)");
         goto out;
     }

@@ -351,8 +351,9 @@ static bool form_upload(struct mc_http_req *r, const struct form *fm, struct mc_
     u->config = form_str(fm, F_CONFIG);
     u->config_len = fm->f[F_CONFIG].len;
     if (u->model_len == 0 || (peft && u->config_len == 0)) {
-        *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
-                                   gguf ? "file" : "adapter_model", "the adapter file is empty");
+        const char *param = gguf ? "file" : u->model_len == 0 ? "adapter_model" : "adapter_config";
+        *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter", param,
+                                   "the adapter file is empty");
         return false;
     }
     return true;

@@ -995,7 +995,7 @@ static enum MHD_Result generate(struct mc_server *s, struct mc_http_req *r, cons
         .n_stop = g->n_stop,
         .logprobs = g->logprobs,
         .top_logprobs = g->top_logprobs,
-        .adapter = g->has_lora_scale && g->lora_scale == 0 ? NULL : adapter,
+        .adapter = g->has_lora_scale && (float)g->lora_scale == 0 ? NULL : adapter,
         .adapter_scale = g->has_lora_scale ? (float)g->lora_scale : 1.0f,
     };
     fill_sampling(&p.sampling, &g->sampling, &f);

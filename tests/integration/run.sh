@@ -198,6 +198,16 @@ $C -H "Authorization: Bearer $KEY" -d '{"model":"tales","prompt":"Once upon a ti
 check "curl: model=<adapter> answers like mcai generate --lora" "$LORA_TEXT" \
     "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
         "utf8")).choices[0].text)' "$DIR/lora-out" 2> /dev/null)"
+# A lora_scale that is 0 as a float (1e-320 is below float's smallest) is the base model,
+# like lora_scale 0, not the adapter at its default scale.
+BASE_TEXT=$("$MCAI" generate -m "$MODEL" -p "Once upon a time" -n 24 --temp 0 -t 1 2>> "$DIR/gen.err")
+$C -H "Authorization: Bearer $KEY" -d '{"model":"tales","prompt":"Once upon a time",
+    "max_tokens":24,"temperature":0,"lora_scale":1e-320}' "$BASE/v1/completions" > "$DIR/lora-tiny"
+check "curl: lora_scale 1e-320 answers like the base model" "$BASE_TEXT" \
+    "$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1],
+        "utf8")).choices[0].text)' "$DIR/lora-tiny" 2> /dev/null)"
+check "... which differs from the adapter's answer" no \
+    "$([ "$BASE_TEXT" = "$LORA_TEXT" ] && echo yes || echo no)"
 # Uploads may pass --max-body-bytes (1 MiB here) up to --max-adapter-bytes, with a valid
 # key only: 1.5 MB of junk is read and refused as no adapter, or 413 without a key.
 head -c 1500000 /dev/zero > "$DIR/junk.gguf"
@@ -234,6 +244,10 @@ check "curl: a bad adapter_config is 400" 400 "$($C -o "$DIR/rcfg" -w '%{http_co
     -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@"$LORA" \
     -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
 contains "curl: ... with param adapter_config" "$DIR/rcfg" '"param":"adapter_config"'
+check "curl: an empty adapter_config part is 400" 400 "$($C -o "$DIR/rcfg0" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@/dev/null \
+    -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
+contains "curl: ... with param adapter_config" "$DIR/rcfg0" '"param":"adapter_config"'
 
 # libmicrohttpd decodes the path before we see it: a %00 must not cut an id short and
 # reach another object (t10%00junk is not t10, story%00xyz is not the model list).
