@@ -467,6 +467,9 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, 
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
                                    open_param(&u, &err), "%s", err.msg);
     }
+    /* The metadata's resident_bytes are those of the copy the cache will hold. */
+    if (s->adapter_q8_0)
+        to_q8_0(tenant, name, &l);
     struct mc_adapter_meta m;
     bool replaced = false;
     rc = adapter_store(s, tenant, name, &u, mc_lora_info(l), false, &m, &replaced, &err);
@@ -617,6 +620,8 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
                                   open_param(&u, &err), "%s", err.msg);
         goto out;
     }
+    if (s->adapter_q8_0)
+        to_q8_0("(published)", name, &l);
     json_t *data = json_array();
     for (int i = 0; i < n && rc == MC_OK; i++) {
         struct mc_adapter_meta m;

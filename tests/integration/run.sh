@@ -764,6 +764,9 @@ if [ -n "$RES4" ] && [ "$RES4" -gt 0 ] && [ "$RES4" -lt 9000 ]; then
 else
     bad "adapter-format q8_0: resident bytes" "got '$RES4', want 1..8999"
 fi
+RB4=$($C -H "Authorization: Bearer $K3" "$BASE2/v1/adapters/story" |
+    node -e 'process.stdout.write(String(JSON.parse(require("fs").readFileSync(0)).resident_bytes))')
+check "adapter-format q8_0: GET /v1/adapters/story gives the Q8_0 copy's resident bytes" "$RES4" "$RB4"
 contains "adapter-format q8_0: the load is logged as q8_0" "$DIR/data4.log" "format=q8_0"
 kill -TERM "$PID2"
 wait "$PID2"
