@@ -830,6 +830,31 @@ static void test_f16_storage_and_kernels(void **state) {
     mc_lora_release(f);
 }
 
+/* An F16 adapter whose last tensor ends in NaN halves (0xffff) is refused at load, from
+ * a file and from memory, naming the tensor. */
+static void test_f16_nan_refused(void **state) {
+    (void)state;
+    struct mc_err err = {0};
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_lora_nan_%d.gguf", (int)getpid());
+    struct mc_lora *s, *l = NULL;
+    assert_int_equal(mc_lora_synth(&base, 4, 1u << MC_PROJ_Q, 0, 3, "s", &s, &err), MC_OK);
+    assert_int_equal(mc_lora_save_gguf(s, MC_TYPE_F16, path, &err), MC_OK);
+    mc_lora_release(s);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    /* The data section ends the file (padding after the last tensor is under 32 bytes). */
+    uint8_t ff[64];
+    memset(ff, 0xff, sizeof(ff));
+    assert_int_equal(fseek(f, -(long)sizeof(ff), SEEK_END), 0);
+    assert_int_equal(fwrite(ff, 1, sizeof(ff), f), sizeof(ff));
+    fclose(f);
+    assert_int_equal(mc_lora_open(path, &base, &l, &err), MC_EFORMAT);
+    assert_null(l);
+    assert_non_null(strstr(err.msg, "blk.4.attn_q.weight.lora_b: a value is NaN or infinite"));
+    unlink(path);
+}
+
 /* Q8_0 residency: about a quarter of F32's bytes, outputs close to the F32 adapter's,
  * portable and AVX2 kernels agreeing; widths that are not multiples of 32 are refused. */
 static void test_q8_residency(void **state) {
@@ -852,7 +877,8 @@ static void test_q8_residency(void **state) {
     assert_int_equal(mc_lora_synth(&base, 4, 1u << MC_PROJ_UP, 0, 1, "up", &all, &err), MC_OK);
     assert_int_equal(mc_lora_convert(all, MC_TYPE_Q8_0, &bad, &err), MC_ENOTSUP);
     assert_null(bad);
-    assert_non_null(strstr(err.msg, "blk.0.ffn_up.weight: widths 64 and 172 are not multiples"));
+    assert_non_null(strstr(err.msg, "blk.0.ffn_up.weight: width 172 is not a multiple of Q8_0's "
+                                    "block of 32 (the pair maps 64 -> 172)"));
     mc_lora_release(all);
 
     struct mc_ctx *ctx;
@@ -1311,6 +1337,7 @@ int main(void) {
         cmocka_unit_test(test_batch_pool_paths),
         cmocka_unit_test(test_kernels_agree),
         cmocka_unit_test(test_f16_storage_and_kernels),
+        cmocka_unit_test(test_f16_nan_refused),
         cmocka_unit_test(test_q8_residency),
         cmocka_unit_test(test_q8_convert_matches_reference),
         cmocka_unit_test(test_no_hook_is_error),
