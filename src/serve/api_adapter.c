@@ -443,6 +443,9 @@ static enum MHD_Result upload_reply(struct mc_server *s, struct mc_http_req *r, 
                                     const struct form *fm) {
     enum MHD_Result ret;
     const char *name = form_str(fm, F_NAME);
+    if (!fm->seen[F_NAME])
+        return mc_http_reply_error(r, 400, "invalid_request_error", "missing_field", "name",
+                                   "'name' is required: the adapter's model name");
     if (!mc_adapter_name_ok(name))
         return mc_http_reply_error(r, 400, "invalid_request_error", "invalid_value", "name",
                                    "'name' must be 1..%d characters of A-Z a-z 0-9 . _ - "

@@ -760,8 +760,11 @@ int engine_create_with_backend(const struct engine_backend *be, const struct mc_
         return rc;
     }
     e->thread_started = true;
-    MC_LOG_INFO("engine", "engine_started", "max_seqs=%d prefill_chunk=%d n_ctx=%d kv_budget=%zu",
-                c.max_seqs, c.prefill_chunk, c.n_ctx, c.kv_budget_bytes);
+    char budget[32] = "none";
+    if (c.kv_budget_bytes != SIZE_MAX)
+        snprintf(budget, sizeof(budget), "%zu", c.kv_budget_bytes);
+    MC_LOG_INFO("engine", "engine_started", "max_seqs=%d prefill_chunk=%d n_ctx=%d kv_budget=%s",
+                c.max_seqs, c.prefill_chunk, c.n_ctx, budget);
     *out = e;
     return MC_OK;
 }

@@ -244,6 +244,10 @@ check "curl: a bad adapter_config is 400" 400 "$($C -o "$DIR/rcfg" -w '%{http_co
     -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@"$LORA" \
     -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
 contains "curl: ... with param adapter_config" "$DIR/rcfg" '"param":"adapter_config"'
+check "curl: an upload without a name is 400" 400 "$($C -o "$DIR/rnon" -w '%{http_code}' \
+    -H "Authorization: Bearer $KEY" -F file=@"$LORA" "$BASE/v1/adapters")"
+contains "curl: ... code missing_field" "$DIR/rnon" '"code":"missing_field"'
+contains "curl: ... param name" "$DIR/rnon" '"param":"name"'
 check "curl: an empty adapter_config part is 400" 400 "$($C -o "$DIR/rcfg0" -w '%{http_code}' \
     -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@/dev/null \
     -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
@@ -768,6 +772,7 @@ RB4=$($C -H "Authorization: Bearer $K3" "$BASE2/v1/adapters/story" |
     node -e 'process.stdout.write(String(JSON.parse(require("fs").readFileSync(0)).resident_bytes))')
 check "adapter-format q8_0: GET /v1/adapters/story gives the Q8_0 copy's resident bytes" "$RES4" "$RB4"
 contains "adapter-format q8_0: the load is logged as q8_0" "$DIR/data4.log" "format=q8_0"
+contains "the engine logs an unset KV budget as none" "$DIR/data4.log" "kv_budget=none"
 kill -TERM "$PID2"
 wait "$PID2"
 check "kb-embeddings off: the server exits 0" 0 $?
