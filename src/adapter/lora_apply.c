@@ -62,6 +62,13 @@ struct mc_lora_runner {
     int64_t n_in;
     int64_t n_out;
     int32_t n_groups;
+    /* Set by prefetch, which groups the rows just before the base product, and cleared
+     * by the hook that follows it: the hook then uses those groups as they are, if they
+     * are for the same projection and batch (a failed base product skips the hook). */
+    bool grouped;
+    int32_t grouped_layer;
+    enum mc_proj grouped_proj;
+    int32_t grouped_n;
     int64_t n_items;
     bool expand;
     float (*dot)(const float *x, const void *w, enum mc_type t, int64_t n);
@@ -131,6 +138,7 @@ int mc_lora_runner_create(struct mc_ctx *ctx, struct mc_lora_runner **out, struc
 }
 
 void mc_lora_runner_set_prefetch(struct mc_lora_runner *r, bool on) {
+    r->grouped = false;
     mc_ctx_set_proj_hook(r->ctx, hook, on ? prefetch : NULL, r);
 }
 
@@ -340,8 +348,13 @@ static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_ba
                 int32_t n_rows, const float *x, int64_t n_in, float *y, int64_t n_out,
                 struct mc_err *err) {
     struct mc_lora_runner *r = user;
-    r->rows = rows;
-    int rc = make_groups(r, layer, proj, n_rows, err);
+    int rc = MC_OK;
+    if (!r->grouped || r->grouped_layer != layer || r->grouped_proj != proj ||
+        r->grouped_n != n_rows || r->rows != rows) {
+        r->rows = rows;
+        rc = make_groups(r, layer, proj, n_rows, err);
+    }
+    r->grouped = false;
     if (rc != MC_OK || r->n_groups == 0)
         return rc;
     int64_t macs_in = 0, macs_out = 0;
@@ -381,16 +394,22 @@ static int hook(void *user, int32_t layer, enum mc_proj proj, const struct mc_ba
     return MC_OK;
 }
 
-/* The A and Bᵀ of every group the hook is about to run, for the base product to
- * prefetch. A batch make_groups refuses prefetches nothing: the hook reports the error. */
+/* Groups the rows for the hook that follows (the model calls the two in turn for one
+ * projection and batch) and lists the A and Bᵀ of every group, for the base product to
+ * prefetch. A batch make_groups refuses prefetches nothing: the hook, grouping again,
+ * reports the error. */
 static int32_t prefetch(void *user, int32_t layer, enum mc_proj proj,
                         const struct mc_batch_row *rows, int32_t n_rows, struct mc_span *spans,
                         int32_t cap) {
     struct mc_lora_runner *r = user;
     struct mc_err err = {0};
     r->rows = rows;
-    if (make_groups(r, layer, proj, n_rows, &err) != MC_OK)
+    r->grouped = make_groups(r, layer, proj, n_rows, &err) == MC_OK;
+    if (!r->grouped)
         return 0;
+    r->grouped_layer = layer;
+    r->grouped_proj = proj;
+    r->grouped_n = n_rows;
     int32_t n = 0;
     for (int32_t g = 0; g < r->n_groups && n + 2 <= cap; g++) {
         const struct lora_pair *p = r->groups[g].p;

@@ -130,7 +130,8 @@ typedef int (*mc_proj_hook_fn)(void *user, int32_t layer, enum mc_proj proj,
  * read and returns how many it wrote (0: nothing). The base product prefetches them while
  * it computes (mc_matmul_prefetch): at batch sizes where the product is bound by
  * arithmetic and the hook, with many different adapters, by memory, the two overlap. The
- * spans are only a hint; the hook must not rely on them. */
+ * spans are only a hint; the hook must not rely on them. When the base product succeeds,
+ * the hook of the same projection and rows is the next call. */
 typedef int32_t (*mc_proj_prefetch_fn)(void *user, int32_t layer, enum mc_proj proj,
                                        const struct mc_batch_row *rows, int32_t n_rows,
                                        struct mc_span *spans, int32_t cap);
