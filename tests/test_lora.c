@@ -1073,24 +1073,18 @@ static void fix_width(const char *name, int64_t *ne, const void **data, bool *sk
         ne[1] = 64; /* v maps to 32 in the model */
 }
 
-/* A NaN in one B, an infinity in one A (the reference adapter is F32). */
-static void fix_nan(const char *name, int64_t *ne, const void **data, bool *skip) {
-    (void)skip;
-    static float copy[64 * 64];
-    if (strcmp(name, "blk.1.attn_q.weight.lora_b") != 0)
-        return;
-    memcpy(copy, *data, (size_t)(ne[0] * ne[1]) * sizeof(float));
-    copy[ne[0] * ne[1] - 1] = NAN;
-    *data = copy;
-}
+/* Which tensor fix_value changes, where, and to what (the reference adapter is F32). */
+static const char *bad_tensor;
+static int64_t bad_index;
+static float bad_value;
 
-static void fix_inf(const char *name, int64_t *ne, const void **data, bool *skip) {
+static void fix_value(const char *name, int64_t *ne, const void **data, bool *skip) {
     (void)skip;
     static float copy[64 * 64];
-    if (strcmp(name, "blk.4.attn_v.weight.lora_a") != 0)
+    if (strcmp(name, bad_tensor) != 0)
         return;
     memcpy(copy, *data, (size_t)(ne[0] * ne[1]) * sizeof(float));
-    copy[3] = INFINITY;
+    copy[bad_index < 0 ? ne[0] * ne[1] + bad_index : bad_index] = bad_value;
     *data = copy;
 }
 
@@ -1102,9 +1096,12 @@ static void test_gguf_errors(void **state) {
     assert_non_null(strstr(err.msg, "blk.2.attn_v.weight: lora_a has rank 4 but lora_b 8"));
     assert_int_equal(open_modified(fix_missing, &base, &l, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "blk.3.attn_q.weight.lora_a is missing"));
-    assert_int_equal(open_modified(fix_nan, &base, &l, &err), MC_EFORMAT);
+    /* A NaN as the last value of one B, an infinity in one A. */
+    bad_tensor = "blk.1.attn_q.weight.lora_b", bad_index = -1, bad_value = NAN;
+    assert_int_equal(open_modified(fix_value, &base, &l, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "blk.1.attn_q.weight.lora_b: a value is NaN or infinite"));
-    assert_int_equal(open_modified(fix_inf, &base, &l, &err), MC_EFORMAT);
+    bad_tensor = "blk.4.attn_v.weight.lora_a", bad_index = 3, bad_value = INFINITY;
+    assert_int_equal(open_modified(fix_value, &base, &l, &err), MC_EFORMAT);
     assert_non_null(strstr(err.msg, "blk.4.attn_v.weight.lora_a: a value is NaN or infinite"));
     assert_int_equal(open_modified(fix_width, &base, &l, &err), MC_EINVAL);
     assert_non_null(strstr(err.msg, "blk.1.attn_v.weight: adapter maps 64 -> 64 but the model's "
