@@ -9,6 +9,7 @@
 // failures. The last line is a summary run.sh and test_integration.c read.
 import OpenAI from "openai";
 import { readFileSync } from "node:fs";
+import { httpClient } from "./http.mjs";
 
 const BASE = process.env.MCAI_BASE;
 const ADMIN = process.env.MCAI_ADMIN_KEY;
@@ -39,25 +40,7 @@ function eq(name, got, want) {
 
 // ---- Raw HTTP helpers --------------------------------------------------------------
 
-async function http(method, path, { key, body, raw, headers } = {}) {
-  const h = { ...(headers || {}) };
-  if (key) h.authorization = `Bearer ${key}`;
-  let data;
-  if (raw !== undefined) data = raw;
-  else if (body !== undefined) {
-    data = JSON.stringify(body);
-    h["content-type"] = "application/json";
-  }
-  const res = await fetch(BASE + path, { method, headers: h, body: data });
-  const text = await res.text();
-  let json = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    /* not JSON (metrics, SSE) */
-  }
-  return { status: res.status, headers: res.headers, text, json };
-}
+const http = httpClient(BASE);
 
 const admin = (method, path, body) => http(method, "/admin" + path, { key: ADMIN, body });
 
@@ -524,18 +507,6 @@ function peftForm(name, dir) {
   return f;
 }
 
-async function upload(path, key, form) {
-  const res = await fetch(BASE + path, { method: "POST", headers: { authorization: `Bearer ${key}` },
-    body: form });
-  const text = await res.text();
-  let json = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    /* not JSON */
-  }
-  return { status: res.status, text, json };
-}
 
 const LORA_PROMPT = { prompt: "Once upon a time", temperature: 0, max_tokens: 24 };
 
@@ -557,12 +528,12 @@ async function adapterChecks(t, keys, model) {
   const B = keys.beta;
 
   // Upload as tenant A: the GGUF file and its PEFT twin.
-  let r = await upload("/v1/adapters", A, ggufForm("story", gguf));
+  let r = await http("POST", "/v1/adapters", { key: A, raw: ggufForm("story", gguf) });
   check("adapters: GGUF upload is 201 with its metadata", r.status === 201 &&
     r.json.id === "story" && r.json.version === 1 && r.json.format === "gguf" &&
     r.json.rank === 4 && r.json.alpha === 8 && JSON.stringify(r.json.targets) === '["q","v"]' &&
     r.json.size_bytes === gguf.length && r.json.base_model === model, r.text);
-  r = await upload("/v1/adapters", A, peftForm("story-peft", PEFT));
+  r = await http("POST", "/v1/adapters", { key: A, raw: peftForm("story-peft", PEFT) });
   check("adapters: PEFT upload is 201", r.status === 201 && r.json.format === "peft" &&
     r.json.rank === 4, r.text);
   r = await http("GET", "/v1/adapters", { key: A });
@@ -611,18 +582,19 @@ async function adapterChecks(t, keys, model) {
   check("adapters: B cannot delete A's adapter", r.status === 404, r.text);
 
   // A malformed upload is refused with the loader's message, and nothing is stored.
-  r = await upload("/v1/adapters", A, ggufForm("broken", gguf.subarray(0, 5000)));
+  r = await http("POST", "/v1/adapters",
+    { key: A, raw: ggufForm("broken", gguf.subarray(0, 5000)) });
   check("adapters: truncated GGUF is 400 invalid_adapter naming the tensor", r.status === 400 &&
     errorOf(r).code === "invalid_adapter" && /tensor .*lora_[ab]/.test(errorOf(r).message),
     r.text);
   const junk = Buffer.from(gguf);
   junk.write("NOPE", 0);
-  r = await upload("/v1/adapters", A, ggufForm("broken", junk));
+  r = await http("POST", "/v1/adapters", { key: A, raw: ggufForm("broken", junk) });
   check("adapters: a file that is not GGUF is 400", r.status === 400 &&
     errorOf(r).code === "invalid_adapter", r.text);
-  r = await upload("/v1/adapters", A, ggufForm("Bad name!", gguf));
+  r = await http("POST", "/v1/adapters", { key: A, raw: ggufForm("Bad name!", gguf) });
   check("adapters: a bad name is 400", r.status === 400 && errorOf(r).param === "name", r.text);
-  r = await upload("/v1/adapters", A, ggufForm(model, gguf));
+  r = await http("POST", "/v1/adapters", { key: A, raw: ggufForm(model, gguf) });
   check("adapters: the base model's name is 409", r.status === 409, r.text);
   r = await http("POST", "/v1/adapters", { key: A, body: { name: "x" } });
   check("adapters: a JSON body is 415", r.status === 415, r.text);
@@ -631,7 +603,7 @@ async function adapterChecks(t, keys, model) {
     ["story", "story-peft"]);
 
   // Replacing bumps the version.
-  r = await upload("/v1/adapters", A, ggufForm("story", gguf));
+  r = await http("POST", "/v1/adapters", { key: A, raw: ggufForm("story", gguf) });
   check("adapters: replacing is 200 with version 2", r.status === 200 && r.json.version === 2,
     r.text);
 
@@ -655,13 +627,13 @@ async function adapterChecks(t, keys, model) {
   // The operator publishes one adapter to A and epsilon only.
   const pf = ggufForm("house", gguf);
   pf.append("tenants", `${t.alpha.id},${t.epsilon.id}`);
-  r = await upload("/admin/adapters", ADMIN, pf);
+  r = await http("POST", "/admin/adapters", { key: ADMIN, raw: pf });
   check("adapters: publish to two tenants is 201", r.status === 201 &&
     r.json.data.length === 2 && r.json.data.every((x) => x.published && x.id === "house"),
     r.text);
   const bad = ggufForm("house", gguf);
   bad.append("tenants", `${t.alpha.id},t_0000000000000000`);
-  r = await upload("/admin/adapters", ADMIN, bad);
+  r = await http("POST", "/admin/adapters", { key: ADMIN, raw: bad });
   check("adapters: publish to an unknown tenant is 404", r.status === 404, r.text);
   r = await complete(keys.epsilon, "house");
   eq("adapters: a chosen tenant uses the published adapter", r.json?.choices?.[0]?.text, WANT);

@@ -7,6 +7,7 @@
 // tenant's knowledge base leaving memory, rate limits. Prints "ok - ..." / "FAIL - ..." lines and
 // "kb checks: N passed, M failed".
 import OpenAI from "openai";
+import { httpClient } from "./http.mjs";
 
 const BASE = process.env.MCAI_BASE;
 const ADMIN = process.env.MCAI_ADMIN_KEY;
@@ -24,27 +25,7 @@ function check(name, cond, why) {
   return cond;
 }
 
-async function http(method, path, { key, body, raw, ctype } = {}) {
-  const h = {};
-  if (key) h.authorization = `Bearer ${key}`;
-  let data;
-  if (raw !== undefined) {
-    data = raw;
-    if (ctype) h["content-type"] = ctype;
-  } else if (body !== undefined) {
-    data = JSON.stringify(body);
-    h["content-type"] = ctype || "application/json";
-  }
-  const res = await fetch(BASE + path, { method, headers: h, body: data });
-  const text = await res.text();
-  let json = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    /* not JSON */
-  }
-  return { status: res.status, text, json };
-}
+const http = httpClient(BASE);
 const admin = (method, path, body) => http(method, "/admin" + path, { key: ADMIN, body });
 const docPath = (id) => `/v1/kb/documents?id=${encodeURIComponent(id)}`;
 const err = (r) => (r.json && r.json.error ? r.json.error : {});
