@@ -4,8 +4,8 @@
  * Compiled with AVX-512 and only called after mc_simd_get() reported it. Q8_0 halves the
  * bytes the hook reads against F16, but widening int8 to float costs more instructions
  * per value, and with AVX2 the kernels were bound by those instructions rather than by
- * memory; 512-bit widening and fused multiply-adds do 16 values per instruction, which
- * about halved the hook's time with 32 distinct adapters. The expand keeps the contract
+ * memory; 512-bit widening and fused multiply-adds do 16 values per instruction, half
+ * the instructions of AVX2 for the same values. The expand keeps the contract
  * of the AVX2 one (one fused multiply-add per rank row and output, in rank order, with
  * the same scale products), so its results equal AVX2's bit for bit; the dot sums in
  * another order than AVX2's. */
