@@ -1290,19 +1290,30 @@ static void test_cli_lora_usage_and_exit_codes(void **state) {
     assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
     assert_non_null(strstr(out, "unknown target 'foo'"));
 
-    static const char *const bad_scales[] = {"inf", "1e40", "abc", "nan"};
+    static const char *const bad_scales[] = {"inf", "1e40", "abc", "nan", "-1", "17", "3e38"};
     for (size_t i = 0; i < sizeof(bad_scales) / sizeof(bad_scales[0]); i++) {
         char want[64];
         snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --lora %s:%s 2>&1", mcai, m, a,
                  bad_scales[i]);
         assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 2);
-        snprintf(want, sizeof(want), "scale '%s' is not a finite number", bad_scales[i]);
+        snprintf(want, sizeof(want), "scale '%s' is not a number from 0 to 16", bad_scales[i]);
         if (!strstr(out, want) || strstr(out, "No such file"))
             fail_msg("--lora FILE:%s: output lacks \"%s\": %.300s", bad_scales[i], want, out);
     }
     snprintf(cmd, sizeof(cmd), "%s generate -m %s -p hi -n 2 --ids --lora %s:0.5 2>/dev/null",
              mcai, m, a);
     assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
+    /* A scale below float's smallest is 0: the base model's tokens, not an error. */
+    char base_ids[512];
+    const char *gen = "generate -p 'Once upon a time' -n 24 --temp 0 --ids";
+    snprintf(cmd, sizeof(cmd), "%s %s -m %s 2>/dev/null", mcai, gen, m);
+    assert_int_equal(test_run_cmd(cmd, base_ids, sizeof(base_ids)), 0);
+    snprintf(cmd, sizeof(cmd), "%s %s -m %s --lora %s:1e-320 2>/dev/null", mcai, gen, m, a);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_equal(out, base_ids);
+    snprintf(cmd, sizeof(cmd), "%s %s -m %s --lora %s 2>/dev/null", mcai, gen, m, a);
+    assert_int_equal(test_run_cmd(cmd, out, sizeof(out)), 0);
+    assert_string_not_equal(out, base_ids);
     snprintf(link, sizeof(link), "/tmp/test_lora_cli_%d:v2.gguf", (int)getpid());
     char target[1024];
     assert_non_null(realpath(a, target));

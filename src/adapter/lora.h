@@ -23,6 +23,8 @@
 /* Limits on what an adapter may declare. Alpha: real adapters use up to a few hundred;
  * the bound keeps alpha / r a finite float with room for the per-request scale. */
 enum { MC_LORA_MAX_RANK = 1024, MC_LORA_MAX_ALPHA = 65536 };
+/* Largest per-request (or --lora FILE:SCALE) scale, the server's and the CLI's. */
+#define MC_LORA_MAX_SCALE 16.0f
 
 /* The base-model shape an adapter is checked against (and bound to). */
 struct mc_lora_base {

@@ -89,11 +89,16 @@ static int parse_lora(struct opts *o, const char *v) {
     o->lora = v;
     if (!colon || strchr(colon, '/') || access(v, F_OK) == 0)
         return 0;
-    if (cli_parse_float(colon + 1, &o->lora_scale) != 0) {
-        fprintf(stderr, "mcai generate: --lora %s: scale '%s' is not a finite number\n", v,
-                colon + 1);
+    /* As the server's lora_scale: a double in 0..16, then a float (a scale too small for
+     * a float is 0, the base model). */
+    char *end;
+    double scale = strtod(colon + 1, &end);
+    if (end == colon + 1 || *end != '\0' || !(scale >= 0 && scale <= MC_LORA_MAX_SCALE)) {
+        fprintf(stderr, "mcai generate: --lora %s: scale '%s' is not a number from 0 to %g\n", v,
+                colon + 1, (double)MC_LORA_MAX_SCALE);
         return -1;
     }
+    o->lora_scale = (float)scale;
     if ((size_t)(colon - v) >= sizeof(o->lora_buf)) {
         fprintf(stderr, "mcai generate: --lora path too long\n");
         return -1;

@@ -25,6 +25,7 @@
 #ifndef MC_ENGINE_H
 #define MC_ENGINE_H
 
+#include "adapter/lora.h" /* MC_LORA_MAX_SCALE */
 #include "base/err.h"
 
 #include <stdbool.h>
@@ -40,7 +41,7 @@ struct mc_gen;    /* one submitted request; opaque, reference-counted */
 #define MC_ENGINE_MAX_STOP          16  /* stop strings per request */
 #define MC_ENGINE_STOP_MAX_BYTES    256 /* bytes of one stop string */
 #define MC_ENGINE_MAX_TOP_LOGPROBS  20
-#define MC_ENGINE_MAX_ADAPTER_SCALE 16.0f /* largest per-request adapter scale */
+#define MC_ENGINE_MAX_ADAPTER_SCALE MC_LORA_MAX_SCALE /* largest per-request adapter scale */
 
 /* ---- Configuration ---------------------------------------------------------------- */
 
