@@ -352,6 +352,7 @@ static bool form_upload(struct mc_http_req *r, const struct form *fm, struct mc_
     u->config_len = fm->f[F_CONFIG].len;
     if (u->model_len == 0 || (peft && u->config_len == 0)) {
         const char *param = gguf ? "file" : u->model_len == 0 ? "adapter_model" : "adapter_config";
+        r->reject = "invalid_adapter";
         *ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter", param,
                                    "the adapter file is empty");
         return false;
@@ -619,6 +620,7 @@ static enum MHD_Result publish(struct mc_server *s, struct mc_http_req *r) {
     struct mc_lora *l = NULL;
     int rc = mc_adapter_open(&u, name, &s->lora_base, &l, &err);
     if (rc != MC_OK) {
+        r->reject = "invalid_adapter";
         ret = mc_http_reply_error(r, 400, "invalid_request_error", "invalid_adapter",
                                   open_param(&u, &err), "%s", err.msg);
         goto out;

@@ -248,10 +248,17 @@ check "curl: an upload without a name is 400" 400 "$($C -o "$DIR/rnon" -w '%{htt
     -H "Authorization: Bearer $KEY" -F file=@"$LORA" "$BASE/v1/adapters")"
 contains "curl: ... code missing_field" "$DIR/rnon" '"code":"missing_field"'
 contains "curl: ... param name" "$DIR/rnon" '"param":"name"'
+# Every answer with code invalid_adapter counts as a rejection with that reason.
+rejected_adapters() {
+    $C "$BASE/metrics" |
+        awk '/^mcai_rejections_total\{.*reason="invalid_adapter"/ { s += $2 } END { print s + 0 }'
+}
+REJ0=$(rejected_adapters)
 check "curl: an empty adapter_config part is 400" 400 "$($C -o "$DIR/rcfg0" -w '%{http_code}' \
     -H "Authorization: Bearer $KEY" -F name=t9 -F adapter_config=@/dev/null \
     -F adapter_model=@"$LORA_PEFT/adapter_model.safetensors" "$BASE/v1/adapters")"
 contains "curl: ... with param adapter_config" "$DIR/rcfg0" '"param":"adapter_config"'
+check "curl: ... and counts as an invalid_adapter rejection" $((REJ0 + 1)) "$(rejected_adapters)"
 
 # libmicrohttpd decodes the path before we see it: a %00 must not cut an id short and
 # reach another object (t10%00junk is not t10, story%00xyz is not the model list).
